@@ -1,0 +1,1 @@
+"""Pretrain, fine-tune and serve language models on Ray."""

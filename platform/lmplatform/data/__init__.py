@@ -1,0 +1,1 @@
+"""Data: sources, the embedded sample, and pretraining examples."""

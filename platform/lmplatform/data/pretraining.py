@@ -1,0 +1,436 @@
+"""Pretraining examples: built in parallel with Ray Data, written as parquet shards, masked per batch.
+
+- BERT: segment pairs up to `max_seq_len` as in Devlin et al. (2019) — A and B are runs of
+  whole sentences, and half of the B segments come from a different document (real
+  next-sentence prediction). Masking is *not* stored: `mask_tokens` draws it for every batch, so
+  each epoch sees new masks (dynamic masking, Liu et al. 2019).
+- GPT / LSTM LM: documents joined with end-of-text and cut into contiguous fixed-length blocks
+  (no padding, no wasted compute).
+
+Shards plus a `manifest.json` (tokenizer hash, corpus fingerprint, counts) form one example set;
+`build_examples` reuses a complete set built from the same inputs instead of rebuilding it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import Field
+
+from lmplatform.config import StrictModel, atomic_write_text
+
+Objective = Literal["bert", "causal"]
+
+
+class ExamplesConfig(StrictModel):
+    max_seq_len: int = Field(128, ge=16, le=65536)
+    """Tokens per example, special tokens included."""
+    short_seq_prob: float = Field(0.1, ge=0.0, le=1.0)
+    """BERT: probability of a shorter target length, so the model also sees short inputs."""
+    nsp: bool = True
+    """BERT: build sentence pairs with next-sentence labels (false: single segments)."""
+    nsp_random_prob: float = Field(0.5, ge=0.0, le=1.0)
+    """BERT: fraction of B segments taken from a different document."""
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+    """BERT: fraction of maskable tokens selected for prediction (drawn per batch)."""
+    whole_word_masking: bool = False
+    """BERT: select whole words (all their WordPiece pieces) instead of single pieces."""
+    docs_per_batch: int = Field(128, ge=2)
+    """Documents per Ray Data batch; B segments are drawn from other documents of the batch."""
+    rows_per_shard: int = Field(20000, ge=1)
+    """Examples per parquet shard (at least)."""
+    seed: int = 0
+    """Seed for segment and pair sampling (masking has its own seed at training time)."""
+
+
+# --------------------------------------------------------------------------- builders (Ray Data)
+
+_SENT = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def split_sentences(doc: str) -> list[str]:
+    """Paragraph lines, then sentence ends; good enough for segment boundaries, never for NLP."""
+    out: list[str] = []
+    for para in doc.split("\n"):
+        out += [s for s in _SENT.split(para.strip()) if s.strip()]
+    return out
+
+
+def _batch_rng(seed: int, texts: list[str]) -> random.Random:
+    """Seed from the batch content, so results do not depend on which actor ran which batch."""
+    key = hashlib.sha256(f"{seed}|{texts[0][:200]}|{len(texts)}".encode()).digest()
+    return random.Random(int.from_bytes(key[:8], "little"))
+
+
+class BertPairBuilder:
+    """Ray Data callable class: a batch of documents -> BERT segment pairs with NSP labels."""
+
+    def __init__(self, tokenizer_json: str, cfg: dict):
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_str(tokenizer_json)
+        self.cfg = ExamplesConfig.model_validate(cfg)
+        self.cls = self.tok.token_to_id("[CLS]")
+        self.sep = self.tok.token_to_id("[SEP]")
+        self._previous: list[list[list[int]]] = []  # documents of the last batch: NSP fallback
+
+    def _encode_docs(self, texts: list[str]) -> list[list[list[int]]]:
+        sents = [split_sentences(t) for t in texts]
+        flat = [s for doc in sents for s in doc]
+        enc = self.tok.encode_batch(flat, add_special_tokens=False) if flat else []
+        docs, i = [], 0
+        for doc in sents:
+            docs.append([e.ids for e in enc[i : i + len(doc)] if e.ids])
+            i += len(doc)
+        return docs
+
+    def __call__(self, batch: dict) -> dict:
+        texts = [str(t) for t in batch["text"]]
+        cfg = self.cfg
+        rng = _batch_rng(cfg.seed, texts)
+        docs = self._encode_docs(texts)
+        max_tokens = cfg.max_seq_len - 3 if cfg.nsp else cfg.max_seq_len - 2
+        ids_out, types_out, nsp_out = [], [], []
+        for d, doc in enumerate(docs):
+            others = [o for j, o in enumerate(docs) if j != d and o] or self._previous
+            for a, b, is_random in self._pairs(doc, others, max_tokens, rng):
+                if cfg.nsp:
+                    ids = [self.cls, *a, self.sep, *b, self.sep]
+                    types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+                else:
+                    ids = [self.cls, *a, self.sep]
+                    types = [0] * len(ids)
+                ids_out.append(ids)
+                types_out.append(types)
+                nsp_out.append(int(is_random) if cfg.nsp else -100)
+        self._previous = [d for d in docs if d][-8:]
+        return pa.table(
+            {
+                "input_ids": _lists(ids_out, pa.int32()),
+                "token_type_ids": _lists(types_out, pa.int8()),
+                "next_sentence_label": pa.array(nsp_out, type=pa.int8()),
+            }
+        )
+
+    def _pairs(self, doc: list[list[int]], others: list[list[list[int]]], max_tokens: int, rng: random.Random):
+        """Google's create_instances_from_document, with the coin for NSP kept honest.
+
+        The original forces a random B whenever a chunk holds one sentence, which pushes the
+        NotNext share above 50 %; here a one-sentence chunk is split inside the sentence instead.
+        """
+        cfg = self.cfg
+        target = max_tokens
+        if rng.random() < cfg.short_seq_prob:
+            target = rng.randint(2, max_tokens)
+        chunk: list[list[int]] = []
+        length = 0
+        i = 0
+        while i < len(doc):
+            chunk.append(doc[i])
+            length += len(doc[i])
+            if i == len(doc) - 1 or length >= target:
+                if chunk:
+                    if not cfg.nsp:
+                        a = [t for s in chunk for t in s][:max_tokens]
+                        yield a, [], False
+                    else:
+                        if len(chunk) >= 2:
+                            a_end = rng.randint(1, len(chunk) - 1)
+                            a_sents, rest = chunk[:a_end], chunk[a_end:]
+                        else:
+                            toks = chunk[0]
+                            if len(toks) < 2:
+                                chunk, length, i = [], 0, i + 1
+                                continue
+                            cut = rng.randint(1, len(toks) - 1)
+                            a_sents, rest = [toks[:cut]], [toks[cut:]]
+                        a = [t for s in a_sents for t in s]
+                        is_random = bool(others) and rng.random() < cfg.nsp_random_prob
+                        if is_random:
+                            other = rng.choice(others)
+                            target_b = max(1, target - len(a))
+                            start = rng.randint(0, len(other) - 1)
+                            b: list[int] = []
+                            for s in other[start:]:
+                                b += s
+                                if len(b) >= target_b:
+                                    break
+                            # the unused sentences of this chunk are not wasted: go back to them
+                            if len(chunk) >= 2:
+                                i -= len(rest)
+                        else:
+                            b = [t for s in rest for t in s]
+                        a, b = _truncate_pair(a, b, max_tokens, rng)
+                        if a and b:
+                            yield a, b, is_random
+                chunk, length = [], 0
+                target = max_tokens if rng.random() >= cfg.short_seq_prob else rng.randint(2, max_tokens)
+            i += 1
+
+
+def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Random):
+    a, b = list(a), list(b)
+    while len(a) + len(b) > max_tokens:
+        longer = a if len(a) > len(b) else b
+        # drop from the front or the back at random, so neither end is systematically favoured
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+    return a, b
+
+
+class CausalBlockBuilder:
+    """Ray Data callable class: documents -> contiguous blocks of `max_seq_len` token ids."""
+
+    def __init__(self, tokenizer_json: str, cfg: dict):
+        from tokenizers import Tokenizer
+
+        from lmplatform.tokenization import EOT
+
+        self.tok = Tokenizer.from_str(tokenizer_json)
+        self.cfg = ExamplesConfig.model_validate(cfg)
+        self.eot = self.tok.token_to_id(EOT)
+        if self.eot is None:
+            raise ValueError(f"causal LM examples need a tokenizer with {EOT!r} (a bpe tokenizer)")
+
+    def __call__(self, batch: dict) -> dict:
+        texts = [str(t) for t in batch["text"]]
+        stream: list[int] = []
+        for enc in self.tok.encode_batch(texts, add_special_tokens=False):
+            stream += enc.ids
+            stream.append(self.eot)
+        n = self.cfg.max_seq_len
+        # the tail shorter than one block is dropped: at most n-1 tokens per batch of documents
+        blocks = [stream[i : i + n] for i in range(0, len(stream) - n + 1, n)]
+        return pa.table({"input_ids": _lists(blocks, pa.int32())})
+
+
+def _lists(rows: list, value_type: pa.DataType) -> pa.Array:
+    """Plain Arrow list columns (not Ray's tensor extension), readable by any parquet reader."""
+    return pa.array([list(r) for r in rows], type=pa.list_(value_type))
+
+
+# --------------------------------------------------------------------------- building shards
+
+
+def examples_key(objective: Objective, tokenizer_hash: str, corpus_fp: str, cfg: ExamplesConfig) -> str:
+    """Identity of an example set: same inputs -> same key -> the existing shards are reused."""
+    payload = json.dumps(
+        {"objective": objective, "tokenizer": tokenizer_hash, "corpus": corpus_fp, "cfg": cfg.model_dump(exclude={"mlm_probability", "whole_word_masking"})},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict | None:
+    p = Path(out_dir) / "manifest.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def build_examples(
+    corpus,
+    objective: Objective,
+    tokenizer_path: str | os.PathLike,
+    cfg: ExamplesConfig,
+    out_dir: str | os.PathLike,
+    corpus_fp: str,
+    num_actors: int | None = None,
+) -> dict:
+    """Build (or reuse) an example set from a `datasets.Dataset` of documents; returns its manifest.
+
+    The shards are written to a temporary sibling folder and renamed into place, so a crash
+    never leaves a half-written set that a later run would mistake for a finished one.
+    """
+    import ray
+    import ray.data
+
+    from lmplatform.tokenization import tokenizer_hash
+
+    out = Path(out_dir)
+    tok_json = Path(tokenizer_path).read_text()
+    tok_hash = tokenizer_hash(tokenizer_path)
+    key = examples_key(objective, tok_hash, corpus_fp, cfg)
+    existing = read_manifest(out)
+    if existing and existing.get("key") == key:
+        existing["reused"] = True
+        return existing
+    if out.exists():
+        shutil.rmtree(out)  # built from other inputs: replace it
+
+    t0 = time.time()
+    builder = BertPairBuilder if objective == "bert" else CausalBlockBuilder
+    cpus = int(ray.available_resources().get("CPU", 1)) or 1
+    actors = num_actors or max(1, min(cpus, (len(corpus) + cfg.docs_per_batch - 1) // cfg.docs_per_batch))
+    ds = ray.data.from_huggingface(corpus).map_batches(
+        builder,
+        fn_constructor_kwargs={"tokenizer_json": tok_json, "cfg": cfg.model_dump()},
+        batch_size=cfg.docs_per_batch,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+    )
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        ds.write_parquet(str(tmp), min_rows_per_file=cfg.rows_per_shard)
+        stats = shard_stats(tmp, objective)
+        manifest = {
+            "key": key,
+            "objective": objective,
+            "tokenizer_hash": tok_hash,
+            "corpus_fingerprint": corpus_fp,
+            "documents": len(corpus),
+            "config": cfg.model_dump(),
+            "seconds": round(time.time() - t0, 2),
+            **stats,
+        }
+        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    manifest["reused"] = False
+    return manifest
+
+
+def shard_files(out_dir: str | os.PathLike) -> list[str]:
+    return sorted(str(p) for p in Path(out_dir).glob("*.parquet"))
+
+
+def shard_stats(out_dir: str | os.PathLike, objective: Objective) -> dict:
+    """Counts read back from the shards (cheap: only the columns needed)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    files = shard_files(out_dir)
+    n = tokens = random_next = 0
+    for f in files:
+        t = pq.read_table(f, columns=["input_ids"] + (["next_sentence_label"] if objective == "bert" else []))
+        n += t.num_rows
+        tokens += int(pc.sum(pc.list_value_length(t["input_ids"])).as_py() or 0)
+        if objective == "bert":
+            random_next += int(pc.sum(pc.equal(t["next_sentence_label"], 1)).as_py() or 0)
+    stats = {"examples": n, "tokens": tokens, "shards": [os.path.basename(f) for f in files]}
+    if objective == "bert":
+        stats["nsp_random_fraction"] = round(random_next / n, 4) if n else 0.0
+    return stats
+
+
+# --------------------------------------------------------------------------- dynamic masking
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    *,
+    mask_id: int,
+    random_low: int,
+    vocab_size: int,
+    mlm_probability: float = 0.15,
+    word_start: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking, drawn anew for every batch: select `mlm_probability` of the maskable tokens;
+    of those, 80 % become [MASK], 10 % a random token, 10 % stay. Returns (inputs, labels) with
+    labels -100 where nothing is predicted.
+
+    `word_start` (bool, same shape) switches to whole-word masking: a word is selected as a unit,
+    so every piece of it is predicted together.
+    """
+    inputs = input_ids.clone()
+    shape = inputs.shape
+    if word_start is None:
+        selected = torch.rand(shape, generator=generator) < mlm_probability
+    else:
+        # every maskable word start opens a new word id; continuations inherit their word's id
+        word_id = torch.cumsum((word_start & maskable).long(), dim=-1)
+        draw = torch.rand(shape[0], shape[1] + 1, generator=generator) < mlm_probability
+        selected = torch.gather(draw, 1, word_id)
+    selected &= maskable
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
+    roll = torch.rand(shape, generator=generator)
+    to_mask = selected & (roll < 0.8)
+    to_random = selected & (roll >= 0.8) & (roll < 0.9)
+    inputs[to_mask] = mask_id
+    n_random = int(to_random.sum())
+    if n_random:
+        inputs[to_random] = torch.randint(random_low, vocab_size, (n_random,), generator=generator, dtype=inputs.dtype)
+    return inputs, labels
+
+
+class BertCollator:
+    """Pads a batch of BERT examples and draws its masks; used as the loader's `collate_fn`."""
+
+    def __init__(
+        self,
+        *,
+        pad_id: int,
+        mask_id: int,
+        special_ids: list[int],
+        vocab_size: int,
+        mlm_probability: float = 0.15,
+        continuation: list[bool] | None = None,
+        seed: int = 0,
+        pad_to_multiple_of: int = 8,
+    ):
+        self.pad_id, self.mask_id, self.vocab_size = pad_id, mask_id, vocab_size
+        self.special = torch.tensor(sorted(special_ids), dtype=torch.long)
+        # random replacements never produce special tokens (they are the lowest ids)
+        self.random_low = int(max(special_ids)) + 1
+        self.mlm_probability = mlm_probability
+        self.continuation = torch.tensor(continuation, dtype=torch.bool) if continuation is not None else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        rows = list(batch["input_ids"])
+        longest = max(len(r) for r in rows)
+        length = -(-longest // self.multiple) * self.multiple
+        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        types = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.as_tensor(np.asarray(r, dtype=np.int64))
+            types[i, : len(r)] = torch.as_tensor(np.asarray(batch["token_type_ids"][i], dtype=np.int64))
+        attention = torch.zeros_like(ids, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            attention[i, : len(r)] = True
+        maskable = attention & ~torch.isin(ids, self.special)
+        word_start = None if self.continuation is None else ~self.continuation[ids]
+        inputs, labels = mask_tokens(
+            ids,
+            maskable,
+            mask_id=self.mask_id,
+            random_low=self.random_low,
+            vocab_size=self.vocab_size,
+            mlm_probability=self.mlm_probability,
+            word_start=word_start,
+            generator=self.generator,
+        )
+        return {
+            "input_ids": inputs,
+            "token_type_ids": types,
+            "attention_mask": attention,
+            "labels": labels,
+            "next_sentence_label": torch.as_tensor(np.asarray(batch["next_sentence_label"], dtype=np.int64)),
+            "original_ids": ids,
+        }
+
+
+def causal_collate(batch: dict) -> dict[str, torch.Tensor]:
+    """Fixed-length blocks stack without padding; the model shifts targets itself."""
+    ids = torch.as_tensor(np.stack([np.asarray(r, dtype=np.int64) for r in batch["input_ids"]]))
+    return {"input_ids": ids}

@@ -1,0 +1,515 @@
+"""Loading text corpora and labelled task data into `datasets.Dataset`s, with bad-row accounting.
+
+One code path serves local files, globs and folders, remote URIs (`s3://`, `gs://`, `https://`,
+anything fsspec reads, with `storage_options`), Hugging Face Hub names and the embedded sample
+(`sample://…`). Line-oriented formats (text, CSV/TSV, JSON lines, CoNLL) are read by our own
+readers inside `Dataset.from_generator` because every bad row must be reported with its file and
+line, which `datasets`' built-in builders do not keep; parquet files and Hub datasets go through
+`datasets.load_dataset` and are reported by row number.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import datasets
+import fsspec
+from pydantic import Field, model_validator
+
+from lmplatform.config import StrictModel
+
+Format = Literal["auto", "text", "csv", "tsv", "jsonl", "parquet", "conll"]
+TaskType = Literal["classification", "pair_classification", "token_classification"]
+
+_EXT = {
+    ".txt": "text",
+    ".text": "text",
+    ".raw": "text",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".conll": "conll",
+}
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as it is: names the file and line, or the fraction of bad rows."""
+
+
+class DataSource(StrictModel):
+    path: str | None = None
+    """Local file, folder or glob; a remote URI (s3://, gs://, https://…); or sample://<file>."""
+    hub_name: str | None = None
+    """A Hugging Face Hub dataset name (e.g. 'wikitext'), instead of `path`."""
+    hub_subset: str | None = None
+    """Hub dataset configuration (e.g. 'wikitext-103-raw-v1')."""
+    split: str = "train"
+    """Hub split to read."""
+    format: Format = "auto"
+    """File format; 'auto' picks it from the extension (.txt .csv .tsv .jsonl .parquet .conll)."""
+    header: bool = True
+    """CSV/TSV: the first row holds column names. If false, `columns` names them."""
+    columns: list[str] | None = None
+    """CSV/TSV without a header: the column names, in order."""
+    text_column: str = "text"
+    """Column holding the text (or the first text of a pair)."""
+    text_pair_column: str | None = None
+    """Column holding the second text, for sentence-pair tasks."""
+    label_column: str = "label"
+    """Column holding the label."""
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    """Passed to fsspec for remote URIs (credentials, endpoint, anon=True, …)."""
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> DataSource:
+        if (self.path is None) == (self.hub_name is None):
+            raise ValueError("set exactly one of path (files or URI) and hub_name (Hub dataset)")
+        if not self.header and not self.columns and self.format in ("csv", "tsv"):
+            raise ValueError("header: false needs `columns` (the column names in order)")
+        return self
+
+    def describe(self) -> str:
+        if self.hub_name:
+            return f"hub:{self.hub_name}" + (f"/{self.hub_subset}" if self.hub_subset else "") + f"[{self.split}]"
+        return str(self.path)
+
+
+class CorpusConfig(StrictModel):
+    source: DataSource
+    """Where the raw text is."""
+    document_split: Literal["line", "blank_line", "wikitext"] = "blank_line"
+    """How rows become documents: each row ('line'), runs of lines separated by blank lines
+    ('blank_line'), or WikiText articles that start at ' = Title = ' lines ('wikitext')."""
+    min_chars: int = Field(20, ge=0)
+    """Documents shorter than this are dropped."""
+
+
+# --------------------------------------------------------------------------- files
+
+
+def resolve_files(source: DataSource) -> list[str]:
+    """Expand a path, folder or glob (local or remote) into a sorted list of file URIs."""
+    from lmplatform.data.sample import resolve_sample_uri
+
+    path = resolve_sample_uri(source.path)
+    fs, _, paths = fsspec.get_fs_token_paths(path, storage_options=source.storage_options)
+    files: list[str] = []
+    for p in paths:
+        if fs.isdir(p):
+            files += sorted(
+                f for f in fs.find(p) if not os.path.basename(f).startswith((".", "_"))
+            )
+        elif fs.exists(p):
+            files.append(p)
+    if not files:
+        raise DataError(f"{source.path}: no such file (or the glob/folder matched no files)")
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    if protocol not in ("file", "local"):
+        files = [f if "://" in f else f"{protocol}://{f}" for f in files]
+    return files
+
+
+def detect_format(source: DataSource, files: list[str]) -> str:
+    if source.format != "auto":
+        return source.format
+    exts = {os.path.splitext(f.split("?")[0])[1].lower() for f in files}
+    fmts = {_EXT.get(e) for e in exts}
+    if len(fmts) != 1 or None in fmts:
+        raise DataError(
+            f"{source.path}: cannot tell the format from extensions {sorted(exts)}; "
+            f"set format to one of text, csv, tsv, jsonl, parquet, conll"
+        )
+    return fmts.pop()
+
+
+def fingerprint(source: DataSource) -> str:
+    """Identity of the data: file names with size and modification time or ETag, or the Hub name.
+
+    Cheap for terabyte corpora (no content read), and it changes whenever a file does.
+    """
+    h = hashlib.sha256()
+    if source.hub_name:
+        h.update(source.describe().encode())
+    else:
+        from lmplatform.data.sample import resolve_sample_uri
+
+        fs, _, _ = fsspec.get_fs_token_paths(
+            resolve_sample_uri(source.path), storage_options=source.storage_options
+        )
+        for f in resolve_files(source):
+            info = fs.info(f)
+            stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+            h.update(f"{f}|{info.get('size')}|{stamp}\n".encode())
+    h.update(source.model_dump_json(exclude={"storage_options"}).encode())
+    return h.hexdigest()[:16]
+
+
+def _open_text(uri: str, storage_options: dict):
+    return fsspec.open(uri, "rt", encoding="utf-8", errors="strict", newline="", **storage_options)
+
+
+# --------------------------------------------------------------------------- records
+# A record reader yields (where, record, error): `where` is "file:line" (or "name row N"),
+# `record` a dict of columns, `error` None or why the row is unusable.
+
+
+def _iter_text(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, str | None]]:
+    for f in files:
+        with _open_text(f, so) as fh:
+            for n, line in enumerate(fh, 1):
+                yield f"{f}:{n}", {"text": line.rstrip("\r\n")}, None
+
+
+def _iter_delimited(
+    files: list[str], so: dict, delimiter: str, header: bool, columns: list[str] | None
+) -> Iterator[tuple[str, dict | None, str | None]]:
+    # TSV files in NLP (SST-2, AG News) are not quoted: a '"' is part of the text.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    for f in files:
+        with _open_text(f, so) as fh:
+            reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
+            names = columns
+            if header:
+                try:
+                    names = [c.strip() for c in next(reader)]
+                except StopIteration:
+                    continue
+            for row in reader:
+                where = f"{f}:{reader.line_num}"
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank line
+                if len(row) != len(names):
+                    yield where, None, f"expected {len(names)} columns ({', '.join(names)}), found {len(row)}"
+                    continue
+                yield where, dict(zip(names, row)), None
+
+
+def _iter_jsonl(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, str | None]]:
+    for f in files:
+        with _open_text(f, so) as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield f"{f}:{n}", None, f"invalid JSON ({e.msg})"
+                    continue
+                if not isinstance(rec, dict):
+                    yield f"{f}:{n}", None, "not a JSON object"
+                    continue
+                yield f"{f}:{n}", rec, None
+
+
+def _iter_arrow(source: DataSource, files: list[str] | None) -> Iterator[tuple[str, dict | None, str | None]]:
+    if source.hub_name:
+        ds = datasets.load_dataset(source.hub_name, source.hub_subset, split=source.split, streaming=True)
+        name = source.describe()
+    else:
+        ds = datasets.load_dataset(
+            "parquet", data_files=files, split="train", streaming=True, storage_options=source.storage_options
+        )
+        name = str(source.path)
+    for n, rec in enumerate(ds):
+        yield f"{name} row {n}", rec, None
+
+
+def _iter_conll(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, str | None]]:
+    """Sentences from `word … tag` lines; a blank line ends a sentence; -DOCSTART- is skipped."""
+    for f in files:
+        with _open_text(f, so) as fh:
+            tokens: list[str] = []
+            tags: list[str] = []
+            start = 0
+            error: str | None = None
+            for n, line in enumerate(fh, 1):
+                parts = line.split()
+                if not parts:
+                    if tokens or error:
+                        yield f"{f}:{start}", {"tokens": tokens, "tags": tags}, error
+                    tokens, tags, error = [], [], None
+                    continue
+                if parts[0] == "-DOCSTART-":
+                    continue
+                if not tokens and error is None:
+                    start = n
+                if len(parts) < 2:
+                    if error is None:
+                        error = f"line {n}: expected 'word … tag', found {line.strip()!r}"
+                        start = n
+                    continue
+                tokens.append(parts[0])
+                tags.append(parts[-1])
+            if tokens or error:
+                yield f"{f}:{start}", {"tokens": tokens, "tags": tags}, error
+
+
+def iter_records(source: DataSource) -> Iterator[tuple[str, dict | None, str | None]]:
+    if source.hub_name:
+        yield from _iter_arrow(source, None)
+        return
+    files = resolve_files(source)
+    fmt = detect_format(source, files)
+    so = source.storage_options
+    if fmt == "text":
+        yield from _iter_text(files, so)
+    elif fmt in ("csv", "tsv"):
+        yield from _iter_delimited(files, so, "\t" if fmt == "tsv" else ",", source.header, source.columns)
+    elif fmt == "jsonl":
+        yield from _iter_jsonl(files, so)
+    elif fmt == "parquet":
+        yield from _iter_arrow(source, files)
+    else:
+        yield from _iter_conll(files, so)
+
+
+# --------------------------------------------------------------------------- bad rows
+
+
+@dataclass
+class BadRows:
+    """Counts of unusable rows by reason, with the first few locations for the user to look at."""
+
+    source: str
+    total: int = 0
+    bad: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        return self.bad / self.total if self.total else 0.0
+
+    def summary(self) -> str:
+        if not self.bad:
+            return f"{self.source}: {self.total} rows, none bad"
+        by = ", ".join(f"{r}: {c}" for r, c in self.reasons.most_common())
+        first = "; ".join(self.examples[:5])
+        return f"{self.source}: {self.bad} of {self.total} rows bad ({self.fraction:.2%}) [{by}]; first: {first}"
+
+    def check(self, max_fraction: float) -> None:
+        if self.total == 0:
+            raise DataError(f"{self.source}: no rows found")
+        if self.fraction > max_fraction:
+            raise DataError(
+                f"too many bad rows (limit {max_fraction:.2%}, set max_bad_fraction to allow more): "
+                + self.summary()
+            )
+
+
+def _report(ds: datasets.Dataset, source: str) -> BadRows:
+    rep = BadRows(source=source, total=len(ds))
+    errors = ds["_error"]
+    wheres = ds["_where"]
+    for where, err in zip(wheres, errors):
+        if err:
+            rep.bad += 1
+            rep.reasons[err.split(":")[0] if err.startswith(("unknown", "missing", "empty")) else _reason(err)] += 1
+            if len(rep.examples) < 20:
+                rep.examples.append(f"{where}: {err}")
+    return rep
+
+
+def _reason(err: str) -> str:
+    if err.startswith("line "):
+        return "malformed line"
+    return re.sub(r"\(.*\)", "", err).strip()
+
+
+# --------------------------------------------------------------------------- corpora
+
+
+_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def _documents(source_json: str, document_split: str, min_chars: int, fingerprint: str):
+    """Generator for `Dataset.from_generator`; `fingerprint` is only there to key the cache."""
+    source = DataSource.model_validate_json(source_json)
+    buf: list[str] = []
+
+    def flush():
+        text = "\n".join(buf).strip()
+        buf.clear()
+        if len(text) >= min_chars:
+            return {"text": text}
+        return None
+
+    for _, rec, err in iter_records(source):
+        if err or rec is None:
+            continue
+        line = rec.get(source.text_column if source.text_column in rec else "text")
+        line = "" if line is None else str(line)
+        if document_split == "line":
+            if len(line.strip()) >= max(min_chars, 1):
+                yield {"text": line.strip()}
+            continue
+        if document_split == "blank_line":
+            if line.strip():
+                buf.append(line.strip())
+            elif buf and (doc := flush()):
+                yield doc
+            continue
+        # wikitext: an article starts at a top-level " = Title = " line; blank lines are layout
+        if _TITLE.match(line.rstrip("\n")):
+            if buf and (doc := flush()):
+                yield doc
+        if line.strip():
+            buf.append(line.strip())
+    if buf and (doc := flush()):
+        yield doc
+
+
+def load_corpus(cfg: CorpusConfig) -> datasets.Dataset:
+    """Documents as a `datasets.Dataset` with one column, `text` (Arrow on disk, not in memory)."""
+    fp = fingerprint(cfg.source)
+    ds = datasets.Dataset.from_generator(
+        _documents,
+        gen_kwargs=dict(
+            source_json=cfg.source.model_dump_json(),
+            document_split=cfg.document_split,
+            min_chars=cfg.min_chars,
+            fingerprint=fp,
+        ),
+    )
+    if len(ds) == 0:
+        raise DataError(f"{cfg.source.describe()}: no documents of at least {cfg.min_chars} characters")
+    return ds
+
+
+# --------------------------------------------------------------------------- labelled data
+
+
+def bio_tags(entity_types: list[str]) -> list[str]:
+    """IOB2 tag list for entity types: O, then B-/I- for each type in order."""
+    return ["O"] + [f"{p}-{t}" for t in entity_types for p in ("B", "I")]
+
+
+def _label_index(raw: Any, labels: list[str]) -> int | None:
+    s = str(raw).strip()
+    if s in labels:
+        return labels.index(s)
+    if re.fullmatch(r"-?\d+", s) and 0 <= int(s) < len(labels):
+        return int(s)
+    return None
+
+
+def _labelled_rows(source_json: str, task: str, labels: list[str] | None, fingerprint: str):
+    source = DataSource.model_validate_json(source_json)
+    tags = bio_tags(labels) if (task == "token_classification" and labels) else None
+    for where, rec, err in iter_records(source):
+        row = {"_where": where, "_error": err, "text": "", "text_pair": "", "label": "", "tokens": [], "tags": []}
+        if rec is None:
+            yield row
+            continue
+        if task == "token_classification":
+            row["tokens"], row["tags"] = rec.get("tokens", []), rec.get("tags", [])
+            if row["_error"] is None:
+                if not row["tokens"]:
+                    row["_error"] = "empty sentence"
+                elif tags is not None:
+                    bad = [t for t in row["tags"] if t not in tags]
+                    if bad:
+                        row["_error"] = f"unknown label {bad[0]!r} (allowed: {', '.join(tags)})"
+                elif any(not re.fullmatch(r"O|[BI]-\S+", t) for t in row["tags"]):
+                    t = next(t for t in row["tags"] if not re.fullmatch(r"O|[BI]-\S+", t))
+                    row["_error"] = f"unknown label {t!r} (not an IOB2 tag)"
+            yield row
+            continue
+        text = rec.get(source.text_column)
+        label = rec.get(source.label_column)
+        if source.text_column not in rec:
+            row["_error"] = f"missing column {source.text_column!r} (have: {', '.join(rec)})"
+        elif text is None or not str(text).strip():
+            row["_error"] = "empty text"
+        elif task == "pair_classification" and not str(rec.get(source.text_pair_column or "", "") or "").strip():
+            row["_error"] = f"empty text pair (column {source.text_pair_column!r})"
+        elif label is None or str(label).strip() == "":
+            row["_error"] = "missing label"
+        elif labels is not None and _label_index(label, labels) is None:
+            row["_error"] = f"unknown label {str(label)!r} (allowed: {', '.join(labels)})"
+        row["text"] = "" if text is None else str(text).strip()
+        if task == "pair_classification":
+            row["text_pair"] = str(rec.get(source.text_pair_column or "", "") or "").strip()
+        row["label"] = "" if label is None else str(label).strip()
+        yield row
+
+
+@dataclass
+class LabelledData:
+    """Validated rows plus the label names they are encoded with and the bad-row report."""
+
+    dataset: datasets.Dataset
+    labels: list[str]
+    report: BadRows
+    fingerprint: str
+
+
+def load_labelled(
+    source: DataSource,
+    task: TaskType,
+    labels: list[str] | None = None,
+    max_bad_fraction: float = 0.01,
+) -> LabelledData:
+    """Read a task's rows, count and report bad ones, fail above `max_bad_fraction`, encode labels.
+
+    Classification rows get `text` (and `text_pair`) and an integer `label`; token
+    classification rows get `tokens` and integer `tags` over the IOB2 list built from the entity
+    types in `labels`. With `labels=None` the label set is taken from the data (sorted).
+    """
+    if task == "pair_classification" and not source.text_pair_column:
+        raise DataError(f"{source.describe()}: pair_classification needs text_pair_column")
+    fp = fingerprint(source)
+    raw = datasets.Dataset.from_generator(
+        _labelled_rows,
+        gen_kwargs=dict(source_json=source.model_dump_json(), task=task, labels=labels, fingerprint=fp),
+        features=datasets.Features(
+            {
+                "_where": datasets.Value("string"),
+                "_error": datasets.Value("string"),
+                "text": datasets.Value("string"),
+                "text_pair": datasets.Value("string"),
+                "label": datasets.Value("string"),
+                "tokens": datasets.Sequence(datasets.Value("string")),
+                "tags": datasets.Sequence(datasets.Value("string")),
+            }
+        ),
+    )
+    report = _report(raw, source.describe())
+    report.check(max_bad_fraction)
+    good = raw.filter(lambda e: e is None, input_columns="_error")
+    if task == "token_classification":
+        if labels is None:
+            types = sorted({t[2:] for tags in good["tags"] for t in tags if t != "O"})
+            labels = types
+        tag_list = bio_tags(labels)
+        index = {t: i for i, t in enumerate(tag_list)}
+        ds = good.map(
+            lambda tags: {"tag_ids": [index[t] for t in tags]},
+            input_columns="tags",
+            remove_columns=["_where", "_error", "text", "text_pair", "label"],
+        )
+        ds = ds.remove_columns("tags").rename_column("tag_ids", "tags")
+    else:
+        if labels is None:
+            found = sorted(set(good["label"]), key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+            labels = found
+        names = list(labels)
+        keep = ["text", "label"] + (["text_pair"] if task == "pair_classification" else [])
+        ds = good.map(
+            lambda lab: {"label_id": _label_index(lab, names)},
+            input_columns="label",
+            remove_columns=[c for c in good.column_names if c not in keep],
+        )
+        ds = ds.remove_columns("label").rename_column("label_id", "label")
+    return LabelledData(dataset=ds, labels=list(labels), report=report, fingerprint=fp)

@@ -1,0 +1,279 @@
+"""The configs of whole jobs (pretraining, fine-tuning search, serving) and of the training loop.
+
+Each job config is assembled from the stage configs that live next to their code (data sources,
+tokenizer, model families, pretraining examples) and validated as one object, including the
+checks that span stages: tokenizer kind vs model family, sequence length vs model positions.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lmplatform.config import StrictModel
+from lmplatform.data.pretraining import ExamplesConfig
+from lmplatform.data.sources import CorpusConfig, DataSource, TaskType
+from lmplatform.models import ModelConfig
+from lmplatform.tokenization import TokenizerConfig
+
+Name = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class TrainConfig(StrictModel):
+    """The training loop: shared by pretraining workers and fine-tuning trials."""
+
+    batch_size: int = Field(32, ge=1, le=65536)
+    """Examples per step per worker (before gradient accumulation)."""
+    grad_accum_steps: int = Field(1, ge=1, le=4096)
+    """Micro-batches whose gradients are summed before one optimizer step."""
+    max_steps: int = Field(1000, ge=1)
+    """Optimizer steps to run (pretraining); fine-tuning uses `epochs` when it is set."""
+    epochs: float | None = Field(None, gt=0)
+    """Passes over the training data; overrides max_steps when set."""
+    lr: float = Field(5e-4, gt=0, le=1.0)
+    """Peak learning rate."""
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    """Final learning rate as a fraction of the peak."""
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warmup."""
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    """Fraction of steps spent warming up linearly from 0."""
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    """AdamW decoupled weight decay (not applied to biases and norms)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    clip_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value (null: no clipping)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision; bf16 on CPUs with AVX-512 BF16/AMX and on Ampere+ GPUs."""
+    eval_every: int = Field(200, ge=1)
+    """Steps between evaluations."""
+    eval_batches: int = Field(20, ge=1)
+    """Batches per evaluation."""
+    log_every: int = Field(10, ge=1)
+    """Steps between progress lines."""
+    checkpoint_every: int = Field(500, ge=1)
+    """Steps between checkpoints."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Newest checkpoints kept."""
+    seed: int = 0
+    """Seed for initialisation, data order and masking."""
+
+
+class ScalingConfig(StrictModel):
+    """Ray Train workers and DeepSpeed ZeRO settings."""
+
+    num_workers: int = Field(1, ge=1, le=4096)
+    """Data-parallel workers."""
+    min_workers: int | None = Field(None, ge=1)
+    """Elastic training: run with as few as this many workers (null: fixed size)."""
+    use_gpu: bool = False
+    """One GPU per worker (NCCL); false trains on CPU (gloo)."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs reserved per worker."""
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    """DeepSpeed ZeRO stage."""
+    offload_optimizer: bool = False
+    """ZeRO: keep optimizer state in CPU memory."""
+    offload_params: bool = False
+    """ZeRO-3: keep parameters in CPU memory."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ScalingConfig:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(f"min_workers={self.min_workers} exceeds num_workers={self.num_workers}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage=3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        return self
+
+
+_TOKENIZER_FOR = {"bert": "wordpiece", "gpt": "bpe", "lstm": "bpe"}
+
+
+class PretrainJobConfig(StrictModel):
+    name: str = Name
+    """Run name: checkpoints, resumption and the registry entry are keyed by it."""
+    output_dir: str = "runs"
+    """Local or shared folder for run outputs (tokenizer, shards, checkpoints, plots)."""
+    registry: str = "registry"
+    """Model registry root (local path or s3:// / gs:// URI)."""
+    corpus: CorpusConfig
+    """The text to pretrain on."""
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    """Tokenizer to train (or reuse) on the corpus."""
+    model: ModelConfig
+    """Model family and size."""
+    examples: ExamplesConfig = ExamplesConfig()
+    """How documents become training examples."""
+    train: TrainConfig = TrainConfig()
+    """Optimisation."""
+    scaling: ScalingConfig = ScalingConfig()
+    """Workers and ZeRO."""
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PretrainJobConfig:
+        want = _TOKENIZER_FOR[self.model.family]
+        if self.tokenizer.kind != want:
+            raise ValueError(
+                f"tokenizer.kind={self.tokenizer.kind!r} does not fit model.family={self.model.family!r} (use {want!r})"
+            )
+        if self.examples.max_seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"examples.max_seq_len={self.examples.max_seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
+            )
+        return self
+
+    @property
+    def objective(self) -> Literal["bert", "causal"]:
+        return "bert" if self.model.family == "bert" else "causal"
+
+
+class SearchDim(StrictModel):
+    """One hyperparameter's search range."""
+
+    kind: Literal["loguniform", "uniform", "randint", "choice", "grid"]
+    """Distribution (choice/grid take `values`; the others `low` and `high`)."""
+    low: float | None = None
+    """Lower bound."""
+    high: float | None = None
+    """Upper bound (exclusive for randint)."""
+    values: list | None = None
+    """Candidates for choice / grid."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchDim:
+        if self.kind in ("choice", "grid"):
+            if not self.values:
+                raise ValueError(f"{self.kind} needs a non-empty `values` list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.kind} needs low < high, got low={self.low} high={self.high}")
+        elif self.kind == "loguniform" and self.low <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+
+SEARCHABLE = (
+    "lr", "batch_size", "epochs", "warmup_ratio", "weight_decay", "dropout", "layer_decay", "transfer",
+)
+
+
+class TaskConfig(StrictModel):
+    name: str = Name
+    """Task name: the registry key and the serving route `/v1/predict/<name>`."""
+    type: TaskType
+    """classification, pair_classification or token_classification."""
+    train: DataSource
+    """Training rows."""
+    dev: DataSource
+    """Rows for model selection and the promoted metric."""
+    labels: list[str] | None = None
+    """Label names (classification) or entity types (token classification); null: from the data."""
+    metric: Literal["accuracy", "macro_f1", "entity_f1"] = "accuracy"
+    """Metric to maximise."""
+    max_seq_len: int = Field(128, ge=8, le=65536)
+    """Inputs are truncated to this many tokens."""
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    """Fail the run if more than this fraction of rows is unusable."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskConfig:
+        if self.type == "token_classification" and self.metric != "entity_f1":
+            raise ValueError("token_classification tasks are scored with metric='entity_f1'")
+        if self.type != "token_classification" and self.metric == "entity_f1":
+            raise ValueError(f"metric='entity_f1' is for token_classification, not {self.type}")
+        return self
+
+
+class SearchConfig(StrictModel):
+    scheduler: Literal["asha", "pbt", "fifo"] = "asha"
+    """Trial scheduler."""
+    num_samples: int = Field(8, ge=1)
+    """Trials to run."""
+    max_time_s: float | None = Field(None, gt=0)
+    """Stop the search after this many seconds."""
+    max_concurrent: int | None = Field(None, ge=1)
+    """Trials at once (null: as many as resources allow)."""
+    space: dict[str, SearchDim] = Field(default_factory=dict)
+    """Hyperparameter -> range; keys from: lr, batch_size, epochs, warmup_ratio, weight_decay,
+    dropout, layer_decay, transfer."""
+    grace_period: int = Field(1, ge=1)
+    """ASHA: evaluations before a trial can be stopped."""
+    reduction_factor: float = Field(2.0, gt=1.0)
+    """ASHA: keep 1/reduction_factor of trials at each rung."""
+    perturbation_interval: int = Field(2, ge=1)
+    """PBT: evaluations between exploit/explore steps."""
+
+    @model_validator(mode="after")
+    def _known(self) -> SearchConfig:
+        unknown = sorted(set(self.space) - set(SEARCHABLE))
+        if unknown:
+            raise ValueError(f"space has unknown hyperparameter(s) {unknown} (allowed: {', '.join(SEARCHABLE)})")
+        return self
+
+
+class FinetuneJobConfig(StrictModel):
+    name: str = Name
+    """Search name (Tune experiment)."""
+    output_dir: str = "runs"
+    """Where trial results and plots go."""
+    registry: str = "registry"
+    """Model registry root."""
+    parent: str
+    """Pretrained registry model 'name[@version]', or 'random:<family>/<size>' for no pretraining."""
+    task: TaskConfig
+    """What to fine-tune for."""
+    transfer: Literal["full", "frozen"] = "full"
+    """Fine-tune every weight, or train only the head on frozen features."""
+    layer_decay: float = Field(1.0, gt=0.0, le=1.0)
+    """Layer-wise learning-rate decay (1.0: none)."""
+    train: TrainConfig = TrainConfig(lr=5e-5, epochs=3, eval_every=50, checkpoint_every=50)
+    """Optimisation defaults for each trial (searched fields are overridden)."""
+    search: SearchConfig = SearchConfig()
+    """Hyperparameter search."""
+    scaling: ScalingConfig = ScalingConfig()
+    """Workers per trial."""
+
+
+class AutoscalingConfig(StrictModel):
+    min_replicas: int = Field(1, ge=0)
+    """Replicas kept when idle."""
+    max_replicas: int = Field(2, ge=1)
+    """Upper bound on replicas."""
+    target_ongoing_requests: float = Field(4.0, gt=0)
+    """Ongoing requests per replica that autoscaling aims for."""
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas={self.min_replicas} exceeds max_replicas={self.max_replicas}")
+        return self
+
+
+class ServeConfig(StrictModel):
+    registry: str = "registry"
+    """Model registry root the deployments load from."""
+    host: str = "127.0.0.1"
+    """HTTP bind address."""
+    port: int = Field(8000, ge=1, le=65535)
+    """HTTP port."""
+    tasks: list[str] | None = None
+    """Tasks to serve (null: every task with a promoted `best`)."""
+    fill_mask_model: str | None = None
+    """Pretrained BERT 'name[@version]' for /v1/fill-mask."""
+    generate_model: str | None = None
+    """Pretrained GPT 'name[@version]' for /v1/generate."""
+    max_batch_size: int = Field(16, ge=1, le=4096)
+    """Dynamic batching: most inputs per model call."""
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+    """Dynamic batching: longest wait for a batch to fill."""
+    max_inputs: int = Field(64, ge=1)
+    """Most inputs per request (413 above)."""
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    """Largest request body (413 above)."""
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
+    """Replica autoscaling per deployment."""
+    shared_encoder_groups: list[list[str]] = Field(default_factory=list)
+    """Groups of frozen-feature tasks that share one encoder deployment."""

@@ -1,0 +1,16 @@
+"""Model families in plain PyTorch, one file per family; nothing here imports Ray or DeepSpeed."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from lmplatform.models.bert import BertConfig
+from lmplatform.models.gpt import GPTConfig
+from lmplatform.models.lstm import LSTMConfig
+
+ModelConfig = Annotated[Union[BertConfig, GPTConfig, LSTMConfig], Field(discriminator="family")]
+"""Any family's config, selected by its `family` key."""
+
+__all__ = ["BertConfig", "GPTConfig", "LSTMConfig", "ModelConfig"]
