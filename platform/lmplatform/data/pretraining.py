@@ -273,8 +273,11 @@ def build_examples(
     t0 = time.time()
     builder = BertPairBuilder if objective == "bert" else CausalBlockBuilder
     cpus = int(ray.available_resources().get("CPU", 1)) or 1
-    actors = num_actors or max(1, min(cpus, (len(corpus) + cfg.docs_per_batch - 1) // cfg.docs_per_batch))
-    ds = ray.data.from_huggingface(corpus).map_batches(
+    batches = (len(corpus) + cfg.docs_per_batch - 1) // cfg.docs_per_batch
+    actors = num_actors or max(1, min(cpus, batches))
+    # one block per batch of documents, so every actor gets work and shards can be cut evenly
+    source = ray.data.from_huggingface(corpus, override_num_blocks=min(batches, 4096))
+    ds = source.map_batches(
         builder,
         fn_constructor_kwargs={"tokenizer_json": tok_json, "cfg": cfg.model_dump()},
         batch_size=cfg.docs_per_batch,

@@ -30,6 +30,10 @@ from lmplatform.config import StrictModel
 Format = Literal["auto", "text", "csv", "tsv", "jsonl", "parquet", "conll"]
 TaskType = Literal["classification", "pair_classification", "token_classification"]
 
+# `datasets` caches generator output by the generator's name and arguments, not its code: this
+# key makes a new version of the readers invalidate what an old version cached.
+_READER_VERSION = hashlib.sha256(open(__file__, "rb").read()).hexdigest()[:12]
+
 _EXT = {
     ".txt": "text",
     ".text": "text",
@@ -153,6 +157,13 @@ def fingerprint(source: DataSource) -> str:
             h.update(f"{f}|{info.get('size')}|{stamp}\n".encode())
     h.update(source.model_dump_json(exclude={"storage_options"}).encode())
     return h.hexdigest()[:16]
+
+
+def _checked_fingerprint(source: DataSource) -> str:
+    """Fail on a missing file or unknown format here, not deep inside `datasets`' generator."""
+    if not source.hub_name:
+        detect_format(source, resolve_files(source))
+    return f"{fingerprint(source)}-{_READER_VERSION}"
 
 
 def _open_text(uri: str, storage_options: dict):
@@ -308,23 +319,31 @@ class BadRows:
             )
 
 
-def _report(ds: datasets.Dataset, source: str) -> BadRows:
-    rep = BadRows(source=source, total=len(ds))
-    errors = ds["_error"]
-    wheres = ds["_where"]
-    for where, err in zip(wheres, errors):
-        if err:
-            rep.bad += 1
-            rep.reasons[err.split(":")[0] if err.startswith(("unknown", "missing", "empty")) else _reason(err)] += 1
-            if len(rep.examples) < 20:
-                rep.examples.append(f"{where}: {err}")
-    return rep
+_REASONS = (
+    ("line ", "malformed line"),
+    ("expected ", "wrong number of columns"),
+    ("invalid JSON", "invalid JSON"),
+    ("not a JSON", "invalid JSON"),
+    ("missing column", "missing column"),
+    ("missing label", "missing label"),
+    ("unknown label", "unknown label"),
+    ("empty", "empty text"),
+)
 
 
 def _reason(err: str) -> str:
-    if err.startswith("line "):
-        return "malformed line"
-    return re.sub(r"\(.*\)", "", err).strip()
+    return next((name for prefix, name in _REASONS if err.startswith(prefix)), "bad row")
+
+
+def _report(ds: datasets.Dataset, source: str) -> BadRows:
+    rep = BadRows(source=source, total=len(ds))
+    for where, err in zip(ds["_where"], ds["_error"]):
+        if err:
+            rep.bad += 1
+            rep.reasons[_reason(err)] += 1
+            if len(rep.examples) < 20:
+                rep.examples.append(f"{where}: {err}")
+    return rep
 
 
 # --------------------------------------------------------------------------- corpora
@@ -345,7 +364,13 @@ def _documents(source_json: str, document_split: str, min_chars: int, fingerprin
             return {"text": text}
         return None
 
-    for _, rec, err in iter_records(source):
+    current_file = None
+    for where, rec, err in iter_records(source):
+        file = where.rsplit(":", 1)[0]
+        if file != current_file:
+            current_file = file
+            if buf and (doc := flush()):
+                yield doc  # a document never spans two files
         if err or rec is None:
             continue
         line = rec.get(source.text_column if source.text_column in rec else "text")
@@ -372,7 +397,7 @@ def _documents(source_json: str, document_split: str, min_chars: int, fingerprin
 
 def load_corpus(cfg: CorpusConfig) -> datasets.Dataset:
     """Documents as a `datasets.Dataset` with one column, `text` (Arrow on disk, not in memory)."""
-    fp = fingerprint(cfg.source)
+    fp = _checked_fingerprint(cfg.source)
     ds = datasets.Dataset.from_generator(
         _documents,
         gen_kwargs=dict(
@@ -404,8 +429,9 @@ def _label_index(raw: Any, labels: list[str]) -> int | None:
     return None
 
 
-def _labelled_rows(source_json: str, task: str, labels: list[str] | None, fingerprint: str):
+def _labelled_rows(source_json: str, task: str, labels_json: str, fingerprint: str):
     source = DataSource.model_validate_json(source_json)
+    labels = json.loads(labels_json)
     tags = bio_tags(labels) if (task == "token_classification" and labels) else None
     for where, rec, err in iter_records(source):
         row = {"_where": where, "_error": err, "text": "", "text_pair": "", "label": "", "tokens": [], "tags": []}
@@ -469,10 +495,13 @@ def load_labelled(
     """
     if task == "pair_classification" and not source.text_pair_column:
         raise DataError(f"{source.describe()}: pair_classification needs text_pair_column")
-    fp = fingerprint(source)
+    if task == "token_classification" and source.format == "auto" and not source.hub_name:
+        source = source.model_copy(update={"format": "conll"})  # CoNLL files are often *.txt
+    fp = _checked_fingerprint(source)
     raw = datasets.Dataset.from_generator(
         _labelled_rows,
-        gen_kwargs=dict(source_json=source.model_dump_json(), task=task, labels=labels, fingerprint=fp),
+        # lists in gen_kwargs would be split into shards by `datasets`: pass JSON strings
+        gen_kwargs=dict(source_json=source.model_dump_json(), task=task, labels_json=json.dumps(labels), fingerprint=fp),
         features=datasets.Features(
             {
                 "_where": datasets.Value("string"),

@@ -1,0 +1,126 @@
+"""Config resolution (preset -> YAML -> overrides) and one-line errors that name the field."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from lmplatform.config import ConfigError, load_config, save_resolved
+from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig, ServeConfig
+
+PRETRAIN = ROOT / "jobs" / "configs" / "pretrain" / "bert-sample.yaml"
+
+
+def test_banana_hidden_size_is_one_line_naming_the_field():
+    with pytest.raises(ConfigError) as e:
+        load_config(PretrainJobConfig, PRETRAIN, ["model.hidden_size=banana"])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "model.hidden_size" in msg and "banana" in msg and "integer" in msg
+
+
+@pytest.mark.parametrize(
+    "override, must_contain",
+    [
+        ("model.hiden_size=64", ["model.hiden_size", "unknown key", "hidden_size"]),
+        ("model.dropout=1.5", ["model.dropout", "1.5", "< 1.0"]),
+        ("model.size=huge", ["model.size", "'debug'", "'base'"]),
+        ("tokenizer.kind=bpe", ["tokenizer.kind", "wordpiece"]),
+        ("train.precision=fp8", ["train.precision", "'bf16'"]),
+        ("scaling.zero_stage=5", ["scaling.zero_stage", "3"]),
+        ("examples.max_seq_len=1024", ["examples.max_seq_len", "model.max_seq_len"]),
+        ("model.num_heads=3", ["num_heads", "divisible"]),
+        ("name=has space", ["name", "has space"]),
+    ],
+)
+def test_bad_values_name_field_value_and_allowed(override, must_contain):
+    with pytest.raises(ConfigError) as e:
+        load_config(PretrainJobConfig, PRETRAIN, [override])
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in must_contain:
+        assert part in msg, (part, msg)
+
+
+def test_preset_then_yaml_then_override(tmp_path):
+    f = tmp_path / "c.yaml"
+    data = yaml.safe_load(PRETRAIN.read_text())
+    data["model"] = {"family": "bert", "size": "mini", "num_layers": 3}
+    f.write_text(yaml.safe_dump(data))
+    cfg = load_config(PretrainJobConfig, f, ["model.intermediate_size=512"])
+    assert cfg.model.hidden_size == 256  # from the mini preset
+    assert cfg.model.num_layers == 3  # YAML beats preset
+    assert cfg.model.intermediate_size == 512  # override beats both
+    cfg2 = load_config(PretrainJobConfig, f, ["model.size=debug"])
+    assert cfg2.model.hidden_size == 64 and cfg2.model.num_layers == 3
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(PretrainJobConfig, PRETRAIN, ["model.hidden_size"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(PretrainJobConfig, PRETRAIN, ["name.x=1"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(PretrainJobConfig, "nope.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(PretrainJobConfig, PRETRAIN, ["train.lr=0.01"])
+    path = save_resolved(cfg, tmp_path)
+    again = load_config(PretrainJobConfig, path)
+    assert again == cfg
+    assert yaml.safe_load(path.read_text())["model"]["hidden_size"] == 64
+
+
+def _shipped(kind: str):
+    return sorted((ROOT / "jobs" / "configs" / kind).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _shipped("pretrain"), ids=lambda p: p.name)
+def test_every_shipped_pretrain_config_loads(path):
+    cfg = load_config(PretrainJobConfig, path)
+    assert cfg.name
+
+
+def test_finetune_and_serve_configs_validate():
+    base = {
+        "name": "t",
+        "parent": "bert-sample",
+        "task": {
+            "name": "sst2",
+            "type": "classification",
+            "train": {"path": "x.tsv"},
+            "dev": {"path": "y.tsv"},
+        },
+    }
+    from lmplatform.config import validate
+
+    cfg = validate(FinetuneJobConfig, base)
+    assert cfg.task.metric == "accuracy" and cfg.search.scheduler == "asha"
+    bad = {**base, "search": {"space": {"learning_rate": {"kind": "loguniform", "low": 1e-5, "high": 1e-3}}}}
+    with pytest.raises(ConfigError, match="learning_rate"):
+        validate(FinetuneJobConfig, bad)
+    bad = {**base, "search": {"space": {"lr": {"kind": "loguniform", "low": 0, "high": 1e-3}}}}
+    with pytest.raises(ConfigError, match="search.space"):
+        validate(FinetuneJobConfig, bad)
+    assert validate(ServeConfig, {}).host == "127.0.0.1"
+    with pytest.raises(ConfigError, match="autoscaling"):
+        validate(ServeConfig, {"autoscaling": {"min_replicas": 3, "max_replicas": 1}})
+
+
+def test_job_fails_before_any_work(tmp_path):
+    out = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "prepare.py"), "--config", str(PRETRAIN), f"output_dir={out}", "model.hidden_size=banana"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "model.hidden_size" in lines[0], proc.stderr
+    assert not out.exists()  # nothing started: no run folder
+    assert not Path(tmp_path / "ray").exists()
