@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SRC := $(wildcard platform jobs tests bench serve)
 # keep a locally started Ray on 127.0.0.1 (see platform/lmplatform/runtime.py)
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
@@ -28,12 +29,12 @@ demo: setup
 	$(PY) jobs/prepare.py --config jobs/configs/pretrain/gpt-sample.yaml
 
 lint: setup
-	$(VENV)/bin/ruff check platform jobs tests bench serve
-	$(VENV)/bin/ruff format --check platform jobs tests bench serve
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
 
 format: setup
-	$(VENV)/bin/ruff check --fix platform jobs tests bench serve
-	$(VENV)/bin/ruff format platform jobs tests bench serve
+	$(VENV)/bin/ruff check --fix $(SRC)
+	$(VENV)/bin/ruff format $(SRC)
 
 stop:
 	-$(VENV)/bin/ray stop --force

@@ -51,7 +51,9 @@ def wikitext_corpus(shared_data):
     """The shared WikiText-2 files as a documents dataset (articles split at ' = Title = ')."""
     from lmplatform.data.sources import CorpusConfig, DataSource, load_corpus
 
-    cfg = CorpusConfig(source=DataSource(path=str(shared_data / "corpus")), document_split="wikitext")
+    cfg = CorpusConfig(
+        source=DataSource(path=str(shared_data / "corpus")), document_split="wikitext"
+    )
     return cfg, load_corpus(cfg)
 
 
@@ -63,7 +65,9 @@ def wordpiece_8k(wikitext_corpus, tmp_path_factory):
     _, corpus = wikitext_corpus
     out = tmp_path_factory.mktemp("wp8k")
     batches = (b["text"] for b in corpus.iter(batch_size=200))
-    return train_tokenizer(TokenizerConfig(kind="wordpiece", vocab_size=8000), batches, out, length=len(corpus))
+    return train_tokenizer(
+        TokenizerConfig(kind="wordpiece", vocab_size=8000), batches, out, length=len(corpus)
+    )
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -100,7 +100,10 @@ def test_finetune_and_serve_configs_validate():
 
     cfg = validate(FinetuneJobConfig, base)
     assert cfg.task.metric == "accuracy" and cfg.search.scheduler == "asha"
-    bad = {**base, "search": {"space": {"learning_rate": {"kind": "loguniform", "low": 1e-5, "high": 1e-3}}}}
+    bad = {
+        **base,
+        "search": {"space": {"learning_rate": {"kind": "loguniform", "low": 1e-5, "high": 1e-3}}},
+    }
     with pytest.raises(ConfigError, match="learning_rate"):
         validate(FinetuneJobConfig, bad)
     bad = {**base, "search": {"space": {"lr": {"kind": "loguniform", "low": 0, "high": 1e-3}}}}
@@ -114,7 +117,14 @@ def test_finetune_and_serve_configs_validate():
 def test_job_fails_before_any_work(tmp_path):
     out = tmp_path / "runs"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "prepare.py"), "--config", str(PRETRAIN), f"output_dir={out}", "model.hidden_size=banana"],
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "prepare.py"),
+            "--config",
+            str(PRETRAIN),
+            f"output_dir={out}",
+            "model.hidden_size=banana",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -12,7 +12,9 @@ def test_no_platform_package_shadowing_stdlib():
 
 def test_stdlib_platform_and_lmplatform_import_from_repo_root():
     code = "import platform, lmplatform; print(platform.system()); print(lmplatform.__file__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     system, path = out.stdout.split()
     assert system == "Linux"
     assert path.endswith("platform/lmplatform/__init__.py")

@@ -33,7 +33,9 @@ def bert_shards(ray_local, wikitext_corpus, wordpiece_8k, tmp_path_factory):
     cfg_corpus, corpus = wikitext_corpus
     out = tmp_path_factory.mktemp("bert") / "examples"
     cfg = ExamplesConfig(max_seq_len=128, rows_per_shard=2000, docs_per_batch=16)
-    manifest = build_examples(corpus, "bert", wordpiece_8k, cfg, out, fingerprint(cfg_corpus.source))
+    manifest = build_examples(
+        corpus, "bert", wordpiece_8k, cfg, out, fingerprint(cfg_corpus.source)
+    )
     return manifest, out, cfg
 
 
@@ -83,7 +85,9 @@ def test_masking_statistics(bert_shards, wordpiece_8k):
     tok = load_tokenizer(wordpiece_8k)
     sp = special_tokens(tok)
     rows = _read(out)
-    collate = BertCollator(pad_id=sp.pad, mask_id=sp.mask, special_ids=sp.all, vocab_size=tok.get_vocab_size(), seed=1)
+    collate = BertCollator(
+        pad_id=sp.pad, mask_id=sp.mask, special_ids=sp.all, vocab_size=tok.get_vocab_size(), seed=1
+    )
     maskable = selected = as_mask = as_random = kept = 0
     for i in range(0, len(rows["input_ids"]), 256):
         batch = {k: v[i : i + 256] for k, v in rows.items()}
@@ -95,9 +99,13 @@ def test_masking_statistics(bert_shards, wordpiece_8k):
         selected += int(sel.sum())
         as_mask += int((sel & (b["input_ids"] == sp.mask)).sum())
         kept += int((sel & (b["input_ids"] == b["original_ids"])).sum())
-        as_random += int((sel & (b["input_ids"] != sp.mask) & (b["input_ids"] != b["original_ids"])).sum())
+        as_random += int(
+            (sel & (b["input_ids"] != sp.mask) & (b["input_ids"] != b["original_ids"])).sum()
+        )
     frac = selected / maskable
-    print(f"masked {frac:.4f} of {maskable} maskable tokens; mask/random/keep = {as_mask / selected:.3f}/{as_random / selected:.3f}/{kept / selected:.3f}")
+    print(
+        f"masked {frac:.4f} of {maskable} maskable tokens; mask/random/keep = {as_mask / selected:.3f}/{as_random / selected:.3f}/{kept / selected:.3f}"
+    )
     assert abs(frac - 0.15) <= 0.01
     assert abs(as_mask / selected - 0.8) <= 0.02
     assert abs(as_random / selected - 0.1) <= 0.02
@@ -111,7 +119,9 @@ def test_masking_is_dynamic(bert_shards, wordpiece_8k):
     sp = special_tokens(tok)
     rows = _read(out)
     batch = {k: v[:64] for k, v in rows.items()}
-    collate = BertCollator(pad_id=sp.pad, mask_id=sp.mask, special_ids=sp.all, vocab_size=tok.get_vocab_size(), seed=0)
+    collate = BertCollator(
+        pad_id=sp.pad, mask_id=sp.mask, special_ids=sp.all, vocab_size=tok.get_vocab_size(), seed=0
+    )
     first, second = collate(batch), collate(batch)
     assert torch.equal(first["original_ids"], second["original_ids"])
     assert not torch.equal(first["labels"], second["labels"])
@@ -126,7 +136,15 @@ def test_whole_word_masking_masks_every_piece_of_a_word(wordpiece_8k):
     assert cont[ids].any()  # the text really has multi-piece words
     maskable = ~torch.isin(ids, torch.tensor(sp.all))
     word_start = ~cont[ids]
-    _, labels = mask_tokens(ids, maskable, mask_id=sp.mask, random_low=5, vocab_size=8000, word_start=word_start, generator=torch.Generator().manual_seed(0))
+    _, labels = mask_tokens(
+        ids,
+        maskable,
+        mask_id=sp.mask,
+        random_low=5,
+        vocab_size=8000,
+        word_start=word_start,
+        generator=torch.Generator().manual_seed(0),
+    )
     sel = labels != -100
     word_id = torch.cumsum((word_start & maskable).long(), dim=-1)
     for r in range(ids.shape[0]):
@@ -141,7 +159,11 @@ def test_causal_blocks_are_contiguous_and_unpadded(ray_local, sample_dir, tmp_pa
 
     corpus_cfg = CorpusConfig(source=DataSource(path=str(sample_dir / "corpus" / "train.txt")))
     corpus = load_corpus(corpus_cfg)
-    tok_path = train_tokenizer(TokenizerConfig(kind="bpe", vocab_size=2000), (b["text"] for b in corpus.iter(batch_size=500)), tmp_path)
+    tok_path = train_tokenizer(
+        TokenizerConfig(kind="bpe", vocab_size=2000),
+        (b["text"] for b in corpus.iter(batch_size=500)),
+        tmp_path,
+    )
     tok = load_tokenizer(tok_path)
     eot = tok.token_to_id(EOT)
     cfg = ExamplesConfig(max_seq_len=64, docs_per_batch=100)
@@ -152,7 +174,9 @@ def test_causal_blocks_are_contiguous_and_unpadded(ray_local, sample_dir, tmp_pa
     stream = [t for r in rows for t in r]
     # blocks cut a batch's token stream in order: the first block of the first batch is the
     # start of the first documents, separators included (batches may land in any order)
-    first_docs = [enc.ids + [eot] for enc in tok.encode_batch(corpus["text"][:3], add_special_tokens=False)]
+    first_docs = [
+        enc.ids + [eot] for enc in tok.encode_batch(corpus["text"][:3], add_special_tokens=False)
+    ]
     expect = [t for d in first_docs for t in d]
     assert len(expect) > 64 and expect[:64] in rows
     kept = sum(len(r) for r in rows)
@@ -163,6 +187,8 @@ def test_causal_blocks_are_contiguous_and_unpadded(ray_local, sample_dir, tmp_pa
     assert batch["input_ids"].shape == (4, 64)
     again = build_examples(corpus, "causal", tok_path, cfg, tmp_path / "ex", fp)
     assert again["reused"] and again["key"] == manifest["key"]
-    changed = build_examples(corpus, "causal", tok_path, cfg.model_copy(update={"max_seq_len": 32}), tmp_path / "ex", fp)
+    changed = build_examples(
+        corpus, "causal", tok_path, cfg.model_copy(update={"max_seq_len": 32}), tmp_path / "ex", fp
+    )
     assert not changed["reused"]
     assert all(len(r) == 32 for r in _read(tmp_path / "ex")["input_ids"])

@@ -9,7 +9,9 @@ from lmplatform.data.sources import CorpusConfig, DataSource, load_corpus, load_
 
 def _digest(root):
     return hashlib.sha256(
-        b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".complete")
+        b"".join(
+            p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".complete"
+        )
     ).hexdigest()
 
 
@@ -24,18 +26,42 @@ def test_sample_files_load_without_bad_rows(sample_dir):
     words = sum(len(t.split()) for t in docs["text"])
     assert words > 100_000
     for split, n in (("train", 2000), ("dev", 400)):
-        s = load_labelled(DataSource(path=f"sample://sentiment/{split}.tsv", text_column="sentence"), "classification", ["negative", "positive"], 0.0)
+        s = load_labelled(
+            DataSource(path=f"sample://sentiment/{split}.tsv", text_column="sentence"),
+            "classification",
+            ["negative", "positive"],
+            0.0,
+        )
         assert len(s.dataset) == n and s.report.bad == 0
-        t = load_labelled(DataSource(path=f"sample://topics/{split}.tsv", header=False, columns=["text", "label"]), "classification", None, 0.0)
+        t = load_labelled(
+            DataSource(
+                path=f"sample://topics/{split}.tsv", header=False, columns=["text", "label"]
+            ),
+            "classification",
+            None,
+            0.0,
+        )
         assert len(t.dataset) == n and t.labels == ["Business", "Sci/Tech", "Sports", "World"]
-    ner = load_labelled(DataSource(path="sample://ner/train.txt"), "token_classification", ["PER", "LOC", "ORG", "MISC"], 0.0)
+    ner = load_labelled(
+        DataSource(path="sample://ner/train.txt"),
+        "token_classification",
+        ["PER", "LOC", "ORG", "MISC"],
+        0.0,
+    )
     assert len(ner.dataset) == 1500
-    assert all(len(toks) == len(tags) for toks, tags in zip(ner.dataset["tokens"], ner.dataset["tags"]))
+    assert all(
+        len(toks) == len(tags) for toks, tags in zip(ner.dataset["tokens"], ner.dataset["tags"])
+    )
 
 
 def test_sample_labels_are_balanced_and_learnable(sample_dir):
     """Labels follow the text (a bag-of-words rule beats chance by far), so a demo model can learn."""
-    s = load_labelled(DataSource(path="sample://sentiment/train.tsv", text_column="sentence"), "classification", ["negative", "positive"], 0.0)
+    s = load_labelled(
+        DataSource(path="sample://sentiment/train.tsv", text_column="sentence"),
+        "classification",
+        ["negative", "positive"],
+        0.0,
+    )
     labels = s.dataset["label"]
     assert 0.4 < sum(labels) / len(labels) < 0.6
     from collections import Counter
@@ -43,7 +69,12 @@ def test_sample_labels_are_balanced_and_learnable(sample_dir):
     counts = [Counter(), Counter()]
     for text, y in zip(s.dataset["text"], labels):
         counts[y].update(text.split())
-    dev = load_labelled(DataSource(path="sample://sentiment/dev.tsv", text_column="sentence"), "classification", ["negative", "positive"], 0.0)
+    dev = load_labelled(
+        DataSource(path="sample://sentiment/dev.tsv", text_column="sentence"),
+        "classification",
+        ["negative", "positive"],
+        0.0,
+    )
     right = 0
     for text, y in zip(dev.dataset["text"], dev.dataset["label"]):
         # naive Bayes log-odds

@@ -21,7 +21,9 @@ TYPES = ["PER", "LOC", "ORG", "MISC"]
 
 
 def test_conll_train_has_exactly_14041_sentences(shared_data):
-    data = load_labelled(DataSource(path=str(shared_data / "conll2003" / "train.txt")), "token_classification", TYPES)
+    data = load_labelled(
+        DataSource(path=str(shared_data / "conll2003" / "train.txt")), "token_classification", TYPES
+    )
     assert len(data.dataset) == 14041
     assert data.report.bad == 0
     assert data.labels == TYPES
@@ -42,19 +44,25 @@ def _conll_with_broken_line(shared_data, tmp_path):
 
 def test_conll_malformed_line_is_reported_with_its_line_number(shared_data, tmp_path):
     path, line_no = _conll_with_broken_line(shared_data, tmp_path)
-    data = load_labelled(DataSource(path=str(path)), "token_classification", TYPES, max_bad_fraction=0.5)
+    data = load_labelled(
+        DataSource(path=str(path)), "token_classification", TYPES, max_bad_fraction=0.5
+    )
     assert data.report.bad == 1
     assert f"line {line_no}" in data.report.examples[0]
     assert str(path) in data.report.examples[0]
     with pytest.raises(DataError) as e:
-        load_labelled(DataSource(path=str(path)), "token_classification", TYPES, max_bad_fraction=0.0)
+        load_labelled(
+            DataSource(path=str(path)), "token_classification", TYPES, max_bad_fraction=0.0
+        )
     assert f"line {line_no}" in str(e.value) and "malformed line" in str(e.value)
 
 
 def test_unknown_conll_tag_is_a_bad_row(tmp_path):
     path = tmp_path / "t.conll"
     path.write_text("Ann B-PER\nwent O\n\nBob B-PERSON\n\n")
-    data = load_labelled(DataSource(path=str(path)), "token_classification", TYPES, max_bad_fraction=0.6)
+    data = load_labelled(
+        DataSource(path=str(path)), "token_classification", TYPES, max_bad_fraction=0.6
+    )
     assert data.report.reasons["unknown label"] == 1
     assert f"{path}:4" in data.report.examples[0]
 
@@ -67,39 +75,65 @@ def test_sst2_tsv_with_header(shared_data):
 
 
 def test_agnews_headerless_tsv_infers_labels(shared_data):
-    src = DataSource(path=str(shared_data / "agnews" / "dev.tsv"), header=False, columns=["text", "label"])
+    src = DataSource(
+        path=str(shared_data / "agnews" / "dev.tsv"), header=False, columns=["text", "label"]
+    )
     data = load_labelled(src, "classification")
-    rows = sum(1 for ln in (shared_data / "agnews" / "dev.tsv").read_text().splitlines() if ln.strip())
+    rows = sum(
+        1 for ln in (shared_data / "agnews" / "dev.tsv").read_text().splitlines() if ln.strip()
+    )
     assert len(data.dataset) == rows > 990
     assert data.labels == sorted(["World", "Sports", "Business", "Sci/Tech"])
 
 
 def test_bad_rows_are_counted_by_reason_with_file_and_line(tmp_path):
     path = tmp_path / "s.tsv"
-    path.write_text("sentence\tlabel\ngood one\t1\n\t0\nno label\t\nweird\t7\nfine\t0\ntoo\tmany\tcols\n")
+    path.write_text(
+        "sentence\tlabel\ngood one\t1\n\t0\nno label\t\nweird\t7\nfine\t0\ntoo\tmany\tcols\n"
+    )
     src = DataSource(path=str(path), text_column="sentence")
     data = load_labelled(src, "classification", ["neg", "pos"], max_bad_fraction=1.0)
     assert len(data.dataset) == 2
     assert data.report.total == 6 and data.report.bad == 4
-    assert data.report.reasons == {"empty text": 1, "missing label": 1, "unknown label": 1, "wrong number of columns": 1}
+    assert data.report.reasons == {
+        "empty text": 1,
+        "missing label": 1,
+        "unknown label": 1,
+        "wrong number of columns": 1,
+    }
     assert any(e.startswith(f"{path}:5: unknown label '7'") for e in data.report.examples)
     with pytest.raises(DataError, match="too many bad rows"):
         load_labelled(src, "classification", ["neg", "pos"], max_bad_fraction=0.5)
 
 
 def test_csv_jsonl_parquet_and_pairs(tmp_path):
-    rows = [{"a": f"premise {i}", "b": f"hypothesis {i}", "y": ["yes", "no"][i % 2]} for i in range(10)]
+    rows = [
+        {"a": f"premise {i}", "b": f"hypothesis {i}", "y": ["yes", "no"][i % 2]} for i in range(10)
+    ]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet")
-    (tmp_path / "p.csv").write_text("a,b,y\n" + "".join(f'"{r["a"]}, quoted","{r["b"]}",{r["y"]}\n' for r in rows))
+    (tmp_path / "p.csv").write_text(
+        "a,b,y\n" + "".join(f'"{r["a"]}, quoted","{r["b"]}",{r["y"]}\n' for r in rows)
+    )
     for name in ("p.jsonl", "p.parquet", "p.csv"):
-        src = DataSource(path=str(tmp_path / name), text_column="a", text_pair_column="b", label_column="y")
+        src = DataSource(
+            path=str(tmp_path / name), text_column="a", text_pair_column="b", label_column="y"
+        )
         data = load_labelled(src, "pair_classification", ["no", "yes"], max_bad_fraction=0.1)
         assert len(data.dataset) == 10, name
         assert data.dataset[1]["text_pair"] == "hypothesis 1" and data.dataset[1]["label"] == 0
-    assert "quoted" in load_labelled(
-        DataSource(path=str(tmp_path / "p.csv"), text_column="a", text_pair_column="b", label_column="y"), "pair_classification"
-    ).dataset[0]["text"]
+    assert (
+        "quoted"
+        in load_labelled(
+            DataSource(
+                path=str(tmp_path / "p.csv"),
+                text_column="a",
+                text_pair_column="b",
+                label_column="y",
+            ),
+            "pair_classification",
+        ).dataset[0]["text"]
+    )
 
 
 def test_remote_uri_goes_through_fsspec(tmp_path):
@@ -125,7 +159,9 @@ def test_remote_uri_goes_through_fsspec(tmp_path):
 
 def test_wikitext_documents_split_at_titles(wikitext_corpus):
     _, docs = wikitext_corpus
-    assert 100 < len(docs) < 400  # WikiText-2 valid+test hold about 60 + 60 articles... plus sections
+    assert (
+        100 < len(docs) < 400
+    )  # WikiText-2 valid+test hold about 60 + 60 articles... plus sections
     assert docs[0]["text"].startswith("= ")
 
 

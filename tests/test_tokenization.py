@@ -21,7 +21,11 @@ def _norm(s: str) -> str:
 def test_wordpiece_8k_compresses_wikitext_test(wordpiece_8k, shared_data):
     tok = load_tokenizer(wordpiece_8k)
     assert tok.get_vocab_size() == 8000
-    lines = [ln for ln in (shared_data / "corpus" / "wikitext-2-test.txt").read_text().splitlines() if ln.strip()]
+    lines = [
+        ln
+        for ln in (shared_data / "corpus" / "wikitext-2-test.txt").read_text().splitlines()
+        if ln.strip()
+    ]
     words = sum(len(ln.split()) for ln in lines)
     tokens = sum(len(e.ids) for e in tok.encode_batch(lines, add_special_tokens=False))
     ratio = tokens / words
@@ -31,7 +35,11 @@ def test_wordpiece_8k_compresses_wikitext_test(wordpiece_8k, shared_data):
 
 def test_wordpiece_round_trips_1000_lines(wordpiece_8k, shared_data):
     tok = load_tokenizer(wordpiece_8k)
-    lines = [ln for ln in (shared_data / "corpus" / "wikitext-2-test.txt").read_text().splitlines() if ln.strip()]
+    lines = [
+        ln
+        for ln in (shared_data / "corpus" / "wikitext-2-test.txt").read_text().splitlines()
+        if ln.strip()
+    ]
     sample = random.Random(0).sample(lines, 1000)
     bad = [ln for ln in sample if _norm(tok.decode(tok.encode(ln).ids)) != _norm(ln)]
     assert not bad, bad[:3]
@@ -50,7 +58,11 @@ def test_wordpiece_specials_and_pair_template(wordpiece_8k):
 
 def test_bpe_is_lossless_and_has_end_of_text(tmp_path, shared_data):
     text = (shared_data / "corpus" / "wikitext-2-valid.txt").read_text().splitlines()
-    path = train_tokenizer(TokenizerConfig(kind="bpe", vocab_size=2000), iter([text[i : i + 500] for i in range(0, len(text), 500)]), tmp_path)
+    path = train_tokenizer(
+        TokenizerConfig(kind="bpe", vocab_size=2000),
+        iter([text[i : i + 500] for i in range(0, len(text), 500)]),
+        tmp_path,
+    )
     tok = load_tokenizer(path)
     assert tok.token_to_id(EOT) is not None
     assert special_tokens(tok).pad == tok.token_to_id(EOT)
@@ -64,5 +76,9 @@ def test_hash_identifies_content_not_path(tmp_path, wordpiece_8k):
     copy.parent.mkdir()
     copy.write_text(wordpiece_8k.read_text())
     assert tokenizer_hash(copy) == h == tokenizer_hash(load_tokenizer(wordpiece_8k))
-    other = train_tokenizer(TokenizerConfig(kind="wordpiece", vocab_size=500), iter([["a small corpus of words"] * 50]), tmp_path)
+    other = train_tokenizer(
+        TokenizerConfig(kind="wordpiece", vocab_size=500),
+        iter([["a small corpus of words"] * 50]),
+        tmp_path,
+    )
     assert tokenizer_hash(other) != h

@@ -15,7 +15,9 @@ from lmplatform.data.sources import DataError
 C = TypeVar("C", bound=BaseModel)
 
 
-def parse(cls: type[C], description: str, argv: list[str] | None = None, extra: Callable | None = None):
+def parse(
+    cls: type[C], description: str, argv: list[str] | None = None, extra: Callable | None = None
+):
     """Parse `--config FILE [key=value …]` into a validated `cls`; returns (config, args)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", required=True, help="YAML file (see jobs/configs/)")

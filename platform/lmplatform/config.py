@@ -88,13 +88,19 @@ def read_yaml(path: str | os.PathLike) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {str(p)!r}{where}: not valid YAML ({e.__class__.__name__})") from None
+        raise ConfigError(
+            f"config file {str(p)!r}{where}: not valid YAML ({e.__class__.__name__})"
+        ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r}: top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {str(p)!r}: top level must be a mapping, got {type(data).__name__}"
+        )
     return data
 
 
-def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] = ()) -> C:
+def load_config(
+    cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] = ()
+) -> C:
     """Resolve preset -> YAML -> overrides into a validated `cls`, or raise a one-line ConfigError.
 
     Presets are applied by the config classes themselves (e.g. `model.size: mini` fills every

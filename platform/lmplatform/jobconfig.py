@@ -82,7 +82,9 @@ class ScalingConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> ScalingConfig:
         if self.min_workers is not None and self.min_workers > self.num_workers:
-            raise ValueError(f"min_workers={self.min_workers} exceeds num_workers={self.num_workers}")
+            raise ValueError(
+                f"min_workers={self.min_workers} exceeds num_workers={self.num_workers}"
+            )
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage=3")
         if self.offload_optimizer and self.zero_stage == 0:
@@ -156,7 +158,14 @@ class SearchDim(StrictModel):
 
 
 SEARCHABLE = (
-    "lr", "batch_size", "epochs", "warmup_ratio", "weight_decay", "dropout", "layer_decay", "transfer",
+    "lr",
+    "batch_size",
+    "epochs",
+    "warmup_ratio",
+    "weight_decay",
+    "dropout",
+    "layer_decay",
+    "transfer",
 )
 
 
@@ -210,7 +219,9 @@ class SearchConfig(StrictModel):
     def _known(self) -> SearchConfig:
         unknown = sorted(set(self.space) - set(SEARCHABLE))
         if unknown:
-            raise ValueError(f"space has unknown hyperparameter(s) {unknown} (allowed: {', '.join(SEARCHABLE)})")
+            raise ValueError(
+                f"space has unknown hyperparameter(s) {unknown} (allowed: {', '.join(SEARCHABLE)})"
+            )
         return self
 
 
@@ -248,7 +259,9 @@ class AutoscalingConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> AutoscalingConfig:
         if self.min_replicas > self.max_replicas:
-            raise ValueError(f"min_replicas={self.min_replicas} exceeds max_replicas={self.max_replicas}")
+            raise ValueError(
+                f"min_replicas={self.min_replicas} exceeds max_replicas={self.max_replicas}"
+            )
         return self
 
 

@@ -35,12 +35,20 @@ def _log(msg: str) -> None:
     print(f"[prepare] {msg}", flush=True)
 
 
-def ensure_tokenizer(cfg: TokenizerConfig, corpus_cfg: CorpusConfig, corpus, corpus_fp: str, out_dir: Path) -> Path:
+def ensure_tokenizer(
+    cfg: TokenizerConfig, corpus_cfg: CorpusConfig, corpus, corpus_fp: str, out_dir: Path
+) -> Path:
     """Train a tokenizer on the corpus unless one built from the same inputs is already there."""
-    key = hashlib.sha256(json.dumps([cfg.model_dump(), corpus_fp], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([cfg.model_dump(), corpus_fp], sort_keys=True).encode()
+    ).hexdigest()[:16]
     meta_path = out_dir / "tokenizer_meta.json"
     path = out_dir / "tokenizer.json"
-    if meta_path.is_file() and path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
+    if (
+        meta_path.is_file()
+        and path.is_file()
+        and json.loads(meta_path.read_text()).get("key") == key
+    ):
         _log(f"tokenizer: reusing {path} (same config and corpus)")
         return path
     t0 = time.time()
@@ -50,9 +58,17 @@ def ensure_tokenizer(cfg: TokenizerConfig, corpus_cfg: CorpusConfig, corpus, cor
     batches = (b["text"] for b in docs.iter(batch_size=1000))
     train_tokenizer(cfg, batches, out_dir, length=n_docs)
     tok_hash = tokenizer_hash(path)
-    meta = {"key": key, "hash": tok_hash, "corpus_fingerprint": corpus_fp, "documents": n_docs, "config": cfg.model_dump()}
+    meta = {
+        "key": key,
+        "hash": tok_hash,
+        "corpus_fingerprint": corpus_fp,
+        "documents": n_docs,
+        "config": cfg.model_dump(),
+    }
     atomic_write_text(meta_path, json.dumps(meta, indent=2))
-    _log(f"tokenizer: trained {cfg.kind} (vocab {load_tokenizer(path).get_vocab_size()}) on {n_docs} documents in {time.time() - t0:.1f}s -> {path} [{tok_hash}]")
+    _log(
+        f"tokenizer: trained {cfg.kind} (vocab {load_tokenizer(path).get_vocab_size()}) on {n_docs} documents in {time.time() - t0:.1f}s -> {path} [{tok_hash}]"
+    )
     return path
 
 
@@ -63,13 +79,21 @@ def prepare(cfg: PretrainJobConfig) -> Prepared:
     t0 = time.time()
     corpus = load_corpus(cfg.corpus)
     corpus_fp = fingerprint(cfg.corpus.source)
-    _log(f"corpus: {len(corpus)} documents from {cfg.corpus.source.describe()} [{corpus_fp}] in {time.time() - t0:.1f}s")
+    _log(
+        f"corpus: {len(corpus)} documents from {cfg.corpus.source.describe()} [{corpus_fp}] in {time.time() - t0:.1f}s"
+    )
     tok_path = ensure_tokenizer(cfg.tokenizer, cfg.corpus, corpus, corpus_fp, run_dir / "tokenizer")
     tok_hash = tokenizer_hash(tok_path)
     t1 = time.time()
-    manifest = build_examples(corpus, cfg.objective, tok_path, cfg.examples, run_dir / "examples", corpus_fp)
+    manifest = build_examples(
+        corpus, cfg.objective, tok_path, cfg.examples, run_dir / "examples", corpus_fp
+    )
     verb = "reusing" if manifest.get("reused") else f"built in {time.time() - t1:.1f}s:"
-    extra = f", NSP random {manifest['nsp_random_fraction']:.1%}" if "nsp_random_fraction" in manifest else ""
+    extra = (
+        f", NSP random {manifest['nsp_random_fraction']:.1%}"
+        if "nsp_random_fraction" in manifest
+        else ""
+    )
     _log(
         f"examples: {verb} {manifest['examples']} {cfg.objective} examples, {manifest['tokens']} tokens, "
         f"{len(manifest['shards'])} shard(s){extra} -> {run_dir / 'examples'}"

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from lmplatform.config import StrictModel, atomic_write_text
 
@@ -50,7 +58,13 @@ class SpecialTokens:
 
     @property
     def all(self) -> list[int]:
-        return sorted({i for i in (self.pad, self.unk, self.cls, self.sep, self.mask, self.eot) if i is not None})
+        return sorted(
+            {
+                i
+                for i in (self.pad, self.unk, self.cls, self.sep, self.mask, self.eot)
+                if i is not None
+            }
+        )
 
 
 def _new_tokenizer(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
@@ -93,7 +107,10 @@ def _add_bert_template(tok: Tokenizer) -> None:
 
 
 def train_tokenizer(
-    cfg: TokenizerConfig, texts: Iterator[list[str]], out_dir: str | os.PathLike, length: int | None = None
+    cfg: TokenizerConfig,
+    texts: Iterator[list[str]],
+    out_dir: str | os.PathLike,
+    length: int | None = None,
 ) -> Path:
     """Train from an iterator of text batches (streamed, never materialised) and save tokenizer.json.
 

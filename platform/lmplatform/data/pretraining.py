@@ -124,7 +124,13 @@ class BertPairBuilder:
             }
         )
 
-    def _pairs(self, doc: list[list[int]], others: list[list[list[int]]], max_tokens: int, rng: random.Random):
+    def _pairs(
+        self,
+        doc: list[list[int]],
+        others: list[list[list[int]]],
+        max_tokens: int,
+        rng: random.Random,
+    ):
         """Google's create_instances_from_document, with the coin for NSP kept honest.
 
         The original forces a random B whenever a chunk holds one sentence, which pushes the
@@ -176,7 +182,9 @@ class BertPairBuilder:
                         if a and b:
                             yield a, b, is_random
                 chunk, length = [], 0
-                target = max_tokens if rng.random() >= cfg.short_seq_prob else rng.randint(2, max_tokens)
+                target = (
+                    max_tokens if rng.random() >= cfg.short_seq_prob else rng.randint(2, max_tokens)
+                )
             i += 1
 
 
@@ -226,10 +234,17 @@ def _lists(rows: list, value_type: pa.DataType) -> pa.Array:
 # --------------------------------------------------------------------------- building shards
 
 
-def examples_key(objective: Objective, tokenizer_hash: str, corpus_fp: str, cfg: ExamplesConfig) -> str:
+def examples_key(
+    objective: Objective, tokenizer_hash: str, corpus_fp: str, cfg: ExamplesConfig
+) -> str:
     """Identity of an example set: same inputs -> same key -> the existing shards are reused."""
     payload = json.dumps(
-        {"objective": objective, "tokenizer": tokenizer_hash, "corpus": corpus_fp, "cfg": cfg.model_dump(exclude={"mlm_probability", "whole_word_masking"})},
+        {
+            "objective": objective,
+            "tokenizer": tokenizer_hash,
+            "corpus": corpus_fp,
+            "cfg": cfg.model_dump(exclude={"mlm_probability", "whole_word_masking"}),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -322,7 +337,9 @@ def shard_stats(out_dir: str | os.PathLike, objective: Objective) -> dict:
     files = shard_files(out_dir)
     n = tokens = random_next = 0
     for f in files:
-        t = pq.read_table(f, columns=["input_ids"] + (["next_sentence_label"] if objective == "bert" else []))
+        t = pq.read_table(
+            f, columns=["input_ids"] + (["next_sentence_label"] if objective == "bert" else [])
+        )
         n += t.num_rows
         tokens += int(pc.sum(pc.list_value_length(t["input_ids"])).as_py() or 0)
         if objective == "bert":
@@ -371,7 +388,9 @@ def mask_tokens(
     inputs[to_mask] = mask_id
     n_random = int(to_random.sum())
     if n_random:
-        inputs[to_random] = torch.randint(random_low, vocab_size, (n_random,), generator=generator, dtype=inputs.dtype)
+        inputs[to_random] = torch.randint(
+            random_low, vocab_size, (n_random,), generator=generator, dtype=inputs.dtype
+        )
     return inputs, labels
 
 
@@ -395,7 +414,9 @@ class BertCollator:
         # random replacements never produce special tokens (they are the lowest ids)
         self.random_low = int(max(special_ids)) + 1
         self.mlm_probability = mlm_probability
-        self.continuation = torch.tensor(continuation, dtype=torch.bool) if continuation is not None else None
+        self.continuation = (
+            torch.tensor(continuation, dtype=torch.bool) if continuation is not None else None
+        )
         self.generator = torch.Generator().manual_seed(seed)
         self.multiple = pad_to_multiple_of
 
@@ -407,7 +428,9 @@ class BertCollator:
         types = torch.zeros((len(rows), length), dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.as_tensor(np.asarray(r, dtype=np.int64))
-            types[i, : len(r)] = torch.as_tensor(np.asarray(batch["token_type_ids"][i], dtype=np.int64))
+            types[i, : len(r)] = torch.as_tensor(
+                np.asarray(batch["token_type_ids"][i], dtype=np.int64)
+            )
         attention = torch.zeros_like(ids, dtype=torch.bool)
         for i, r in enumerate(rows):
             attention[i, : len(r)] = True
@@ -428,7 +451,9 @@ class BertCollator:
             "token_type_ids": types,
             "attention_mask": attention,
             "labels": labels,
-            "next_sentence_label": torch.as_tensor(np.asarray(batch["next_sentence_label"], dtype=np.int64)),
+            "next_sentence_label": torch.as_tensor(
+                np.asarray(batch["next_sentence_label"], dtype=np.int64)
+            ),
             "original_ids": ids,
         }
 

@@ -20,18 +20,101 @@ from lmplatform.config import atomic_write_text
 
 VERSION = "v1"
 
-_SYL = ["ka", "lo", "ri", "ven", "tor", "mi", "sa", "dun", "bel", "or", "te", "nas", "fi", "gar", "ul", "ze", "pra", "mon", "ly", "esh"]
+_SYL = [
+    "ka",
+    "lo",
+    "ri",
+    "ven",
+    "tor",
+    "mi",
+    "sa",
+    "dun",
+    "bel",
+    "or",
+    "te",
+    "nas",
+    "fi",
+    "gar",
+    "ul",
+    "ze",
+    "pra",
+    "mon",
+    "ly",
+    "esh",
+]
 _TOWN_END = ["ford", "holm", "wick", "stead", "mere", "burg", "vale", "port"]
 _ORG_END = ["Works", "Group", "Labs", "Union", "Bank", "Motors", "Press", "Systems"]
-_MISC = ["Tovarian", "Melish", "Orkadi", "Sunwake Festival", "Brightwater Cup", "Kelvish", "Amberline Prize", "Doran"]
+_MISC = [
+    "Tovarian",
+    "Melish",
+    "Orkadi",
+    "Sunwake Festival",
+    "Brightwater Cup",
+    "Kelvish",
+    "Amberline Prize",
+    "Doran",
+]
 
 _TOPICS = {
-    "World": ["minister", "border", "treaty", "election", "parliament", "embassy", "protest", "refugees", "summit", "ceasefire"],
-    "Sports": ["match", "goal", "coach", "season", "striker", "league", "tournament", "champion", "stadium", "referee"],
-    "Business": ["shares", "profit", "market", "merger", "investors", "revenue", "bank", "prices", "quarter", "exports"],
-    "Sci/Tech": ["software", "satellite", "researchers", "chip", "network", "laboratory", "telescope", "battery", "robot", "algorithm"],
+    "World": [
+        "minister",
+        "border",
+        "treaty",
+        "election",
+        "parliament",
+        "embassy",
+        "protest",
+        "refugees",
+        "summit",
+        "ceasefire",
+    ],
+    "Sports": [
+        "match",
+        "goal",
+        "coach",
+        "season",
+        "striker",
+        "league",
+        "tournament",
+        "champion",
+        "stadium",
+        "referee",
+    ],
+    "Business": [
+        "shares",
+        "profit",
+        "market",
+        "merger",
+        "investors",
+        "revenue",
+        "bank",
+        "prices",
+        "quarter",
+        "exports",
+    ],
+    "Sci/Tech": [
+        "software",
+        "satellite",
+        "researchers",
+        "chip",
+        "network",
+        "laboratory",
+        "telescope",
+        "battery",
+        "robot",
+        "algorithm",
+    ],
 }
-_TOPIC_VERBS = ["announced", "reported", "discussed", "criticised", "welcomed", "questioned", "expected", "reviewed"]
+_TOPIC_VERBS = [
+    "announced",
+    "reported",
+    "discussed",
+    "criticised",
+    "welcomed",
+    "questioned",
+    "expected",
+    "reviewed",
+]
 _TOPIC_FRAMES = [
     "{org} {verb} new {w1} figures on {day} , and the {w2} drew wide attention .",
     "in {town} , the {w1} was {verb} after the {w2} ended late on {day} .",
@@ -39,9 +122,42 @@ _TOPIC_FRAMES = [
     "officials {verb} the {w1} while the {w2} continued in {town} .",
     "the {w1} and the {w2} dominated talk in {town} this week .",
 ]
-_POS = ["wonderful", "delightful", "moving", "brilliant", "charming", "gripping", "warm", "clever", "beautiful", "joyful"]
-_NEG = ["dull", "tedious", "clumsy", "awful", "lifeless", "boring", "messy", "bland", "painful", "forgettable"]
-_THINGS = ["film", "story", "acting", "script", "ending", "soundtrack", "cast", "direction", "dialogue", "pacing"]
+_POS = [
+    "wonderful",
+    "delightful",
+    "moving",
+    "brilliant",
+    "charming",
+    "gripping",
+    "warm",
+    "clever",
+    "beautiful",
+    "joyful",
+]
+_NEG = [
+    "dull",
+    "tedious",
+    "clumsy",
+    "awful",
+    "lifeless",
+    "boring",
+    "messy",
+    "bland",
+    "painful",
+    "forgettable",
+]
+_THINGS = [
+    "film",
+    "story",
+    "acting",
+    "script",
+    "ending",
+    "soundtrack",
+    "cast",
+    "direction",
+    "dialogue",
+    "pacing",
+]
 _DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 
 
@@ -67,8 +183,13 @@ def _topic_sentence(w: _World, topic: str) -> str:
     w1, w2 = r.sample(_TOPICS[topic], 2)
     frame = r.choice(_TOPIC_FRAMES)
     return frame.format(
-        org=w.pick("orgs"), verb=r.choice(_TOPIC_VERBS), w1=w1, w2=w2, day=r.choice(_DAYS),
-        town=w.pick("towns"), per=w.pick("people"),
+        org=w.pick("orgs"),
+        verb=r.choice(_TOPIC_VERBS),
+        w1=w1,
+        w2=w2,
+        day=r.choice(_DAYS),
+        town=w.pick("towns"),
+        per=w.pick("people"),
     )
 
 
@@ -99,12 +220,51 @@ def _ner_sentence(w: _World) -> list[tuple[str, str]]:
         return [(x, "O") for x in text.split()]
 
     frames = [
-        lambda: ent(w.pick("people"), "PER") + plain("joined") + ent(w.pick("orgs"), "ORG") + plain("in") + ent(w.pick("towns"), "LOC") + plain("."),
-        lambda: ent(w.pick("orgs"), "ORG") + plain("opened an office in") + ent(w.pick("towns"), "LOC") + plain("on " + r.choice(_DAYS) + " ."),
-        lambda: plain("the") + ent(r.choice(_MISC), "MISC") + plain("was won by") + ent(w.pick("people"), "PER") + plain("."),
-        lambda: ent(w.pick("people"), "PER") + plain("travelled from") + ent(w.pick("towns"), "LOC") + plain("to") + ent(w.pick("towns"), "LOC") + plain("."),
-        lambda: plain("according to") + ent(w.pick("people"), "PER") + plain(", the") + ent(r.choice(_MISC), "MISC") + plain("team met") + ent(w.pick("orgs"), "ORG") + plain("."),
-        lambda: plain("shares in") + ent(w.pick("orgs"), "ORG") + plain("rose after") + ent(w.pick("people"), "PER") + plain("spoke ."),
+        lambda: (
+            ent(w.pick("people"), "PER")
+            + plain("joined")
+            + ent(w.pick("orgs"), "ORG")
+            + plain("in")
+            + ent(w.pick("towns"), "LOC")
+            + plain(".")
+        ),
+        lambda: (
+            ent(w.pick("orgs"), "ORG")
+            + plain("opened an office in")
+            + ent(w.pick("towns"), "LOC")
+            + plain("on " + r.choice(_DAYS) + " .")
+        ),
+        lambda: (
+            plain("the")
+            + ent(r.choice(_MISC), "MISC")
+            + plain("was won by")
+            + ent(w.pick("people"), "PER")
+            + plain(".")
+        ),
+        lambda: (
+            ent(w.pick("people"), "PER")
+            + plain("travelled from")
+            + ent(w.pick("towns"), "LOC")
+            + plain("to")
+            + ent(w.pick("towns"), "LOC")
+            + plain(".")
+        ),
+        lambda: (
+            plain("according to")
+            + ent(w.pick("people"), "PER")
+            + plain(", the")
+            + ent(r.choice(_MISC), "MISC")
+            + plain("team met")
+            + ent(w.pick("orgs"), "ORG")
+            + plain(".")
+        ),
+        lambda: (
+            plain("shares in")
+            + ent(w.pick("orgs"), "ORG")
+            + plain("rose after")
+            + ent(w.pick("people"), "PER")
+            + plain("spoke .")
+        ),
     ]
     return r.choice(frames)()
 
@@ -138,7 +298,9 @@ def _files(seed: int = 0) -> dict[str, str]:
     out["corpus/train.txt"] = "\n\n".join(_document(w) for _ in range(1500)) + "\n"
     for split, n in (("train", 2000), ("dev", 400)):
         rows = [_review(w) for _ in range(n)]
-        out[f"sentiment/{split}.tsv"] = "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows)
+        out[f"sentiment/{split}.tsv"] = "sentence\tlabel\n" + "".join(
+            f"{t}\t{y}\n" for t, y in rows
+        )
         trows = []
         for _ in range(n):
             topic = rng.choice(list(_TOPICS))
@@ -146,12 +308,16 @@ def _files(seed: int = 0) -> dict[str, str]:
         out[f"topics/{split}.tsv"] = "".join(f"{t}\t{y}\n" for t, y in trows)
     for split, n in (("train", 1500), ("dev", 300)):
         sents = [_ner_sentence(w) for _ in range(n)]
-        out[f"ner/{split}.txt"] = "".join("".join(f"{wd} {tag}\n" for wd, tag in s) + "\n" for s in sents)
+        out[f"ner/{split}.txt"] = "".join(
+            "".join(f"{wd} {tag}\n" for wd, tag in s) + "\n" for s in sents
+        )
     return out
 
 
 def sample_root() -> Path:
-    base = os.environ.get("LMPLATFORM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lmplatform")
+    base = os.environ.get("LMPLATFORM_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "lmplatform"
+    )
     return Path(base) / f"sample-{VERSION}"
 
 

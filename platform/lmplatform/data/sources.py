@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -85,7 +84,11 @@ class DataSource(StrictModel):
 
     def describe(self) -> str:
         if self.hub_name:
-            return f"hub:{self.hub_name}" + (f"/{self.hub_subset}" if self.hub_subset else "") + f"[{self.split}]"
+            return (
+                f"hub:{self.hub_name}"
+                + (f"/{self.hub_subset}" if self.hub_subset else "")
+                + f"[{self.split}]"
+            )
         return str(self.path)
 
 
@@ -111,9 +114,7 @@ def resolve_files(source: DataSource) -> list[str]:
     files: list[str] = []
     for p in paths:
         if fs.isdir(p):
-            files += sorted(
-                f for f in fs.find(p) if not os.path.basename(f).startswith((".", "_"))
-            )
+            files += sorted(f for f in fs.find(p) if not os.path.basename(f).startswith((".", "_")))
         elif fs.exists(p):
             files.append(p)
     if not files:
@@ -153,7 +154,12 @@ def fingerprint(source: DataSource) -> str:
         )
         for f in resolve_files(source):
             info = fs.info(f)
-            stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+            stamp = (
+                info.get("ETag")
+                or info.get("etag")
+                or info.get("mtime")
+                or info.get("LastModified")
+            )
             h.update(f"{f}|{info.get('size')}|{stamp}\n".encode())
     h.update(source.model_dump_json(exclude={"storage_options"}).encode())
     return h.hexdigest()[:16]
@@ -201,7 +207,11 @@ def _iter_delimited(
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
                 if len(row) != len(names):
-                    yield where, None, f"expected {len(names)} columns ({', '.join(names)}), found {len(row)}"
+                    yield (
+                        where,
+                        None,
+                        f"expected {len(names)} columns ({', '.join(names)}), found {len(row)}",
+                    )
                     continue
                 yield where, dict(zip(names, row)), None
 
@@ -223,13 +233,21 @@ def _iter_jsonl(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, 
                 yield f"{f}:{n}", rec, None
 
 
-def _iter_arrow(source: DataSource, files: list[str] | None) -> Iterator[tuple[str, dict | None, str | None]]:
+def _iter_arrow(
+    source: DataSource, files: list[str] | None
+) -> Iterator[tuple[str, dict | None, str | None]]:
     if source.hub_name:
-        ds = datasets.load_dataset(source.hub_name, source.hub_subset, split=source.split, streaming=True)
+        ds = datasets.load_dataset(
+            source.hub_name, source.hub_subset, split=source.split, streaming=True
+        )
         name = source.describe()
     else:
         ds = datasets.load_dataset(
-            "parquet", data_files=files, split="train", streaming=True, storage_options=source.storage_options
+            "parquet",
+            data_files=files,
+            split="train",
+            streaming=True,
+            storage_options=source.storage_options,
         )
         name = str(source.path)
     for n, rec in enumerate(ds):
@@ -276,7 +294,9 @@ def iter_records(source: DataSource) -> Iterator[tuple[str, dict | None, str | N
     if fmt == "text":
         yield from _iter_text(files, so)
     elif fmt in ("csv", "tsv"):
-        yield from _iter_delimited(files, so, "\t" if fmt == "tsv" else ",", source.header, source.columns)
+        yield from _iter_delimited(
+            files, so, "\t" if fmt == "tsv" else ",", source.header, source.columns
+        )
     elif fmt == "jsonl":
         yield from _iter_jsonl(files, so)
     elif fmt == "parquet":
@@ -408,7 +428,9 @@ def load_corpus(cfg: CorpusConfig) -> datasets.Dataset:
         ),
     )
     if len(ds) == 0:
-        raise DataError(f"{cfg.source.describe()}: no documents of at least {cfg.min_chars} characters")
+        raise DataError(
+            f"{cfg.source.describe()}: no documents of at least {cfg.min_chars} characters"
+        )
     return ds
 
 
@@ -434,7 +456,15 @@ def _labelled_rows(source_json: str, task: str, labels_json: str, fingerprint: s
     labels = json.loads(labels_json)
     tags = bio_tags(labels) if (task == "token_classification" and labels) else None
     for where, rec, err in iter_records(source):
-        row = {"_where": where, "_error": err, "text": "", "text_pair": "", "label": "", "tokens": [], "tags": []}
+        row = {
+            "_where": where,
+            "_error": err,
+            "text": "",
+            "text_pair": "",
+            "label": "",
+            "tokens": [],
+            "tags": [],
+        }
         if rec is None:
             yield row
             continue
@@ -458,7 +488,10 @@ def _labelled_rows(source_json: str, task: str, labels_json: str, fingerprint: s
             row["_error"] = f"missing column {source.text_column!r} (have: {', '.join(rec)})"
         elif text is None or not str(text).strip():
             row["_error"] = "empty text"
-        elif task == "pair_classification" and not str(rec.get(source.text_pair_column or "", "") or "").strip():
+        elif (
+            task == "pair_classification"
+            and not str(rec.get(source.text_pair_column or "", "") or "").strip()
+        ):
             row["_error"] = f"empty text pair (column {source.text_pair_column!r})"
         elif label is None or str(label).strip() == "":
             row["_error"] = "missing label"
@@ -501,7 +534,12 @@ def load_labelled(
     raw = datasets.Dataset.from_generator(
         _labelled_rows,
         # lists in gen_kwargs would be split into shards by `datasets`: pass JSON strings
-        gen_kwargs=dict(source_json=source.model_dump_json(), task=task, labels_json=json.dumps(labels), fingerprint=fp),
+        gen_kwargs=dict(
+            source_json=source.model_dump_json(),
+            task=task,
+            labels_json=json.dumps(labels),
+            fingerprint=fp,
+        ),
         features=datasets.Features(
             {
                 "_where": datasets.Value("string"),
@@ -531,7 +569,14 @@ def load_labelled(
         ds = ds.remove_columns("tags").rename_column("tag_ids", "tags")
     else:
         if labels is None:
-            found = sorted(set(good["label"]), key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+            found = sorted(
+                set(good["label"]),
+                key=lambda s: (
+                    not s.lstrip("-").isdigit(),
+                    int(s) if s.lstrip("-").isdigit() else 0,
+                    s,
+                ),
+            )
             labels = found
         names = list(labels)
         keep = ["text", "label"] + (["text_pair"] if task == "pair_classification" else [])

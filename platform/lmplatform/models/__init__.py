@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 from pydantic import Field
 
@@ -10,7 +10,7 @@ from lmplatform.models.bert import BertConfig
 from lmplatform.models.gpt import GPTConfig
 from lmplatform.models.lstm import LSTMConfig
 
-ModelConfig = Annotated[Union[BertConfig, GPTConfig, LSTMConfig], Field(discriminator="family")]
+ModelConfig = Annotated[BertConfig | GPTConfig | LSTMConfig, Field(discriminator="family")]
 """Any family's config, selected by its `family` key."""
 
 __all__ = ["BertConfig", "GPTConfig", "LSTMConfig", "ModelConfig"]

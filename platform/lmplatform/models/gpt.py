@@ -14,11 +14,19 @@ from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
 
 PRESETS: dict[str, dict] = {
-    "debug": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256, max_seq_len=128),
-    "mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_seq_len=512),
-    "small": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048, max_seq_len=1024),
+    "debug": dict(
+        hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256, max_seq_len=128
+    ),
+    "mini": dict(
+        hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_seq_len=512
+    ),
+    "small": dict(
+        hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048, max_seq_len=1024
+    ),
     # GPT-2 small (Radford et al. 2019): 124M parameters with the 50,257-token vocabulary.
-    "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_seq_len=1024),
+    "base": dict(
+        hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_seq_len=1024
+    ),
 }
 
 
