@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
+from torch import nn
 
 from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
+from lmplatform.models.layers import Encoded, SelfAttention, init_weights, padding_mask
 
 PRESETS: dict[str, dict] = {
     "debug": dict(
@@ -67,3 +71,123 @@ class BertConfig(StrictModel):
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
             )
         return self
+
+
+# --------------------------------------------------------------------------- model
+
+
+class BertLayer(nn.Module):
+    """Post-LayerNorm Transformer block, as in BERT (and Hugging Face's BertLayer)."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.attn = SelfAttention(cfg.hidden_size, cfg.num_heads, cfg.attention_dropout)
+        self.attn_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.ffn_in = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.ffn_out = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.ffn_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attn_ln(x + self.drop(self.attn(x, mask)))  # (B, T, C)
+        return self.ffn_ln(x + self.drop(self.ffn_out(F.gelu(self.ffn_in(x)))))  # (B, T, C)
+
+
+class BertEncoder(nn.Module):
+    """Embeddings + encoder layers + pooler: Hugging Face's BertModel."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.hidden_size)
+        self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.emb_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_layers))
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.apply(lambda m: init_weights(m, cfg.initializer_range))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.hidden_size
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, all_layers: bool = False):
+        B, T = input_ids.shape
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.tok_emb(input_ids) + self.pos_emb(pos)  # (B, T, C)
+        if token_type_ids is not None:
+            x = x + self.type_emb(token_type_ids)
+        else:
+            x = x + self.type_emb.weight[0]
+        x = self.drop(self.emb_ln(x))
+        mask = padding_mask(attention_mask)
+        outs = [x]
+        for layer in self.layers:
+            x = layer(x, mask)
+            if all_layers:
+                outs.append(x)
+        return outs if all_layers else x
+
+    def pool(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.pooler(h[:, 0]))  # [CLS] -> (B, C)
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> Encoded:
+        h = self.forward(input_ids, attention_mask, token_type_ids)
+        return Encoded(layers=[h], pooled=self.pool(h))
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward+backward FLOPs per token of the encoder (6N + attention, Kaplan / PaLM)."""
+        c = self.cfg
+        per_layer = 4 * c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size
+        return 6 * c.num_layers * per_layer + 12 * c.num_layers * c.hidden_size * seq_len
+
+
+class BertForPretraining(nn.Module):
+    """Masked LM (decoder tied to the embeddings) + next-sentence prediction."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.bert = BertEncoder(cfg)
+        self.mlm_dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.mlm_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.nsp = nn.Linear(cfg.hidden_size, 2)
+        for m in (self.mlm_dense, self.mlm_ln, self.nsp):
+            init_weights(m, cfg.initializer_range)
+
+    def mlm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.mlm_ln(F.gelu(self.mlm_dense(h)))
+        return F.linear(h, self.bert.tok_emb.weight, self.mlm_bias)  # (..., V)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, next_sentence_label=None, **_):
+        h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, C)
+        out: dict[str, torch.Tensor] = {}
+        loss = h.new_zeros(())
+        if labels is not None:
+            # vocabulary logits only where a token is predicted (~15 %): the V-wide projection
+            # is the most expensive matmul of a small BERT, so this is most of the speed-up
+            sel = labels != -100
+            logits = self.mlm_logits(h[sel])  # (M, V)
+            target = labels[sel]
+            mlm_loss = F.cross_entropy(logits.float(), target)
+            loss = loss + mlm_loss
+            out["mlm_loss"] = mlm_loss.detach()
+            out["mlm_acc"] = (logits.argmax(-1) == target).float().mean().detach()
+            out["predicted_tokens"] = sel.sum().detach()
+        if next_sentence_label is not None and bool((next_sentence_label >= 0).any()):
+            nsp_logits = self.nsp(self.bert.pool(h))  # (B, 2)
+            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.long(), ignore_index=-100)
+            loss = loss + nsp_loss
+            out["nsp_loss"] = nsp_loss.detach()
+            out["nsp_acc"] = (nsp_logits.argmax(-1) == next_sentence_label).float().mean().detach()
+        out["loss"] = loss
+        return out
+
+    def flops_per_token(self, seq_len: int, mlm_fraction: float = 0.15) -> float:
+        c = self.cfg
+        head = 6 * mlm_fraction * (c.hidden_size**2 + c.hidden_size * c.vocab_size)
+        return self.bert.flops_per_token(seq_len) + head

@@ -6,12 +6,17 @@ torch.distributed.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
+from torch import nn
 
 from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
+from lmplatform.models.layers import Encoded, SelfAttention, init_weights, last_token
 
 PRESETS: dict[str, dict] = {
     "debug": dict(
@@ -63,3 +68,116 @@ class GPTConfig(StrictModel):
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
             )
         return self
+
+
+# --------------------------------------------------------------------------- model
+
+
+class GPTBlock(nn.Module):
+    """Pre-LayerNorm block, as in GPT-2."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.attn = SelfAttention(cfg.hidden_size, cfg.num_heads, cfg.dropout)
+        self.ln_2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.fc = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), causal=True))  # (B, T, C)
+        return x + self.drop(self.proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh")))
+
+
+class GPT(nn.Module):
+    """Decoder-only causal LM with the output layer tied to the token embeddings."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.hidden_size)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.num_layers))
+        self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.apply(lambda m: init_weights(m, cfg.initializer_range))
+        # GPT-2: residual projections scaled by 1/sqrt(2 * layers) so the stream's variance holds
+        for b in self.blocks:
+            for proj in (b.attn.out, b.proj):
+                nn.init.normal_(proj.weight, mean=0.0, std=cfg.initializer_range / math.sqrt(2 * cfg.num_layers))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.hidden_size
+
+    def hidden(self, input_ids: torch.Tensor, all_layers: bool = False):
+        B, T = input_ids.shape
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))  # (B, T, C)
+        outs = [x]
+        for block in self.blocks:
+            x = block(x)
+            if all_layers:
+                outs.append(x)
+        x = self.ln_f(x)
+        if all_layers:
+            outs[-1] = x
+            return outs
+        return x
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.hidden(input_ids), self.tok_emb.weight)  # (B, T, V)
+
+    def forward(self, input_ids, labels=None, **_):
+        """Causal LM loss: position t predicts token t+1 (`labels` defaults to the inputs)."""
+        h = self.hidden(input_ids)[:, :-1]  # (B, T-1, C)
+        target = (input_ids if labels is None else labels)[:, 1:]
+        logits = F.linear(h, self.tok_emb.weight)  # (B, T-1, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100)
+        return {"loss": loss, "ppl": torch.exp(loss.detach().clamp(max=20))}
+
+    # right padding needs no mask here: under causal attention a real token never sees the pads
+    # that follow it, so the task heads read the last real position.
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> Encoded:
+        h = self.hidden(input_ids)
+        return Encoded(layers=[h], pooled=last_token(h, attention_mask))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Greedy (temperature 0), or sampling with temperature and optional top-k."""
+        out = input_ids
+        done = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
+        for _ in range(max_new_tokens):
+            ctx = out[:, -self.cfg.max_seq_len :]
+            logits = F.linear(self.hidden(ctx)[:, -1], self.tok_emb.weight).float()  # (B, V)
+            if temperature <= 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+            if eos_id is not None:
+                nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
+                done |= nxt[:, 0] == eos_id
+            out = torch.cat([out, nxt], dim=1)
+            if eos_id is not None and bool(done.all()):
+                break
+        return out
+
+    def flops_per_token(self, seq_len: int) -> float:
+        c = self.cfg
+        per_layer = 4 * c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size
+        return 6 * (c.num_layers * per_layer + c.hidden_size * c.vocab_size) + 12 * c.num_layers * c.hidden_size * seq_len

@@ -1,0 +1,96 @@
+"""Layers shared by the families: attention through SDPA, the scalar mix, task heads.
+
+Nothing here imports Ray, DeepSpeed or torch.distributed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT / GPT-2 initialisation: N(0, std) weights, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection and SDPA's fused kernels."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float, bias: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden, bias=bias)
+        self.out = nn.Linear(hidden, hidden, bias=bias)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=-1)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,  # (B, 1, 1, T) bool, True = attend; None when nothing is padded
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal and mask is None,
+        )
+        return self.out(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+
+
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) 1/0 -> (B, 1, 1, T) bool for SDPA; None when nothing is padded (faster kernels)."""
+    if attention_mask is None:
+        return None
+    m = attention_mask.bool()
+    if bool(m.all()):
+        return None
+    return m[:, None, None, :]
+
+
+class ScalarMix(nn.Module):
+    """ELMo's learned mix of layers: gamma * sum_j softmax(w)_j * h_j."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(n))
+        self.gamma = nn.Parameter(torch.ones(()))
+
+    def forward(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        w = torch.softmax(self.weights, dim=0)
+        return self.gamma * sum(wi * h for wi, h in zip(w, layers))
+
+
+@dataclass
+class Encoded:
+    """What an encoder gives a task head: per-layer hidden states (last = top) and a pooled vector."""
+
+    layers: list[torch.Tensor]  # each (B, T, H)
+    pooled: torch.Tensor | None  # (B, H) or None: the head pools itself
+
+
+def masked_mean(h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    if attention_mask is None:
+        return h.mean(dim=1)
+    m = attention_mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+def last_token(h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Hidden state of the last real token of each row (right padding)."""
+    if attention_mask is None:
+        return h[:, -1]
+    idx = attention_mask.long().sum(dim=1).clamp(min=1) - 1  # (B,)
+    return h[torch.arange(h.shape[0], device=h.device), idx]
