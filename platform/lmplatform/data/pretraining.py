@@ -462,3 +462,26 @@ def causal_collate(batch: dict) -> dict[str, torch.Tensor]:
     """Fixed-length blocks stack without padding; the model shifts targets itself."""
     ids = torch.as_tensor(np.stack([np.asarray(r, dtype=np.int64) for r in batch["input_ids"]]))
     return {"input_ids": ids}
+
+
+# --------------------------------------------------------------------------- small runs without Ray
+
+
+def build_examples_local(texts: list[str], objective: Objective, tokenizer_json: str, cfg: ExamplesConfig) -> dict[str, list]:
+    """The same builders in this process, for tests and notebooks (no Ray, no shards)."""
+    builder = (BertPairBuilder if objective == "bert" else CausalBlockBuilder)(tokenizer_json, cfg.model_dump())
+    tables = [builder({"text": texts[i : i + cfg.docs_per_batch]}) for i in range(0, len(texts), cfg.docs_per_batch)]
+    return pa.concat_tables(tables).to_pydict()
+
+
+def batch_iterator(rows: dict[str, list], batch_size: int, collate, seed: int = 0, epochs: int | None = None):
+    """Shuffled batches of `rows` (a column dict), reshuffled every epoch, collated."""
+    n = len(next(iter(rows.values())))
+    rng = np.random.default_rng(seed)
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        order = rng.permutation(n)
+        for i in range(0, n - batch_size + 1, batch_size):
+            idx = order[i : i + batch_size]
+            yield collate({k: [v[j] for j in idx] for k, v in rows.items()})
+        epoch += 1

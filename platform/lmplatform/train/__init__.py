@@ -1,0 +1,1 @@
+"""The one training loop used by pretraining workers and fine-tuning trials."""

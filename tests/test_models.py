@@ -1,0 +1,176 @@
+"""Model behaviour: causality, padding invariance, generation, save/load, Hugging Face parity."""
+
+import warnings
+
+import pytest
+import torch
+
+from lmplatform.models import BertConfig, GPTConfig, LSTMConfig
+from lmplatform.models.io import export_hf, from_pretrained, save_pretrained, task_model_from_pretrained
+from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model
+
+V = 500
+
+
+def _ids(B=3, T=24, seed=0):
+    return torch.randint(5, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def test_gpt_is_causal():
+    torch.manual_seed(0)
+    model = build_pretraining_model(GPTConfig(size="debug", vocab_size=V)).eval()
+    ids = _ids()
+    base = model.logits(ids)
+    for t in range(ids.shape[1] - 1):
+        changed = ids.clone()
+        changed[:, t + 1 :] = (changed[:, t + 1 :] + 7) % V  # change every token after t
+        out = model.logits(changed)
+        assert torch.equal(out[:, : t + 1], base[:, : t + 1]), t
+        assert not torch.allclose(out[:, t + 1], base[:, t + 1])
+
+
+def test_bert_outputs_do_not_depend_on_padding():
+    torch.manual_seed(0)
+    model = build_pretraining_model(BertConfig(size="debug", vocab_size=V)).eval()
+    ids = _ids(T=20)
+    types = torch.zeros_like(ids)
+    types[:, 10:] = 1
+    plain = model.bert(ids, torch.ones_like(ids), types)
+    for extra in (1, 7, 30):
+        padded = torch.cat([ids, torch.zeros(ids.shape[0], extra, dtype=torch.long)], 1)
+        mask = torch.cat([torch.ones_like(ids), torch.zeros(ids.shape[0], extra, dtype=torch.long)], 1)
+        ptypes = torch.cat([types, torch.zeros(ids.shape[0], extra, dtype=torch.long)], 1)
+        out = model.bert(padded, mask, ptypes)[:, :20]
+        torch.testing.assert_close(out, plain, rtol=0, atol=1e-5)
+    # and padding is really masked: without the mask the outputs change
+    assert not torch.allclose(model.bert(padded, None, ptypes)[:, :20], plain, atol=1e-3)
+
+
+def test_bilm_features_do_not_depend_on_padding():
+    torch.manual_seed(0)
+    model = build_pretraining_model(LSTMConfig(size="debug", vocab_size=V)).eval()
+    ids = _ids(T=12)
+    plain = model.encode(ids, torch.ones_like(ids)).layers
+    padded = torch.cat([ids, torch.zeros(3, 5, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones_like(ids), torch.zeros(3, 5, dtype=torch.long)], 1)
+    for a, b in zip(model.encode(padded, mask).layers, plain):
+        torch.testing.assert_close(a[:, :12], b, rtol=0, atol=1e-5)
+
+
+def test_generate_greedy_temperature_top_k():
+    torch.manual_seed(0)
+    model = build_pretraining_model(GPTConfig(size="debug", vocab_size=V)).eval()
+    prompt = _ids(B=2, T=5)
+    greedy = model.generate(prompt, 6)
+    assert greedy.shape == (2, 11) and torch.equal(greedy[:, :5], prompt)
+    assert torch.equal(greedy, model.generate(prompt, 6))  # deterministic
+    step = model.logits(prompt)[:, -1].argmax(-1)
+    assert torch.equal(greedy[:, 5], step)
+    g = torch.Generator().manual_seed(1)
+    top1 = model.generate(prompt, 6, temperature=1.0, top_k=1, generator=g)
+    assert torch.equal(top1, greedy)  # top-1 sampling is greedy
+    samples = {tuple(model.generate(prompt, 6, temperature=2.0, top_k=50, generator=g)[0].tolist()) for _ in range(5)}
+    assert len(samples) > 1
+
+
+@pytest.mark.parametrize("cfg", [BertConfig(size="debug", vocab_size=V), GPTConfig(size="debug", vocab_size=V), LSTMConfig(size="debug", vocab_size=V)], ids=lambda c: c.family)
+def test_save_and_load_round_trip(tmp_path, cfg):
+    torch.manual_seed(0)
+    model = build_pretraining_model(cfg).eval()
+    save_pretrained(model, tmp_path / "m")
+    again = from_pretrained(tmp_path / "m").eval()
+    ids = _ids()
+    torch.testing.assert_close(again(ids)["loss"] if cfg.family != "bert" else again.bert(ids), model(ids)["loss"] if cfg.family != "bert" else model.bert(ids))
+    task = task_model_from_pretrained(tmp_path / "m", "classification", 3)
+    enc_state = build_encoder(cfg).state_dict().keys()
+    assert set(task.encoder.state_dict()) == set(enc_state)
+    for k, v in task.encoder.state_dict().items():
+        ref = (model.bert if cfg.family == "bert" else model).state_dict()[k]
+        assert torch.equal(v, ref), k
+    save_pretrained(task.eval(), tmp_path / "t", extra={"labels": ["a", "b", "c"]})
+    again_task = from_pretrained(tmp_path / "t").eval()
+    torch.testing.assert_close(again_task(ids)["logits"], task(ids)["logits"])
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    model = build_pretraining_model(GPTConfig(size="debug", vocab_size=V))
+    save_pretrained(model, tmp_path / "m")
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    import lmplatform.models.io as io
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io, "save_model", boom)
+    with pytest.raises(OSError):
+        save_pretrained(build_pretraining_model(GPTConfig(size="debug", vocab_size=V)), tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left behind
+
+
+# --------------------------------------------------------------------------- Hugging Face parity
+
+# `transformers` comes with the bench extra, which `make setup` installs: a missing one fails here
+import transformers  # noqa: E402
+
+
+def _hf(cls_name, path):
+    transformers.logging.set_verbosity_error()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(transformers, cls_name).from_pretrained(path).eval()
+
+
+def test_bert_export_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    model = build_pretraining_model(BertConfig(size="debug", vocab_size=V)).eval()
+    export_hf(model, tmp_path / "hf")
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    types = torch.zeros_like(ids)
+    types[:, 12:] = 1
+    with torch.no_grad():
+        ours = model.mlm_logits(model.bert(ids, mask, types))
+        theirs = _hf("BertForMaskedLM", tmp_path / "hf")(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        nsp = _hf("BertForPreTraining", tmp_path / "hf")(input_ids=ids, attention_mask=mask, token_type_ids=types).seq_relationship_logits
+        ours_nsp = model.nsp(model.bert.pool(model.bert(ids, mask, types)))
+    torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], rtol=0, atol=1e-4)
+    torch.testing.assert_close(ours_nsp, nsp, rtol=0, atol=1e-4)
+
+
+def test_gpt_export_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    model = build_pretraining_model(GPTConfig(size="debug", vocab_size=V)).eval()
+    export_hf(model, tmp_path / "hf")
+    ids = _ids()
+    with torch.no_grad():
+        theirs = _hf("GPT2LMHeadModel", tmp_path / "hf")(input_ids=ids).logits
+    torch.testing.assert_close(model.logits(ids), theirs, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+@pytest.mark.parametrize("kind", ["classification", "token_classification"])
+def test_task_export_matches_transformers(tmp_path, family, kind):
+    torch.manual_seed(0)
+    cfg = BertConfig(size="debug", vocab_size=V) if family == "bert" else GPTConfig(size="debug", vocab_size=V)
+    model = TaskModel(build_encoder(cfg), kind, 5).eval()
+    export_hf(model, tmp_path / "hf", labels=list("abcde"), pad_id=0)
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    ids[1, 15:] = 0  # right padding with the pad id, as Hugging Face expects for GPT-2
+    name = {"bert": "Bert", "gpt": "GPT2"}[family] + ("ForSequenceClassification" if kind == "classification" else "ForTokenClassification")
+    hf = _hf(name, tmp_path / "hf")
+    assert hf.config.id2label[4] == "e"
+    with torch.no_grad():
+        ours = model(ids, mask)["logits"]
+        theirs = hf(input_ids=ids, attention_mask=mask).logits
+    if kind == "token_classification":
+        ours, theirs = ours[mask.bool()], theirs[mask.bool()]
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+
+
+def test_bilm_export_is_refused_clearly(tmp_path):
+    with pytest.raises(ValueError, match="no Hugging Face counterpart"):
+        export_hf(build_pretraining_model(LSTMConfig(size="debug", vocab_size=V)), tmp_path / "x")
