@@ -27,7 +27,9 @@ def _perturb(tags, rng):
 
 
 def test_entity_f1_equals_seqeval_on_conll_dev(shared_data):
-    data = load_labelled(DataSource(path=str(shared_data / "conll2003" / "dev.txt")), "token_classification", TYPES)
+    data = load_labelled(
+        DataSource(path=str(shared_data / "conll2003" / "dev.txt")), "token_classification", TYPES
+    )
     names = bio_tags(TYPES)
     gold = [[names[t] for t in tags] for tags in data.dataset["tags"]]
     assert len(gold) == 3250
@@ -55,7 +57,11 @@ def test_classification_report():
     pred = [0, 1, 1, 1, 2, 0]
     rep = classification_report(pred, gold, ["a", "b", "c"])
     assert rep["accuracy"] == pytest.approx(4 / 6)
-    assert rep["per_class"]["a"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    assert rep["per_class"]["a"] == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    )
     assert rep["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
-    assert rep["per_class"]["c"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+    assert rep["per_class"]["c"] == pytest.approx(
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
+    )
     assert rep["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)

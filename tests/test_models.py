@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from lmplatform.models import BertConfig, GPTConfig, LSTMConfig
-from lmplatform.models.io import export_hf, from_pretrained, save_pretrained, task_model_from_pretrained
+from lmplatform.models.io import (
+    export_hf,
+    from_pretrained,
+    save_pretrained,
+    task_model_from_pretrained,
+)
 from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model
 
 V = 500
@@ -38,7 +43,9 @@ def test_bert_outputs_do_not_depend_on_padding():
     plain = model.bert(ids, torch.ones_like(ids), types)
     for extra in (1, 7, 30):
         padded = torch.cat([ids, torch.zeros(ids.shape[0], extra, dtype=torch.long)], 1)
-        mask = torch.cat([torch.ones_like(ids), torch.zeros(ids.shape[0], extra, dtype=torch.long)], 1)
+        mask = torch.cat(
+            [torch.ones_like(ids), torch.zeros(ids.shape[0], extra, dtype=torch.long)], 1
+        )
         ptypes = torch.cat([types, torch.zeros(ids.shape[0], extra, dtype=torch.long)], 1)
         out = model.bert(padded, mask, ptypes)[:, :20]
         torch.testing.assert_close(out, plain, rtol=0, atol=1e-5)
@@ -69,18 +76,32 @@ def test_generate_greedy_temperature_top_k():
     g = torch.Generator().manual_seed(1)
     top1 = model.generate(prompt, 6, temperature=1.0, top_k=1, generator=g)
     assert torch.equal(top1, greedy)  # top-1 sampling is greedy
-    samples = {tuple(model.generate(prompt, 6, temperature=2.0, top_k=50, generator=g)[0].tolist()) for _ in range(5)}
+    samples = {
+        tuple(model.generate(prompt, 6, temperature=2.0, top_k=50, generator=g)[0].tolist())
+        for _ in range(5)
+    }
     assert len(samples) > 1
 
 
-@pytest.mark.parametrize("cfg", [BertConfig(size="debug", vocab_size=V), GPTConfig(size="debug", vocab_size=V), LSTMConfig(size="debug", vocab_size=V)], ids=lambda c: c.family)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        BertConfig(size="debug", vocab_size=V),
+        GPTConfig(size="debug", vocab_size=V),
+        LSTMConfig(size="debug", vocab_size=V),
+    ],
+    ids=lambda c: c.family,
+)
 def test_save_and_load_round_trip(tmp_path, cfg):
     torch.manual_seed(0)
     model = build_pretraining_model(cfg).eval()
     save_pretrained(model, tmp_path / "m")
     again = from_pretrained(tmp_path / "m").eval()
     ids = _ids()
-    torch.testing.assert_close(again(ids)["loss"] if cfg.family != "bert" else again.bert(ids), model(ids)["loss"] if cfg.family != "bert" else model.bert(ids))
+    torch.testing.assert_close(
+        again(ids)["loss"] if cfg.family != "bert" else again.bert(ids),
+        model(ids)["loss"] if cfg.family != "bert" else model.bert(ids),
+    )
     task = task_model_from_pretrained(tmp_path / "m", "classification", 3)
     enc_state = build_encoder(cfg).state_dict().keys()
     assert set(task.encoder.state_dict()) == set(enc_state)
@@ -103,7 +124,9 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(io, "save_model", boom)
     with pytest.raises(OSError):
-        save_pretrained(build_pretraining_model(GPTConfig(size="debug", vocab_size=V)), tmp_path / "m")
+        save_pretrained(
+            build_pretraining_model(GPTConfig(size="debug", vocab_size=V)), tmp_path / "m"
+        )
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left behind
 
@@ -132,8 +155,12 @@ def test_bert_export_matches_transformers(tmp_path):
     types[:, 12:] = 1
     with torch.no_grad():
         ours = model.mlm_logits(model.bert(ids, mask, types))
-        theirs = _hf("BertForMaskedLM", tmp_path / "hf")(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-        nsp = _hf("BertForPreTraining", tmp_path / "hf")(input_ids=ids, attention_mask=mask, token_type_ids=types).seq_relationship_logits
+        theirs = _hf("BertForMaskedLM", tmp_path / "hf")(
+            input_ids=ids, attention_mask=mask, token_type_ids=types
+        ).logits
+        nsp = _hf("BertForPreTraining", tmp_path / "hf")(
+            input_ids=ids, attention_mask=mask, token_type_ids=types
+        ).seq_relationship_logits
         ours_nsp = model.nsp(model.bert.pool(model.bert(ids, mask, types)))
     torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], rtol=0, atol=1e-4)
     torch.testing.assert_close(ours_nsp, nsp, rtol=0, atol=1e-4)
@@ -153,14 +180,20 @@ def test_gpt_export_matches_transformers(tmp_path):
 @pytest.mark.parametrize("kind", ["classification", "token_classification"])
 def test_task_export_matches_transformers(tmp_path, family, kind):
     torch.manual_seed(0)
-    cfg = BertConfig(size="debug", vocab_size=V) if family == "bert" else GPTConfig(size="debug", vocab_size=V)
+    cfg = (
+        BertConfig(size="debug", vocab_size=V)
+        if family == "bert"
+        else GPTConfig(size="debug", vocab_size=V)
+    )
     model = TaskModel(build_encoder(cfg), kind, 5).eval()
     export_hf(model, tmp_path / "hf", labels=list("abcde"), pad_id=0)
     ids = _ids()
     mask = torch.ones_like(ids)
     mask[1, 15:] = 0
     ids[1, 15:] = 0  # right padding with the pad id, as Hugging Face expects for GPT-2
-    name = {"bert": "Bert", "gpt": "GPT2"}[family] + ("ForSequenceClassification" if kind == "classification" else "ForTokenClassification")
+    name = {"bert": "Bert", "gpt": "GPT2"}[family] + (
+        "ForSequenceClassification" if kind == "classification" else "ForTokenClassification"
+    )
     hf = _hf(name, tmp_path / "hf")
     assert hf.config.id2label[4] == "e"
     with torch.no_grad():
@@ -174,3 +207,22 @@ def test_task_export_matches_transformers(tmp_path, family, kind):
 def test_bilm_export_is_refused_clearly(tmp_path):
     with pytest.raises(ValueError, match="no Hugging Face counterpart"):
         export_hf(build_pretraining_model(LSTMConfig(size="debug", vocab_size=V)), tmp_path / "x")
+
+
+def test_fast_cpu_dropout_keeps_the_right_fraction_and_scale():
+    from lmplatform.models.layers import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000)
+    y = dropout(x, 0.1, True)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.9) < 0.002
+    assert abs(y.mean().item() - 1.0) < 0.003  # inverted scaling keeps the expectation
+    assert torch.equal(dropout(x, 0.1, False), x)
+    torch.manual_seed(1)
+    a = dropout(x, 0.3, True)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(x, 0.3, True))  # seeded like any torch op
+    # no structure between neighbouring draws (they come from one 64-bit word)
+    m = (a != 0).float().flatten()
+    assert abs(torch.corrcoef(torch.stack([m[:-1], m[1:]]))[0, 1].item()) < 0.01

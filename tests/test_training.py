@@ -6,13 +6,25 @@ import math
 import pytest
 import torch
 
-from lmplatform.data.pretraining import BertCollator, ExamplesConfig, batch_iterator, build_examples_local, causal_collate
+from lmplatform.data.pretraining import (
+    BertCollator,
+    ExamplesConfig,
+    batch_iterator,
+    build_examples_local,
+    causal_collate,
+)
 from lmplatform.data.sources import DataSource, load_labelled
 from lmplatform.data.tasks import TaskEncoder
 from lmplatform.jobconfig import TrainConfig
 from lmplatform.models import BertConfig, GPTConfig, LSTMConfig
 from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model
-from lmplatform.tokenization import TokenizerConfig, continuation_mask, load_tokenizer, special_tokens, train_tokenizer
+from lmplatform.tokenization import (
+    TokenizerConfig,
+    continuation_mask,
+    load_tokenizer,
+    special_tokens,
+    train_tokenizer,
+)
 from lmplatform.train.loop import TorchStepper, fit, lr_lambda
 
 
@@ -22,28 +34,49 @@ def small_tokenizers(wikitext_corpus, tmp_path_factory):
     out = {}
     for kind in ("wordpiece", "bpe"):
         d = tmp_path_factory.mktemp(kind)
-        out[kind] = train_tokenizer(TokenizerConfig(kind=kind, vocab_size=2000), (b["text"] for b in corpus.iter(batch_size=50)), d)
+        out[kind] = train_tokenizer(
+            TokenizerConfig(kind=kind, vocab_size=2000),
+            (b["text"] for b in corpus.iter(batch_size=50)),
+            d,
+        )
     return out
 
 
 def _batches(family, corpus, tok_path, batch_size=16):
     tok = load_tokenizer(tok_path)
     objective = "bert" if family == "bert" else "causal"
-    rows = build_examples_local(corpus["text"], objective, tok_path.read_text(), ExamplesConfig(max_seq_len=128, docs_per_batch=16))
+    rows = build_examples_local(
+        corpus["text"],
+        objective,
+        tok_path.read_text(),
+        ExamplesConfig(max_seq_len=128, docs_per_batch=16),
+    )
     if objective == "bert":
         sp = special_tokens(tok)
-        collate = BertCollator(pad_id=sp.pad, mask_id=sp.mask, special_ids=sp.all, vocab_size=tok.get_vocab_size(), continuation=continuation_mask(tok))
+        collate = BertCollator(
+            pad_id=sp.pad,
+            mask_id=sp.mask,
+            special_ids=sp.all,
+            vocab_size=tok.get_vocab_size(),
+            continuation=continuation_mask(tok),
+        )
     else:
         collate = causal_collate
     return batch_iterator(rows, batch_size, collate), tok.get_vocab_size()
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt", "lstm"])
-def test_loss_falls_within_200_steps_on_the_shared_corpus(family, wikitext_corpus, small_tokenizers):
+def test_loss_falls_within_200_steps_on_the_shared_corpus(
+    family, wikitext_corpus, small_tokenizers
+):
     torch.manual_seed(0)
     _, corpus = wikitext_corpus
-    batches, vocab = _batches(family, corpus, small_tokenizers["wordpiece" if family == "bert" else "bpe"])
-    cfg = {"bert": BertConfig, "gpt": GPTConfig, "lstm": LSTMConfig}[family](size="debug", vocab_size=vocab)
+    batches, vocab = _batches(
+        family, corpus, small_tokenizers["wordpiece" if family == "bert" else "bpe"]
+    )
+    cfg = {"bert": BertConfig, "gpt": GPTConfig, "lstm": LSTMConfig}[family](
+        size="debug", vocab_size=vocab
+    )
     model = build_pretraining_model(cfg)
     train = TrainConfig(batch_size=16, max_steps=200, lr=2e-3, warmup_ratio=0.05, log_every=50)
     res = fit(model, batches, train, total_steps=200, name=family)
@@ -63,10 +96,23 @@ def test_gradient_accumulation_equals_a_bigger_batch():
     a = build_pretraining_model(cfg)
     b = build_pretraining_model(cfg)
     b.load_state_dict(a.state_dict())
-    one = TrainConfig(batch_size=8, grad_accum_steps=1, lr=1e-3, warmup_ratio=0.0, clip_grad_norm=None, log_every=1)
+    one = TrainConfig(
+        batch_size=8,
+        grad_accum_steps=1,
+        lr=1e-3,
+        warmup_ratio=0.0,
+        clip_grad_norm=None,
+        log_every=1,
+    )
     two = one.model_copy(update={"batch_size": 4, "grad_accum_steps": 2})
     fit(a, itertools.repeat({"input_ids": data}), one, total_steps=1, log=None)
-    fit(b, itertools.cycle([{"input_ids": data[:4]}, {"input_ids": data[4:]}]), two, total_steps=1, log=None)
+    fit(
+        b,
+        itertools.cycle([{"input_ids": data[:4]}, {"input_ids": data[4:]}]),
+        two,
+        total_steps=1,
+        log=None,
+    )
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=n)
 
@@ -75,7 +121,11 @@ def test_schedule_warms_up_then_decays():
     cfg = TrainConfig(lr=1.0, warmup_ratio=0.1, schedule="linear", min_lr_ratio=0.1)
     f = lr_lambda(cfg, 100)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.55) and f(100) == pytest.approx(0.1)
+    assert (
+        f(10) == pytest.approx(1.0)
+        and f(55) == pytest.approx(0.55)
+        and f(100) == pytest.approx(0.1)
+    )
     cos = lr_lambda(cfg.model_copy(update={"schedule": "cosine"}), 100)
     assert cos(55) == pytest.approx(0.55) and cos(100) == pytest.approx(0.1)
     model = torch.nn.Linear(2, 2)
@@ -92,14 +142,33 @@ def test_schedule_warms_up_then_decays():
 def test_feature_extraction_leaves_the_encoder_bit_identical(frozen, sample_dir, small_tokenizers):
     torch.manual_seed(0)
     tok = load_tokenizer(small_tokenizers["wordpiece"])
-    data = load_labelled(DataSource(path="sample://sentiment/train.tsv", text_column="sentence"), "classification", ["negative", "positive"])
+    data = load_labelled(
+        DataSource(path="sample://sentiment/train.tsv", text_column="sentence"),
+        "classification",
+        ["negative", "positive"],
+    )
     enc = TaskEncoder(tok, "classification", 64)
     rows = data.dataset.select(range(256)).to_dict()
-    batches = batch_iterator({"text": rows["text"], "label": rows["label"]}, 16, lambda b: enc.collate([dict(zip(b, v)) for v in zip(*b.values())]))
-    model = TaskModel(build_encoder(BertConfig(size="debug", vocab_size=tok.get_vocab_size())), "classification", 2, frozen=frozen)
+    batches = batch_iterator(
+        {"text": rows["text"], "label": rows["label"]},
+        16,
+        lambda b: enc.collate([dict(zip(b, v)) for v in zip(*b.values())]),
+    )
+    model = TaskModel(
+        build_encoder(BertConfig(size="debug", vocab_size=tok.get_vocab_size())),
+        "classification",
+        2,
+        frozen=frozen,
+    )
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     head_before = model.head.weight.clone()
-    res = fit(model, batches, TrainConfig(lr=5e-3, weight_decay=0.1, warmup_ratio=0.0, log_every=100), total_steps=30, log=None)
+    res = fit(
+        model,
+        batches,
+        TrainConfig(lr=5e-3, weight_decay=0.1, warmup_ratio=0.0, log_every=100),
+        total_steps=30,
+        log=None,
+    )
     after = model.encoder.state_dict()
     unchanged = all(torch.equal(before[k], after[k]) for k in before)
     assert unchanged is frozen

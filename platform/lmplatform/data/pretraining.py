@@ -467,14 +467,23 @@ def causal_collate(batch: dict) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- small runs without Ray
 
 
-def build_examples_local(texts: list[str], objective: Objective, tokenizer_json: str, cfg: ExamplesConfig) -> dict[str, list]:
+def build_examples_local(
+    texts: list[str], objective: Objective, tokenizer_json: str, cfg: ExamplesConfig
+) -> dict[str, list]:
     """The same builders in this process, for tests and notebooks (no Ray, no shards)."""
-    builder = (BertPairBuilder if objective == "bert" else CausalBlockBuilder)(tokenizer_json, cfg.model_dump())
-    tables = [builder({"text": texts[i : i + cfg.docs_per_batch]}) for i in range(0, len(texts), cfg.docs_per_batch)]
+    builder = (BertPairBuilder if objective == "bert" else CausalBlockBuilder)(
+        tokenizer_json, cfg.model_dump()
+    )
+    tables = [
+        builder({"text": texts[i : i + cfg.docs_per_batch]})
+        for i in range(0, len(texts), cfg.docs_per_batch)
+    ]
     return pa.concat_tables(tables).to_pydict()
 
 
-def batch_iterator(rows: dict[str, list], batch_size: int, collate, seed: int = 0, epochs: int | None = None):
+def batch_iterator(
+    rows: dict[str, list], batch_size: int, collate, seed: int = 0, epochs: int | None = None
+):
     """Shuffled batches of `rows` (a column dict), reshuffled every epoch, collated."""
     n = len(next(iter(rows.values())))
     rng = np.random.default_rng(seed)

@@ -28,7 +28,11 @@ class TaskEncoder:
             ids, types = enc.ids, enc.type_ids
         else:
             a = self.tok.encode(text, add_special_tokens=False).ids
-            b = [] if pair is None else [self.sp.eot] + self.tok.encode(" " + pair, add_special_tokens=False).ids
+            b = (
+                []
+                if pair is None
+                else [self.sp.eot] + self.tok.encode(" " + pair, add_special_tokens=False).ids
+            )
             ids, types = a + b, [0] * len(a) + [1] * len(b)
         truncated = len(ids) > self.max_len
         if truncated:
@@ -45,7 +49,9 @@ class TaskEncoder:
         truncated = len(ids) > self.max_len
         if truncated:
             ids = ids[: self.max_len - 1] + ids[-1:] if not self.bpe else ids[: self.max_len]
-            word_ids = word_ids[: self.max_len - 1] + [None] if not self.bpe else word_ids[: self.max_len]
+            word_ids = (
+                word_ids[: self.max_len - 1] + [None] if not self.bpe else word_ids[: self.max_len]
+            )
         labels = []
         prev = None
         for w in word_ids:
@@ -63,7 +69,9 @@ class TaskEncoder:
                 t = [0] * len(ids)
                 labels.append(lab)
             else:
-                ids, t, tr = self._ids(r["text"], r.get("text_pair") if self.kind == "pair_classification" else None)
+                ids, t, tr = self._ids(
+                    r["text"], r.get("text_pair") if self.kind == "pair_classification" else None
+                )
                 labels.append(r.get("label", -100))
             seqs.append(ids)
             types.append(t)

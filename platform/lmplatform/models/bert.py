@@ -15,7 +15,7 @@ from torch import nn
 
 from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
-from lmplatform.models.layers import Encoded, SelfAttention, init_weights, padding_mask
+from lmplatform.models.layers import Dropout, Encoded, SelfAttention, init_weights, padding_mask
 
 PRESETS: dict[str, dict] = {
     "debug": dict(
@@ -86,7 +86,7 @@ class BertLayer(nn.Module):
         self.ffn_in = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.ffn_out = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.ffn_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = self.attn_ln(x + self.drop(self.attn(x, mask)))  # (B, T, C)
@@ -103,7 +103,7 @@ class BertEncoder(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.hidden_size)
         self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.emb_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_layers))
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.apply(lambda m: init_weights(m, cfg.initializer_range))
@@ -112,7 +112,9 @@ class BertEncoder(nn.Module):
     def hidden_size(self) -> int:
         return self.cfg.hidden_size
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, all_layers: bool = False):
+    def forward(
+        self, input_ids, attention_mask=None, token_type_ids=None, all_layers: bool = False
+    ):
         B, T = input_ids.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
@@ -163,7 +165,15 @@ class BertForPretraining(nn.Module):
         h = self.mlm_ln(F.gelu(self.mlm_dense(h)))
         return F.linear(h, self.bert.tok_emb.weight, self.mlm_bias)  # (..., V)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, next_sentence_label=None, **_):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        labels=None,
+        next_sentence_label=None,
+        **_,
+    ):
         h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, C)
         out: dict[str, torch.Tensor] = {}
         loss = h.new_zeros(())
@@ -176,11 +186,14 @@ class BertForPretraining(nn.Module):
             mlm_loss = F.cross_entropy(logits.float(), target)
             loss = loss + mlm_loss
             out["mlm_loss"] = mlm_loss.detach()
-            out["mlm_acc"] = (logits.argmax(-1) == target).float().mean().detach()
+            # max().indices: ~3x faster than argmax over a bf16 vocabulary on CPU
+            out["mlm_acc"] = (logits.detach().max(-1).indices == target).float().mean()
             out["predicted_tokens"] = sel.sum().detach()
         if next_sentence_label is not None and bool((next_sentence_label >= 0).any()):
             nsp_logits = self.nsp(self.bert.pool(h))  # (B, 2)
-            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.long(), ignore_index=-100)
+            nsp_loss = F.cross_entropy(
+                nsp_logits.float(), next_sentence_label.long(), ignore_index=-100
+            )
             loss = loss + nsp_loss
             out["nsp_loss"] = nsp_loss.detach()
             out["nsp_acc"] = (nsp_logits.argmax(-1) == next_sentence_label).float().mean().detach()

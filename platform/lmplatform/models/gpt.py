@@ -16,7 +16,7 @@ from torch import nn
 
 from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
-from lmplatform.models.layers import Encoded, SelfAttention, init_weights, last_token
+from lmplatform.models.layers import Dropout, Encoded, SelfAttention, init_weights, last_token
 
 PRESETS: dict[str, dict] = {
     "debug": dict(
@@ -83,7 +83,7 @@ class GPTBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.fc = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln_1(x), causal=True))  # (B, T, C)
@@ -98,14 +98,16 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.hidden_size)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.num_layers))
         self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.apply(lambda m: init_weights(m, cfg.initializer_range))
         # GPT-2: residual projections scaled by 1/sqrt(2 * layers) so the stream's variance holds
         for b in self.blocks:
             for proj in (b.attn.out, b.proj):
-                nn.init.normal_(proj.weight, mean=0.0, std=cfg.initializer_range / math.sqrt(2 * cfg.num_layers))
+                nn.init.normal_(
+                    proj.weight, mean=0.0, std=cfg.initializer_range / math.sqrt(2 * cfg.num_layers)
+                )
 
     @property
     def hidden_size(self) -> int:
@@ -180,4 +182,7 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         c = self.cfg
         per_layer = 4 * c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size
-        return 6 * (c.num_layers * per_layer + c.hidden_size * c.vocab_size) + 12 * c.num_layers * c.hidden_size * seq_len
+        return (
+            6 * (c.num_layers * per_layer + c.hidden_size * c.vocab_size)
+            + 12 * c.num_layers * c.hidden_size * seq_len
+        )

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
-from lmplatform.models.bert import BertConfig, BertEncoder, BertForPretraining
+from lmplatform.models.bert import BertConfig, BertEncoder
 from lmplatform.models.gpt import GPT, GPTConfig
 from lmplatform.models.lstm import BiLM, LSTMConfig
 from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model, encoder_of
@@ -58,7 +58,10 @@ class _AtomicDir:
 
 def _describe(model: nn.Module) -> dict:
     if isinstance(model, TaskModel):
-        return {"kind": "task", "task": {"type": model.kind, "num_labels": model.num_labels, "frozen": model.frozen}}
+        return {
+            "kind": "task",
+            "task": {"type": model.kind, "num_labels": model.num_labels, "frozen": model.frozen},
+        }
     return {"kind": "pretraining"}
 
 
@@ -70,7 +73,12 @@ def save_pretrained(
 ) -> Path:
     """Write weights, config and tokenizer as one folder; `extra` lands in config.json (labels…)."""
     cfg = model.cfg
-    meta = {"format_version": FORMAT_VERSION, "model": cfg.model_dump(), **_describe(model), **(extra or {})}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model": cfg.model_dump(),
+        **_describe(model),
+        **(extra or {}),
+    }
     with _AtomicDir(out_dir) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
@@ -98,7 +106,9 @@ def from_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> nn.Mo
     cfg = model_config(meta)
     if meta["kind"] == "task":
         t = meta["task"]
-        model = TaskModel(build_encoder(cfg), t["type"], t["num_labels"], frozen=t.get("frozen", False))
+        model = TaskModel(
+            build_encoder(cfg), t["type"], t["num_labels"], frozen=t.get("frozen", False)
+        )
     else:
         model = build_pretraining_model(cfg)
     load_model(model, str(Path(path) / "model.safetensors"), device=map_location)
@@ -106,7 +116,11 @@ def from_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> nn.Mo
 
 
 def task_model_from_pretrained(
-    path: str | os.PathLike, kind: str, num_labels: int, frozen: bool = False, dropout: float | None = None
+    path: str | os.PathLike,
+    kind: str,
+    num_labels: int,
+    frozen: bool = False,
+    dropout: float | None = None,
 ) -> TaskModel:
     """A new task head on the encoder of a saved pretraining (or task) model."""
     source = from_pretrained(path)
@@ -177,7 +191,12 @@ def _gpt_state(g: GPT, prefix: str) -> dict[str, torch.Tensor]:
     for i, b in enumerate(g.blocks):
         p = f"{prefix}h.{i}."
         # GPT-2 uses Conv1D layers, whose weights are stored (in, out): the transpose of Linear
-        for ours, theirs in ((b.attn.qkv, "attn.c_attn"), (b.attn.out, "attn.c_proj"), (b.fc, "mlp.c_fc"), (b.proj, "mlp.c_proj")):
+        for ours, theirs in (
+            (b.attn.qkv, "attn.c_attn"),
+            (b.attn.out, "attn.c_proj"),
+            (b.fc, "mlp.c_fc"),
+            (b.proj, "mlp.c_proj"),
+        ):
             s[f"{p}{theirs}.weight"] = ours.weight.t()
             s[f"{p}{theirs}.bias"] = ours.bias
         for ours, theirs in ((b.ln_1, "ln_1"), (b.ln_2, "ln_2")):
@@ -267,10 +286,16 @@ def export_hf(
         hf["id2label"] = {str(i): n for i, n in enumerate(names)}
         hf["label2id"] = {n: i for i, n in enumerate(names)}
     with _AtomicDir(out_dir) as tmp:
-        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            {k: v.detach().contiguous().clone() for k, v in state.items()},
+            str(tmp / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
         if tokenizer is not None:
             src = Path(tokenizer)
             shutil.copyfile(src / "tokenizer.json" if src.is_dir() else src, tmp / "tokenizer.json")
-            (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+            (tmp / "tokenizer_config.json").write_text(
+                json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"})
+            )
     return Path(out_dir)

@@ -15,7 +15,7 @@ from torch import nn
 
 from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
-from lmplatform.models.layers import Encoded
+from lmplatform.models.layers import Dropout, Encoded
 
 PRESETS: dict[str, dict] = {
     "debug": dict(embedding_size=64, hidden_size=64, num_layers=1, max_seq_len=128),
@@ -73,9 +73,14 @@ class _Direction(nn.Module):
     def __init__(self, cfg: LSTMConfig):
         super().__init__()
         rnn = nn.LSTM if cfg.cell == "lstm" else nn.GRU
-        self.rnns = nn.ModuleList(rnn(cfg.embedding_size, cfg.hidden_size, batch_first=True) for _ in range(cfg.num_layers))
-        self.projs = nn.ModuleList(nn.Linear(cfg.hidden_size, cfg.embedding_size) for _ in range(cfg.num_layers))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.rnns = nn.ModuleList(
+            rnn(cfg.embedding_size, cfg.hidden_size, batch_first=True)
+            for _ in range(cfg.num_layers)
+        )
+        self.projs = nn.ModuleList(
+            nn.Linear(cfg.hidden_size, cfg.embedding_size) for _ in range(cfg.num_layers)
+        )
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
@@ -94,7 +99,7 @@ class BiLM(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.embedding_size)
         nn.init.normal_(self.tok_emb.weight, std=0.02)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.fwd = _Direction(cfg)
         self.bwd = _Direction(cfg)
         self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
@@ -127,7 +132,12 @@ class BiLM(nn.Module):
         loss_f = F.cross_entropy(lf.flatten(0, 1), targets_f.flatten(), ignore_index=-100)
         loss_b = F.cross_entropy(lb.flatten(0, 1), targets_b.flatten(), ignore_index=-100)
         loss = (loss_f + loss_b) / 2
-        return {"loss": loss, "ppl": torch.exp(loss.detach().clamp(max=20)), "fwd_loss": loss_f.detach(), "bwd_loss": loss_b.detach()}
+        return {
+            "loss": loss,
+            "ppl": torch.exp(loss.detach().clamp(max=20)),
+            "fwd_loss": loss_f.detach(),
+            "bwd_loss": loss_b.detach(),
+        }
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> Encoded:
         """Layer 0 is the token embedding (seen from both sides), then one layer per RNN level."""
@@ -138,5 +148,8 @@ class BiLM(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         c = self.cfg
         gates = 4 if c.cell == "lstm" else 3
-        rnn = gates * (c.embedding_size + c.hidden_size) * c.hidden_size + c.hidden_size * c.embedding_size
+        rnn = (
+            gates * (c.embedding_size + c.hidden_size) * c.hidden_size
+            + c.hidden_size * c.embedding_size
+        )
         return 6 * (2 * c.num_layers * rnn + 2 * c.embedding_size * c.vocab_size)

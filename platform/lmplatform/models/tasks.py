@@ -19,7 +19,7 @@ from torch import nn
 
 from lmplatform.models.bert import BertConfig, BertEncoder, BertForPretraining
 from lmplatform.models.gpt import GPT, GPTConfig
-from lmplatform.models.layers import ScalarMix, masked_mean
+from lmplatform.models.layers import Dropout, ScalarMix, masked_mean
 from lmplatform.models.lstm import BiLM, LSTMConfig
 
 TaskKind = Literal["classification", "pair_classification", "token_classification"]
@@ -47,14 +47,21 @@ def build_encoder(cfg: ModelCfg) -> nn.Module:
 
 
 class TaskModel(nn.Module):
-    def __init__(self, encoder: nn.Module, kind: TaskKind, num_labels: int, dropout: float = 0.1, frozen: bool = False):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        kind: TaskKind,
+        num_labels: int,
+        dropout: float = 0.1,
+        frozen: bool = False,
+    ):
         super().__init__()
         self.encoder = encoder
         self.kind = kind
         self.num_labels = num_labels
         self.frozen = frozen
         self.mix = ScalarMix(encoder.cfg.num_layers + 1) if isinstance(encoder, BiLM) else None
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         # Hugging Face's GPT2ForSequenceClassification has a bias-free `score`: match it for export
         bias = not (isinstance(encoder, GPT) and kind != "token_classification")
         self.head = nn.Linear(encoder.hidden_size, num_labels, bias=bias)
@@ -89,9 +96,15 @@ class TaskModel(nn.Module):
             logits = self.head(self.drop(pooled))  # (B, L)
         out = {"logits": logits}
         if labels is not None:
-            out["loss"] = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100)
+            out["loss"] = F.cross_entropy(
+                logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100
+            )
         return out
 
     def flops_per_token(self, seq_len: int) -> float:
-        f = self.encoder.flops_per_token(seq_len) if hasattr(self.encoder, "flops_per_token") else 0.0
+        f = (
+            self.encoder.flops_per_token(seq_len)
+            if hasattr(self.encoder, "flops_per_token")
+            else 0.0
+        )
         return f / 3 if self.frozen else f  # frozen: forward only

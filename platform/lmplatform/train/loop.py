@@ -30,13 +30,17 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
         if cfg.schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        decay = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        decay = (
+            1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        )
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
     return f
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr_scale: Callable[[str], float] | None = None) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scale: Callable[[str], float] | None = None
+) -> list[dict]:
     """AdamW groups: no decay on biases and norm weights (every 1-D parameter); optional per-name
     lr scale (layer-wise decay). Frozen parameters are left out entirely."""
     groups: dict[tuple[float, float], list] = {}
@@ -54,15 +58,26 @@ def param_groups(model: nn.Module, weight_decay: float, lr_scale: Callable[[str]
 class TorchStepper:
     """Optimizer step for plain PyTorch: AdamW, clipping, scheduler, fp16 loss scaling."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, total_steps: int, groups: list[dict] | None = None):
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, total_steps: int, groups: list[dict] | None = None
+    ):
         groups = groups or param_groups(model, cfg.weight_decay)
         for g in groups:
             g["lr"] = cfg.lr * g.get("lr_scale", 1.0)
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
+        # the fused kernel (one pass over each parameter) on CPU and GPU alike
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg, total_steps)
+        )
         self.clip = cfg.clip_grad_norm
-        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and torch.cuda.is_available() else None
+        self.scaler = (
+            torch.amp.GradScaler("cuda")
+            if cfg.precision == "fp16" and torch.cuda.is_available()
+            else None
+        )
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -84,7 +99,9 @@ class TorchStepper:
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
+        return self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get(
+            "lr_scale", 1.0
+        )
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
@@ -102,7 +119,10 @@ def autocast(precision: str, device: torch.device):
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def count_tokens(batch: dict) -> int:
@@ -190,10 +210,14 @@ def fit(
             eta = (now - t_start) / done * (total_steps - step)
             if log:
                 shown = " | ".join(
-                    f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("step", "lr", "tokens_per_s", "mfu", "predicted_tokens")
+                    f"{k} {v:.4g}"
+                    for k, v in metrics.items()
+                    if k not in ("step", "lr", "tokens_per_s", "mfu", "predicted_tokens")
                 )
                 mfu = f" | mfu {metrics['mfu']:.1%}" if "mfu" in metrics else ""
-                log(f"[{name}] step {step}/{total_steps} | {shown} | lr {stepper.lr:.3g} | {metrics['tokens_per_s']:,.0f} tok/s{mfu} | eta {format_eta(eta)}")
+                log(
+                    f"[{name}] step {step}/{total_steps} | {shown} | lr {stepper.lr:.3g} | {metrics['tokens_per_s']:,.0f} tok/s{mfu} | eta {format_eta(eta)}"
+                )
             window_t, window_tokens, window_flops = now, 0, 0.0
         result.history.append(metrics)
         if on_step:
@@ -205,7 +229,14 @@ def fit(
             model.train()
             result.evals.append(ev)
             if log:
-                log(f"[{name}] eval at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in ev.items() if k != "step" and isinstance(v, (int, float))))
+                log(
+                    f"[{name}] eval at step {step}: "
+                    + ", ".join(
+                        f"{k} {v:.4g}"
+                        for k, v in ev.items()
+                        if k != "step" and isinstance(v, (int, float))
+                    )
+                )
             if on_eval:
                 on_eval(step, ev)
     result.steps = total_steps - start_step

@@ -8,8 +8,10 @@ import time
 import torch
 
 
-@functools.lru_cache(maxsize=None)
-def matmul_peak_flops(dtype: torch.dtype = torch.bfloat16, device: str = "cpu", n: int = 2048, seconds: float = 1.0) -> float:
+@functools.cache
+def matmul_peak_flops(
+    dtype: torch.dtype = torch.bfloat16, device: str = "cpu", n: int = 2048, seconds: float = 1.0
+) -> float:
     """Best sustained FLOP/s of one large square matmul on this device, measured now.
 
     MFU against a measured peak is honest on machines whose datasheet peak is unknown (or
