@@ -2,7 +2,7 @@
 
 Same sizes for both (BERT `mini`: 4 layers, hidden 256, 4 heads, FFN 1024; vocab 30,522; seq 128;
 batch 32; 15 % of tokens predicted), the same AdamW step, each at its best setting on this
-machine: bf16 autocast for both (fp32 also tried), Hugging Face's best of `eager` and `sdpa`
+machine: bf16 autocast for both (`--fp32` also times fp32), Hugging Face's best of `eager` and `sdpa`
 attention, ours eager and `torch.compile`d. Runs are interleaved (A B A B …) so that machine
 noise hits both alike; each figure is the median of its repeats.
 
@@ -125,7 +125,7 @@ def main() -> None:
     tokens = BATCH * SEQ * args.steps
 
     variants = {}
-    for prec in ("bf16", "fp32"):
+    for prec in ("bf16", "fp32") if args.fp32 else ("bf16",):
         variants[f"ours/eager/{prec}"] = runner(*ours(False), prec)
         if not args.no_compile:
             variants[f"ours/compile/{prec}"] = runner(*ours(True), prec)
@@ -140,7 +140,7 @@ def main() -> None:
         run(batches[: args.warmup])
         print(f"  warmup {name}: {time.perf_counter() - t:.1f}s", flush=True)
     times: dict[str, list[float]] = {n: [] for n in variants}
-    for r in range(args.repeats):
+    for _ in range(args.repeats):
         for name, run in variants.items():
             times[name].append(run(batches))
     rates = {n: tokens / statistics.median(ts) for n, ts in times.items()}

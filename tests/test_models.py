@@ -226,3 +226,27 @@ def test_fast_cpu_dropout_keeps_the_right_fraction_and_scale():
     # no structure between neighbouring draws (they come from one 64-bit word)
     m = (a != 0).float().flatten()
     assert abs(torch.corrcoef(torch.stack([m[:-1], m[1:]]))[0, 1].item()) < 0.01
+
+
+def test_fused_linear_cross_entropy_matches_the_plain_one():
+    import torch.nn.functional as F
+
+    from lmplatform.models.layers import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(300, 32, requires_grad=True)
+    w = torch.randn(1000, 32, requires_grad=True)
+    b = torch.randn(1000, requires_grad=True)
+    t = torch.randint(0, 1000, (300,))
+    t[::7] = -100
+    for bias in (b, None):
+        ref = F.cross_entropy(F.linear(h, w, bias), t, ignore_index=-100)
+        ref_grads = torch.autograd.grad(ref, [h, w] + ([bias] if bias is not None else []))
+        loss, acc = linear_cross_entropy(h, w, bias, t, chunk=64)
+        grads = torch.autograd.grad(loss, [h, w] + ([bias] if bias is not None else []))
+        torch.testing.assert_close(loss, ref)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+        keep = t != -100
+        expected_acc = (F.linear(h, w, bias).argmax(-1)[keep] == t[keep]).float().mean()
+        torch.testing.assert_close(acc, expected_acc)

@@ -15,7 +15,14 @@ from torch import nn
 
 from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
-from lmplatform.models.layers import Dropout, Encoded, SelfAttention, init_weights, padding_mask
+from lmplatform.models.layers import (
+    Dropout,
+    Encoded,
+    SelfAttention,
+    init_weights,
+    linear_cross_entropy,
+    padding_mask,
+)
 
 PRESETS: dict[str, dict] = {
     "debug": dict(
@@ -181,13 +188,12 @@ class BertForPretraining(nn.Module):
             # vocabulary logits only where a token is predicted (~15 %): the V-wide projection
             # is the most expensive matmul of a small BERT, so this is most of the speed-up
             sel = labels != -100
-            logits = self.mlm_logits(h[sel])  # (M, V)
-            target = labels[sel]
-            mlm_loss = F.cross_entropy(logits.float(), target)
+            t = self.mlm_ln(F.gelu(self.mlm_dense(h[sel])))  # (M, C)
+            # fused, chunked vocabulary projection + cross-entropy: no (M, V) logits tensor
+            mlm_loss, mlm_acc = linear_cross_entropy(t, self.bert.tok_emb.weight, self.mlm_bias, labels[sel])
             loss = loss + mlm_loss
             out["mlm_loss"] = mlm_loss.detach()
-            # max().indices: ~3x faster than argmax over a bf16 vocabulary on CPU
-            out["mlm_acc"] = (logits.detach().max(-1).indices == target).float().mean()
+            out["mlm_acc"] = mlm_acc
             out["predicted_tokens"] = sel.sum().detach()
         if next_sentence_label is not None and bool((next_sentence_label >= 0).any()):
             nsp_logits = self.nsp(self.bert.pool(h))  # (B, 2)

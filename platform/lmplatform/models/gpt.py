@@ -16,7 +16,7 @@ from torch import nn
 
 from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
-from lmplatform.models.layers import Dropout, Encoded, SelfAttention, init_weights, last_token
+from lmplatform.models.layers import Dropout, Encoded, SelfAttention, init_weights, last_token, linear_cross_entropy
 
 PRESETS: dict[str, dict] = {
     "debug": dict(
@@ -137,9 +137,9 @@ class GPT(nn.Module):
         """Causal LM loss: position t predicts token t+1 (`labels` defaults to the inputs)."""
         h = self.hidden(input_ids)[:, :-1]  # (B, T-1, C)
         target = (input_ids if labels is None else labels)[:, 1:]
-        logits = F.linear(h, self.tok_emb.weight)  # (B, T-1, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100)
-        return {"loss": loss, "ppl": torch.exp(loss.detach().clamp(max=20))}
+        # fused, chunked output projection + cross-entropy: no (B, T, V) logits tensor
+        loss, acc = linear_cross_entropy(h.flatten(0, 1), self.tok_emb.weight, None, target.flatten())
+        return {"loss": loss, "ppl": torch.exp(loss.detach().clamp(max=20)), "acc": acc}
 
     # right padding needs no mask here: under causal attention a real token never sees the pads
     # that follow it, so the task heads read the last real position.
