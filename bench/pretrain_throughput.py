@@ -118,6 +118,7 @@ def main() -> None:
     p.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile variant of ours"
     )
+    p.add_argument("--fp32", action="store_true", help="also time fp32 (slower than bf16 here)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
