@@ -34,7 +34,7 @@ def shared_data() -> Path:
 def ray_local():
     from lmplatform.runtime import init_ray
 
-    ray = init_ray(num_cpus=2)
+    ray = init_ray(num_cpus=2, quiet=True)
     yield ray
     ray.shutdown()
 

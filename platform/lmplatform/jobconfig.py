@@ -78,6 +78,8 @@ class ScalingConfig(StrictModel):
     """ZeRO: keep optimizer state in CPU memory."""
     offload_params: bool = False
     """ZeRO-3: keep parameters in CPU memory."""
+    max_failures: int = Field(3, ge=-1)
+    """Worker failures to recover from (restart from the newest checkpoint); -1: no limit."""
 
     @model_validator(mode="after")
     def _check(self) -> ScalingConfig:

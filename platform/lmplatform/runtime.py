@@ -10,7 +10,7 @@ import os
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-def init_ray(num_cpus: int | None = None, quiet: bool = True):
+def init_ray(num_cpus: int | None = None, quiet: bool = False):
     """Join the cluster this process runs in (ray job submit / RAY_ADDRESS) or start a local one."""
     if "RAY_ADDRESS" not in os.environ:
         for k, v in LOCAL_ONLY_ENV.items():

@@ -195,7 +195,7 @@ def fit(
                 if isinstance(v, torch.Tensor) and v.dim() == 0:
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum_steps
         grad_norm = stepper.step()
-        metrics = {"step": step, **sums, "lr": stepper.lr}
+        metrics = {"step": step, **sums, "lr": stepper.lr, "tokens": result.tokens}
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
         if not all(math.isfinite(v) for v in sums.values()):
@@ -212,7 +212,7 @@ def fit(
                 shown = " | ".join(
                     f"{k} {v:.4g}"
                     for k, v in metrics.items()
-                    if k not in ("step", "lr", "tokens_per_s", "mfu", "predicted_tokens")
+                    if k not in ("step", "lr", "tokens", "tokens_per_s", "mfu", "predicted_tokens")
                 )
                 mfu = f" | mfu {metrics['mfu']:.1%}" if "mfu" in metrics else ""
                 log(

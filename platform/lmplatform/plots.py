@@ -1,0 +1,43 @@
+"""PNG plots written next to a run's outputs (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def loss_curve(rows: list[dict], out_png: str | os.PathLike, title: str = "") -> Path | None:
+    """Loss (and throughput, when logged) against step; the last value per step wins (resumes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_step = {r["step"]: r for r in rows if "loss" in r}
+    if not by_step:
+        return None
+    steps = sorted(by_step)
+    fig, ax = plt.subplots(1, 2 if any("tokens_per_s" in r for r in rows) else 1, figsize=(10, 4), squeeze=False)
+    ax[0][0].plot(steps, [by_step[s]["loss"] for s in steps], lw=1)
+    ax[0][0].set_xlabel("step")
+    ax[0][0].set_ylabel("training loss")
+    ax[0][0].set_title(title or "loss")
+    ax[0][0].grid(alpha=0.3)
+    if ax.shape[1] > 1:
+        tp = [(s, by_step[s]["tokens_per_s"]) for s in steps if "tokens_per_s" in by_step[s]]
+        ax[0][1].plot([s for s, _ in tp], [v for _, v in tp], lw=1, color="tab:green")
+        ax[0][1].set_xlabel("step")
+        ax[0][1].set_ylabel("tokens/s (per worker)")
+        ax[0][1].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)

@@ -1,0 +1,242 @@
+"""Distributed pretraining: Ray Train `TorchTrainer` workers running our loop under DeepSpeed.
+
+Driver (`run_pretraining`): prepare data (tokenizer + shards), start the trainer, then export
+the final checkpoint (ZeRO shards consolidated to fp32) into the model registry.
+
+Worker (`worker_loop`): build the model from the config it is given (never from module
+globals), wrap it with DeepSpeed, resume from Ray Train's latest checkpoint if there is one,
+stream its shard of the examples, and every `checkpoint_every` steps: save (every rank writes
+its DeepSpeed shard) -> barrier -> `ray.train.report`, which merges the ranks' folders into one
+checkpoint in the run's storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lmplatform.data.pretraining import BertCollator, causal_collate, shard_files
+from lmplatform.jobconfig import PretrainJobConfig
+from lmplatform.models.tasks import build_pretraining_model
+
+STATE = "train_state.json"
+TAG = "state"
+
+
+def _collator(objective: str, tokenizer_json: str, job: PretrainJobConfig, rank: int):
+    if objective != "bert":
+        return causal_collate
+    from tokenizers import Tokenizer
+
+    from lmplatform.tokenization import continuation_mask, special_tokens
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    sp = special_tokens(tok)
+    return BertCollator(
+        pad_id=sp.pad,
+        mask_id=sp.mask,
+        special_ids=sp.all,
+        vocab_size=tok.get_vocab_size(),
+        mlm_probability=job.examples.mlm_probability,
+        continuation=continuation_mask(tok) if job.examples.whole_word_masking else None,
+        seed=job.train.seed * 1000 + rank,  # every rank draws its own masks
+    )
+
+
+def worker_loop(config: dict) -> None:
+    import ray.train
+    import torch.distributed as dist
+    from ray.train import Checkpoint
+
+    from lmplatform.train.deepspeed_engine import DeepSpeedStepper
+    from lmplatform.train.loop import fit
+
+    job = PretrainJobConfig.model_validate(config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(job.train.seed)
+    model_cfg = job.model.model_copy(update={"vocab_size": config["vocab_size"]})
+    model = build_pretraining_model(model_cfg)
+    if job.scaling.use_gpu:
+        model = model.to(ray.train.torch.get_device())
+    total = job.train.max_steps
+    stepper = DeepSpeedStepper(model, job.train, job.scaling, world, total)
+    engine = stepper.engine
+
+    start_step, batches_seen, tokens_seen = 0, 0, 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            engine.load_checkpoint(d, tag=TAG)
+            state = json.loads((Path(d) / STATE).read_text())
+        start_step, batches_seen, tokens_seen = state["step"], state["batches_seen"], state["tokens"]
+        if rank == 0:
+            print(f"[pretrain] resumed from checkpoint at step {start_step} ({batches_seen} batches per worker seen)", flush=True)
+
+    collate = _collator(config["objective"], config["tokenizer_json"], job, rank)
+    shard = ray.train.get_dataset_shard("train")
+    counter = {"batches": batches_seen}
+
+    def batches():
+        skip = batches_seen
+        while True:  # epochs
+            n = 0
+            for batch in shard.iter_torch_batches(batch_size=job.train.batch_size, collate_fn=collate, drop_last=True):
+                n += 1
+                if skip:  # resume at the same position of the epoch's stream
+                    skip -= 1
+                    continue
+                counter["batches"] += 1
+                yield batch
+            if n == 0:
+                raise RuntimeError(f"worker {rank} got no full batch of {job.train.batch_size} examples: lower train.batch_size")
+
+    metrics_dir = Path(config["metrics_dir"])
+    writer = None
+    if rank == 0:
+        from tensorboardX import SummaryWriter
+
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(str(metrics_dir / "tensorboard"))
+    fail_at = config.get("fail_at_step")  # fault-injection for tests: SIGKILL once at this step
+    t0 = time.time()
+
+    def on_step(step: int, metrics: dict) -> None:
+        if fail_at and step == fail_at and not os.path.exists(config["fail_marker"]):
+            Path(config["fail_marker"]).write_text(str(step))
+            os.kill(os.getpid(), 9)
+        last = step == total
+        if writer is not None:
+            for k, v in metrics.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    writer.add_scalar(f"train/{k}", v, step)
+            with open(metrics_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}) + "\n")
+        if step % job.train.checkpoint_every and not last and step % job.train.log_every:
+            return
+        report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        report.update(elapsed_s=time.time() - t0)
+        if step % job.train.checkpoint_every == 0 or last:
+            with tempfile.TemporaryDirectory() as d:
+                engine.save_checkpoint(d, tag=TAG)  # every rank writes its own shard
+                if rank == 0:
+                    state = {"step": step, "batches_seen": counter["batches"], "tokens": tokens_seen + int(metrics.get("tokens", 0))}
+                    (Path(d) / STATE).write_text(json.dumps(state))
+                dist.barrier()
+                ray.train.report(report, checkpoint=Checkpoint.from_directory(d))
+        else:
+            ray.train.report(report)
+
+    fit(
+        engine,
+        batches(),
+        job.train,
+        total_steps=total,
+        stepper=stepper,
+        start_step=start_step,
+        on_step=on_step,
+        log=(lambda s: print(s, flush=True)) if rank == 0 else None,
+        name=f"pretrain {job.name}",
+        device=engine.device,
+    )
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def consolidated_state_dict(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """fp32 weights from a DeepSpeed checkpoint of any ZeRO stage (shards merged)."""
+    d = Path(checkpoint_dir)
+    if list((d / TAG).glob("*optim_states.pt")) and any("zero" in p.name for p in (d / TAG).iterdir()):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(d), tag=TAG)
+    states = torch.load(d / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return {k: v.float() for k, v in states["module"].items()}
+
+
+def run_pretraining(job: PretrainJobConfig, fail_at_step: int | None = None, fail_marker: str | None = None):
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from lmplatform.prepare import prepare
+
+    prepared = prepare(job)
+    files = shard_files(prepared.examples_dir)
+    train_ds = ray.data.read_parquet(files)
+    storage = str(Path(job.output_dir).absolute() / "ray") if "://" not in job.output_dir else f"{job.output_dir}/ray"
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={
+            "job": job.model_dump(mode="json"),
+            "tokenizer_json": prepared.tokenizer_path.read_text(),
+            "vocab_size": prepared.vocab_size,
+            "objective": job.objective,
+            "fail_at_step": fail_at_step,
+            "fail_marker": fail_marker,
+            "metrics_dir": str(prepared.run_dir.absolute()),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.scaling.num_workers,
+            use_gpu=job.scaling.use_gpu,
+            resources_per_worker={"CPU": job.scaling.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=job.name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=job.scaling.max_failures),
+        ),
+        datasets={"train": train_ds},
+        torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
+    )
+    result = trainer.fit()
+    return prepared, result
+
+
+def export_and_register(job: PretrainJobConfig, prepared, result) -> tuple[str, str, Path]:
+    """Consolidate the final checkpoint to fp32, save it as a model folder and publish it."""
+    from lmplatform.config import save_resolved
+    from lmplatform.models.io import save_pretrained
+    from lmplatform.plots import loss_curve, read_jsonl
+    from lmplatform.registry import Registry
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"pretraining run {job.name!r} produced no checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        state = consolidated_state_dict(d)
+        train_state = json.loads((Path(d) / STATE).read_text())
+    model = build_pretraining_model(job.model.model_copy(update={"vocab_size": prepared.vocab_size}))
+    model.load_state_dict(state, strict=True)
+    out = prepared.run_dir / "export"
+    save_pretrained(model, out, tokenizer=prepared.tokenizer_path)
+    save_resolved(job, out)
+    history = read_jsonl(prepared.run_dir / "metrics.jsonl")
+    loss_curve(history, prepared.run_dir / "loss_curve.png", title=f"{job.name} ({job.model.family}-{job.model.size})")
+    final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    metadata = {
+        "kind": "pretrained",
+        "family": job.model.family,
+        "size": job.model.size,
+        "lineage": {
+            "corpus": job.corpus.source.describe(),
+            "corpus_fingerprint": prepared.corpus_fingerprint,
+            "tokenizer_hash": prepared.tokenizer_hash,
+            "examples_key": prepared.manifest["key"],
+            "steps": train_state["step"],
+            "tokens_seen": train_state["tokens"],
+            "workers": job.scaling.num_workers,
+            "zero_stage": job.scaling.zero_stage,
+        },
+        "metrics": final,
+        "config": job.model_dump(mode="json"),
+    }
+    reg = Registry(job.registry)
+    version = reg.publish("pretrained", job.name, out, metadata)
+    return job.name, version, out
