@@ -48,6 +48,35 @@ def _collator(objective: str, tokenizer_json: str, job: PretrainJobConfig, rank:
     )
 
 
+def make_eval_fn(rows: dict[str, list], objective: str, tokenizer_json: str, job: PretrainJobConfig, device="cpu"):
+    """Loss on fixed rows with fixed masks: comparable across steps, runs and exported copies."""
+
+    def evaluate(model) -> dict:
+        collate = _collator(objective, tokenizer_json, job, rank=0)
+        if isinstance(collate, BertCollator):
+            collate.generator.manual_seed(12345)  # the same masks every time
+        n = len(rows["input_ids"])
+        bs = job.train.batch_size
+        total, count = 0.0, 0
+        for i in range(0, n, bs):
+            batch = collate({k: v[i : i + bs] for k, v in rows.items()})
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(**batch)
+            total += float(out["loss"]) * len(batch["input_ids"])
+            count += len(batch["input_ids"])
+        return {"eval_loss": total / max(count, 1)}
+
+    return evaluate
+
+
+def eval_rows(files: list[str], n: int) -> dict[str, list]:
+    """The first `n` examples of the shards, as a column dict (small: sent to every worker)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(files[0])
+    return table.slice(0, min(n, table.num_rows)).to_pydict()
+
+
 def worker_loop(config: dict) -> None:
     import ray.train
     import torch.distributed as dist
@@ -107,9 +136,12 @@ def worker_loop(config: dict) -> None:
     t0 = time.time()
 
     def on_step(step: int, metrics: dict) -> None:
-        if fail_at and step == fail_at and not os.path.exists(config["fail_marker"]):
-            Path(config["fail_marker"]).write_text(str(step))
-            os.kill(os.getpid(), 9)
+        if fail_at and step == fail_at:
+            try:  # O_EXCL: exactly one worker, exactly once, across restarts
+                os.close(os.open(config["fail_marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os.kill(os.getpid(), 9)
+            except FileExistsError:
+                pass
         last = step == total
         if writer is not None:
             for k, v in metrics.items():
@@ -132,10 +164,12 @@ def worker_loop(config: dict) -> None:
         else:
             ray.train.report(report)
 
+    evaluate = make_eval_fn(config["eval_rows"], config["objective"], config["tokenizer_json"], job, engine.device)
     fit(
         engine,
         batches(),
         job.train,
+        evaluate=evaluate,
         total_steps=total,
         stepper=stepper,
         start_step=start_step,
@@ -169,6 +203,8 @@ def run_pretraining(job: PretrainJobConfig, fail_at_step: int | None = None, fai
 
     prepared = prepare(job)
     files = shard_files(prepared.examples_dir)
+    # the same rows in the same order on every run: resumption and ZeRO comparisons rely on it
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     train_ds = ray.data.read_parquet(files)
     storage = str(Path(job.output_dir).absolute() / "ray") if "://" not in job.output_dir else f"{job.output_dir}/ray"
     trainer = TorchTrainer(
@@ -181,6 +217,7 @@ def run_pretraining(job: PretrainJobConfig, fail_at_step: int | None = None, fai
             "fail_at_step": fail_at_step,
             "fail_marker": fail_marker,
             "metrics_dir": str(prepared.run_dir.absolute()),
+            "eval_rows": eval_rows(files, job.train.eval_batches * job.train.batch_size),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.scaling.num_workers,

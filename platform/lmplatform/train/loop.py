@@ -219,26 +219,20 @@ def fit(
                     f"[{name}] step {step}/{total_steps} | {shown} | lr {stepper.lr:.3g} | {metrics['tokens_per_s']:,.0f} tok/s{mfu} | eta {format_eta(eta)}"
                 )
             window_t, window_tokens, window_flops = now, 0, 0.0
-        result.history.append(metrics)
-        if on_step:
-            on_step(step, metrics)
         if evaluate is not None and (step % cfg.eval_every == 0 or step == total_steps):
             model.eval()
             with torch.no_grad(), autocast(cfg.precision, device):
                 ev = {"step": step, **evaluate(model)}
             model.train()
             result.evals.append(ev)
+            metrics.update({k: v for k, v in ev.items() if k != "step"})
             if log:
-                log(
-                    f"[{name}] eval at step {step}: "
-                    + ", ".join(
-                        f"{k} {v:.4g}"
-                        for k, v in ev.items()
-                        if k != "step" and isinstance(v, (int, float))
-                    )
-                )
+                log(f"[{name}] eval at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in ev.items() if k != "step" and isinstance(v, (int, float))))
             if on_eval:
                 on_eval(step, ev)
+        result.history.append(metrics)
+        if on_step:
+            on_step(step, metrics)
     result.steps = total_steps - start_step
     result.seconds = time.perf_counter() - t_start
     return result
