@@ -38,20 +38,54 @@ def test_ray_job_submit_pretrains_and_registers(tmp_path):
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--port=6390", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD}", "--ray-client-server-port=6391",
-         "--dashboard-agent-listen-port=52366", "--num-cpus=2", f"--temp-dir={tempfile.mkdtemp(prefix='rj', dir='/tmp')}"],  # short: socket paths are limited
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--port=6390",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={DASHBOARD}",
+            "--ray-client-server-port=6391",
+            "--dashboard-agent-listen-port=52366",
+            "--num-cpus=2",
+            f"--temp-dir={tempfile.mkdtemp(prefix='rj', dir='/tmp')}",
+        ],  # short: socket paths are limited
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         _wait_http(f"http://127.0.0.1:{DASHBOARD}/api/version", 120)
         out = tmp_path / "out"
         submit = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{DASHBOARD}",
-             "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml", "--",
-             "python", "jobs/pretrain.py", "--config", "jobs/configs/pretrain/bert-debug.yaml",
-             f"output_dir={out}", f"registry={out}/registry", "train.max_steps=6", "train.checkpoint_every=6"],
-            cwd=ROOT, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600,
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{DASHBOARD}",
+                "--working-dir",
+                ".",
+                "--runtime-env",
+                "jobs/runtime_env.yaml",
+                "--",
+                "python",
+                "jobs/pretrain.py",
+                "--config",
+                "jobs/configs/pretrain/bert-debug.yaml",
+                f"output_dir={out}",
+                f"registry={out}/registry",
+                "train.max_steps=6",
+                "train.checkpoint_every=6",
+            ],
+            cwd=ROOT,
+            env={**env, "RAY_AUTH_MODE": "token"},
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout + submit.stderr

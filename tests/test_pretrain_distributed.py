@@ -19,7 +19,13 @@ def _cfg(tmp, name, *overrides):
     return load_config(
         PretrainJobConfig,
         CONFIG,
-        [f"name={name}", f"output_dir={tmp}", f"registry={tmp}/registry", "train.log_every=2", *overrides],
+        [
+            f"name={name}",
+            f"output_dir={tmp}",
+            f"registry={tmp}/registry",
+            "train.log_every=2",
+            *overrides,
+        ],
     )
 
 
@@ -33,14 +39,20 @@ def workdir(tmp_path_factory):
 
 
 def test_zero_stages_agree_and_zero3_export_reproduces_eval_loss(ray_local, workdir):
+    from lmplatform.data.pretraining import shard_files
     from lmplatform.models.io import from_pretrained
     from lmplatform.pretrain import eval_rows, export_and_register, make_eval_fn, run_pretraining
     from lmplatform.registry import Registry
-    from lmplatform.data.pretraining import shard_files
 
     losses = {}
     for stage in (0, 1, 2, 3):
-        cfg = _cfg(workdir, f"zero{stage}", "train.max_steps=6", "train.checkpoint_every=6", f"scaling.zero_stage={stage}")
+        cfg = _cfg(
+            workdir,
+            f"zero{stage}",
+            "train.max_steps=6",
+            "train.checkpoint_every=6",
+            f"scaling.zero_stage={stage}",
+        )
         prepared, result = run_pretraining(cfg)
         losses[stage] = [r["loss"] for r in _steps(workdir, f"zero{stage}")]
         assert len(losses[stage]) == 6
@@ -57,9 +69,13 @@ def test_zero_stages_agree_and_zero3_export_reproduces_eval_loss(ray_local, work
     assert meta["lineage"]["zero_stage"] == 3 and meta["lineage"]["steps"] == 6
     assert meta["lineage"]["tokenizer_hash"] == prepared.tokenizer_hash
     fresh = from_pretrained(reg.local_path("pretrained", name, version)).eval()
-    rows = eval_rows(shard_files(prepared.examples_dir), cfg.train.eval_batches * cfg.train.batch_size)
+    rows = eval_rows(
+        shard_files(prepared.examples_dir), cfg.train.eval_batches * cfg.train.batch_size
+    )
     with torch.no_grad():
-        again = make_eval_fn(rows, "bert", prepared.tokenizer_path.read_text(), cfg)(fresh)["eval_loss"]
+        again = make_eval_fn(rows, "bert", prepared.tokenizer_path.read_text(), cfg)(fresh)[
+            "eval_loss"
+        ]
     assert again == pytest.approx(run_eval, rel=1e-4)
     assert (workdir / "zero3" / "loss_curve.png").stat().st_size > 1000
     assert list((workdir / "zero3" / "tensorboard").iterdir())
@@ -75,21 +91,31 @@ def test_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, workd
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
     resumed_at = steps[restart] - 1
     assert resumed_at == 10  # the newest checkpoint before the kill at 13
-    assert steps[restart - 1] - resumed_at <= cfg.train.checkpoint_every  # at most one interval repeated
+    assert (
+        steps[restart - 1] - resumed_at <= cfg.train.checkpoint_every
+    )  # at most one interval repeated
     assert steps[-1] == 16 and result.metrics["step"] == 16
 
 
 def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local, workdir):
     from lmplatform.pretrain import run_pretraining
 
-    cfg = _cfg(workdir, "restart", "train.max_steps=12", "train.checkpoint_every=4", "scaling.max_failures=0")
+    cfg = _cfg(
+        workdir,
+        "restart",
+        "train.max_steps=12",
+        "train.checkpoint_every=4",
+        "scaling.max_failures=0",
+    )
     with pytest.raises(Exception):  # the "stop": a worker dies and no retry is allowed
         run_pretraining(cfg, fail_at_step=10, fail_marker=str(workdir / "restart.killed"))
     first = [r["step"] for r in _steps(workdir, "restart")]
     assert max(first) in (9, 10)  # step 10 is logged only if rank 0 was not the one killed
     # the checkpoints Ray Train registered before the stop (one reported just before an
     # unrecoverable failure can be dropped by its controller, so read what it kept)
-    snapshot = json.loads((workdir / "ray" / "restart" / "checkpoint_manager_snapshot.json").read_text())
+    snapshot = json.loads(
+        (workdir / "ray" / "restart" / "checkpoint_manager_snapshot.json").read_text()
+    )
     newest = max(c["metrics"]["step"] for c in snapshot["checkpoint_results"])
     assert newest in (4, 8)
     _, result = run_pretraining(cfg)  # same name: picks up the run's newest checkpoint

@@ -25,7 +25,9 @@ def loss_curve(rows: list[dict], out_png: str | os.PathLike, title: str = "") ->
     if not by_step:
         return None
     steps = sorted(by_step)
-    fig, ax = plt.subplots(1, 2 if any("tokens_per_s" in r for r in rows) else 1, figsize=(10, 4), squeeze=False)
+    fig, ax = plt.subplots(
+        1, 2 if any("tokens_per_s" in r for r in rows) else 1, figsize=(10, 4), squeeze=False
+    )
     ax[0][0].plot(steps, [by_step[s]["loss"] for s in steps], lw=1)
     ax[0][0].set_xlabel("step")
     ax[0][0].set_ylabel("training loss")

@@ -48,7 +48,9 @@ def _collator(objective: str, tokenizer_json: str, job: PretrainJobConfig, rank:
     )
 
 
-def make_eval_fn(rows: dict[str, list], objective: str, tokenizer_json: str, job: PretrainJobConfig, device="cpu"):
+def make_eval_fn(
+    rows: dict[str, list], objective: str, tokenizer_json: str, job: PretrainJobConfig, device="cpu"
+):
     """Loss on fixed rows with fixed masks: comparable across steps, runs and exported copies."""
 
     def evaluate(model) -> dict:
@@ -103,9 +105,16 @@ def worker_loop(config: dict) -> None:
         with ckpt.as_directory() as d:
             engine.load_checkpoint(d, tag=TAG)
             state = json.loads((Path(d) / STATE).read_text())
-        start_step, batches_seen, tokens_seen = state["step"], state["batches_seen"], state["tokens"]
+        start_step, batches_seen, tokens_seen = (
+            state["step"],
+            state["batches_seen"],
+            state["tokens"],
+        )
         if rank == 0:
-            print(f"[pretrain] resumed from checkpoint at step {start_step} ({batches_seen} batches per worker seen)", flush=True)
+            print(
+                f"[pretrain] resumed from checkpoint at step {start_step} ({batches_seen} batches per worker seen)",
+                flush=True,
+            )
 
     collate = _collator(config["objective"], config["tokenizer_json"], job, rank)
     shard = ray.train.get_dataset_shard("train")
@@ -115,7 +124,10 @@ def worker_loop(config: dict) -> None:
         skip = batches_seen
         while True:  # epochs
             n = 0
-            for batch in shard.iter_torch_batches(batch_size=job.train.batch_size, collate_fn=collate, drop_last=True):
+            for raw in shard.iter_batches(
+                batch_size=job.train.batch_size, batch_format="numpy", drop_last=True
+            ):
+                batch = collate(raw)
                 n += 1
                 if skip:  # resume at the same position of the epoch's stream
                     skip -= 1
@@ -123,7 +135,9 @@ def worker_loop(config: dict) -> None:
                 counter["batches"] += 1
                 yield batch
             if n == 0:
-                raise RuntimeError(f"worker {rank} got no full batch of {job.train.batch_size} examples: lower train.batch_size")
+                raise RuntimeError(
+                    f"worker {rank} got no full batch of {job.train.batch_size} examples: lower train.batch_size"
+                )
 
     metrics_dir = Path(config["metrics_dir"])
     writer = None
@@ -148,7 +162,10 @@ def worker_loop(config: dict) -> None:
                 if k != "step" and isinstance(v, (int, float)):
                     writer.add_scalar(f"train/{k}", v, step)
             with open(metrics_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}) + "\n")
+                f.write(
+                    json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+                    + "\n"
+                )
         if step % job.train.checkpoint_every and not last and step % job.train.log_every:
             return
         report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -157,14 +174,20 @@ def worker_loop(config: dict) -> None:
             with tempfile.TemporaryDirectory() as d:
                 engine.save_checkpoint(d, tag=TAG)  # every rank writes its own shard
                 if rank == 0:
-                    state = {"step": step, "batches_seen": counter["batches"], "tokens": tokens_seen + int(metrics.get("tokens", 0))}
+                    state = {
+                        "step": step,
+                        "batches_seen": counter["batches"],
+                        "tokens": tokens_seen + int(metrics.get("tokens", 0)),
+                    }
                     (Path(d) / STATE).write_text(json.dumps(state))
                 dist.barrier()
                 ray.train.report(report, checkpoint=Checkpoint.from_directory(d))
         else:
             ray.train.report(report)
 
-    evaluate = make_eval_fn(config["eval_rows"], config["objective"], config["tokenizer_json"], job, engine.device)
+    evaluate = make_eval_fn(
+        config["eval_rows"], config["objective"], config["tokenizer_json"], job, engine.device
+    )
     fit(
         engine,
         batches(),
@@ -186,15 +209,21 @@ def worker_loop(config: dict) -> None:
 def consolidated_state_dict(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """fp32 weights from a DeepSpeed checkpoint of any ZeRO stage (shards merged)."""
     d = Path(checkpoint_dir)
-    if list((d / TAG).glob("*optim_states.pt")) and any("zero" in p.name for p in (d / TAG).iterdir()):
+    if list((d / TAG).glob("*optim_states.pt")) and any(
+        "zero" in p.name for p in (d / TAG).iterdir()
+    ):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(str(d), tag=TAG)
-    states = torch.load(d / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    states = torch.load(
+        d / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
     return {k: v.float() for k, v in states["module"].items()}
 
 
-def run_pretraining(job: PretrainJobConfig, fail_at_step: int | None = None, fail_marker: str | None = None):
+def run_pretraining(
+    job: PretrainJobConfig, fail_at_step: int | None = None, fail_marker: str | None = None
+):
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -206,7 +235,11 @@ def run_pretraining(job: PretrainJobConfig, fail_at_step: int | None = None, fai
     # the same rows in the same order on every run: resumption and ZeRO comparisons rely on it
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     train_ds = ray.data.read_parquet(files)
-    storage = str(Path(job.output_dir).absolute() / "ray") if "://" not in job.output_dir else f"{job.output_dir}/ray"
+    storage = (
+        str(Path(job.output_dir).absolute() / "ray")
+        if "://" not in job.output_dir
+        else f"{job.output_dir}/ray"
+    )
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
@@ -249,13 +282,19 @@ def export_and_register(job: PretrainJobConfig, prepared, result) -> tuple[str, 
     with result.checkpoint.as_directory() as d:
         state = consolidated_state_dict(d)
         train_state = json.loads((Path(d) / STATE).read_text())
-    model = build_pretraining_model(job.model.model_copy(update={"vocab_size": prepared.vocab_size}))
+    model = build_pretraining_model(
+        job.model.model_copy(update={"vocab_size": prepared.vocab_size})
+    )
     model.load_state_dict(state, strict=True)
     out = prepared.run_dir / "export"
     save_pretrained(model, out, tokenizer=prepared.tokenizer_path)
     save_resolved(job, out)
     history = read_jsonl(prepared.run_dir / "metrics.jsonl")
-    loss_curve(history, prepared.run_dir / "loss_curve.png", title=f"{job.name} ({job.model.family}-{job.model.size})")
+    loss_curve(
+        history,
+        prepared.run_dir / "loss_curve.png",
+        title=f"{job.name} ({job.model.family}-{job.model.size})",
+    )
     final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     metadata = {
         "kind": "pretrained",

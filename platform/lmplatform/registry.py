@@ -71,7 +71,9 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         self._check_kind(kind)
         sel = pafs.FileSelector(self._path(kind), allow_not_found=True)
-        return sorted(i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.Directory)
+        return sorted(
+            i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.Directory
+        )
 
     def versions(self, kind: str, name: str) -> list[str]:
         """Complete versions only (those whose metadata.json exists), oldest first."""
@@ -110,7 +112,9 @@ class Registry:
                 raise RegistryError(f"task {name!r} has no promoted best model in {self.uri}")
             return name, best
         if version not in versions:
-            raise RegistryError(f"{kind}/{name} has no version {version!r} (have: {', '.join(versions)})")
+            raise RegistryError(
+                f"{kind}/{name} has no version {version!r} (have: {', '.join(versions)})"
+            )
         return name, version
 
     def local_path(self, kind: str, name: str, version: str) -> Path:
@@ -121,7 +125,12 @@ class Registry:
         cache = Path(tempfile.gettempdir()) / "lmplatform-registry" / kind / name / version
         if not (cache / "metadata.json").is_file():
             tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
-            pafs.copy_files(src, str(tmp), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                src,
+                str(tmp),
+                source_filesystem=self.fs,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
             if cache.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
@@ -134,7 +143,9 @@ class Registry:
         """Copy a saved model folder in as the next version; metadata.json goes last. Returns it."""
         self._check_kind(kind)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-            raise ValueError(f"model name {name!r}: use letters, digits, '_', '.', '-' (64 at most)")
+            raise ValueError(
+                f"model name {name!r}: use letters, digits, '_', '.', '-' (64 at most)"
+            )
         self.fs.create_dir(self._path(kind, name), recursive=True)
         for _ in range(100):
             existing = self._all_version_dirs(kind, name)
@@ -150,14 +161,28 @@ class Registry:
         for f in sorted(Path(folder).iterdir()):
             if f.name == "metadata.json" or not f.is_file():
                 continue
-            pafs.copy_files(str(f), dest + "/" + f.name, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
-        meta = {**metadata, "name": name, "version": nxt, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            pafs.copy_files(
+                str(f),
+                dest + "/" + f.name,
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=self.fs,
+            )
+        meta = {
+            **metadata,
+            "name": name,
+            "version": nxt,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         self._write_json(dest + "/metadata.json", meta)
         return nxt
 
     def _all_version_dirs(self, kind: str, name: str) -> list[int]:
         sel = pafs.FileSelector(self._path(kind, name), allow_not_found=True)
-        return [int(m.group(1)) for i in self.fs.get_file_info(sel) if (m := _VERSION.match(i.base_name))]
+        return [
+            int(m.group(1))
+            for i in self.fs.get_file_info(sel)
+            if (m := _VERSION.match(i.base_name))
+        ]
 
     def _claim(self, dest: str) -> None:
         if isinstance(self.fs, pafs.LocalFileSystem):
@@ -177,7 +202,9 @@ class Registry:
     def set_best(self, task: str, version: str) -> None:
         if version not in self.versions("tasks", task):
             raise RegistryError(f"tasks/{task} has no complete version {version!r}")
-        self._write_json(self._path("tasks", task, "best.json"), {"version": version, "updated": time.time()})
+        self._write_json(
+            self._path("tasks", task, "best.json"), {"version": version, "updated": time.time()}
+        )
 
     def _check_kind(self, kind: str) -> None:
         if kind not in KINDS:

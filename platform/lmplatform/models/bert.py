@@ -190,7 +190,9 @@ class BertForPretraining(nn.Module):
             sel = labels != -100
             t = self.mlm_ln(F.gelu(self.mlm_dense(h[sel])))  # (M, C)
             # fused, chunked vocabulary projection + cross-entropy: no (M, V) logits tensor
-            mlm_loss, mlm_acc = linear_cross_entropy(t, self.bert.tok_emb.weight, self.mlm_bias, labels[sel])
+            mlm_loss, mlm_acc = linear_cross_entropy(
+                t, self.bert.tok_emb.weight, self.mlm_bias, labels[sel]
+            )
             loss = loss + mlm_loss
             out["mlm_loss"] = mlm_loss.detach()
             out["mlm_acc"] = mlm_acc

@@ -16,7 +16,14 @@ from torch import nn
 
 from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
-from lmplatform.models.layers import Dropout, Encoded, SelfAttention, init_weights, last_token, linear_cross_entropy
+from lmplatform.models.layers import (
+    Dropout,
+    Encoded,
+    SelfAttention,
+    init_weights,
+    last_token,
+    linear_cross_entropy,
+)
 
 PRESETS: dict[str, dict] = {
     "debug": dict(
@@ -138,7 +145,9 @@ class GPT(nn.Module):
         h = self.hidden(input_ids)[:, :-1]  # (B, T-1, C)
         target = (input_ids if labels is None else labels)[:, 1:]
         # fused, chunked output projection + cross-entropy: no (B, T, V) logits tensor
-        loss, acc = linear_cross_entropy(h.flatten(0, 1), self.tok_emb.weight, None, target.flatten())
+        loss, acc = linear_cross_entropy(
+            h.flatten(0, 1), self.tok_emb.weight, None, target.flatten()
+        )
         return {"loss": loss, "ppl": torch.exp(loss.detach().clamp(max=20)), "acc": acc}
 
     # right padding needs no mask here: under causal attention a real token never sees the pads

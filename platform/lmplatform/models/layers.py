@@ -170,7 +170,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if need_grad:
                 grad_h = torch.empty(h.shape, dtype=dtype, device=h.device)
                 grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
-                grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=h.device) if has_bias else None
+                grad_b = (
+                    torch.zeros(bias.shape, dtype=torch.float32, device=h.device)
+                    if has_bias
+                    else None
+                )
             for s in range(0, N, chunk):
                 hc, tc = hh[s : s + chunk], target[s : s + chunk]
                 logits = (hc @ w.t()).float() + b  # (n, V)
@@ -188,18 +192,32 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     if has_bias:
                         grad_b.add_(p.sum(0))
         if need_grad:
-            ctx.save_for_backward(grad_h.to(h.dtype), grad_w.to(weight.dtype), grad_b.to(bias.dtype) if has_bias else None)
+            ctx.save_for_backward(
+                grad_h.to(h.dtype),
+                grad_w.to(weight.dtype),
+                grad_b.to(bias.dtype) if has_bias else None,
+            )
         ctx.mark_non_differentiable(correct)
         return loss / N, correct / N
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_acc):
         grad_h, grad_w, grad_b = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None if grad_b is None else grad_b * grad_loss, None, None
+        return (
+            grad_h * grad_loss,
+            grad_w * grad_loss,
+            None if grad_b is None else grad_b * grad_loss,
+            None,
+            None,
+        )
 
 
 def linear_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor, chunk: int = 256
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    chunk: int = 256,
 ):
     """Mean cross-entropy and accuracy of `F.linear(h, weight, bias)` against `target` (N,).
 

@@ -41,7 +41,12 @@ def deepspeed_config(train: TrainConfig, scaling: ScalingConfig, world_size: int
         # offloaded optimizer state needs DeepSpeed's own CPU Adam, built from the config
         cfg["optimizer"] = {
             "type": "AdamW",
-            "params": {"lr": train.lr, "betas": list(train.betas), "eps": 1e-8, "weight_decay": train.weight_decay},
+            "params": {
+                "lr": train.lr,
+                "betas": list(train.betas),
+                "eps": 1e-8,
+                "weight_decay": train.weight_decay,
+            },
         }
     return cfg
 
@@ -54,7 +59,14 @@ class DeepSpeedStepper:
     updates at the accumulation boundary, which is how DeepSpeed counts.
     """
 
-    def __init__(self, model: nn.Module, train: TrainConfig, scaling: ScalingConfig, world_size: int, total_steps: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        train: TrainConfig,
+        scaling: ScalingConfig,
+        world_size: int,
+        total_steps: int,
+    ):
         import deepspeed
 
         config = deepspeed_config(train, scaling, world_size)
@@ -63,8 +75,12 @@ class DeepSpeedStepper:
         if "optimizer" not in config:
             for g in groups:
                 g["lr"] = train.lr
-            optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
-        scheduler = (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train, total_steps)))
+            optimizer = torch.optim.AdamW(
+                groups, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay
+            )
+        scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(train, total_steps)
+        )
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=groups if optimizer is None else None,

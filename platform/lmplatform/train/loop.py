@@ -178,11 +178,13 @@ def fit(
 
     model.train()
     t_start = time.perf_counter()
-    window_t, window_tokens, window_flops = t_start, 0, 0.0
+    window_t, window_tokens, window_flops, window_data = t_start, 0, 0.0, 0.0
     for step in range(start_step + 1, total_steps + 1):
         sums: dict[str, float] = {}
         for _ in range(cfg.grad_accum_steps):
+            t_data = time.perf_counter()
             batch = to_device(next_batch(), device)
+            window_data += time.perf_counter() - t_data  # input-pipeline stalls, shown as data_wait
             with autocast(cfg.precision, device):
                 out = model(**batch)
             stepper.backward(out["loss"] / cfg.grad_accum_steps)
@@ -204,6 +206,7 @@ def fit(
             now = time.perf_counter()
             dt = max(now - window_t, 1e-9)
             metrics["tokens_per_s"] = window_tokens / dt
+            metrics["data_wait"] = window_data / dt  # fraction of the window spent waiting for data
             if peak_flops and window_flops:
                 metrics["mfu"] = window_flops / dt / peak_flops
             done = step - start_step
@@ -212,13 +215,22 @@ def fit(
                 shown = " | ".join(
                     f"{k} {v:.4g}"
                     for k, v in metrics.items()
-                    if k not in ("step", "lr", "tokens", "tokens_per_s", "mfu", "predicted_tokens")
+                    if k
+                    not in (
+                        "step",
+                        "lr",
+                        "tokens",
+                        "tokens_per_s",
+                        "mfu",
+                        "predicted_tokens",
+                        "data_wait",
+                    )
                 )
                 mfu = f" | mfu {metrics['mfu']:.1%}" if "mfu" in metrics else ""
                 log(
                     f"[{name}] step {step}/{total_steps} | {shown} | lr {stepper.lr:.3g} | {metrics['tokens_per_s']:,.0f} tok/s{mfu} | eta {format_eta(eta)}"
                 )
-            window_t, window_tokens, window_flops = now, 0, 0.0
+            window_t, window_tokens, window_flops, window_data = now, 0, 0.0, 0.0
         if evaluate is not None and (step % cfg.eval_every == 0 or step == total_steps):
             model.eval()
             with torch.no_grad(), autocast(cfg.precision, device):
@@ -227,7 +239,14 @@ def fit(
             result.evals.append(ev)
             metrics.update({k: v for k, v in ev.items() if k != "step"})
             if log:
-                log(f"[{name}] eval at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in ev.items() if k != "step" and isinstance(v, (int, float))))
+                log(
+                    f"[{name}] eval at step {step}: "
+                    + ", ".join(
+                        f"{k} {v:.4g}"
+                        for k, v in ev.items()
+                        if k != "step" and isinstance(v, (int, float))
+                    )
+                )
             if on_eval:
                 on_eval(step, ev)
         result.history.append(metrics)
