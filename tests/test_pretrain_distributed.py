@@ -107,7 +107,9 @@ def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local
         "train.checkpoint_every=4",
         "scaling.max_failures=0",
     )
-    with pytest.raises(Exception):  # the "stop": a worker dies and no retry is allowed
+    from ray.train import TrainingFailedError
+
+    with pytest.raises(TrainingFailedError):  # the "stop": a worker dies and no retry is allowed
         run_pretraining(cfg, fail_at_step=10, fail_marker=str(workdir / "restart.killed"))
     first = [r["step"] for r in _steps(workdir, "restart")]
     assert max(first) in (9, 10)  # step 10 is logged only if rank 0 was not the one killed

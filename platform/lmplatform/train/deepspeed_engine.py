@@ -78,9 +78,10 @@ class DeepSpeedStepper:
             optimizer = torch.optim.AdamW(
                 groups, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay
             )
-        scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, lr_lambda(train, total_steps)
-        )
+
+        def scheduler(opt):
+            return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train, total_steps))
+
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=groups if optimizer is None else None,
