@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
+# the stages that exist so far: BERT pretraining on the embedded sample (data prep, Ray Train +
+# DeepSpeed, export to ./registry) and GPT data prep
 demo: setup
-	$(PY) jobs/prepare.py --config jobs/configs/pretrain/bert-sample.yaml
+	$(PY) jobs/pretrain.py --config jobs/configs/pretrain/bert-sample.yaml
 	$(PY) jobs/prepare.py --config jobs/configs/pretrain/gpt-sample.yaml
 
 lint: setup

@@ -134,3 +134,10 @@ def test_job_fails_before_any_work(tmp_path):
     assert len(lines) == 1 and "model.hidden_size" in lines[0], proc.stderr
     assert not out.exists()  # nothing started: no run folder
     assert not Path(tmp_path / "ray").exists()
+
+
+def test_duplicate_yaml_keys_are_an_error(tmp_path):
+    f = tmp_path / "dup.yaml"
+    f.write_text(PRETRAIN.read_text() + "model: {family: bert, size: mini}\n")
+    with pytest.raises(ConfigError, match="'model' appears twice"):
+        load_config(PretrainJobConfig, f)
