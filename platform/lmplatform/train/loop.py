@@ -228,7 +228,9 @@ def fit(
                 )
                 mfu = f" | mfu {metrics['mfu']:.1%}" if "mfu" in metrics else ""
                 log(
-                    f"[{name}] step {step}/{total_steps} | {shown} | lr {stepper.lr:.3g} | {metrics['tokens_per_s']:,.0f} tok/s{mfu} | eta {format_eta(eta)}"
+                    f"[{name}] step {step}/{total_steps} | {shown} | lr {stepper.lr:.3g}"
+                    f" | {metrics['tokens_per_s']:,.0f} tok/s{mfu} | data wait {metrics['data_wait']:.0%}"
+                    f" | eta {format_eta(eta)}"
                 )
             window_t, window_tokens, window_flops, window_data = now, 0, 0.0, 0.0
         if evaluate is not None and (step % cfg.eval_every == 0 or step == total_steps):
