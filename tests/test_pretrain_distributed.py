@@ -96,6 +96,36 @@ def test_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, workd
     )  # at most one interval repeated
     assert steps[-1] == 16 and result.metrics["step"] == 16
 
+    # any kept checkpoint can be exported on demand (here the older of the two kept)
+    import subprocess
+    import sys
+
+    from lmplatform.registry import Registry
+
+    kept = sorted(p for p in (workdir / "ray" / "fault").glob("checkpoint_*") if p.is_dir())
+    assert len(kept) == cfg.train.keep_checkpoints
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "export.py"),
+            "--config",
+            str(CONFIG),
+            "--checkpoint",
+            str(kept[0]),
+            "name=fault",
+            f"output_dir={workdir}",
+            f"registry={workdir}/registry",
+            "train.max_steps=16",
+            "train.checkpoint_every=5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = Registry(workdir / "registry").metadata("pretrained", "fault", "v0001")
+    assert meta["lineage"]["steps"] == 15 and meta["lineage"]["checkpoint"] == str(kept[0])
+
 
 def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local, workdir):
     from lmplatform.pretrain import run_pretraining

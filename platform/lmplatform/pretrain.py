@@ -271,22 +271,33 @@ def run_pretraining(
 
 
 def export_and_register(job: PretrainJobConfig, prepared, result) -> tuple[str, str, Path]:
-    """Consolidate the final checkpoint to fp32, save it as a model folder and publish it."""
+    """Consolidate the run's final checkpoint to fp32, save it as a model folder and publish it."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"pretraining run {job.name!r} produced no checkpoint: {result.error}")
+    final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    with result.checkpoint.as_directory() as d:
+        return export_checkpoint(job, prepared, d, final)
+
+
+def export_checkpoint(
+    job: PretrainJobConfig, prepared, checkpoint_dir, metrics: dict | None = None
+) -> tuple[str, str, Path]:
+    """Export any checkpoint of a run (ZeRO shards merged to fp32) into the registry."""
     from lmplatform.config import save_resolved
     from lmplatform.models.io import save_pretrained
     from lmplatform.plots import loss_curve, read_jsonl
     from lmplatform.registry import Registry
 
-    if result.checkpoint is None:
-        raise RuntimeError(f"pretraining run {job.name!r} produced no checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as d:
-        state = consolidated_state_dict(d)
-        train_state = json.loads((Path(d) / STATE).read_text())
+    d = Path(checkpoint_dir)
+    if not (d / STATE).is_file():
+        raise FileNotFoundError(f"{d}: not a pretraining checkpoint (no {STATE})")
+    state = consolidated_state_dict(d)
+    train_state = json.loads((d / STATE).read_text())
     model = build_pretraining_model(
         job.model.model_copy(update={"vocab_size": prepared.vocab_size})
     )
     model.load_state_dict(state, strict=True)
-    out = prepared.run_dir / "export"
+    out = prepared.run_dir / f"export-step{train_state['step']}"
     save_pretrained(model, out, tokenizer=prepared.tokenizer_path)
     save_resolved(job, out)
     history = read_jsonl(prepared.run_dir / "metrics.jsonl")
@@ -295,7 +306,6 @@ def export_and_register(job: PretrainJobConfig, prepared, result) -> tuple[str, 
         prepared.run_dir / "loss_curve.png",
         title=f"{job.name} ({job.model.family}-{job.model.size})",
     )
-    final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     metadata = {
         "kind": "pretrained",
         "family": job.model.family,
@@ -305,14 +315,14 @@ def export_and_register(job: PretrainJobConfig, prepared, result) -> tuple[str, 
             "corpus_fingerprint": prepared.corpus_fingerprint,
             "tokenizer_hash": prepared.tokenizer_hash,
             "examples_key": prepared.manifest["key"],
+            "checkpoint": str(d),
             "steps": train_state["step"],
             "tokens_seen": train_state["tokens"],
             "workers": job.scaling.num_workers,
             "zero_stage": job.scaling.zero_stage,
         },
-        "metrics": final,
+        "metrics": metrics or {},
         "config": job.model_dump(mode="json"),
     }
-    reg = Registry(job.registry)
-    version = reg.publish("pretrained", job.name, out, metadata)
+    version = Registry(job.registry).publish("pretrained", job.name, out, metadata)
     return job.name, version, out
