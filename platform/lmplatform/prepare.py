@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lmplatform.config import atomic_write_text, save_resolved
 from lmplatform.data.pretraining import build_examples
-from lmplatform.data.sources import CorpusConfig, fingerprint, load_corpus
+from lmplatform.data.sources import fingerprint, load_corpus
 from lmplatform.jobconfig import PretrainJobConfig
 from lmplatform.tokenization import TokenizerConfig, load_tokenizer, tokenizer_hash, train_tokenizer
 
@@ -35,9 +35,7 @@ def _log(msg: str) -> None:
     print(f"[prepare] {msg}", flush=True)
 
 
-def ensure_tokenizer(
-    cfg: TokenizerConfig, corpus_cfg: CorpusConfig, corpus, corpus_fp: str, out_dir: Path
-) -> Path:
+def ensure_tokenizer(cfg: TokenizerConfig, corpus, corpus_fp: str, out_dir: Path) -> Path:
     """Train a tokenizer on the corpus unless one built from the same inputs is already there."""
     key = hashlib.sha256(
         json.dumps([cfg.model_dump(), corpus_fp], sort_keys=True).encode()
@@ -82,7 +80,7 @@ def prepare(cfg: PretrainJobConfig) -> Prepared:
     _log(
         f"corpus: {len(corpus)} documents from {cfg.corpus.source.describe()} [{corpus_fp}] in {time.time() - t0:.1f}s"
     )
-    tok_path = ensure_tokenizer(cfg.tokenizer, cfg.corpus, corpus, corpus_fp, run_dir / "tokenizer")
+    tok_path = ensure_tokenizer(cfg.tokenizer, corpus, corpus_fp, run_dir / "tokenizer")
     tok_hash = tokenizer_hash(tok_path)
     t1 = time.time()
     manifest = build_examples(

@@ -53,8 +53,9 @@ def make_eval_fn(
 ):
     """Loss on fixed rows with fixed masks: comparable across steps, runs and exported copies."""
 
+    collate = _collator(objective, tokenizer_json, job, rank=0)
+
     def evaluate(model) -> dict:
-        collate = _collator(objective, tokenizer_json, job, rank=0)
         if isinstance(collate, BertCollator):
             collate.generator.manual_seed(12345)  # the same masks every time
         n = len(rows["input_ids"])

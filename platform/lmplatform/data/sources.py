@@ -138,7 +138,7 @@ def detect_format(source: DataSource, files: list[str]) -> str:
     return fmts.pop()
 
 
-def fingerprint(source: DataSource) -> str:
+def fingerprint(source: DataSource, files: list[str] | None = None) -> str:
     """Identity of the data: file names with size and modification time or ETag, or the Hub name.
 
     Cheap for terabyte corpora (no content read), and it changes whenever a file does.
@@ -152,7 +152,7 @@ def fingerprint(source: DataSource) -> str:
         fs, _, _ = fsspec.get_fs_token_paths(
             resolve_sample_uri(source.path), storage_options=source.storage_options
         )
-        for f in resolve_files(source):
+        for f in files if files is not None else resolve_files(source):
             info = fs.info(f)
             stamp = (
                 info.get("ETag")
@@ -167,9 +167,11 @@ def fingerprint(source: DataSource) -> str:
 
 def _checked_fingerprint(source: DataSource) -> str:
     """Fail on a missing file or unknown format here, not deep inside `datasets`' generator."""
+    files = None
     if not source.hub_name:
-        detect_format(source, resolve_files(source))
-    return f"{fingerprint(source)}-{_READER_VERSION}"
+        files = resolve_files(source)
+        detect_format(source, files)
+    return f"{fingerprint(source, files)}-{_READER_VERSION}"
 
 
 def _open_text(uri: str, storage_options: dict):
