@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lmplatform.data.pretraining import BertCollator, causal_collate, shard_files
+from lmplatform.data.pretraining import BertCollator, Prefetcher, causal_collate, shard_files
 from lmplatform.jobconfig import PretrainJobConfig
 from lmplatform.models.tasks import build_pretraining_model
 
@@ -97,48 +97,64 @@ def worker_loop(config: dict) -> None:
     if job.scaling.use_gpu:
         model = model.to(ray.train.torch.get_device())
     total = job.train.max_steps
-    stepper = DeepSpeedStepper(model, job.train, job.scaling, world, total)
-    engine = stepper.engine
 
     start_step, batches_seen, tokens_seen = 0, 0, 0
     ckpt = ray.train.get_checkpoint()
+    resized = False
     if ckpt:
         with ckpt.as_directory() as d:
-            engine.load_checkpoint(d, tag=TAG)
             state = json.loads((Path(d) / STATE).read_text())
-        start_step, batches_seen, tokens_seen = (
-            state["step"],
-            state["batches_seen"],
-            state["tokens"],
+            old_world = state.get("world_size", world)
+            resized = old_world != world
+            if resized:
+                # elastic resize: DeepSpeed cannot re-partition ZeRO optimizer state for a new
+                # world size, so start the engine from the consolidated fp32 weights instead
+                model.load_state_dict(consolidated_state_dict(d), strict=True)
+        start_step, tokens_seen = state["step"], state["tokens"]
+        # the data position is global: the same number of examples, split over the new world
+        batches_seen = state["batches_seen"] * old_world // world
+    stepper = DeepSpeedStepper(model, job.train, job.scaling, world, total)
+    engine = stepper.engine
+    if ckpt and not resized:
+        with ckpt.as_directory() as d:
+            engine.load_checkpoint(d, tag=TAG)
+    elif resized:
+        for _ in range(start_step):  # the schedule continues where it was
+            stepper.scheduler.step()
+    if ckpt and rank == 0:
+        how = (
+            f"resized {old_world} -> {world} workers: weights, step and data position kept, AdamW moments restarted"
+            if resized
+            else f"{batches_seen} batches per worker seen"
         )
-        if rank == 0:
-            print(
-                f"[pretrain] resumed from checkpoint at step {start_step} ({batches_seen} batches per worker seen)",
-                flush=True,
-            )
+        print(f"[pretrain] resumed from checkpoint at step {start_step} ({how})", flush=True)
 
     collate = _collator(config["objective"], config["tokenizer_json"], job, rank)
     shard = ray.train.get_dataset_shard("train")
     counter = {"batches": batches_seen}
 
-    def batches():
+    def produce():
         skip = batches_seen
         while True:  # epochs
             n = 0
             for raw in shard.iter_batches(
                 batch_size=job.train.batch_size, batch_format="numpy", drop_last=True
             ):
-                batch = collate(raw)
                 n += 1
                 if skip:  # resume at the same position of the epoch's stream
                     skip -= 1
                     continue
-                counter["batches"] += 1
-                yield batch
+                yield collate(raw)
             if n == 0:
                 raise RuntimeError(
                     f"worker {rank} got no full batch of {job.train.batch_size} examples: lower train.batch_size"
                 )
+
+    def batches():
+        # assembled in a background thread that also starts each next epoch's stream early
+        for batch in Prefetcher(produce(), depth=4):
+            counter["batches"] += 1  # counted when the loop takes it: the resume position
+            yield batch
 
     metrics_dir = Path(config["metrics_dir"])
     writer = None
@@ -149,6 +165,7 @@ def worker_loop(config: dict) -> None:
         writer = SummaryWriter(str(metrics_dir / "tensorboard"))
     fail_at = config.get("fail_at_step")  # fault-injection for tests: SIGKILL once at this step
     t0 = time.time()
+    last_report = [t0]
 
     def on_step(step: int, metrics: dict) -> None:
         if fail_at and step == fail_at:
@@ -158,7 +175,16 @@ def worker_loop(config: dict) -> None:
             except FileExistsError:
                 pass
         last = step == total
-        if writer is not None:
+        # written per log line (and the first step after a (re)start, to show where it
+        # resumed), not per step: per-step writes cost this loop ~5 % of its throughput
+        logged = (
+            step % job.train.log_every == 0
+            or last
+            or step == start_step + 1
+            or any(k.startswith("eval_") for k in metrics)
+        )
+        metrics["workers"] = world
+        if writer is not None and logged:
             for k, v in metrics.items():
                 if k != "step" and isinstance(v, (int, float)):
                     writer.add_scalar(f"train/{k}", v, step)
@@ -167,22 +193,42 @@ def worker_loop(config: dict) -> None:
                     json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                     + "\n"
                 )
-        if step % job.train.checkpoint_every and not last and step % job.train.log_every:
-            return
+        checkpointing = step % job.train.checkpoint_every == 0 or last
+        if not checkpointing:
+            if step % job.train.log_every:
+                return
+            # Ray Train V2 holds one unread report per worker and its controller reads them
+            # every 2 s: reporting faster blocks this thread. Every rank must make the same
+            # report calls, so rank 0's clock decides for all (one tiny broadcast per log line).
+            due = torch.tensor(
+                [int(time.time() - last_report[0] >= job.train.report_every_s)],
+                device=engine.device,  # NCCL broadcasts only CUDA tensors
+            )
+            if world > 1:
+                dist.broadcast(due, src=0)
+            if not due.item():
+                return
+        last_report[0] = time.time()
         report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         report.update(elapsed_s=time.time() - t0)
-        if step % job.train.checkpoint_every == 0 or last:
+        if checkpointing:
             with tempfile.TemporaryDirectory() as d:
                 engine.save_checkpoint(d, tag=TAG)  # every rank writes its own shard
                 if rank == 0:
                     state = {
                         "step": step,
+                        "world_size": world,
                         "batches_seen": counter["batches"],
                         "tokens": tokens_seen + int(metrics.get("tokens", 0)),
                     }
                     (Path(d) / STATE).write_text(json.dumps(state))
                 dist.barrier()
                 ray.train.report(report, checkpoint=Checkpoint.from_directory(d))
+            if not last:
+                # The controller keeps a checkpoint only once it has read its report (it reads
+                # every 2 s); a worker dying before that would lose it. A second report waits
+                # until the first is read, so a crash can cost at most one interval.
+                ray.train.report(report)
         else:
             ray.train.report(report)
 
@@ -254,9 +300,17 @@ def run_pretraining(
             "eval_rows": eval_rows(files, job.train.eval_batches * job.train.batch_size),
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=job.scaling.num_workers,
+            num_workers=(
+                (job.scaling.min_workers, job.scaling.num_workers)
+                if job.scaling.min_workers
+                else job.scaling.num_workers
+            ),
+            elastic_resize_monitor_interval_s=job.scaling.resize_check_s,
             use_gpu=job.scaling.use_gpu,
-            resources_per_worker={"CPU": job.scaling.cpus_per_worker},
+            resources_per_worker={
+                **job.scaling.resources_per_worker,
+                "CPU": job.scaling.cpus_per_worker,
+            },
         ),
         run_config=RunConfig(
             name=job.name,

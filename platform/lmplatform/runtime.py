@@ -10,7 +10,9 @@ import os
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-def init_ray(num_cpus: int | None = None, quiet: bool = False):
+def init_ray(
+    num_cpus: int | None = None, quiet: bool = False, resources: dict[str, float] | None = None
+):
     """Join the cluster this process runs in (ray job submit / RAY_ADDRESS) or start a local one."""
     if "RAY_ADDRESS" not in os.environ:
         for k, v in LOCAL_ONLY_ENV.items():
@@ -25,6 +27,7 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False):
     else:
         ray.init(
             num_cpus=num_cpus,
+            resources=resources,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             **kwargs,
