@@ -198,6 +198,8 @@ class TaskConfig(StrictModel):
     """Rows for model selection and the promoted metric."""
     labels: list[str] | None = None
     """Label names (classification) or entity types (token classification); null: from the data."""
+    label_names: list[str] | None = None
+    """Display names for the labels, in the order of `labels` (e.g. '0','1' -> negative, positive)."""
     metric: Literal["accuracy", "macro_f1", "entity_f1"] = "accuracy"
     """Metric to maximise."""
     max_seq_len: int = Field(128, ge=8, le=65536)
@@ -211,6 +213,9 @@ class TaskConfig(StrictModel):
             raise ValueError("token_classification tasks are scored with metric='entity_f1'")
         if self.type != "token_classification" and self.metric == "entity_f1":
             raise ValueError(f"metric='entity_f1' is for token_classification, not {self.type}")
+        if self.label_names is not None:
+            if self.labels is None or len(self.label_names) != len(self.labels):
+                raise ValueError("label_names needs `labels`, one display name per label")
         return self
 
 
@@ -232,6 +237,10 @@ class SearchConfig(StrictModel):
     """ASHA: keep 1/reduction_factor of trials at each rung."""
     perturbation_interval: int = Field(2, ge=1)
     """PBT: evaluations between exploit/explore steps."""
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5)
+    """PBT: the bottom fraction of trials copies the top fraction."""
+    eval_rows: int | None = Field(2000, ge=1)
+    """Dev rows scored at each trial evaluation (null: all); the winner is scored on all."""
 
     @model_validator(mode="after")
     def _known(self) -> SearchConfig:
@@ -251,7 +260,8 @@ class FinetuneJobConfig(StrictModel):
     registry: str = "registry"
     """Model registry root."""
     parent: str
-    """Pretrained registry model 'name[@version]', or 'random:<family>/<size>' for no pretraining."""
+    """Pretrained registry model 'name[@version]'; 'random:name[@version]' takes its
+    architecture and tokenizer but random weights (the no-pretraining baseline)."""
     task: TaskConfig
     """What to fine-tune for."""
     transfer: Literal["full", "frozen"] = "full"
@@ -264,6 +274,21 @@ class FinetuneJobConfig(StrictModel):
     """Hyperparameter search."""
     scaling: ScalingConfig = ScalingConfig()
     """Workers per trial."""
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneJobConfig:
+        if self.search.scheduler == "pbt" and self.scaling.num_workers > 1:
+            raise ValueError(
+                "search.scheduler=pbt needs single-worker trials (scaling.num_workers=1): "
+                "Ray Train's Tune bridge cannot restore one trial from another's checkpoint"
+            )
+        if self.search.scheduler == "pbt" and not any(
+            k in self.search.space for k in ("lr", "weight_decay")
+        ):
+            raise ValueError(
+                "search.scheduler=pbt needs lr or weight_decay in search.space to mutate"
+            )
+        return self
 
 
 class AutoscalingConfig(StrictModel):

@@ -43,3 +43,44 @@ def loss_curve(rows: list[dict], out_png: str | os.PathLike, title: str = "") ->
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return Path(out_png)
+
+
+def trials_plot(results, metric: str, out_png: str | os.PathLike, title: str = "") -> Path | None:
+    """Two panels: each trial's best metric against its learning rate (log x), and each trial's
+    metric over its training time. PBT trials show the lr they ended with."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    any_data = False
+    for r in results:
+        df = r.metrics_dataframe
+        if df is None or df.empty or metric not in df:
+            continue
+        any_data = True
+        lr = r.config.get("lr", df["lr"].iloc[-1] if "lr" in df else None)
+        label = str(df["trial_id"].iloc[-1])
+        if lr:
+            ax[0].scatter([lr], [df[metric].max()], s=30)
+            ax[0].annotate(label[-5:], (lr, df[metric].max()), fontsize=7, alpha=0.7)
+        ax[1].plot(df["time_total_s"], df[metric], marker=".", lw=1, label=label[-5:])
+    if not any_data:
+        plt.close(fig)
+        return None
+    ax[0].set_xscale("log")
+    ax[0].set_xlabel("learning rate")
+    ax[0].set_ylabel(f"best dev {metric}")
+    ax[0].set_title(title or "trials")
+    ax[1].set_xlabel("trial seconds")
+    ax[1].set_ylabel(f"dev {metric}")
+    ax[1].set_title("metric over time (stopped trials end early)")
+    for a in ax:
+        a.grid(alpha=0.3)
+    if len(ax[1].lines) <= 12:
+        ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)

@@ -206,6 +206,54 @@ class Registry:
             self._path("tasks", task, "best.json"), {"version": version, "updated": time.time()}
         )
 
+    def promote(
+        self, task: str, version: str, value: float, force: bool = False
+    ) -> tuple[bool, dict | None]:
+        """Make `version` the task's best if its metric `value` beats the current best's (or
+        `force`). Returns (promoted, previous best as {version, value} or None).
+
+        Read-compare-write runs under an exclusive lock on local storage, so two concurrent
+        promotions cannot both win against a stale best; the pointer itself is replaced in one
+        atomic write and only ever names a complete version. (Object stores have no locks: there
+        the last writer wins, and the pointer is still always complete.)
+        """
+        import contextlib
+
+        lock = contextlib.nullcontext()
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            lock = _FileLock(self._path("tasks", task, ".best.lock"))
+        with lock:
+            current = self.best(task)
+            previous = None
+            if current is not None:
+                prev_value = self.metadata("tasks", task, current).get("value")
+                previous = {"version": current, "value": prev_value}
+                if not force and prev_value is not None and value <= prev_value:
+                    return False, previous
+            self.set_best(task, version)
+            return True, previous
+
     def _check_kind(self, kind: str) -> None:
         if kind not in KINDS:
             raise ValueError(f"registry kind {kind!r}: expected one of {', '.join(KINDS)}")
+
+
+class _FileLock:
+    """An exclusive advisory lock (fcntl) held for a `with` block."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)

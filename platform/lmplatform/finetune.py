@@ -1,0 +1,673 @@
+"""Fine-tuning search with Ray Tune: one trial = one fine-tuning run of a task model.
+
+- Single-worker trials are function trainables that report a real Tune checkpoint (weights,
+  optimizer, step) at every evaluation, so ASHA can stop them and PBT can copy one trial's
+  checkpoint into another and continue from it with mutated hyperparameters.
+- Multi-worker trials (`scaling.num_workers > 1`) follow Ray Train V2's pattern: the trial is a
+  driver function that runs a `TorchTrainer` (DDP) and forwards its reports to Tune with
+  `TuneReportCallback`. Ray's bridge does not support PBT, so PBT needs single-worker trials.
+- The winner is re-evaluated on the whole dev set, saved as a task model, published to the
+  registry and promoted to the task's `best` only if it beats the current one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmplatform.data.sources import bio_tags, load_labelled
+from lmplatform.data.tasks import TaskEncoder
+from lmplatform.jobconfig import SEARCHABLE, FinetuneJobConfig, SearchDim
+from lmplatform.metrics import classification_report, entity_f1
+from lmplatform.models.tasks import TaskModel, build_encoder
+
+CKPT = "trial.pt"
+# hyperparameters PBT may change in a running trial: they only touch the optimizer
+PBT_MUTABLE = ("lr", "weight_decay")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class TaskData:
+    """Everything a trial needs, resolved once on the driver and shipped by Tune."""
+
+    job: dict
+    parent_path: str | None  # local folder of the pretrained model (or None: random init)
+    parent_ref: str  # "name@version" or "random:name@version"
+    model_config: dict  # parent's model config (architecture for random init)
+    tokenizer_json: str
+    tokenizer_hash: str
+    label_names: list[str]  # classes, or IOB2 tags for token classification
+    entity_types: list[str] | None
+    train_rows: list[dict]
+    dev_rows: list[dict]
+    fingerprints: dict = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> FinetuneJobConfig:
+        return FinetuneJobConfig.model_validate(self.job)
+
+
+def load_task_data(job: FinetuneJobConfig) -> TaskData:
+    """Resolve the parent model in the registry and read and validate the task's data."""
+    from lmplatform.models.io import read_config
+    from lmplatform.registry import Registry
+
+    reg = Registry(job.registry)
+    random_init = job.parent.startswith("random:")
+    ref = job.parent.removeprefix("random:")
+    name, version = reg.resolve("pretrained", ref)
+    path = reg.local_path("pretrained", name, version)
+    meta = reg.metadata("pretrained", name, version)
+    cfg = read_config(path)
+    t = job.task
+    train = load_labelled(t.train, t.type, t.labels, t.max_bad_fraction)
+    dev = load_labelled(t.dev, t.type, train.labels, t.max_bad_fraction)
+    if t.type == "token_classification":
+        names, entities = bio_tags(train.labels), train.labels
+    else:
+        names, entities = (t.label_names or train.labels), None
+    return TaskData(
+        job=job.model_dump(mode="json"),
+        parent_path=None if random_init else str(path),
+        parent_ref=("random:" if random_init else "") + f"{name}@{version}",
+        model_config=cfg["model"],
+        tokenizer_json=(path / "tokenizer.json").read_text(),
+        tokenizer_hash=meta.get("lineage", {}).get("tokenizer_hash", ""),
+        label_names=list(names),
+        entity_types=entities,
+        train_rows=train.dataset.to_list(),
+        dev_rows=dev.dataset.to_list(),
+        fingerprints={"train": train.fingerprint, "dev": dev.fingerprint},
+    )
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model(data: TaskData, hp: dict) -> TaskModel:
+    from lmplatform.models.io import model_config, task_model_from_pretrained
+
+    t = data.cfg.task
+    n = len(data.label_names)
+    frozen = hp["transfer"] == "frozen"
+    if data.parent_path:
+        return task_model_from_pretrained(
+            data.parent_path, t.type, n, frozen=frozen, dropout=hp["dropout"]
+        )
+    encoder = build_encoder(model_config({"model": data.model_config}))
+    return TaskModel(encoder, t.type, n, dropout=hp["dropout"], frozen=frozen)
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """Depth of a parameter for layer-wise LR decay: 0 embeddings, 1..L blocks, L+1 head."""
+    m = re.match(r"encoder\.(?:layers|blocks|fwd\.\w+|bwd\.\w+)\.(\d+)\.", name)
+    if m:
+        return int(m.group(1)) + 1
+    if name.startswith("encoder.") and "emb" in name:
+        return 0
+    if name.startswith("encoder."):
+        return num_layers  # final norms, pooler: with the top block
+    return num_layers + 1  # head, scalar mix
+
+
+def lr_scale_fn(model: TaskModel, layer_decay: float):
+    L = model.cfg.num_layers
+    return lambda name: layer_decay ** (L + 1 - layer_id(name, L))
+
+
+# --------------------------------------------------------------------------- one trial
+
+
+def hyperparameters(job: FinetuneJobConfig, config: dict) -> dict:
+    """Trial hyperparameters: searched values over the job's defaults."""
+    hp = {
+        "lr": job.train.lr,
+        "batch_size": job.train.batch_size,
+        "epochs": job.train.epochs,
+        "warmup_ratio": job.train.warmup_ratio,
+        "weight_decay": job.train.weight_decay,
+        "dropout": 0.1,
+        "layer_decay": job.layer_decay,
+        "transfer": job.transfer,
+    }
+    hp.update({k: v for k, v in config.items() if k in SEARCHABLE})
+    hp["batch_size"] = int(hp["batch_size"])
+    return hp
+
+
+def total_steps(job: FinetuneJobConfig, epochs: float | None, per_epoch: int) -> int:
+    return max(1, round(per_epoch * epochs)) if epochs else job.train.max_steps
+
+
+def steps_per_epoch(n_rows: int, batch_size: int, world: int) -> int:
+    return max(1, n_rows // (batch_size * world))
+
+
+def _batches(
+    rows: list[dict], encoder: TaskEncoder, bs: int, seed: int, start: int, rank=0, world=1
+):
+    """Batches from global step `start` on: a fixed permutation per epoch, so a restored
+    trial (PBT, failure) sees the same stream from where its checkpoint left off."""
+    per = steps_per_epoch(len(rows), bs, world)
+    step = start
+    while True:
+        epoch, k = divmod(step, per)
+        order = np.random.default_rng(seed + epoch).permutation(len(rows))
+        lo = (k * world + rank) * bs
+        yield encoder.collate([rows[i] for i in order[lo : lo + bs]])
+        step += 1
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: TaskData, rows: list[dict], encoder: TaskEncoder, bs: int = 64
+) -> dict:
+    """Dev metrics of `model` on `rows` (metric named by the task, plus dev_loss)."""
+    t = data.cfg.task
+    was_training = model.training
+    model.eval()
+    preds, golds, loss_sum, n = [], [], 0.0, 0
+    for i in range(0, len(rows), bs):
+        chunk = rows[i : i + bs]
+        batch = encoder.collate(chunk)
+        batch.pop("truncated")
+        out = model(**batch)
+        loss_sum += float(out["loss"]) * len(chunk)
+        n += len(chunk)
+        logits = out["logits"].float()
+        if t.type == "token_classification":
+            arg = logits.argmax(-1)
+            for j, r in enumerate(chunk):
+                keep = batch["labels"][j] != -100
+                p = [data.label_names[x] for x in arg[j][keep].tolist()]
+                p += ["O"] * (len(r["tokens"]) - len(p))  # words cut by truncation
+                preds.append(p)
+                golds.append([data.label_names[x] for x in r["tags"]])
+        else:
+            preds += logits.argmax(-1).tolist()
+            golds += [r["label"] for r in chunk]
+    model.train(was_training)
+    if t.type == "token_classification":
+        metrics = {"entity_f1": entity_f1(preds, golds)}
+    else:
+        rep = classification_report(preds, golds, data.label_names)
+        metrics = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]}
+    metrics["dev_loss"] = loss_sum / max(n, 1)
+    return metrics
+
+
+def eval_subset(data: TaskData) -> list[dict]:
+    cap = data.cfg.search.eval_rows
+    if cap is None or cap >= len(data.dev_rows):
+        return data.dev_rows
+    order = np.random.default_rng(0).permutation(len(data.dev_rows))[:cap]
+    return [data.dev_rows[i] for i in sorted(order)]
+
+
+def run_trial(
+    config: dict, data: TaskData, report, checkpoint, make_checkpoint, rank=0, world=1, wrap=None
+) -> None:
+    """Train one configuration; evaluate every `train.eval_every` steps and report each
+    evaluation with a checkpoint. `report` / `checkpoint` / `make_checkpoint` are Tune's (single
+    worker) or Ray Train's (a worker of a multi-worker trial)."""
+    from tokenizers import Tokenizer
+
+    from lmplatform.train.loop import TorchStepper, fit, param_groups
+
+    job = data.cfg
+    hp = hyperparameters(job, config)
+    torch.manual_seed(job.train.seed)
+    model = build_model(data, hp)
+    encoder = TaskEncoder(
+        Tokenizer.from_str(data.tokenizer_json), job.task.type, job.task.max_seq_len
+    )
+    per = steps_per_epoch(len(data.train_rows), hp["batch_size"], world)
+    total = total_steps(job, hp["epochs"], per)
+    cfg = job.train.model_copy(
+        update={
+            "lr": hp["lr"],
+            "batch_size": hp["batch_size"],
+            "warmup_ratio": hp["warmup_ratio"],
+            "weight_decay": hp["weight_decay"],
+            "max_steps": total,
+            "eval_every": min(job.train.eval_every, total),
+        }
+    )
+    groups = param_groups(model, hp["weight_decay"], lr_scale_fn(model, hp["layer_decay"]))
+    stepper = TorchStepper(model, cfg, total, groups)
+    start = 0
+    restored_from = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        stepper.optimizer.load_state_dict(state["optimizer"])
+        start, restored_from = state["step"], state.get("trial")
+        # PBT may have mutated lr / weight decay: the copied optimizer state keeps the old ones
+        from lmplatform.train.loop import lr_lambda
+
+        for g in stepper.optimizer.param_groups:
+            g["initial_lr"] = hp["lr"] * g.get("lr_scale", 1.0)
+            if g["weight_decay"] > 0:
+                g["weight_decay"] = hp["weight_decay"]
+        stepper.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            stepper.optimizer, lr_lambda(cfg, total), last_epoch=start - 1
+        )
+        # LambdaLR(last_epoch=k) does not set the lr for step k: do it
+        for g, base in zip(stepper.optimizer.param_groups, stepper.scheduler.base_lrs):
+            g["lr"] = base * lr_lambda(cfg, total)(start)
+    if start >= total:
+        return
+    trained = wrap(model) if wrap else model
+    dev = eval_subset(data)
+    metric = job.task.metric
+    trial_name = _trial_name()
+    t0 = time.time()
+
+    def on_eval(step: int, ev: dict) -> None:
+        metrics = {
+            metric: ev[metric],
+            "dev_loss": ev["dev_loss"],
+            "step": step,
+            "epoch": step / per,
+            "lr": stepper.lr,
+            "trial_seconds": time.time() - t0,
+            "restored_from_step": start if restored_from is not None else -1,
+        }
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": stepper.optimizer.state_dict(),
+                        "step": step,
+                        "trial": trial_name,
+                        "hp": hp,
+                    },
+                    Path(d) / CKPT,
+                )
+                report(metrics, checkpoint=make_checkpoint(d))
+            else:
+                report(metrics)
+
+    fit(
+        trained,
+        _batches(data.train_rows, encoder, hp["batch_size"], job.train.seed, start, rank, world),
+        cfg,
+        total_steps=total,
+        stepper=stepper,
+        start_step=start,
+        evaluate=lambda m: evaluate(m.module if hasattr(m, "module") else m, data, dev, encoder),
+        on_eval=on_eval,
+        log=None,
+        name=f"trial {trial_name}",
+    )
+
+
+def _trial_name() -> str:
+    try:
+        from ray import tune
+
+        return tune.get_context().get_trial_name() or ""
+    except Exception:  # noqa: BLE001 - outside Tune (a Train worker of a multi-worker trial)
+        return ""
+
+
+def tune_trial(config: dict, data: TaskData) -> None:
+    """Function trainable for one single-worker trial (real Tune checkpoints: PBT works)."""
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(data.cfg.scaling.cpus_per_worker)))
+    run_trial(config, data, tune.report, tune.get_checkpoint(), tune.Checkpoint.from_directory)
+
+
+def _train_worker(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    run_trial(
+        loop_config["config"],
+        loop_config["data"],
+        ray.train.report,
+        ray.train.get_checkpoint(),
+        ray.train.Checkpoint.from_directory,
+        rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(),
+        wrap=ray.train.torch.prepare_model,
+    )
+
+
+def train_driver_trial(config: dict, data: TaskData) -> None:
+    """Multi-worker trial: a driver function running a TorchTrainer (Ray Train V2's pattern)."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    job = data.cfg
+    ctx = tune.get_context()
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": config, "data": data},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.scaling.num_workers,
+            use_gpu=job.scaling.use_gpu,
+            resources_per_worker={"CPU": job.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{ctx.get_experiment_name()}-{ctx.get_trial_id()}",
+            storage_path=str(Path(_storage(job)) / "train"),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=job.task.metric,
+                checkpoint_score_order="max",
+            ),
+        ),
+    )
+    trainer.fit()
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _storage(job: FinetuneJobConfig) -> str:
+    return job.output_dir if "://" in job.output_dir else str(Path(job.output_dir).absolute())
+
+
+def search_space(space: dict[str, SearchDim]) -> dict:
+    from ray import tune
+
+    out = {}
+    for k, d in space.items():
+        if d.kind == "loguniform":
+            out[k] = tune.loguniform(d.low, d.high)
+        elif d.kind == "uniform":
+            out[k] = tune.uniform(d.low, d.high)
+        elif d.kind == "randint":
+            out[k] = tune.randint(int(d.low), int(d.high))
+        elif d.kind == "choice":
+            out[k] = tune.choice(d.values)
+        else:
+            out[k] = tune.grid_search(d.values)
+    return out
+
+
+def max_evaluations(job: FinetuneJobConfig, n_train: int) -> int:
+    """The most evaluations any trial of the space can make (ASHA's max_t)."""
+    space = job.search.space
+
+    def bound(key, default, pick):
+        d = space.get(key)
+        if d is None:
+            return default
+        if d.kind in ("choice", "grid"):
+            return pick(d.values)
+        return pick([d.low, d.high - (1 if d.kind == "randint" else 0)])
+
+    epochs = bound("epochs", job.train.epochs, lambda v: max(v) if v[0] is not None else None)
+    bs = int(bound("batch_size", job.train.batch_size, min))
+    total = total_steps(job, epochs, steps_per_epoch(n_train, bs, job.scaling.num_workers))
+    return max(1, math.ceil(total / min(job.train.eval_every, total)))
+
+
+def make_scheduler(job: FinetuneJobConfig, n_train: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    s = job.search
+    if s.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max_evaluations(job, n_train),
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
+    if s.scheduler == "pbt":
+        from ray import tune
+
+        mutations = {}
+        for k in PBT_MUTABLE:
+            d = s.space.get(k)
+            if d is None:
+                continue
+            mutations[k] = (
+                d.values
+                if d.kind in ("choice", "grid")
+                else (tune.loguniform if d.kind == "loguniform" else tune.uniform)(d.low, d.high)
+            )
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=s.perturbation_interval,
+            hyperparam_mutations=mutations,
+            quantile_fraction=s.quantile_fraction,
+            resample_probability=0.25,
+        )
+    return FIFOScheduler()
+
+
+@dataclass
+class SearchResult:
+    job: FinetuneJobConfig
+    data: TaskData
+    results: object  # ray.tune.ResultGrid
+    table: list[dict]
+    run_dir: Path
+    experiment_path: str
+
+
+def run_search(
+    job: FinetuneJobConfig, data: TaskData | None = None, verbose: int = 1
+) -> SearchResult:
+    """Run the Tune search for `job`; returns the result grid and a per-trial table."""
+    from ray import tune
+
+    data = data or load_task_data(job)
+    s = job.search
+    metric = job.task.metric
+    if job.scaling.num_workers > 1:
+        trainable = tune.with_parameters(train_driver_trial, data=data)
+        # the driver itself needs little; its TorchTrainer asks for the workers' resources
+        trainable = tune.with_resources(trainable, {"CPU": 0.01})
+    else:
+        trainable = tune.with_parameters(tune_trial, data=data)
+        trainable = tune.with_resources(
+            trainable,
+            {"CPU": job.scaling.cpus_per_worker, "GPU": 1 if job.scaling.use_gpu else 0},
+        )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(s.space),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="max",
+            scheduler=make_scheduler(job, len(data.train_rows)),
+            num_samples=s.num_samples,
+            max_concurrent_trials=s.max_concurrent,
+            time_budget_s=s.max_time_s,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=job.name,
+            storage_path=str(Path(_storage(job)) / "tune"),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=metric,
+                checkpoint_score_order="max",
+            ),
+            verbose=verbose,
+        ),
+    )
+    results = tuner.fit()
+    run_dir = Path(_storage(job)) / job.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    table = trial_table(results, metric)
+    write_table(table, run_dir / "trials.csv")
+    from lmplatform.plots import trials_plot
+
+    trials_plot(results, metric, run_dir / "trials.png", title=f"{job.name}: {job.task.name}")
+    return SearchResult(job, data, results, table, run_dir, results.experiment_path)
+
+
+def trial_table(results, metric: str) -> list[dict]:
+    """One row per trial: hyperparameters, best and last metric, evaluations, seconds, status."""
+    rows = []
+    for r in results:
+        df = r.metrics_dataframe
+        if df is None or df.empty or metric not in df:
+            rows.append(
+                {"trial": r.path.rsplit("/", 1)[-1], "status": "error" if r.error else "no result"}
+            )
+            continue
+        row = {"trial": str(df["trial_id"].iloc[-1])}
+        row.update({k: r.config[k] for k in sorted(r.config)})
+        row.update(
+            {
+                f"best_{metric}": float(df[metric].max()),
+                f"last_{metric}": float(df[metric].iloc[-1]),
+                "evaluations": int(df["training_iteration"].max()),
+                "steps": int(df["step"].max()),
+                "trial_seconds": float(df["time_total_s"].max()),
+                "status": "error" if r.error else "done",
+            }
+        )
+        rows.append(row)
+    return rows
+
+
+def write_table(rows: list[dict], path: Path) -> None:
+    import csv
+
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def format_table(rows: list[dict], metric: str) -> str:
+    cols = [
+        "trial",
+        *[k for k in SEARCHABLE if any(k in r for r in rows)],
+        f"best_{metric}",
+        "evaluations",
+        "trial_seconds",
+        "status",
+    ]
+    lines = [" | ".join(cols)]
+    for r in sorted(rows, key=lambda r: -r.get(f"best_{metric}", -1)):
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- promotion
+
+
+def best_checkpoint(results, metric: str):
+    """The checkpoint with the highest metric over every trial and evaluation."""
+    best = results.get_best_result(metric=metric, mode="max", scope="all")
+    ckpt = best.get_best_checkpoint(metric=metric, mode="max") if best.best_checkpoints else None
+    if ckpt is None:
+        df = best.metrics_dataframe
+        if "checkpoint_path" in df:  # multi-worker trials: Ray Train's checkpoint, path in metrics
+            import ray.train
+
+            row = df.loc[df[metric].idxmax()]
+            ckpt = ray.train.Checkpoint(row["checkpoint_path"])
+    if ckpt is None:
+        raise RuntimeError(
+            f"search produced no checkpoint (best trial: {best.path}, error: {best.error})"
+        )
+    return best, ckpt
+
+
+def promote(sr: SearchResult, force: bool = False) -> dict:
+    """Re-evaluate the best checkpoint on the whole dev set, publish it, promote if it wins."""
+    from tokenizers import Tokenizer
+
+    from lmplatform.config import save_resolved
+    from lmplatform.models.io import save_pretrained
+    from lmplatform.registry import Registry
+
+    job, data = sr.job, sr.data
+    metric = job.task.metric
+    best, ckpt = best_checkpoint(sr.results, metric)
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
+    hp = state["hp"]
+    model = build_model(data, hp)
+    model.load_state_dict(state["model"])
+    tok = Tokenizer.from_str(data.tokenizer_json)
+    encoder = TaskEncoder(tok, job.task.type, job.task.max_seq_len)
+    dev = evaluate(model, data, data.dev_rows, encoder)
+    value = dev[metric]
+    out = sr.run_dir / "export"
+    with tempfile.TemporaryDirectory() as td:
+        tok_file = Path(td) / "tokenizer.json"
+        tok_file.write_text(data.tokenizer_json)
+        save_pretrained(
+            model,
+            out,
+            tokenizer=tok_file,
+            extra={
+                "labels": data.label_names,
+                "entity_types": data.entity_types,
+                "max_seq_len": job.task.max_seq_len,
+                "task_name": job.task.name,
+            },
+        )
+    save_resolved(job, out)
+    metadata = {
+        "kind": "task",
+        "task": job.task.name,
+        "type": job.task.type,
+        "labels": data.label_names,
+        "entity_types": data.entity_types,
+        "metric": metric,
+        "value": value,
+        "dev": dev,
+        "hyperparameters": hp,
+        "parent": data.parent_ref,
+        "tokenizer_hash": data.tokenizer_hash,
+        "data_fingerprint": data.fingerprints,
+        "search": {
+            "name": job.name,
+            "scheduler": job.search.scheduler,
+            "trials": len(sr.table),
+            "experiment": sr.experiment_path,
+            "trial": state.get("trial"),
+            "step": state["step"],
+        },
+    }
+    reg = Registry(job.registry)
+    version = reg.publish("tasks", job.task.name, out, metadata)
+    promoted, previous = reg.promote(job.task.name, version, value, force=force)
+    return {
+        "task": job.task.name,
+        "version": version,
+        "metric": metric,
+        "value": value,
+        "promoted": promoted,
+        "previous": previous,
+        "hyperparameters": hp,
+    }

@@ -1,0 +1,228 @@
+"""Fine-tuning search: ASHA stops trials and promotes, PBT really exploits, promotion is guarded.
+
+The parent is a bert-debug encoder with a WordPiece vocabulary trained on the embedded sample,
+published into a per-module registry (random weights: the sample tasks are learnable anyway,
+and the tests must not depend on a pretraining run).
+"""
+
+import json
+import threading
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT
+from lmplatform.config import load_config
+from lmplatform.jobconfig import FinetuneJobConfig
+
+SENTIMENT = ROOT / "jobs" / "configs" / "tasks" / "sentiment-sample.yaml"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, sample_dir):
+    from lmplatform.models.bert import BertConfig
+    from lmplatform.models.io import save_pretrained
+    from lmplatform.models.tasks import build_pretraining_model
+    from lmplatform.registry import Registry
+    from lmplatform.tokenization import TokenizerConfig, tokenizer_hash, train_tokenizer
+
+    root = tmp_path_factory.mktemp("ft")
+    lines = (sample_dir / "corpus" / "train.txt").read_text().splitlines()
+    tok = train_tokenizer(
+        TokenizerConfig(kind="wordpiece", vocab_size=2000),
+        (lines[i : i + 500] for i in range(0, len(lines), 500)),
+        root / "tok",
+    )
+    torch.manual_seed(0)
+    model = build_pretraining_model(BertConfig(size="debug", vocab_size=2000, max_seq_len=128))
+    save_pretrained(model, root / "parent", tokenizer=tok)
+    reg = Registry(root / "registry")
+    reg.publish(
+        "pretrained",
+        "tiny-bert",
+        root / "parent",
+        {"kind": "pretrained", "lineage": {"tokenizer_hash": tokenizer_hash(tok)}},
+    )
+    return root
+
+
+def _job(root, name, *overrides):
+    return load_config(
+        FinetuneJobConfig,
+        SENTIMENT,
+        [
+            f"name={name}",
+            f"output_dir={root}/runs",
+            f"registry={root}/registry",
+            "parent=tiny-bert",
+            *overrides,
+        ],
+    )
+
+
+def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, registry):
+    from lmplatform.finetune import promote, run_search
+    from lmplatform.registry import Registry
+
+    job = _job(
+        registry,
+        "asha",
+        "search.num_samples=4",
+        "search.grace_period=3",
+        "train.epochs=3",
+        'search.space={"lr": {"kind": "loguniform", "low": 2e-4, "high": 3e-3}, '
+        '"batch_size": {"kind": "choice", "values": [16, 32]}}',
+    )
+    sr = run_search(job, verbose=0)
+    assert len(sr.table) == 4
+    full = max(r["evaluations"] for r in sr.table)
+    stopped = [r for r in sr.table if r["evaluations"] < full]
+    assert stopped, sr.table  # ASHA cut at least one trial short
+    csv = pd.read_csv(sr.run_dir / "trials.csv")
+    assert len(csv) == 4 and "best_accuracy" in csv
+    assert (sr.run_dir / "trials.png").stat().st_size > 5000
+
+    out = promote(sr)
+    assert out["promoted"] and out["value"] > 0.6  # two balanced classes: chance is 0.5
+    reg = Registry(job.registry)
+    assert reg.best("sentiment-sample") == out["version"]
+    meta = reg.metadata("tasks", "sentiment-sample", out["version"])
+    assert meta["metric"] == "accuracy" and meta["value"] == out["value"]
+    assert meta["labels"] == ["negative", "positive"]
+    assert meta["parent"] == "tiny-bert@v0001" and meta["tokenizer_hash"]
+    assert set(meta["hyperparameters"]) >= {"lr", "batch_size", "layer_decay", "transfer"}
+    assert set(meta["data_fingerprint"]) == {"train", "dev"}
+
+    # the registered folder reproduces the promoted dev metric
+    from tokenizers import Tokenizer
+
+    from lmplatform.data.tasks import TaskEncoder
+    from lmplatform.finetune import evaluate
+    from lmplatform.models.io import from_pretrained
+
+    path = reg.local_path("tasks", "sentiment-sample", out["version"])
+    model = from_pretrained(path)
+    enc = TaskEncoder(Tokenizer.from_file(str(path / "tokenizer.json")), "classification", 64)
+    again = evaluate(model, sr.data, sr.data.dev_rows, enc)
+    assert again["accuracy"] == pytest.approx(out["value"])
+
+
+def test_pbt_restores_trials_from_other_trials_checkpoints(ray_local, registry):
+    from lmplatform.finetune import run_search
+
+    job = _job(
+        registry,
+        "pbt",
+        "search.scheduler=pbt",
+        "search.num_samples=4",
+        "search.perturbation_interval=2",
+        "search.quantile_fraction=0.5",
+        "train.epochs=2",
+        "train.eval_every=10",
+        # a wide lr range: the population differs enough for exploitation to matter
+        'search.space={"lr": {"kind": "loguniform", "low": 1e-6, "high": 1e-3}}',
+    )
+    sr = run_search(job, verbose=0)
+    log = [
+        json.loads(x)
+        for x in (pytest.importorskip("pathlib").Path(sr.experiment_path) / "pbt_global.txt")
+        .read_text()
+        .splitlines()
+    ]
+    assert log, "PBT recorded no exploitation"
+    # Tune's record: [target tag, clone tag, target iteration, clone iteration, old cfg, new cfg]
+    target_iter, clone_iter = log[0][2], log[0][3]
+    assert clone_iter >= 1
+    # the restored trial went on from the donor's checkpoint: its next results carry the step
+    # the copied checkpoint was taken at, not a fresh start
+    restored = []
+    for r in sr.results:
+        df = r.metrics_dataframe
+        restored += [s for s in df["restored_from_step"].tolist() if s > 0]
+    assert restored, "no trial reported continuing from a copied checkpoint"
+    for r in sr.results:
+        df = r.metrics_dataframe
+        after = df[df["restored_from_step"] > 0]
+        if len(after):
+            first = after.iloc[0]
+            assert first["step"] > first["restored_from_step"]  # continued, not restarted
+    assert target_iter >= 1
+
+
+def test_worse_promotion_does_not_replace_best_and_concurrent_promotions_stay_complete(tmp_path):
+    from lmplatform.registry import Registry
+
+    reg = Registry(tmp_path / "reg")
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(b"x" * 100_000)
+    (src / "config.json").write_text("{}")
+
+    def publish(value):
+        return reg.publish("tasks", "t", src, {"kind": "task", "value": value})
+
+    v1 = publish(0.80)
+    assert reg.promote("t", v1, 0.80) == (True, None)
+    v2 = publish(0.70)
+    promoted, prev = reg.promote("t", v2, 0.70)
+    assert not promoted and prev == {"version": v1, "value": 0.80}
+    assert reg.best("t") == v1
+    assert reg.promote("t", v2, 0.70, force=True)[0] and reg.best("t") == v2
+
+    # concurrent publish + promote: the best is the highest value, and always a complete folder
+    values = [0.81 + i / 1000 for i in range(8)]
+    errors = []
+
+    def worker(v):
+        try:
+            reg.promote("t", publish(v), v)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(v,)) for v in values]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    best = reg.best("t")
+    meta = reg.metadata("tasks", "t", best)
+    assert meta["value"] == max(values)
+    folder = reg.local_path("tasks", "t", best)
+    assert (folder / "model.safetensors").stat().st_size == 100_000
+
+
+def test_finetune_config_errors_are_one_line(tmp_path):
+    from lmplatform.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pbt needs single-worker"):
+        _job(tmp_path, "x", "search.scheduler=pbt", "scaling.num_workers=2")
+    with pytest.raises(ConfigError, match="unknown hyperparameter"):
+        _job(tmp_path, "x", 'search.space={"momentum": {"kind": "uniform", "low": 0, "high": 1}}')
+    with pytest.raises(ConfigError, match="label_names"):
+        _job(tmp_path, "x", 'task.label_names=["a"]')
+
+
+def test_multi_worker_trials_run_a_torch_trainer_and_promote(ray_local, registry):
+    """num_workers=2: each trial is a driver function running a 2-worker TorchTrainer (DDP)
+    whose reports reach Tune through TuneReportCallback; the winner is promoted from Ray Train's
+    checkpoint."""
+    from lmplatform.finetune import promote, run_search
+
+    job = _job(
+        registry,
+        "ddp",
+        "search.scheduler=fifo",
+        "search.num_samples=1",
+        "train.epochs=2",
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=0.5",
+        'search.space={"lr": {"kind": "choice", "values": [0.001]}}',
+        "task.name=sentiment-ddp",
+    )
+    sr = run_search(job, verbose=0)
+    (row,) = sr.table
+    assert row["status"] == "done" and row["steps"] == 2 * (2000 // (32 * 2))  # steps split by 2
+    out = promote(sr)
+    assert out["promoted"] and out["value"] > 0.6
