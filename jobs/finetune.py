@@ -22,11 +22,12 @@ def main() -> None:
         ),
     )
     from lmplatform.config import save_resolved
-    from lmplatform.finetune import format_table, promote, run_search
+    from lmplatform.finetune import format_table, load_task_data, promote, run_search
     from lmplatform.runtime import init_ray
 
+    data = load_task_data(cfg)  # parent model and data problems fail here, before Ray starts
     init_ray()
-    sr = run_search(cfg)
+    sr = run_search(cfg, data)
     save_resolved(cfg, sr.run_dir)
     print(format_table(sr.table, cfg.task.metric))
     print(f"trials: {sr.run_dir / 'trials.csv'}  plot: {sr.run_dir / 'trials.png'}")

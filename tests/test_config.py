@@ -85,6 +85,13 @@ def test_every_shipped_pretrain_config_loads(path):
     assert cfg.name
 
 
+@pytest.mark.parametrize("path", _shipped("tasks"), ids=lambda p: p.name)
+def test_every_shipped_task_config_loads(path):
+    cfg = load_config(FinetuneJobConfig, path)
+    assert cfg.task.name == cfg.name == path.stem
+    assert cfg.search.space  # every shipped task searches something
+
+
 def test_finetune_and_serve_configs_validate():
     base = {
         "name": "t",

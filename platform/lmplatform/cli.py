@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from lmplatform.config import ConfigError, load_config
 from lmplatform.data.sources import DataError
+from lmplatform.registry import RegistryError
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -32,6 +33,6 @@ def run(main: Callable[[], object]) -> None:
     """Run a job's main; a config or data problem is one line on stderr and exit code 2."""
     try:
         main()
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, RegistryError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -87,10 +87,17 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
         tokenizer_hash=meta.get("lineage", {}).get("tokenizer_hash", ""),
         label_names=list(names),
         entity_types=entities,
-        train_rows=train.dataset.to_list(),
+        train_rows=_subset(train.dataset.to_list(), t.max_train_rows),
         dev_rows=dev.dataset.to_list(),
         fingerprints={"train": train.fingerprint, "dev": dev.fingerprint},
     )
+
+
+def _subset(rows: list[dict], cap: int | None) -> list[dict]:
+    if cap is None or cap >= len(rows):
+        return rows
+    keep = np.random.default_rng(0).permutation(len(rows))[:cap]
+    return [rows[i] for i in sorted(keep)]
 
 
 # --------------------------------------------------------------------------- model
@@ -469,10 +476,15 @@ class SearchResult:
 
 
 def run_search(
-    job: FinetuneJobConfig, data: TaskData | None = None, verbose: int = 1
+    job: FinetuneJobConfig,
+    data: TaskData | None = None,
+    verbose: int = 1,
+    points: list[dict] | None = None,
 ) -> SearchResult:
-    """Run the Tune search for `job`; returns the result grid and a per-trial table."""
+    """Run the Tune search for `job`; returns the result grid and a per-trial table.
+    `points`: exact configurations to try first (benchmarks compare schedulers on the same)."""
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
     data = data or load_task_data(job)
     s = job.search
@@ -498,6 +510,7 @@ def run_search(
             max_concurrent_trials=s.max_concurrent,
             time_budget_s=s.max_time_s,
             reuse_actors=False,
+            search_alg=BasicVariantGenerator(points_to_evaluate=points) if points else None,
         ),
         run_config=tune.RunConfig(
             name=job.name,
@@ -601,25 +614,31 @@ def best_checkpoint(results, metric: str):
     return best, ckpt
 
 
-def promote(sr: SearchResult, force: bool = False) -> dict:
-    """Re-evaluate the best checkpoint on the whole dev set, publish it, promote if it wins."""
+def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
+    """The search's best checkpoint as a model, its training state, and its whole-dev metrics."""
     from tokenizers import Tokenizer
 
+    job, data = sr.job, sr.data
+    _, ckpt = best_checkpoint(sr.results, job.task.metric)
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
+    model = build_model(data, state["hp"])
+    model.load_state_dict(state["model"])
+    tok = Tokenizer.from_str(data.tokenizer_json)
+    encoder = TaskEncoder(tok, job.task.type, job.task.max_seq_len)
+    return model, state, evaluate(model, data, data.dev_rows, encoder)
+
+
+def promote(sr: SearchResult, force: bool = False) -> dict:
+    """Re-evaluate the best checkpoint on the whole dev set, publish it, promote if it wins."""
     from lmplatform.config import save_resolved
     from lmplatform.models.io import save_pretrained
     from lmplatform.registry import Registry
 
     job, data = sr.job, sr.data
     metric = job.task.metric
-    best, ckpt = best_checkpoint(sr.results, metric)
-    with ckpt.as_directory() as d:
-        state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
+    model, state, dev = best_model(sr)
     hp = state["hp"]
-    model = build_model(data, hp)
-    model.load_state_dict(state["model"])
-    tok = Tokenizer.from_str(data.tokenizer_json)
-    encoder = TaskEncoder(tok, job.task.type, job.task.max_seq_len)
-    dev = evaluate(model, data, data.dev_rows, encoder)
     value = dev[metric]
     out = sr.run_dir / "export"
     with tempfile.TemporaryDirectory() as td:

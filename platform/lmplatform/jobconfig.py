@@ -206,6 +206,8 @@ class TaskConfig(StrictModel):
     """Inputs are truncated to this many tokens."""
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
     """Fail the run if more than this fraction of rows is unusable."""
+    max_train_rows: int | None = Field(None, ge=1)
+    """Train on a fixed random subset of this many rows (null: all) — for budgeted CPU runs."""
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:

@@ -92,7 +92,10 @@ class TaskModel(nn.Module):
         if self.kind == "token_classification":
             logits = self.head(self.drop(h))  # (B, T, L)
         else:
-            pooled = enc.pooled if enc.pooled is not None else masked_mean(h, attention_mask)
+            # frozen features: the mean over real tokens. A frozen BERT pooler is tuned to NSP
+            # and nearly constant across sentences (measured: a head on it stays at chance)
+            use_pooler = enc.pooled is not None and not self.frozen
+            pooled = enc.pooled if use_pooler else masked_mean(h, attention_mask)
             logits = self.head(self.drop(pooled))  # (B, L)
         out = {"logits": logits}
         if labels is not None:
