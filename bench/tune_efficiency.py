@@ -94,7 +94,7 @@ def main() -> None:
     asha_total = sum(s for _, s, _ in asha)
     target = fifo_best - 0.5
     spent, reached = 0.0, None
-    for ts, s, m in asha:
+    for _ts, s, m in asha:
         spent += s
         if m >= target:
             reached = m
