@@ -226,3 +226,43 @@ def test_multi_worker_trials_run_a_torch_trainer_and_promote(ray_local, registry
     assert row["status"] == "done" and row["steps"] == 2 * (2000 // (32 * 2))  # steps split by 2
     out = promote(sr)
     assert out["promoted"] and out["value"] > 0.6
+
+
+def test_pair_classification_trial_learns_and_reports(registry, tmp_path, sample_dir):
+    """A sentence-pair task through one in-process trial: the label is the sentiment of the
+    *second* text, so it is learnable only if the pair's second segment reaches the model."""
+    import random
+
+    from lmplatform.finetune import load_task_data, run_trial
+
+    rows = [
+        ln.split("\t")
+        for ln in (sample_dir / "sentiment" / "train.tsv").read_text().splitlines()[1:]
+    ]
+    rng = random.Random(0)
+    for split, n in (("train", 1200), ("dev", 200)):
+        with open(tmp_path / f"{split}.tsv", "w") as f:
+            f.write("a\tb\tlabel\n")
+            for _ in range(n):
+                (a, la), (b, lb) = rng.sample(rows, 2)
+                f.write(f"{a}\t{b}\t{'pos' if lb.strip() == '1' else 'neg'}\n")
+    job = _job(
+        registry,
+        "pair",
+        "task.name=second-sentiment",
+        "task.type=pair_classification",
+        f"task.train={{path: {tmp_path}/train.tsv, text_column: a, text_pair_column: b}}",
+        f"task.dev={{path: {tmp_path}/dev.tsv, text_column: a, text_pair_column: b}}",
+        'task.labels=["neg", "pos"]',
+        "task.label_names=null",
+        "task.max_seq_len=96",
+        "train.epochs=3",
+    )
+    data = load_task_data(job)
+    reports = []
+    run_trial(
+        {"lr": 1e-3}, data, lambda m, checkpoint=None: reports.append(m), None, lambda d: None
+    )
+    assert reports[-1]["step"] == 3 * (1200 // 32)
+    assert reports[-1]["dev_loss"] < reports[0]["dev_loss"]
+    assert max(r["accuracy"] for r in reports) > 0.6
