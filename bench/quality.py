@@ -1,7 +1,8 @@
 """Does pretraining pay? Dev metric of the promoted model, pretrained start vs random start.
 
 For each task (default: sst2, agnews, conll2003 on the shared data) the task's own search runs
-twice with the same space, trial count, time budget and data: once from the pretrained parent
+twice with the same configurations (drawn once from the task's space), trial count, time
+budget and data: once from the pretrained parent
 (`parent` in the task config, bert-shared-cpu: `jobs/pretrain.py --config
 jobs/configs/pretrain/bert-shared-cpu.yaml`), once from `random:<parent>` (same architecture and
 tokenizer, random weights). The pretrained winner is published and promoted in the registry
@@ -22,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tune_efficiency.draw
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from lmplatform.config import load_config  # noqa: E402
@@ -38,6 +40,7 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="quality-")
     from lmplatform.finetune import best_model, load_task_data, promote, run_search
     from lmplatform.runtime import init_ray
+    from tune_efficiency import draw
 
     init_ray(quiet=True)
     rows = []
@@ -47,9 +50,11 @@ def main() -> None:
         scratch = job.model_copy(
             update={"name": f"{job.name}-random", "parent": f"random:{job.parent}"}
         )
+        # the same configurations for both starts: a fair comparison at a small trial count
+        points = draw(job.search.space, job.search.num_samples, job.train.seed)
         res = {}
         for label, j in (("pretrained", job), ("random", scratch)):
-            sr = run_search(j, load_task_data(j), verbose=0)
+            sr = run_search(j, load_task_data(j), verbose=0, points=points)
             if label == "pretrained":
                 o = promote(sr)
                 res[label] = (o["value"], o["version"], len(sr.table), o["promoted"])

@@ -118,18 +118,19 @@ def test_pbt_restores_trials_from_other_trials_checkpoints(ray_local, registry):
         "search.num_samples=4",
         "search.perturbation_interval=2",
         "search.quantile_fraction=0.5",
+        # the whole population alive at once (4 x 0.5 CPU), so trials can exploit each other
+        "search.max_concurrent=4",
+        "scaling.cpus_per_worker=0.5",
         "train.epochs=2",
         "train.eval_every=10",
         # a wide lr range: the population differs enough for exploitation to matter
         'search.space={"lr": {"kind": "loguniform", "low": 1e-6, "high": 1e-3}}',
     )
     sr = run_search(job, verbose=0)
-    log = [
-        json.loads(x)
-        for x in (pytest.importorskip("pathlib").Path(sr.experiment_path) / "pbt_global.txt")
-        .read_text()
-        .splitlines()
-    ]
+    from pathlib import Path
+
+    record = Path(sr.experiment_path) / "pbt_global.txt"
+    log = [json.loads(x) for x in record.read_text().splitlines()]
     assert log, "PBT recorded no exploitation"
     # Tune's record: [target tag, clone tag, target iteration, clone iteration, old cfg, new cfg]
     target_iter, clone_iter = log[0][2], log[0][3]
