@@ -541,7 +541,11 @@ def trial_table(results, metric: str) -> list[dict]:
         df = r.metrics_dataframe
         if df is None or df.empty or metric not in df:
             rows.append(
-                {"trial": r.path.rsplit("/", 1)[-1], "status": "error" if r.error else "no result"}
+                {
+                    "trial": r.path.rsplit("/", 1)[-1],
+                    # no error and no result: the time budget ran out before it started
+                    "status": "error" if r.error else "not run (budget)",
+                }
             )
             continue
         row = {"trial": str(df["trial_id"].iloc[-1])}
