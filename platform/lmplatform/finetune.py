@@ -324,12 +324,13 @@ def run_trial(
 
 
 def _trial_name() -> str:
-    try:
-        from ray import tune
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
 
-        return tune.get_context().get_trial_name() or ""
-    except Exception:  # noqa: BLE001 - outside Tune (a Train worker of a multi-worker trial)
+    if not _in_tune_session():  # a Train worker of a multi-worker trial, or a direct call
         return ""
+    from ray import tune
+
+    return tune.get_context().get_trial_name() or ""
 
 
 def tune_trial(config: dict, data: TaskData) -> None:
@@ -515,10 +516,14 @@ def run_search(
         run_config=tune.RunConfig(
             name=job.name,
             storage_path=str(Path(_storage(job)) / "tune"),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2,
-                checkpoint_score_attribute=metric,
-                checkpoint_score_order="max",
+            # PBT exploits a donor's *latest* checkpoint: keep the newest few rather than the
+            # best two, which could delete it before another trial copies it
+            checkpoint_config=(
+                tune.CheckpointConfig(num_to_keep=4)
+                if s.scheduler == "pbt"
+                else tune.CheckpointConfig(
+                    num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order="max"
+                )
             ),
             verbose=verbose,
         ),
