@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tune_efficiency.draw
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from lmplatform.config import load_config  # noqa: E402
@@ -43,9 +42,14 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     out = tempfile.mkdtemp(prefix="quality-")
-    from lmplatform.finetune import best_model, load_task_data, promote, run_search
+    from lmplatform.finetune import (
+        best_model,
+        load_task_data,
+        promote,
+        run_search,
+        sample_points,
+    )
     from lmplatform.runtime import init_ray
-    from tune_efficiency import draw
 
     init_ray(quiet=True)
     rows = []
@@ -56,7 +60,7 @@ def main() -> None:
             update={"name": f"{job.name}-random", "parent": f"random:{job.parent}"}
         )
         # the same configurations for both starts: a fair comparison at a small trial count
-        points = draw(job.search.space, job.search.num_samples, job.train.seed)
+        points = sample_points(job.search.space, job.search.num_samples, job.train.seed)
         res = {}
         for label, j in (("pretrained", job), ("random", scratch)):
             sr = run_search(j, load_task_data(j), verbose=0, points=points)

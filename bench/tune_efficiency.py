@@ -28,26 +28,6 @@ from lmplatform.jobconfig import FinetuneJobConfig  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def draw(space: dict, n: int, seed: int = 0) -> list[dict]:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        p = {}
-        for k, d in space.items():
-            if d.kind == "loguniform":
-                p[k] = float(np.exp(rng.uniform(np.log(d.low), np.log(d.high))))
-            elif d.kind == "uniform":
-                p[k] = float(rng.uniform(d.low, d.high))
-            elif d.kind == "randint":
-                p[k] = int(rng.integers(int(d.low), int(d.high)))
-            else:
-                p[k] = d.values[int(rng.integers(len(d.values)))]
-        out.append(p)
-    return out
-
-
 def evaluations(sr, metric: str) -> list[tuple[float, float, float]]:
     """(wall-clock timestamp, seconds of this evaluation, metric in points) of every report."""
     rows = []
@@ -70,12 +50,12 @@ def main() -> None:
     args = p.parse_args()
     out = tempfile.mkdtemp(prefix="tune-eff-")
     base = load_config(FinetuneJobConfig, args.config, [f"output_dir={out}", *args.overrides])
-    from lmplatform.finetune import load_task_data, run_search
+    from lmplatform.finetune import load_task_data, run_search, sample_points
     from lmplatform.runtime import init_ray
 
     init_ray(quiet=True)
     data = load_task_data(base)
-    points = draw(base.search.space, args.trials, base.train.seed)
+    points = sample_points(base.search.space, args.trials, base.train.seed)
     metric = base.task.metric
     runs = {}
     for sched in ("fifo", "asha"):

@@ -29,6 +29,7 @@ from lmplatform.data.tasks import TaskEncoder
 from lmplatform.jobconfig import SEARCHABLE, FinetuneJobConfig, SearchDim
 from lmplatform.metrics import classification_report, entity_f1
 from lmplatform.models.tasks import TaskModel, build_encoder
+from lmplatform.runtime import storage_uri
 
 CKPT = "trial.pt"
 # hyperparameters PBT may change in a running trial: they only touch the optimizer
@@ -216,11 +217,7 @@ def evaluate(
 
 
 def eval_subset(data: TaskData) -> list[dict]:
-    cap = data.cfg.search.eval_rows
-    if cap is None or cap >= len(data.dev_rows):
-        return data.dev_rows
-    order = np.random.default_rng(0).permutation(len(data.dev_rows))[:cap]
-    return [data.dev_rows[i] for i in sorted(order)]
+    return _subset(data.dev_rows, data.cfg.search.eval_rows)
 
 
 def run_trial(
@@ -377,7 +374,7 @@ def train_driver_trial(config: dict, data: TaskData) -> None:
         ),
         run_config=ray.train.RunConfig(
             name=f"{ctx.get_experiment_name()}-{ctx.get_trial_id()}",
-            storage_path=str(Path(_storage(job)) / "train"),
+            storage_path=storage_uri(job.output_dir, "train"),
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2,
@@ -390,10 +387,6 @@ def train_driver_trial(config: dict, data: TaskData) -> None:
 
 
 # --------------------------------------------------------------------------- search
-
-
-def _storage(job: FinetuneJobConfig) -> str:
-    return job.output_dir if "://" in job.output_dir else str(Path(job.output_dir).absolute())
 
 
 def search_space(space: dict[str, SearchDim]) -> dict:
@@ -411,6 +404,26 @@ def search_space(space: dict[str, SearchDim]) -> dict:
             out[k] = tune.choice(d.values)
         else:
             out[k] = tune.grid_search(d.values)
+    return out
+
+
+def sample_points(space: dict[str, SearchDim], n: int, seed: int = 0) -> list[dict]:
+    """`n` configurations drawn from `space` with a fixed seed: the same trials for searches
+    that are compared (schedulers, pretrained vs random start)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        p = {}
+        for k, d in space.items():
+            if d.kind == "loguniform":
+                p[k] = float(np.exp(rng.uniform(np.log(d.low), np.log(d.high))))
+            elif d.kind == "uniform":
+                p[k] = float(rng.uniform(d.low, d.high))
+            elif d.kind == "randint":
+                p[k] = int(rng.integers(int(d.low), int(d.high)))
+            else:
+                p[k] = d.values[int(rng.integers(len(d.values)))]
+        out.append(p)
     return out
 
 
@@ -515,7 +528,7 @@ def run_search(
         ),
         run_config=tune.RunConfig(
             name=job.name,
-            storage_path=str(Path(_storage(job)) / "tune"),
+            storage_path=storage_uri(job.output_dir, "tune"),
             # PBT exploits a donor's *latest* checkpoint: keep the newest few rather than the
             # best two, which could delete it before another trial copies it
             checkpoint_config=(
@@ -529,7 +542,7 @@ def run_search(
         ),
     )
     results = tuner.fit()
-    run_dir = Path(_storage(job)) / job.name
+    run_dir = Path(job.output_dir).absolute() / job.name  # results written on the driver
     run_dir.mkdir(parents=True, exist_ok=True)
     table = trial_table(results, metric)
     write_table(table, run_dir / "trials.csv")

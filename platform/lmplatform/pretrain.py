@@ -23,6 +23,7 @@ import torch
 from lmplatform.data.pretraining import BertCollator, Prefetcher, causal_collate, shard_files
 from lmplatform.jobconfig import PretrainJobConfig
 from lmplatform.models.tasks import build_pretraining_model
+from lmplatform.runtime import storage_uri
 
 STATE = "train_state.json"
 TAG = "state"
@@ -282,11 +283,7 @@ def run_pretraining(
     # the same rows in the same order on every run: resumption and ZeRO comparisons rely on it
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     train_ds = ray.data.read_parquet(files)
-    storage = (
-        str(Path(job.output_dir).absolute() / "ray")
-        if "://" not in job.output_dir
-        else f"{job.output_dir}/ray"
-    )
+    storage = storage_uri(job.output_dir, "ray")
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={

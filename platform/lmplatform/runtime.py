@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Ray resolves "127.0.0.1" to the machine's routable address and listens on every interface;
 # with this switch off (read when `ray` is imported) a local instance stays on loopback.
@@ -33,3 +34,10 @@ def init_ray(
             **kwargs,
         )
     return ray
+
+
+def storage_uri(output_dir: str, *parts: str) -> str:
+    """Ray's `storage_path` under a job's output_dir: an absolute local path, or the URI as is
+    (pathlib would fold 's3://bucket' into 's3:/bucket')."""
+    base = output_dir.rstrip("/") if "://" in output_dir else str(Path(output_dir).absolute())
+    return "/".join([base, *parts])

@@ -511,19 +511,11 @@ class Prefetcher:
         import threading
 
         self._q: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
 
-        def run():
+        def run():  # a daemon thread: it ends with the worker process
             try:
                 for item in iterable:
-                    while not self._stop.is_set():
-                        try:
-                            self._q.put(item, timeout=0.5)
-                            break
-                        except queue.Full:
-                            continue
-                    if self._stop.is_set():
-                        return
+                    self._q.put(item)
                 self._q.put(self._END)
             except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
                 self._q.put(e)
@@ -541,6 +533,3 @@ class Prefetcher:
         if isinstance(item, BaseException):
             raise item
         return item
-
-    def close(self) -> None:
-        self._stop.set()
