@@ -143,7 +143,8 @@ def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local
     with pytest.raises(TrainingFailedError):  # the "stop": a worker dies and no retry is allowed
         run_pretraining(cfg, fail_at_step=10, fail_marker=str(workdir / "restart.killed"))
     first = [r["step"] for r in _steps(workdir, "restart")]
-    assert max(first) in (9, 10)  # step 10 is logged only if rank 0 was not the one killed
+    # metrics are written every log_every=2 steps; step 10 only if rank 0 was not the one killed
+    assert max(first) in (8, 10)
     # the checkpoints Ray Train registered before the stop (one reported just before an
     # unrecoverable failure can be dropped by its controller, so read what it kept)
     snapshot = json.loads(
