@@ -93,6 +93,8 @@ def worker_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(job.train.seed)
+    if not job.scaling.use_gpu:  # Ray pins OMP threads to the reserved CPUs; we may want more
+        torch.set_num_threads(job.scaling.torch_threads or max(1, int(job.scaling.cpus_per_worker)))
     model_cfg = job.model.model_copy(update={"vocab_size": config["vocab_size"]})
     model = build_pretraining_model(model_cfg)
     if job.scaling.use_gpu:

@@ -47,6 +47,10 @@ class ExamplesConfig(StrictModel):
     """BERT: fraction of maskable tokens selected for prediction (drawn per batch)."""
     whole_word_masking: bool = False
     """BERT: select whole words (all their WordPiece pieces) instead of single pieces."""
+    dupe_factor: int = Field(1, ge=1, le=100)
+    """BERT: build every document's pairs this many times with different segment cuts and random
+    B segments (Google's `dupe_factor`), so repeated epochs over a small corpus see new NSP
+    pairs instead of memorising one fixed set."""
     docs_per_batch: int = Field(128, ge=2)
     """Documents per Ray Data batch; B segments are drawn from other documents of the batch."""
     rows_per_shard: int = Field(20000, ge=1)
@@ -103,7 +107,8 @@ class BertPairBuilder:
         docs = self._encode_docs(texts)
         max_tokens = cfg.max_seq_len - 3 if cfg.nsp else cfg.max_seq_len - 2
         ids_out, types_out, nsp_out = [], [], []
-        for d, doc in enumerate(docs):
+        jobs = [(d, doc) for _ in range(cfg.dupe_factor) for d, doc in enumerate(docs)]
+        for d, doc in jobs:
             others = [o for j, o in enumerate(docs) if j != d and o] or self._previous
             for a, b, is_random in self._pairs(doc, others, max_tokens, rng):
                 if cfg.nsp:
@@ -116,6 +121,12 @@ class BertPairBuilder:
                 types_out.append(types)
                 nsp_out.append(int(is_random) if cfg.nsp else -100)
         self._previous = [d for d in docs if d][-8:]
+        if cfg.dupe_factor > 1:  # a document's copies would otherwise sit side by side
+            order = list(range(len(ids_out)))
+            rng.shuffle(order)
+            ids_out = [ids_out[i] for i in order]
+            types_out = [types_out[i] for i in order]
+            nsp_out = [nsp_out[i] for i in order]
         return pa.table(
             {
                 "input_ids": _lists(ids_out, pa.int32()),

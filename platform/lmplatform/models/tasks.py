@@ -19,7 +19,7 @@ from torch import nn
 
 from lmplatform.models.bert import BertConfig, BertEncoder, BertForPretraining
 from lmplatform.models.gpt import GPT, GPTConfig
-from lmplatform.models.layers import Dropout, ScalarMix, masked_mean
+from lmplatform.models.layers import Dropout, Encoded, ScalarMix, masked_mean
 from lmplatform.models.lstm import BiLM, LSTMConfig
 
 TaskKind = Literal["classification", "pair_classification", "token_classification"]
@@ -88,21 +88,25 @@ class TaskModel(nn.Module):
                 enc = self.encoder.encode(input_ids, attention_mask, token_type_ids)
         else:
             enc = self.encoder.encode(input_ids, attention_mask, token_type_ids)
-        h = self.mix(enc.layers) if self.mix is not None else enc.layers[-1]  # (B, T, H)
-        if self.kind == "token_classification":
-            logits = self.head(self.drop(h))  # (B, T, L)
-        else:
-            # frozen features: the mean over real tokens. A frozen BERT pooler is tuned to NSP
-            # and nearly constant across sentences (measured: a head on it stays at chance)
-            use_pooler = enc.pooled is not None and not self.frozen
-            pooled = enc.pooled if use_pooler else masked_mean(h, attention_mask)
-            logits = self.head(self.drop(pooled))  # (B, L)
+        logits = self.head_logits(enc, attention_mask)
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = F.cross_entropy(
                 logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100
             )
         return out
+
+    def head_logits(self, enc: Encoded, attention_mask=None) -> torch.Tensor:
+        """Logits from the encoder's output: the part a task keeps when tasks share a frozen
+        encoder (serving runs the encoder once for several tasks' heads)."""
+        h = self.mix(enc.layers) if self.mix is not None else enc.layers[-1]  # (B, T, H)
+        if self.kind == "token_classification":
+            return self.head(self.drop(h))  # (B, T, L)
+        # frozen features: the mean over real tokens. A frozen BERT pooler is tuned to NSP
+        # and nearly constant across sentences (measured: a head on it stays at chance)
+        use_pooler = enc.pooled is not None and not self.frozen
+        pooled = enc.pooled if use_pooler else masked_mean(h, attention_mask)
+        return self.head(self.drop(pooled))  # (B, L)
 
     def flops_per_token(self, seq_len: int) -> float:
         f = (

@@ -1,0 +1,374 @@
+"""The HTTP API as a contract: request and response models, error bodies, limits.
+
+`make_app(backend, max_body_bytes)` builds the FastAPI app; the backend (Ray Serve handles in production, the
+predictors in-process for the plain-FastAPI comparison of `bench/serve_load.py`) does the work.
+Every error is `{"error": {"type", "message"}}`:
+
+- 400 `malformed_json`: the body is not JSON (or not UTF-8);
+- 404 `not_found`: unknown task or route (405 `method_not_allowed` for a known route);
+- 413 `too_large`: more than `max_inputs` inputs, or a body over `max_body_bytes`;
+- 422 `invalid_input`: wrong types, missing or unknown fields, empty input, wrong shape for
+  the task. Nothing a client sends is answered with a 5xx.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Protocol, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+M = TypeVar("M", bound=BaseModel)
+TaskType = Literal["classification", "pair_classification", "token_classification"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+class PredictRequest(_Strict):
+    inputs: Annotated[list[StrictStr | list[StrictStr]], Field(min_length=1)]
+    """classification: strings; pair_classification: [text_a, text_b]; token_classification:
+    strings, or lists of words with `is_split_into_words`."""
+    is_split_into_words: StrictBool = False
+
+
+class FillMaskRequest(_Strict):
+    inputs: Annotated[list[StrictStr], Field(min_length=1)]
+    """Texts with at least one [MASK]."""
+    top_k: Annotated[StrictInt, Field(ge=1, le=100)] = 5
+
+
+class GenerateRequest(_Strict):
+    inputs: Annotated[list[StrictStr], Field(min_length=1)]
+    max_new_tokens: Annotated[StrictInt, Field(ge=1, le=512)] = 32
+    temperature: Annotated[StrictFloat | StrictInt, Field(ge=0, le=10)] = 0.0
+    """0: greedy."""
+    top_k: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ModelInfo(ModelRef):
+    metric: str | None = None
+    value: float | None = None
+
+
+class TaskInfo(BaseModel):
+    task: str
+    type: TaskType
+    labels: list[str]
+    model: ModelInfo
+
+
+class TasksResponse(BaseModel):
+    tasks: list[TaskInfo]
+
+
+class ClassificationPrediction(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+    truncated: bool = False
+
+
+class Entity(BaseModel):
+    label: str
+    text: str
+    start: int
+    """Character offset (string input) or word index (word-list input)."""
+    end: int
+    """Exclusive."""
+    score: float
+
+
+class TokenPrediction(BaseModel):
+    tags: list[str]
+    """One IOB2 tag per word."""
+    entities: list[Entity]
+    truncated: bool = False
+
+
+class PredictResponse(BaseModel):
+    task: str
+    model: ModelRef
+    predictions: list[ClassificationPrediction | TokenPrediction]
+
+
+class MaskCandidate(BaseModel):
+    token: str
+    score: float
+
+
+class FillMaskPrediction(BaseModel):
+    masks: list[list[MaskCandidate]]
+    """Per [MASK], in order: the top_k candidates."""
+    truncated: bool = False
+
+
+class FillMaskResponse(BaseModel):
+    model: ModelRef
+    predictions: list[FillMaskPrediction]
+
+
+class Generation(BaseModel):
+    text: str
+    tokens: int
+    truncated: bool = False
+
+
+class GenerateResponse(BaseModel):
+    model: ModelRef
+    predictions: list[Generation]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, type_: str, message: str):
+        super().__init__(message)
+        self.status, self.type, self.message = status, type_, message
+
+
+def error_response(status: int, type_: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status)
+
+
+_STATUS_TYPES = {
+    400: "malformed_json",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    422: "invalid_input",
+    503: "unavailable",
+}
+
+
+class BodyLimit:
+    """ASGI middleware: bodies over `max_bytes` get 413 before anything parses them (also for
+    chunked uploads with no Content-Length)."""
+
+    def __init__(self, app, max_bytes):
+        self.app, self._max = app, max_bytes  # an int, or a callable giving it
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max() if callable(self._max) else self._max
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_large = error_response(413, "too_large", f"request body exceeds {self.max_bytes} bytes")
+        if declared is not None:
+            try:
+                if int(declared) > self.max_bytes:
+                    return await too_large(scope, receive, send)
+            except ValueError:
+                return await error_response(400, "malformed_request", "bad Content-Length")(
+                    scope, receive, send
+                )
+        body, more = [], True
+        size = 0
+        while more:  # read it all (bounded), then replay it to the app
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await too_large(scope, receive, send)
+            body.append(chunk)
+            more = msg.get("more_body", False)
+        data = b"".join(body)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+class Backend(Protocol):
+    max_inputs: int
+
+    async def ready(self) -> bool: ...
+    async def tasks(self) -> list[dict]: ...
+    async def predict(self, task: str, inputs: list, is_split_into_words: bool) -> dict: ...
+    async def fill_mask(self, inputs: list[str], top_k: int) -> dict: ...
+    async def generate(self, inputs: list[str], **params) -> dict: ...
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": desc}
+    for code, desc in {
+        400: "Malformed JSON",
+        404: "Unknown task or route",
+        413: "Too many inputs or too large a body",
+        422: "Wrong types, empty input, or wrong shape for the task",
+    }.items()
+}
+
+
+def _request_body(model: type[BaseModel]) -> dict:
+    """OpenAPI requestBody for a route that parses its own body (strictly, any content type)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Body bytes -> model: 400 if not UTF-8 JSON (whatever the Content-Type says), 422 if the
+    JSON does not fit the model."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ApiError(
+            400, "malformed_json", f"the body is not UTF-8: {e.reason} at byte {e.start}"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "the body's JSON is nested too deeply") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ApiError(422, "invalid_input", describe_errors(e.errors())) from None
+    except RecursionError:
+        raise ApiError(422, "invalid_input", "the body's JSON is nested too deeply") from None
+
+
+def describe_errors(errors: list) -> str:
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{loc}: {e.get('msg')}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def make_app(backend: Backend, max_body_bytes: int, title: str = "lmplatform") -> FastAPI:
+    """The API over a backend (the Serve ingress, or in-process predictors)."""
+    app = FastAPI(
+        title=title,
+        version="1",
+        description="Task predictions, fill-mask and generation from the model registry.",
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError):
+        return error_response(422, "invalid_input", describe_errors(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException):
+        status = exc.status_code
+        msg = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if status == 404:
+            msg = "no such route (see /docs)"
+        return error_response(status, _STATUS_TYPES.get(status, "error"), msg)
+
+    @app.exception_handler(ApiError)
+    async def _api(_request: Request, exc: ApiError):
+        return error_response(exc.status, exc.type, exc.message)
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": ErrorResponse}})
+    async def healthz():
+        if not await backend.ready():
+            raise ApiError(503, "unavailable", "models are not loaded")
+        return {"status": "ok"}
+
+    @app.get("/v1/tasks", response_model=TasksResponse)
+    async def tasks():
+        return {"tasks": await backend.tasks()}
+
+    def _check_count(n: int):
+        if n > backend.max_inputs:
+            raise ApiError(
+                413, "too_large", f"{n} inputs; at most {backend.max_inputs} per request"
+            )
+
+    @app.post(
+        "/v1/predict/{task}",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        openapi_extra=_request_body(PredictRequest),
+    )
+    async def predict(task: str, request: Request):
+        body = await parse_body(request, PredictRequest)
+        _check_count(len(body.inputs))
+        return await backend.predict(task, body.inputs, body.is_split_into_words)
+
+    @app.post(
+        "/v1/fill-mask",
+        response_model=FillMaskResponse,
+        responses=_ERRORS,
+        openapi_extra=_request_body(FillMaskRequest),
+    )
+    async def fill_mask(request: Request):
+        body = await parse_body(request, FillMaskRequest)
+        _check_count(len(body.inputs))
+        return await backend.fill_mask(body.inputs, body.top_k)
+
+    @app.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        responses=_ERRORS,
+        openapi_extra=_request_body(GenerateRequest),
+    )
+    async def generate(request: Request):
+        body = await parse_body(request, GenerateRequest)
+        _check_count(len(body.inputs))
+        return await backend.generate(
+            body.inputs,
+            max_new_tokens=body.max_new_tokens,
+            temperature=float(body.temperature),
+            top_k=body.top_k,
+        )
+
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    return app
