@@ -353,7 +353,9 @@ class FillMaskPredictor:
                 positions = [p for p, t in enumerate(s) if t == self.sp.mask]
                 masks = []
                 if positions:
-                    logits = self.model.mlm_logits(h[k, positions]).float()
+                    # the embedding may have spare rows past the tokenizer's vocabulary
+                    vocab = self.tokenizer.get_vocab_size()
+                    logits = self.model.mlm_logits(h[k, positions]).float()[:, :vocab]
                     probs = torch.softmax(logits, -1)
                     top = torch.topk(probs, min(top_k, probs.shape[-1]), dim=-1)
                     for row_v, row_i in zip(top.values.tolist(), top.indices.tolist()):

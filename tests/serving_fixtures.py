@@ -1,0 +1,110 @@
+"""A small registry for the serving tests: random-weight debug models of every kind the API serves.
+
+The API contract does not depend on accuracy, so no training runs here: a classification, a
+pair-classification and a token-classification task (full fine-tuning), two frozen-feature
+tasks from the same parent (a shared-encoder group), a pretrained BERT (fill-mask) and a
+pretrained GPT (generate).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def _tokenizers(root: Path, sample_dir: Path):
+    from lmplatform.tokenization import TokenizerConfig, train_tokenizer
+
+    lines = (sample_dir / "corpus" / "train.txt").read_text().splitlines()
+
+    def batches():
+        return (lines[i : i + 500] for i in range(0, len(lines), 500))
+
+    wp = train_tokenizer(TokenizerConfig(kind="wordpiece", vocab_size=2000), batches(), root / "wp")
+    bpe = train_tokenizer(TokenizerConfig(kind="bpe", vocab_size=2000), batches(), root / "bpe")
+    return wp, bpe
+
+
+def publish_task(
+    reg,
+    root: Path,
+    name: str,
+    encoder,
+    kind: str,
+    labels: list[str],
+    tokenizer,
+    *,
+    frozen: bool = False,
+    value: float = 0.5,
+    seed: int = 0,
+    parent: str = "tiny-bert@v0001",
+    max_seq_len: int = 32,
+) -> str:
+    """Save a task model with a fresh head, publish it and promote it (force)."""
+    from lmplatform.models.io import save_pretrained
+    from lmplatform.models.tasks import TaskModel
+
+    torch.manual_seed(seed)
+    model = TaskModel(copy.deepcopy(encoder), kind, len(labels), frozen=frozen)
+    folder = root / f"{name}-{seed}"
+    entity_types = (
+        sorted({x[2:] for x in labels if x != "O"}) if kind == "token_classification" else None
+    )
+    save_pretrained(
+        model,
+        folder,
+        tokenizer=tokenizer,
+        extra={
+            "labels": labels,
+            "entity_types": entity_types,
+            "max_seq_len": max_seq_len,
+            "task_name": name,
+        },
+    )
+    metric = "entity_f1" if kind == "token_classification" else "accuracy"
+    version = reg.publish(
+        "tasks",
+        name,
+        folder,
+        {"kind": "task", "metric": metric, "value": value, "parent": parent, "labels": labels},
+    )
+    reg.promote(name, version, value, force=True)
+    return version
+
+
+def build_registry(root: Path, sample_dir: Path) -> Path:
+    from lmplatform.models.bert import BertConfig
+    from lmplatform.models.gpt import GPTConfig
+    from lmplatform.models.io import save_pretrained
+    from lmplatform.models.tasks import build_pretraining_model, encoder_of
+    from lmplatform.registry import Registry
+
+    wp, bpe = _tokenizers(root, sample_dir)
+    reg = Registry(root / "registry")
+    torch.manual_seed(0)
+    bert = build_pretraining_model(BertConfig(size="debug", vocab_size=2000, max_seq_len=64))
+    save_pretrained(bert, root / "tiny-bert", tokenizer=wp)
+    reg.publish("pretrained", "tiny-bert", root / "tiny-bert", {"kind": "pretrained"})
+    gpt = build_pretraining_model(GPTConfig(size="debug", vocab_size=2000, max_seq_len=64))
+    save_pretrained(gpt, root / "tiny-gpt", tokenizer=bpe)
+    reg.publish("pretrained", "tiny-gpt", root / "tiny-gpt", {"kind": "pretrained"})
+
+    enc = encoder_of(bert)
+    publish_task(reg, root, "sentiment", enc, "classification", ["negative", "positive"], wp)
+    publish_task(
+        reg,
+        root,
+        "pairs",
+        enc,
+        "pair_classification",
+        ["entailment", "neutral", "contradiction"],
+        wp,
+    )
+    publish_task(reg, root, "ner", enc, "token_classification", NER_LABELS, wp)
+    publish_task(reg, root, "topic-a", enc, "classification", ["a", "b", "c"], wp, frozen=True)
+    publish_task(reg, root, "topic-b", enc, "classification", ["x", "y"], wp, frozen=True, seed=1)
+    return root / "registry"

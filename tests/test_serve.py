@@ -1,0 +1,574 @@
+"""Ray Serve over real HTTP on 127.0.0.1: every route and error code, a 500-body fuzz, batching,
+shared-encoder heads, hot swap under load, replica autoscaling, health checks."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from serving_fixtures import NER_LABELS, build_registry, publish_task
+
+APP = "lm"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, tmp_path_factory, sample_dir):
+    """One Serve instance for the module: app `lm` at / with every kind of model."""
+    from ray import serve
+
+    from lmplatform.jobconfig import ServeConfig
+    from lmplatform.serving.deployments import build
+
+    root = tmp_path_factory.mktemp("serve")
+    registry = build_registry(root, sample_dir)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    cfg = ServeConfig(
+        registry=str(registry),
+        port=port,
+        fill_mask_model="tiny-bert",
+        generate_model="tiny-gpt",
+        shared_encoder_groups=[["topic-a", "topic-b"]],
+        max_batch_size=32,
+        batch_wait_timeout_s=0.05,
+        max_inputs=16,
+        max_body_bytes=200_000,
+        replica_cpus=0,
+        refresh_s=0.5,
+        autoscaling={"min_replicas": 1, "max_replicas": 1},
+    )
+    serve.run(build(cfg), name=APP, route_prefix="/")
+    yield {"url": f"http://127.0.0.1:{port}", "registry": registry, "root": root, "cfg": cfg}
+    serve.shutdown()
+
+
+def _post(served, path, body, **kw):
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    return requests.post(served["url"] + path, data=data, timeout=30, **kw)
+
+
+def _stats(deployment: str) -> dict:
+    from ray import serve
+
+    return serve.get_deployment_handle(deployment, app_name=APP).stats.remote().result()
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+def test_health_tasks_and_openapi(served):
+    r = requests.get(served["url"] + "/healthz", timeout=10)
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+    tasks = requests.get(served["url"] + "/v1/tasks", timeout=10).json()["tasks"]
+    by = {t["task"]: t for t in tasks}
+    assert set(by) == {"sentiment", "pairs", "ner", "topic-a", "topic-b"}
+    assert by["sentiment"]["type"] == "classification"
+    assert by["pairs"]["type"] == "pair_classification"
+    assert by["ner"]["type"] == "token_classification"
+    assert by["ner"]["labels"] == NER_LABELS
+    for t in tasks:
+        assert set(t) == {"task", "type", "labels", "model"}
+        assert set(t["model"]) == {"name", "version", "metric", "value"}
+        assert t["model"]["version"].startswith("v")
+    spec = requests.get(served["url"] + "/openapi.json", timeout=10).json()
+    assert {"/healthz", "/v1/tasks", "/v1/predict/{task}", "/v1/fill-mask", "/v1/generate"} <= set(
+        spec["paths"]
+    )
+    predict = spec["paths"]["/v1/predict/{task}"]["post"]
+    assert "inputs" in predict["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"200", "400", "404", "413", "422"} <= set(predict["responses"])
+    assert {"PredictResponse", "TokenPrediction", "ErrorResponse"} <= set(
+        spec["components"]["schemas"]
+    )
+    docs = requests.get(served["url"] + "/docs", timeout=10)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_classification_and_pairs_follow_the_schema(served):
+    r = _post(served, "/v1/predict/sentiment", {"inputs": ["a fine film", "dull", "word " * 500]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["task"] == "sentiment" and set(body["model"]) == {"name", "version"}
+    preds = body["predictions"]
+    assert len(preds) == 3
+    for p in preds:
+        assert set(p) == {"label", "score", "scores", "truncated"}
+        assert set(p["scores"]) == {"negative", "positive"}
+        assert abs(sum(p["scores"].values()) - 1) < 1e-4
+        assert p["score"] == max(p["scores"].values()) and p["label"] in p["scores"]
+    assert [p["truncated"] for p in preds] == [False, False, True]
+    r = _post(served, "/v1/predict/pairs", {"inputs": [["a man sleeps", "a person rests"]]})
+    assert r.status_code == 200, r.text
+    assert set(r.json()["predictions"][0]["scores"]) == {"entailment", "neutral", "contradiction"}
+
+
+def test_token_classification_strings_and_word_lists(served):
+    text = "John  Smith flew to Paris"
+    r = _post(served, "/v1/predict/ner", {"inputs": [text, "x " * 80]})
+    assert r.status_code == 200, r.text
+    first, long_ = r.json()["predictions"]
+    assert len(first["tags"]) == 5 and set(first["tags"]) <= set(NER_LABELS)
+    for e in first["entities"]:
+        assert set(e) == {"label", "text", "start", "end", "score"}
+        assert text[e["start"] : e["end"]] == e["text"]  # character offsets
+    assert len(long_["tags"]) == 80 and long_["truncated"] is True  # a tag per word, always
+    words = ["John", "Smith", "flew", "to", "Paris"]
+    r = _post(served, "/v1/predict/ner", {"inputs": [words], "is_split_into_words": True})
+    assert r.status_code == 200, r.text
+    p = r.json()["predictions"][0]
+    assert len(p["tags"]) == 5
+    for e in p["entities"]:
+        assert 0 <= e["start"] < e["end"] <= 5  # word indices, end exclusive
+        assert " ".join(words[e["start"] : e["end"]]) == e["text"]
+    # the word-list and the string form of the same sentence get the same tags
+    assert p["tags"] == first["tags"]
+
+
+def test_fill_mask_and_generate(served):
+    r = _post(served, "/v1/fill-mask", {"inputs": ["the [MASK] is [MASK] ."], "top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["name"] == "tiny-bert"
+    masks = body["predictions"][0]["masks"]
+    assert len(masks) == 2 and all(len(m) == 3 for m in masks)
+    assert all(isinstance(c["token"], str) and 0 <= c["score"] <= 1 for m in masks for c in m)
+    r = _post(
+        served,
+        "/v1/generate",
+        {
+            "inputs": ["once upon a time", "the"],
+            "max_new_tokens": 4,
+            "temperature": 0.7,
+            "top_k": 5,
+        },
+    )
+    assert r.status_code == 200, r.text
+    gens = r.json()["predictions"]
+    assert len(gens) == 2 and all(set(g) == {"text", "tokens", "truncated"} for g in gens)
+    assert all(0 <= g["tokens"] <= 4 for g in gens)
+    assert _post(served, "/v1/fill-mask", {"inputs": ["no mask here"]}).status_code == 422
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/predict/sentiment", b"{not json", 400),
+        ("/v1/predict/sentiment", b'{"inputs": ["\xff\xfe"]}', 400),  # invalid UTF-8
+        ("/v1/predict/nosuchtask", {"inputs": ["x"]}, 404),
+        ("/v1/nosuchroute", {"inputs": ["x"]}, 404),
+        ("/v1/predict/sentiment", {"inputs": ["x"] * 17}, 413),
+        ("/v1/predict/sentiment", {"inputs": ["y" * 300_000]}, 413),  # body over the limit
+        ("/v1/predict/sentiment", {"inputs": []}, 422),
+        ("/v1/predict/sentiment", {"inputs": [""]}, 422),
+        ("/v1/predict/sentiment", {"inputs": ["   "]}, 422),
+        ("/v1/predict/sentiment", {"inputs": [1, 2]}, 422),
+        ("/v1/predict/sentiment", {"inputs": "a string, not a list"}, 422),
+        ("/v1/predict/sentiment", {"input": ["typo in the field name"]}, 422),
+        ("/v1/predict/sentiment", {"inputs": ["x"], "extra": 1}, 422),
+        ("/v1/predict/sentiment", {"inputs": [["a", "b"]]}, 422),  # a pair for a single-text task
+        ("/v1/predict/pairs", {"inputs": ["only one text"]}, 422),
+        ("/v1/predict/pairs", {"inputs": [["a", "b", "c"]]}, 422),
+        ("/v1/predict/ner", {"inputs": ["x"], "is_split_into_words": True}, 422),
+        ("/v1/predict/ner", {"inputs": [["two words"]], "is_split_into_words": True}, 422),
+        ("/v1/predict/sentiment", {"inputs": ["x"], "is_split_into_words": True}, 422),
+        ("/v1/predict/sentiment", '{"inputs": ["\\ud800"]}', 422),  # lone surrogate
+        ("/v1/predict/sentiment", [1, 2, 3], 422),
+        ("/v1/fill-mask", {"inputs": ["[MASK]"], "top_k": 0}, 422),
+        ("/v1/generate", {"inputs": ["x"], "max_new_tokens": "ten"}, 422),
+        ("/v1/generate", {"inputs": ["x"], "temperature": -1}, 422),
+    ],
+)
+def test_error_codes(served, path, body, status):
+    r = _post(served, path, body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"type", "message"} and err["message"]
+
+
+def test_wrong_method_and_body_without_content_type(served):
+    r = requests.get(served["url"] + "/v1/predict/sentiment", timeout=10)
+    assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
+    r = requests.post(
+        served["url"] + "/v1/predict/sentiment", data=b'{"inputs": ["ok"]}', timeout=10
+    )
+    assert r.status_code == 200  # no Content-Type: still parsed as JSON
+
+
+def _hostile_bodies(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """(path, body) pairs that are all invalid by construction: each is a 4xx."""
+    rng = random.Random(seed)
+    paths = [
+        "/v1/predict/sentiment",
+        "/v1/predict/pairs",
+        "/v1/predict/ner",
+        "/v1/predict/topic-a",
+        "/v1/fill-mask",
+        "/v1/generate",
+    ]
+
+    def junk(depth=0):
+        kinds = ["int", "float", "null", "bool", "dict", "list", "str"]
+        k = rng.choice(kinds if depth < 5 else kinds[:4])
+        if k == "int":
+            return rng.randint(-(2**70), 2**70)
+        if k == "float":
+            return rng.choice([1e308, -0.0, 3.14])
+        if k == "null":
+            return None
+        if k == "bool":
+            return rng.random() < 0.5
+        if k == "str":
+            return "".join(chr(rng.randint(1, 0x2FFF)) for _ in range(rng.randint(0, 20)))
+        if k == "dict":
+            return {str(rng.random()): junk(depth + 1) for _ in range(rng.randint(0, 3))}
+        return [junk(depth + 1) for _ in range(rng.randint(1, 3))]
+
+    def bad_inputs():
+        # never a valid inputs list: a non-list, or a list holding a non-string / nested junk
+        return rng.choice(
+            [
+                junk(),
+                [junk(), {"a": 1}],
+                [[["nested"]]],
+                [None],
+                [12],
+                [{"text": "x"}],
+                [],
+                [""],
+            ]
+        )
+
+    out = []
+    for i in range(n):
+        path = rng.choice(paths)
+        kind = i % 10
+        if kind == 0:  # random bytes
+            body = bytes(rng.randint(0, 255) for _ in range(rng.randint(0, 300)))
+            if body.strip().startswith((b"{", b"[", b'"')) or body.strip()[:1].isdigit():
+                body = b"\x00" + body
+        elif kind == 1:  # invalid UTF-8 inside a JSON string
+            body = b'{"inputs": ["ok \xc3\x28 \xa0\xa1"]}'
+        elif kind == 2:  # wrong types / nested junk
+            body = json.dumps({"inputs": bad_inputs()}).encode()
+        elif kind == 3:  # missing or misspelled fields, top-level non-objects
+            body = json.dumps(rng.choice([{}, {"input": ["x"]}, [], "inputs", 42, None, junk()]))
+            body = body.encode()
+            if body in (b"{}",):
+                body = b"{}"
+        elif kind == 4:  # huge string in the wrong place / body over the limit
+            big = "z" * rng.choice([50_000, 250_000])
+            body = json.dumps(
+                {"inputs": [big], big[:10]: 1} if len(big) < 100_000 else {"inputs": [big]}
+            )
+            body = body.encode()
+        elif kind == 5:  # deep nesting
+            d = rng.choice([50, 5000, 90_000])
+            body = b'{"inputs": ' + b"[" * d + b"]" * d + b"}"
+        elif kind == 6:  # lone surrogates, NaN, truncated JSON
+            body = rng.choice(
+                [
+                    b'{"inputs": ["\\udc80"]}',
+                    b'{"inputs": NaN}',
+                    b'{"inputs": ["a"',
+                    b'{"inputs": [Infinity]}',
+                ]
+            )
+        elif kind == 7:  # right fields, wrong value types for the extras
+            body = json.dumps(
+                {
+                    "inputs": ["a [MASK]"],
+                    "top_k": rng.choice(["3", 1.5, -1, None, [3]]),
+                    "is_split_into_words": "yes",
+                    "max_new_tokens": 10**9,
+                }
+            ).encode()
+        elif kind == 8:  # too many inputs
+            body = json.dumps({"inputs": ["w"] * rng.randint(17, 200)}).encode()
+        else:  # unknown task with junk
+            path = f"/v1/predict/{rng.choice(['', 'x' * 300, '..%2f..', 'sentiment/extra', '%00'])}"
+            body = json.dumps({"inputs": junk()}).encode()
+        out.append((path, body))
+    return out
+
+
+def test_fuzz_500_hostile_bodies_get_only_4xx(served):
+    bodies = _hostile_bodies(500)
+    session = requests.Session()
+
+    def send(pb):
+        path, body = pb
+        r = session.post(
+            served["url"] + path,
+            data=body,
+            timeout=30,
+            headers={"Content-Type": "application/json"},
+        )
+        return path, body[:80], r.status_code, r.text[:200]
+
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(send, bodies))
+    bad = [r for r in results if not 400 <= r[2] < 500]
+    assert not bad, bad[:5]
+    assert len({r[2] for r in results}) >= 4  # the mix reached 400, 404, 413 and 422
+    r = _post(served, "/v1/predict/sentiment", {"inputs": ["still answering"]})
+    assert r.status_code == 200, r.text
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def _concurrent(served, path, bodies):
+    barrier = threading.Barrier(len(bodies))
+
+    def one(b):
+        barrier.wait()
+        return _post(served, path, b)
+
+    with ThreadPoolExecutor(len(bodies)) as ex:
+        return list(ex.map(one, bodies))
+
+
+def test_32_concurrent_requests_take_fewer_than_32_model_calls(served):
+    before = _stats("task-sentiment")["model_calls"]
+    rs = _concurrent(
+        served, "/v1/predict/sentiment", [{"inputs": [f"text {i}"]} for i in range(32)]
+    )
+    assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200][:3]
+    calls = _stats("task-sentiment")["model_calls"] - before
+    assert 1 <= calls < 32, calls
+    # batching does not mix answers up: each reply is the one-request answer for its text
+    single = _post(served, "/v1/predict/sentiment", {"inputs": ["text 7"]}).json()["predictions"][0]
+    assert abs(rs[7].json()["predictions"][0]["score"] - single["score"]) < 1e-4
+
+
+def test_shared_encoder_group_runs_one_encoder_forward_for_both_tasks(served):
+    from lmplatform.registry import Registry
+    from lmplatform.serving.deployments import load_task
+
+    before = _stats("shared-encoder-0")["encoder_calls"]
+    bodies = [{"inputs": [f"news item {i}"]} for i in range(16)]
+    barrier = threading.Barrier(32)
+
+    def one(args):
+        task, b = args
+        barrier.wait()
+        return task, _post(served, f"/v1/predict/{task}", b)
+
+    jobs = [("topic-a", b) for b in bodies] + [("topic-b", b) for b in bodies]
+    with ThreadPoolExecutor(32) as ex:
+        rs = list(ex.map(one, jobs))
+    assert all(r.status_code == 200 for _, r in rs)
+    calls = _stats("shared-encoder-0")["encoder_calls"] - before
+    assert calls < 32, calls  # 32 requests over two tasks, fewer encoder passes
+    # the heads see the same features as each task's own model would
+    reg = Registry(served["registry"])
+    for task, got in (("topic-a", rs[3][1]), ("topic-b", rs[16 + 3][1])):  # "news item 3"
+        own = load_task(reg, task)
+        want = own.predict(own.parse(["news item 3"]))[0]["scores"]
+        for k, v in want.items():
+            assert abs(got.json()["predictions"][0]["scores"][k] - v) < 1e-4
+
+
+# ----------------------------------------------------------------------------- hot swap
+
+
+def test_hot_swap_under_load_fails_no_request(served):
+    from lmplatform.models.io import from_pretrained
+    from lmplatform.models.tasks import encoder_of
+    from lmplatform.registry import Registry
+
+    reg = Registry(served["registry"])
+    old = reg.best("sentiment")
+    stop = threading.Event()
+    seen: list[tuple[float, int, str | None]] = []
+
+    def client():
+        s = requests.Session()
+        while not stop.is_set():
+            try:
+                r = s.post(
+                    served["url"] + "/v1/predict/sentiment",
+                    json={"inputs": ["swap me"]},
+                    timeout=30,
+                )
+                v = r.json()["model"]["version"] if r.status_code == 200 else None
+                seen.append((time.time(), r.status_code, v))
+            except Exception as e:  # a dropped connection is a failure too
+                seen.append((time.time(), -1, repr(e)))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    parent = encoder_of(from_pretrained(reg.local_path("pretrained", "tiny-bert", "v0001")))
+    tok = reg.local_path("pretrained", "tiny-bert", "v0001") / "tokenizer.json"
+    new = publish_task(
+        reg,
+        served["root"],
+        "sentiment",
+        parent,
+        "classification",
+        ["negative", "positive"],
+        tok,
+        value=0.9,
+        seed=7,
+    )
+    promoted_at = time.time()
+    deadline = promoted_at + 60
+    while time.time() < deadline and not any(v == new for _, _, v in seen[-5:]):
+        time.sleep(0.2)
+    time.sleep(1)
+    stop.set()
+    for t in threads:
+        t.join()
+    failed = [s for s in seen if s[1] != 200]
+    assert not failed, failed[:5]
+    versions = [v for _, _, v in seen]
+    assert old in versions and new in versions, (old, new, set(versions))
+    first_new = versions.index(new)
+    assert all(v == new for v in versions[first_new + 3 :])  # switched for good (1 replica)
+    switch_s = next(t for t, _, v in seen if v == new) - promoted_at
+    print(
+        f"hot swap: {len(seen)} requests, 0 failed, new version served {switch_s:.1f}s after promotion"
+    )
+    info = {
+        t["task"]: t for t in requests.get(served["url"] + "/v1/tasks", timeout=10).json()["tasks"]
+    }
+    assert (
+        info["sentiment"]["model"]["version"] == new and info["sentiment"]["model"]["value"] == 0.9
+    )
+
+
+# ----------------------------------------------------------------------------- autoscaling
+
+
+def _running_replicas(app: str, deployment: str) -> int:
+    from ray import serve
+
+    st = serve.status().applications[app].deployments[deployment]
+    return int(st.replica_states.get("RUNNING", 0))
+
+
+def test_replicas_scale_up_under_load_and_back_down(served):
+    from ray import serve
+
+    from lmplatform.serving.deployments import build
+
+    cfg = served["cfg"].model_copy(
+        update={
+            "tasks": ["sentiment"],
+            "shared_encoder_groups": [],
+            "fill_mask_model": None,
+            "generate_model": None,
+            "app_name": "scale",
+            "batch_wait_timeout_s": 0.0,
+            "max_batch_size": 1,
+        }
+    )
+    cfg.autoscaling = cfg.autoscaling.model_copy(
+        update={
+            "min_replicas": 1,
+            "max_replicas": 3,
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 0.5,
+            "downscale_delay_s": 2,
+        }
+    )
+    serve.run(build(cfg), name="scale", route_prefix="/scale")
+    try:
+        assert _running_replicas("scale", "task-sentiment") == 1
+        stop = threading.Event()
+        errors = []
+
+        def client():
+            s = requests.Session()
+            while not stop.is_set():
+                r = s.post(
+                    served["url"] + "/scale/v1/predict/sentiment",
+                    json={"inputs": ["load " * 30] * 8},
+                    timeout=30,
+                )
+                if r.status_code != 200:
+                    errors.append(r.status_code)
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        peak, deadline = 1, time.time() + 90  # bounded: at most 90 s of load
+        try:
+            while time.time() < deadline and peak < 2:
+                time.sleep(1)
+                peak = max(peak, _running_replicas("scale", "task-sentiment"))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert not errors
+        assert peak >= 2, "sustained load did not add a replica"
+        deadline = time.time() + 90
+        while time.time() < deadline and _running_replicas("scale", "task-sentiment") > 1:
+            time.sleep(1)
+        assert _running_replicas("scale", "task-sentiment") == 1, "replicas did not fall back"
+    finally:
+        serve.delete("scale")
+
+
+# ----------------------------------------------------------------------------- health
+
+
+def test_health_check_fails_when_the_model_is_not_usable(served):
+    from lmplatform.serving.deployments import TaskDeployment
+
+    replica = TaskDeployment.func_or_class(str(served["registry"]), "sentiment", refresh_s=0)
+    replica.check_health()  # a loaded model passes
+
+    class Broken(type(replica.predictor.model.head)):
+        def forward(self, x):
+            raise RuntimeError("weights are gone")
+
+    replica.predictor.model.head.__class__ = Broken
+    with pytest.raises(RuntimeError, match="weights are gone"):
+        replica.check_health()
+
+
+def test_app_config_validates_and_builds(served, tmp_path):
+    """serve/config.yaml is Ray Serve's schema; its args are a ServeConfig; the builder builds."""
+    import importlib
+    import sys
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from conftest import ROOT
+    from lmplatform.jobconfig import ServeConfig
+
+    raw = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(raw)
+    app_cfg = schema.applications[0]
+    assert app_cfg.import_path == "serve.app:build_app"
+    args = {**app_cfg.args, "registry": str(served["registry"])}
+    sys.path.insert(0, str(ROOT))
+    try:
+        mod = importlib.import_module("serve.app")
+    finally:
+        sys.path.remove(str(ROOT))
+    app = mod.build_app(ServeConfig.model_validate(args))
+    assert type(app).__name__ == "Application"
+    with pytest.raises(ValueError, match="no promoted best"):
+        mod.build_app(ServeConfig.model_validate({**args, "tasks": ["nope"]}))
