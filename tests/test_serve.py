@@ -572,3 +572,47 @@ def test_app_config_validates_and_builds(served, tmp_path):
     assert type(app).__name__ == "Application"
     with pytest.raises(ValueError, match="no promoted best"):
         mod.build_app(ServeConfig.model_validate({**args, "tasks": ["nope"]}))
+
+
+def test_refresh_token_swaps_without_polling(served):
+    """refresh_s=0 (no polling): a new best is served only after a redeploy with a new
+    refresh_token (what `jobs/deploy.py --refresh` does), and then without a restart."""
+    from ray import serve
+
+    from lmplatform.models.io import from_pretrained
+    from lmplatform.models.tasks import encoder_of
+    from lmplatform.registry import Registry
+    from lmplatform.serving.deployments import build
+
+    reg = Registry(served["registry"])
+    cfg = served["cfg"].model_copy(
+        update={
+            "tasks": ["pairs"],
+            "shared_encoder_groups": [],
+            "fill_mask_model": None,
+            "generate_model": None,
+            "app_name": "refresh",
+            "refresh_s": 0,
+        }
+    )
+    serve.run(build(cfg), name="refresh", route_prefix="/refresh")
+    try:
+        url = served["url"] + "/refresh/v1/predict/pairs"
+        body = {"inputs": [["a", "b"]]}
+        before = requests.post(url, json=body, timeout=30).json()["model"]["version"]
+        parent = encoder_of(from_pretrained(reg.local_path("pretrained", "tiny-bert", "v0001")))
+        tok = reg.local_path("pretrained", "tiny-bert", "v0001") / "tokenizer.json"
+        labels = ["entailment", "neutral", "contradiction"]
+        new = publish_task(
+            reg, served["root"], "pairs", parent, "pair_classification", labels, tok, seed=3
+        )
+        time.sleep(2)
+        assert requests.post(url, json=body, timeout=30).json()["model"]["version"] == before
+        serve.run(
+            build(cfg.model_copy(update={"refresh_token": "now"})),
+            name="refresh",
+            route_prefix="/refresh",
+        )
+        assert requests.post(url, json=body, timeout=30).json()["model"]["version"] == new
+    finally:
+        serve.delete("refresh")

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 from conftest import ROOT
@@ -34,7 +33,11 @@ CLUSTER = {
         "gcs_address": f"127.0.0.1:{GCS_PORT}",  # the provider assumes 6379 otherwise
     },
     "available_node_types": {
-        "ray.head.default": {"resources": {"CPU": 2, "GPU": 0}, "node_config": {}, "max_workers": 0},
+        "ray.head.default": {
+            "resources": {"CPU": 2, "GPU": 0},
+            "node_config": {},
+            "max_workers": 0,
+        },
         "ray.worker.gpu": {
             "resources": {"CPU": 1, "GPU": 1, "object_store_memory": 200_000_000},
             "node_config": {},

@@ -55,7 +55,7 @@ def smoke(p: TaskPredictor) -> None:
     p.predict(p.parse([x]))
 
 
-def _info(p: TaskPredictor) -> dict:
+def task_info(p: TaskPredictor) -> dict:
     return {
         "task": p.ref.name,
         "type": p.kind,
@@ -137,7 +137,7 @@ class TaskDeployment:
             self._swap({self.task: self.reg.best(self.task)})
 
     async def info(self) -> dict:
-        return _info(self.predictor)
+        return task_info(self.predictor)
 
     async def stats(self) -> dict:
         return {"model_calls": self.predictor.calls, "version": self.predictor.ref.version}
@@ -222,7 +222,7 @@ class SharedEncoderDeployment:
             self._swap({t: self.reg.best(t) for t in self.tasks})
 
     async def info(self, task: str) -> dict:
-        return _info(self.group.predictors[task])
+        return task_info(self.group.predictors[task])
 
     async def stats(self) -> dict:
         return {
@@ -310,6 +310,9 @@ class FillMaskDeployment:
     async def stats(self) -> dict:
         return {"model_calls": self.p.calls}
 
+    def check_health(self) -> None:
+        self.p.predict(self.p.parse(["a [MASK] ."]), 1)
+
 
 @serve.deployment(max_ongoing_requests=64)
 class GenerateDeployment:
@@ -332,6 +335,12 @@ class GenerateDeployment:
             "model": {"name": self.p.ref.name, "version": self.p.ref.version},
             "predictions": preds,
         }
+
+    async def stats(self) -> dict:
+        return {"model_calls": self.p.calls}
+
+    def check_health(self) -> None:
+        self.p.predict(self.p.parse(["a"]), 1, 0.0, None)
 
 
 # ----------------------------------------------------------------------------- ingress
@@ -370,7 +379,9 @@ class Ingress:
 
     async def ready(self) -> bool:
         try:
-            await asyncio.gather(*[self._info(t) for t in self.routes])
+            calls = [self._info(t) for t in self.routes]
+            calls += [h.stats.remote() for h in (self.fill, self.gen) if h is not None]
+            await asyncio.gather(*calls)
             return True
         except Exception:
             return False

@@ -1,0 +1,219 @@
+"""Serving load: our Ray Serve endpoint vs a plain FastAPI + uvicorn server, same model, side by side.
+
+Both servers answer the same HTTP API (`lmplatform.serving.api`) with the same task model from
+the registry on 127.0.0.1; the plain one calls the model once per request (no batching, one
+uvicorn worker), ours batches dynamically (`@serve.batch`). A bounded async load generator
+(aiohttp, closed loop: each client sends its next request when the last one returns) runs at
+1, 8 and 32 concurrent clients against each server in turn, the same sentences (SST-2 dev) for
+both, for `--seconds` per point after a warm-up.
+
+    .venv/bin/python bench/serve_load.py [--task sst2] [--registry registry] [--seconds 10]
+
+Last line: `throughput_ratio_c32=<ours req/s over plain's at 32 clients> p99_ms_c32=<ours>
+errors=<failed requests, both servers, all points>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "platform"))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray runs its workers at nice 15; the plain server runs at 0. Same priority for both servers:
+os.environ.setdefault("RAY_worker_niceness", "0")
+
+PLAIN = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {platform!r})
+    import torch, uvicorn
+    torch.set_num_threads({threads})
+    from lmplatform.registry import Registry
+    from lmplatform.serving.api import LocalBackend, make_app
+    from lmplatform.serving.deployments import load_task
+    p = load_task(Registry({registry!r}), {task!r})
+    app = make_app(LocalBackend({{{task!r}: p}}), max_body_bytes=1_000_000)
+    uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", workers=1)
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sentences(n: int = 512) -> list[str]:
+    path = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
+    rows = path.read_text().splitlines()[1:] if path.is_file() else []
+    out = [r.split("\t")[0] for r in rows if len(r.split("\t")[0].split()) >= 8][:n]
+    return out or [f"a sentence for the load test number {i}" for i in range(n)]
+
+
+async def wait_ready(url: str, seconds: float = 300) -> None:
+    import aiohttp
+
+    deadline = time.time() + seconds
+    async with aiohttp.ClientSession() as s:
+        while time.time() < deadline:
+            try:
+                async with s.get(url + "/healthz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {seconds}s")
+
+
+async def load(url: str, task: str, texts: list[str], clients: int, seconds: float, warmup: float):
+    """Closed-loop load: `clients` loops for warmup+seconds; latencies of the timed part."""
+    import aiohttp
+
+    lat: list[float] = []
+    errors = 0
+    sent = 0
+    t_start = time.perf_counter()
+    t_measure = t_start + warmup
+    t_end = t_measure + seconds
+    conn = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+
+        async def client(k: int):
+            nonlocal errors, sent
+            i = k
+            while time.perf_counter() < t_end:
+                body = {"inputs": [texts[i % len(texts)]]}
+                i += clients
+                t0 = time.perf_counter()
+                try:
+                    async with s.post(f"{url}/v1/predict/{task}", json=body) as r:
+                        await r.read()
+                        ok = r.status == 200
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    ok = False
+                t1 = time.perf_counter()
+                if t0 >= t_measure:
+                    sent += 1
+                    if ok:
+                        lat.append(t1 - t0)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(client(k) for k in range(clients)))
+    lat.sort()
+    pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")  # noqa: E731
+    return {
+        "rps": len(lat) / seconds,
+        "p50": pct(0.50),
+        "p99": pct(0.99),
+        "errors": errors,
+        "requests": sent,
+        "mean_ms": 1000 * statistics.fmean(lat) if lat else float("nan"),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--registry", default=str(ROOT / "registry"))
+    p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per point")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--batch-wait-ms", type=float, default=2.0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per model process")
+    args = p.parse_args()
+
+    from lmplatform.registry import Registry
+
+    reg = Registry(args.registry)
+    if reg.best(args.task) is None:
+        raise SystemExit(f"error: task {args.task!r} has no promoted best model in {args.registry}")
+    texts = sentences()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    # plain FastAPI + uvicorn, its own process (as it would be deployed)
+    plain_port = free_port()
+    script = PLAIN.format(
+        platform=str(ROOT / "platform"),
+        threads=args.threads,
+        registry=str(reg.uri),
+        task=args.task,
+        port=plain_port,
+    )
+    plain = subprocess.Popen([sys.executable, "-c", script])
+
+    # ours: Ray Serve on a local Ray, one model replica with the same threads
+    from lmplatform.jobconfig import ServeConfig
+    from lmplatform.runtime import init_ray
+
+    init_ray(num_cpus=max(2, os.cpu_count() or 2), quiet=True)
+    from ray import serve
+
+    from lmplatform.serving.deployments import build
+
+    serve_port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+    cfg = ServeConfig(
+        registry=str(reg.uri),
+        tasks=[args.task],
+        port=serve_port,
+        max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_ms / 1000,
+        replica_cpus=args.threads,
+        refresh_s=0,
+        autoscaling={"min_replicas": 1, "max_replicas": 1},
+    )
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    serve.run(build(cfg), name="bench", route_prefix="/")
+    servers = {"plain": f"http://127.0.0.1:{plain_port}", "ours": f"http://127.0.0.1:{serve_port}"}
+    try:
+        asyncio.run(wait_ready(servers["plain"]))
+        asyncio.run(wait_ready(servers["ours"]))
+        print(
+            f"task {args.task} ({reg.best(args.task)}), {len(texts)} sentences, {args.seconds:.0f}s per "
+            f"point, {args.threads} torch thread(s) per model process, ours max_batch_size "
+            f"{args.max_batch_size} wait {args.batch_wait_ms} ms",
+            flush=True,
+        )
+        print(
+            f"{'clients':>7} {'server':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+        )
+        results: dict[tuple[str, int], dict] = {}
+        for c in levels:
+            for name in ("plain", "ours"):
+                r = asyncio.run(load(servers[name], args.task, texts, c, args.seconds, args.warmup))
+                results[(name, c)] = r
+                print(
+                    f"{c:>7} {name:>6} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['errors']:>6}",
+                    flush=True,
+                )
+        top = max(levels)
+        ratio = results[("ours", top)]["rps"] / max(results[("plain", top)]["rps"], 1e-9)
+        errors = sum(r["errors"] for r in results.values())
+        print(
+            f"throughput_ratio_c{top}={ratio:.2f} p99_ms_c{top}={results[('ours', top)]['p99']:.1f} "
+            f"errors={errors}"
+        )
+    finally:
+        plain.terminate()
+        plain.wait(timeout=30)
+        serve.shutdown()
+
+
+if __name__ == "__main__":
+    main()
