@@ -24,11 +24,26 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
-# the stages that exist so far: BERT pretraining on the embedded sample (data prep, Ray Train +
-# DeepSpeed, export to ./registry) and GPT data prep
+# the whole path on a local Ray (127.0.0.1): pretraining, three fine-tuning searches, promotion,
+# deployment; the endpoints stay up (make stop). The job's `python` is this project's venv.
+RAY_PORT ?= 6379
+DASHBOARD_PORT ?= 8265
+DEMO_CPUS ?= 2
 demo: setup
-	$(PY) jobs/pretrain.py --config jobs/configs/pretrain/bert-sample.yaml
-	$(PY) jobs/prepare.py --config jobs/configs/pretrain/gpt-sample.yaml
+	@$(PY) -c "import socket; socket.create_connection(('127.0.0.1', $(RAY_PORT)), 1)" 2>/dev/null \
+	  && echo "using the Ray already running on 127.0.0.1:$(RAY_PORT)" \
+	  || PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ray start --head --port=$(RAY_PORT) \
+	     --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --dashboard-port=$(DASHBOARD_PORT) \
+	     --num-cpus=$(DEMO_CPUS) --disable-usage-stats
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" RAY_AUTH_MODE=token $(VENV)/bin/ray job submit \
+	  --address http://127.0.0.1:$(DASHBOARD_PORT) --working-dir . --runtime-env jobs/runtime_env.yaml \
+	  -- python jobs/pipeline.py --config jobs/configs/pipeline/demo.yaml \
+	  output_dir=$(CURDIR)/runs registry=$(CURDIR)/registry
+	@echo
+	@echo "endpoints (up until make stop):"
+	@echo "  curl -s 127.0.0.1:8000/v1/tasks"
+	@echo "  curl -s -X POST 127.0.0.1:8000/v1/predict/sentiment-sample -d '{\"inputs\": [\"a great film\"]}'"
+	@echo "  http://127.0.0.1:8000/docs    report: runs/demo/report.html    dashboard: http://127.0.0.1:$(DASHBOARD_PORT)"
 
 lint: setup
 	$(VENV)/bin/ruff check $(SRC)
@@ -40,6 +55,7 @@ format: setup
 
 stop:
 	-$(VENV)/bin/ray stop --force
+	@echo "Ray (and the endpoints) stopped"
 
 clean: stop
 	rm -rf runs registry .pytest_cache

@@ -1,0 +1,330 @@
+"""The whole path as one resumable job: tokenizer -> pretraining -> fine-tuning search per task ->
+promotion -> deployment, then a run report.
+
+Each stage's config is resolved and hashed; `state.json` (under `output_dir/<pipeline>/`,
+written atomically after every stage) records the hash and what the stage produced. A stage
+whose hash is unchanged and whose output still exists (the registry version, the running Serve
+application) is skipped and says so; a changed config re-runs that stage and everything after
+it, because later stages' configs include the earlier outputs (a task's `parent` is the exact
+pretrained version, the deployment's tasks are the promoted ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import shutil
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from lmplatform.config import StrictModel, atomic_write_text, load_config, validate
+from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig, ServeConfig
+
+
+class StageRef(StrictModel):
+    config: str
+    """A job YAML, relative to the project root (the job's working directory)."""
+    overrides: list[str] = Field(default_factory=list)
+    """key=value overrides applied on top of it."""
+
+
+class PipelineConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    """Pipeline name: its state and report live in output_dir/<name>/."""
+    output_dir: str = "runs"
+    """Where every stage writes (a local path or s3://...); absolute under `ray job submit`."""
+    registry: str = "registry"
+    """Model registry root for every stage (absolute path or s3://...)."""
+    pretrain: StageRef
+    """Pretraining job config (jobs/configs/pretrain/*.yaml)."""
+    tasks: list[StageRef] = Field(default_factory=list)
+    """Fine-tuning job configs; each task's parent becomes the pretrained model above."""
+    task_overrides: list[str] = Field(default_factory=list)
+    """key=value overrides for every task (e.g. a quick run: search.num_samples=2)."""
+    serve: StageRef | None = None
+    """Serve config (serve/config.yaml) to deploy the promoted tasks with; null: no deployment."""
+    examples: dict[str, list] = Field(default_factory=dict)
+    """task -> example inputs, sent once the endpoints are up (printed and put in the report)."""
+
+
+def config_hash(cfg) -> str:
+    data = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else cfg
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _log(msg: str) -> None:
+    print(f"[pipeline] {msg}", flush=True)
+
+
+class State:
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict = json.loads(path.read_text()) if path.is_file() else {}
+
+    def done(self, stage: str, h: str) -> dict | None:
+        s = self.data.get(stage)
+        return s if s and s.get("hash") == h else None
+
+    def record(self, stage: str, h: str, **result) -> None:
+        self.data[stage] = {"hash": h, "finished": time.time(), **result}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2))
+
+
+def resolve(
+    cfg: PipelineConfig,
+) -> tuple[PretrainJobConfig, list[FinetuneJobConfig], ServeConfig | None]:
+    """Every stage's config, validated up front: a typo in the last task fails before pretraining."""
+    common = [f"output_dir={cfg.output_dir}", f"registry={cfg.registry}"]
+    pre = load_config(PretrainJobConfig, cfg.pretrain.config, [*cfg.pretrain.overrides, *common])
+    tasks = [
+        load_config(
+            FinetuneJobConfig,
+            t.config,
+            [*cfg.task_overrides, *t.overrides, *common, f"parent={pre.name}"],
+        )
+        for t in cfg.tasks
+    ]
+    names = [t.task.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"pipeline {cfg.name}: a task appears twice in {names}")
+    serve_cfg = None
+    if cfg.serve is not None:
+        from lmplatform.config import apply_overrides, read_yaml
+
+        raw = read_yaml(cfg.serve.config)
+        if "applications" in raw:  # Ray Serve's file: its first application's args
+            raw = dict((raw["applications"] or [{}])[0].get("args") or {})
+        raw = apply_overrides(raw, [*cfg.serve.overrides, f"registry={cfg.registry}"])
+        raw["tasks"] = names
+        serve_cfg = validate(ServeConfig, raw)
+    return pre, tasks, serve_cfg
+
+
+def run(cfg: PipelineConfig, force: bool = False) -> dict:
+    """Run (or resume) the pipeline; returns its state."""
+    from lmplatform.registry import Registry
+
+    pre, tasks, serve_cfg = resolve(cfg)
+    out_dir = Path(cfg.output_dir) / cfg.name
+    state = State(out_dir / "state.json")
+    reg = Registry(cfg.registry)
+    t_all = time.time()
+
+    # 1. tokenizer + examples (reused by content key inside prepare)
+    h = config_hash(
+        {k: v for k, v in pre.model_dump(mode="json").items() if k not in ("train", "scaling")}
+    )
+    if (s := state.done("prepare", h)) and not force and Path(s["tokenizer"]).is_file():
+        _log(f"prepare: skipped (same config; tokenizer {s['tokenizer_hash']})")
+    else:
+        from lmplatform.prepare import prepare
+
+        t0 = time.time()
+        p = prepare(pre)
+        state.record(
+            "prepare",
+            h,
+            tokenizer=str(p.tokenizer_path),
+            tokenizer_hash=p.tokenizer_hash,
+            examples=p.manifest.get("examples"),
+            seconds=time.time() - t0,
+        )
+        _log(f"prepare: done in {time.time() - t0:.0f}s")
+
+    # 2. pretraining -> registry
+    h = config_hash(pre)
+    s = state.done("pretrain", h)
+    if s and not force and s["version"] in reg.versions("pretrained", pre.name):
+        _log(f"pretrain: skipped (same config; pretrained/{pre.name}@{s['version']})")
+    else:
+        from lmplatform.pretrain import export_and_register, run_pretraining
+
+        t0 = time.time()
+        prepared, result = run_pretraining(pre)
+        name, version, path = export_and_register(pre, prepared, result)
+        meta = reg.metadata("pretrained", name, version)
+        s = {
+            "name": name,
+            "version": version,
+            "metrics": {
+                k: meta.get("metrics", {}).get(k)
+                for k in ("eval_loss", "mlm_acc", "nsp_acc", "step")
+            },
+            "run_dir": str(prepared.run_dir),
+            "seconds": time.time() - t0,
+        }
+        state.record("pretrain", h, **s)
+        _log(f"pretrain: registered pretrained/{name}@{version} in {time.time() - t0:.0f}s")
+    parent = f"{pre.name}@{s['version']}"
+
+    # 3-4. fine-tuning search + promotion per task
+    from lmplatform.finetune import format_table, load_task_data, promote, run_search
+
+    for job in tasks:
+        job = job.model_copy(update={"parent": parent})
+        stage = f"finetune:{job.task.name}"
+        h = config_hash(job)
+        s = state.done(stage, h)
+        if s and not force and s["version"] in reg.versions("tasks", job.task.name):
+            _log(f"{stage}: skipped (same config; tasks/{job.task.name}@{s['version']})")
+            continue
+        t0 = time.time()
+        data = load_task_data(job)
+        sr = run_search(job, data, verbose=0)
+        print(format_table(sr.table, job.task.metric), flush=True)
+        res = promote(sr)
+        state.record(
+            stage,
+            h,
+            version=res["version"],
+            metric=res["metric"],
+            value=res["value"],
+            promoted=res["promoted"],
+            best=reg.best(job.task.name),
+            trials=len(sr.table),
+            run_dir=str(sr.run_dir),
+            seconds=time.time() - t0,
+        )
+        verdict = "promoted to best" if res["promoted"] else f"best stays {reg.best(job.task.name)}"
+        _log(
+            f"{stage}: tasks/{job.task.name}@{res['version']} {res['metric']} {res['value']:.4f} "
+            f"({verdict}) in {time.time() - t0:.0f}s"
+        )
+
+    # 5. deployment
+    if serve_cfg is not None:
+        deploy(serve_cfg, state)
+    state.data["seconds_this_run"] = time.time() - t_all
+    return state.data
+
+
+def deploy(cfg: ServeConfig, state: State) -> None:
+    from ray import serve
+
+    from lmplatform.serving.deployments import build
+
+    h = config_hash(cfg)
+    running = False
+    try:
+        st = serve.status().applications.get(cfg.app_name)
+        running = st is not None and st.status == "RUNNING"
+    except Exception:
+        running = False
+    if state.done("deploy", h) and running:
+        _log(f"deploy: skipped (application {cfg.app_name} already running with this config)")
+        return
+    t0 = time.time()
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    deadline = time.time() + 600
+    while True:
+        st = serve.status().applications.get(cfg.app_name)
+        if st is not None and st.status == "RUNNING":
+            break
+        if st is not None and st.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"deploy: application {cfg.app_name} {st.status}: {st.message}")
+        if time.time() > deadline:
+            raise RuntimeError(f"deploy: application {cfg.app_name} not RUNNING after 600s")
+        time.sleep(1)
+    url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+    state.record("deploy", h, url=url, tasks=cfg.tasks, seconds=time.time() - t0)
+    _log(f"deploy: {len(cfg.tasks or [])} task(s) at {url} in {time.time() - t0:.0f}s")
+
+
+def try_examples(cfg: PipelineConfig, url: str) -> dict[str, dict]:
+    """One request per task with the configured example inputs; task -> response JSON."""
+    import urllib.request
+
+    out = {}
+    for task, inputs in cfg.examples.items():
+        body = json.dumps({"inputs": inputs}).encode()
+        req = urllib.request.Request(
+            f"{url}/v1/predict/{task}",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as r:
+            out[task] = json.loads(r.read())
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) -> Path:
+    """report.html next to state.json, with every image copied beside it (relative links)."""
+    out = Path(cfg.output_dir) / cfg.name
+    img = out / "report_files"
+    img.mkdir(parents=True, exist_ok=True)
+
+    def copy(src: str | Path, name: str) -> str | None:
+        p = Path(src)
+        if not p.is_file():
+            return None
+        shutil.copyfile(p, img / name)
+        return f"report_files/{name}"
+
+    e = html.escape
+    parts = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>pipeline {e(cfg.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "img{max-width:100%}</style>",
+        f"<h1>Pipeline {e(cfg.name)}</h1>",
+    ]
+    pre = state.get("pretrain")
+    if pre:
+        parts.append("<h2>Pretraining</h2>")
+        m = pre.get("metrics", {})
+        parts.append(
+            f"<p>pretrained/{e(pre['name'])}@{e(pre['version'])}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, int | float))
+            + f" ({pre.get('seconds', 0):.0f} s)</p>"
+        )
+        src = copy(Path(pre["run_dir"]) / "loss_curve.png", "pretrain_loss.png")
+        if src:
+            parts.append(f"<img src='{src}' alt='pretraining loss and throughput'>")
+    rows = []
+    for key, s in state.items():
+        if not key.startswith("finetune:"):
+            continue
+        task = key.split(":", 1)[1]
+        rows.append(
+            f"<tr><td>{e(task)}</td><td>{e(s['metric'])}</td><td>{s['value']:.4f}</td>"
+            f"<td>v{e(s['version'][1:])}</td><td>{e(str(s.get('best')))}</td><td>{s['trials']}</td></tr>"
+        )
+    if rows:
+        parts.append(
+            "<h2>Fine-tuning winners</h2><table><tr><th>task</th><th>metric</th><th>dev value</th>"
+            "<th>version</th><th>best</th><th>trials</th></tr>" + "".join(rows) + "</table>"
+        )
+        for key, s in state.items():
+            if key.startswith("finetune:"):
+                task = key.split(":", 1)[1]
+                src = copy(Path(s["run_dir"]) / "trials.png", f"trials_{task}.png")
+                if src:
+                    parts.append(
+                        f"<h3>{e(task)}: trials</h3><img src='{src}' alt='trials of {e(task)}'>"
+                    )
+    dep = state.get("deploy")
+    if dep:
+        parts.append("<h2>Endpoints</h2><ul>")
+        parts.append(
+            f"<li>GET {e(dep['url'])}/v1/tasks, GET {e(dep['url'])}/healthz, docs {e(dep['url'])}/docs</li>"
+        )
+        for t in dep.get("tasks") or []:
+            parts.append(f"<li>POST {e(dep['url'])}/v1/predict/{e(t)}</li>")
+        parts.append("</ul>")
+    if answers:
+        parts.append("<h2>Example requests</h2>")
+        for t, a in answers.items():
+            parts.append(f"<h3>{e(t)}</h3><pre>{e(json.dumps(a, indent=1)[:3000])}</pre>")
+    path = out / "report.html"
+    atomic_write_text(path, "\n".join(parts))
+    return path

@@ -1,0 +1,248 @@
+"""The whole path: cluster.yaml against Ray's schema and the GPU pipeline, preflight's planted
+problems, and `ray job submit` of the demo pipeline (then a resubmission that skips every stage)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def test_cluster_yaml_passes_ray_schema_and_fits_the_gpu_pipeline():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from lmplatform.config import load_config
+    from lmplatform.pipeline import PipelineConfig, resolve
+
+    raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(raw))  # what `ray up` runs; raises on a schema error
+    types = raw["available_node_types"]
+    head = types[raw["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0  # no GPU work lands on the head
+    workers = {n: t for n, t in types.items() if n != raw["head_node_type"]}
+    assert all(t["min_workers"] == 0 for t in workers.values())  # GPUs only while used
+
+    pre, tasks, serve = resolve(
+        load_config(PipelineConfig, ROOT / "jobs/configs/pipeline/cluster-gpu.yaml")
+    )
+    # pretraining: num_workers GPU workers, packed one per GPU, with their CPUs, across the
+    # nodes of one type
+    s = pre.scaling
+    assert s.use_gpu
+
+    def fits(t, gpus_per_worker, cpus_per_worker, workers_needed):
+        r = t["resources"]
+        per_node = int(r.get("GPU", 0) // gpus_per_worker) if gpus_per_worker else 0
+        per_node = min(per_node, int(r.get("CPU", 0) // cpus_per_worker))
+        return per_node > 0 and per_node * t["max_workers"] >= workers_needed
+
+    assert any(fits(t, 1, s.cpus_per_worker, s.num_workers) for t in workers.values()), (
+        f"no worker type holds {s.num_workers} workers x (1 GPU, {s.cpus_per_worker} CPU)"
+    )
+    for f in tasks:  # each trial: one GPU worker; concurrency trials at once
+        assert f.scaling.use_gpu
+        need = (f.search.max_concurrent or 1) * f.scaling.num_workers
+        assert any(fits(t, 1, f.scaling.cpus_per_worker, need) for t in workers.values())
+    assert serve.replica_gpus > 0
+    assert any(
+        fits(t, serve.replica_gpus, max(serve.replica_cpus, 1e-9), serve.autoscaling.max_replicas)
+        for t in workers.values()
+    )
+    # the S3 storage the configs point at is what the cluster is set up for
+    assert pre.registry.startswith("s3://") and pre.output_dir.startswith("s3://")
+    assert all(f.registry == pre.registry for f in tasks) and serve.registry == pre.registry
+
+
+def test_preflight_reports_planted_problems_with_fixes(ray_local, tmp_path):
+    from lmplatform import preflight
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "ok.py").write_text("print('small')\n")
+    with open(work / "weights.bin", "wb") as f:  # a 200 MB file (sparse: no disk cost)
+        f.truncate(200 * 2**20)
+    problems = preflight.run_checks(
+        working_dir=work,
+        excludes=[".venv/", ".git/"],
+        storage={"registry": "/proc/lmplatform-registry", "output_dir": str(tmp_path / "runs")},
+        gpus={"pretraining bert-base (scaling.use_gpu)": 1},
+    )
+    text = "\n".join(str(p) for p in problems)
+    by = {p.check: p for p in problems}
+    assert "weights.bin is 200 MB" in text and "excludes" in by["working_dir"].fix
+    assert "/proc/lmplatform-registry" in by["storage"].message and by["storage"].fix
+    assert "asks for GPUs" in by["gpus"].message and "use_gpu=false" in by["gpus"].fix
+    assert len(problems) == 3, text  # the writable output_dir and the small file pass
+    # a clean set-up passes
+    (work / "weights.bin").unlink()
+    assert not preflight.run_checks(
+        working_dir=work, storage={"registry": str(tmp_path / "reg")}, gpus={}
+    )
+
+
+def test_preflight_cli_prints_one_line_per_problem(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    with open(work / "big.bin", "wb") as f:
+        f.truncate(200 * 2**20)
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "jobs/preflight.py",
+            "--config",
+            "jobs/configs/pretrain/bert-debug.yaml",
+            "--working-dir",
+            str(work),
+            "registry=/proc/nope/registry",
+            "scaling.use_gpu=true",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("preflight: [")]
+    assert len(lines) == 3, r.stdout
+    assert all("-> fix:" in line for line in lines)
+
+
+def _wait(url: str, seconds: float) -> None:
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except Exception:
+            time.sleep(1)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A local head on 127.0.0.1 for `ray job submit` (own ports; stopped with its process group)."""
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    dashboard = 8277
+    proc = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--port=6395",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--ray-client-server-port=6396",
+            "--dashboard-agent-listen-port=52367",
+            "--num-cpus=2",
+            f"--temp-dir={tempfile.mkdtemp(prefix='rp', dir='/tmp')}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{dashboard}/api/version", 120)
+        yield {"env": {**env, "RAY_AUTH_MODE": "token"}, "address": f"http://127.0.0.1:{dashboard}"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def _submit(head, out: Path, port: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            head["address"],
+            "--working-dir",
+            ".",
+            "--runtime-env",
+            "jobs/runtime_env.yaml",
+            "--",
+            "python",
+            "jobs/pipeline.py",
+            "--config",
+            "jobs/configs/pipeline/demo.yaml",
+            f"output_dir={out}",
+            f"registry={out}/registry",
+            # a quick run of the same path: fewer steps and trials
+            'pretrain.overrides=["train.max_steps=40", "train.eval_every=40", "train.checkpoint_every=40"]',
+            'task_overrides=["search.num_samples=2", "train.epochs=1"]',
+            f'serve.overrides=["replica_cpus=0", "port={port}", "autoscaling.max_replicas=1"]',
+        ],
+        cwd=ROOT,
+        env=head["env"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_pipeline_job_runs_end_to_end_then_skips_finished_stages(head, tmp_path):
+    out = tmp_path / "out"
+    port = 18500 + os.getpid() % 400
+    first = _submit(head, out, port)
+    log = first.stdout + first.stderr
+    assert first.returncode == 0, log[-4000:]
+    assert "succeeded" in log
+    assert "[pipeline] preflight: ok" in log
+    for stage in ("pretrain:", "finetune:sentiment-sample:", "finetune:ner-sample:", "deploy:"):
+        assert f"[pipeline] {stage}" in log
+    assert "[pipeline] example ner-sample:" in log  # one example request per task, answered
+    # the endpoints outlive the job
+    tasks = json.loads(
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/tasks", timeout=30).read()
+    )
+    names = {t["task"]: t["model"]["version"] for t in tasks["tasks"]}
+    assert set(names) == {"sentiment-sample", "topics-sample", "ner-sample"}
+    assert all(re.fullmatch(r"v\d{4}", v) for v in names.values())
+    # the run report and every image it references
+    report = out / "demo" / "report.html"
+    page = report.read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert len(images) >= 4  # pretraining curve + one trials plot per task
+    assert all((report.parent / src).is_file() for src in images)
+
+    second = _submit(head, out, port)
+    log2 = second.stdout + second.stderr
+    assert second.returncode == 0, log2[-4000:]
+    for stage in (
+        "prepare",
+        "pretrain",
+        "finetune:sentiment-sample",
+        "finetune:topics-sample",
+        "finetune:ner-sample",
+        "deploy",
+    ):
+        assert re.search(rf"\[pipeline\] {re.escape(stage)}: skipped", log2), (stage, log2[-3000:])
+    state = json.loads((out / "demo" / "state.json").read_text())
+    assert state["pretrain"]["version"] == "v0001"  # nothing was trained twice
