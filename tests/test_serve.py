@@ -616,3 +616,17 @@ def test_refresh_token_swaps_without_polling(served):
         assert requests.post(url, json=body, timeout=30).json()["model"]["version"] == new
     finally:
         serve.delete("refresh")
+
+
+def test_length_sorted_chunks_keep_each_answer_with_its_input(served):
+    """A batch is sorted by length and run in chunks; answers come back in input order."""
+    from lmplatform.registry import Registry
+    from lmplatform.serving.deployments import load_task
+
+    p = load_task(Registry(served["registry"]), "ner")
+    p.chunk_size = 3
+    texts = [" ".join(["w"] * n) + " Paris" for n in (9, 1, 30, 4, 17, 2, 11)]
+    batch = p.predict(p.parse(texts))
+    for t, got in zip(texts, batch):
+        alone = p.predict(p.parse([t]))[0]
+        assert got["tags"] == alone["tags"] and len(got["tags"]) == len(t.split())

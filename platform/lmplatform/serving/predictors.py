@@ -26,6 +26,13 @@ from lmplatform.models.tasks import TaskModel
 from lmplatform.tokenization import load_tokenizer, special_tokens
 
 _WORD = re.compile(r"\S+")
+
+
+def device() -> torch.device:
+    """A replica given a GPU (replica_gpus) serves on it; otherwise CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 # a token covers at least one character: text beyond this many characters per position can
 # never reach the model, so it is cut before tokenizing (keeps a 1 MB string cheap)
 _CHARS_PER_POSITION = 64
@@ -81,7 +88,8 @@ class TaskPredictor:
         self.max_len: int = int(meta.get("max_seq_len") or meta["model"]["max_seq_len"])
         self.task_name: str = meta.get("task_name") or ref.name
         self.model: TaskModel = model if model is not None else from_pretrained(folder)
-        self.model.eval()
+        self.device = device()
+        self.model.to(self.device).eval()
         self.tokenizer = load_tokenizer(Path(folder) / "tokenizer.json")
         self.encoder = TaskEncoder(self.tokenizer, self.kind, self.max_len)
         self.calls = 0  # model forwards (the batching test reads it)
@@ -177,9 +185,9 @@ class TaskPredictor:
         with self._lock:
             for lo in range(0, len(order), self.chunk_size):
                 idx = order[lo : lo + self.chunk_size]
-                batch = pad([ids[i] for i in idx], [types[i] for i in idx], pad_id)
+                batch = pad([ids[i] for i in idx], [types[i] for i in idx], pad_id, self.device)
                 self.calls += 1
-                logits = self.model(**batch)["logits"]
+                logits = self.model(**batch)["logits"].cpu()
                 preds = self.decode(
                     [items[i] for i in idx],
                     logits,
@@ -253,7 +261,9 @@ class TaskPredictor:
         }
 
 
-def pad(ids: list[list[int]], types: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def pad(
+    ids: list[list[int]], types: list[list[int]], pad_id: int, to: torch.device | None = None
+) -> dict[str, torch.Tensor]:
     T = max(len(s) for s in ids)
     B = len(ids)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -263,7 +273,8 @@ def pad(ids: list[list[int]], types: list[list[int]], pad_id: int) -> dict[str, 
         input_ids[i, : len(s)] = torch.tensor(s)
         token_types[i, : len(t)] = torch.tensor(t)
         attention[i, : len(s)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
+    out = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
+    return out if to is None or to.type == "cpu" else {k: v.to(to) for k, v in out.items()}
 
 
 class SharedEncoder:
@@ -308,7 +319,8 @@ class SharedEncoder:
             rows_ids += ids
             rows_types += types
             meta.append((task, items, word_ids, truncated, len(rows_ids) - len(ids)))
-        batch = pad(rows_ids, rows_types, self.pad_id)
+        dev = next(self.encoder.parameters()).device
+        batch = pad(rows_ids, rows_types, self.pad_id, dev)
         with self._lock:
             self.calls += 1
             enc = self.encoder.encode(**batch)
@@ -320,10 +332,8 @@ class SharedEncoder:
                     pooled=None if enc.pooled is None else enc.pooled[sl],
                 )
                 p = self.predictors[task]
-                logits = p.model.head_logits(sub, batch["attention_mask"][sl])
-                out.append(
-                    p.decode(items, logits, batch["attention_mask"][sl], word_ids, truncated)
-                )
+                logits = p.model.head_logits(sub, batch["attention_mask"][sl]).cpu()
+                out.append(p.decode(items, logits, None, word_ids, truncated))
         return out
 
 
@@ -335,7 +345,8 @@ class FillMaskPredictor:
         if meta["model"]["family"] != "bert" or meta.get("kind") == "task":
             raise ValueError(f"fill-mask needs a pretrained BERT; {ref.name} is not one")
         self.ref = ref
-        self.model = from_pretrained(folder).eval()
+        self.device = device()
+        self.model = from_pretrained(folder).to(self.device).eval()
         self.tokenizer = load_tokenizer(Path(folder) / "tokenizer.json")
         self.sp = special_tokens(self.tokenizer)
         self.max_len = int(meta["model"]["max_seq_len"])
@@ -360,7 +371,7 @@ class FillMaskPredictor:
             tr = len(e) > self.max_len or it.cut
             ids.append(e[: self.max_len - 1] + e[-1:] if len(e) > self.max_len else e)
             truncated.append(tr)
-        batch = pad(ids, [[0] * len(s) for s in ids], self.sp.pad)
+        batch = pad(ids, [[0] * len(s) for s in ids], self.sp.pad, self.device)
         with self._lock:
             self.calls += 1
             h = self.model.bert(
@@ -373,7 +384,7 @@ class FillMaskPredictor:
                 if positions:
                     # the embedding may have spare rows past the tokenizer's vocabulary
                     vocab = self.tokenizer.get_vocab_size()
-                    logits = self.model.mlm_logits(h[k, positions]).float()[:, :vocab]
+                    logits = self.model.mlm_logits(h[k, positions]).float()[:, :vocab].cpu()
                     probs = torch.softmax(logits, -1)
                     top = torch.topk(probs, min(top_k, probs.shape[-1]), dim=-1)
                     for row_v, row_i in zip(top.values.tolist(), top.indices.tolist()):
@@ -395,7 +406,8 @@ class GeneratePredictor:
         if meta["model"]["family"] != "gpt" or meta.get("kind") == "task":
             raise ValueError(f"generate needs a pretrained GPT; {ref.name} is not one")
         self.ref = ref
-        self.model = from_pretrained(folder).eval()
+        self.device = device()
+        self.model = from_pretrained(folder).to(self.device).eval()
         self.tokenizer = load_tokenizer(Path(folder) / "tokenizer.json")
         self.sp = special_tokens(self.tokenizer)
         self.max_len = int(meta["model"]["max_seq_len"])
@@ -423,7 +435,7 @@ class GeneratePredictor:
             e = self.tokenizer.encode(it.text, add_special_tokens=False).ids or [self.sp.eot]
             keep = max(1, self.max_len - max_new_tokens)
             prompts.append((e[-keep:], len(e) > keep or it.cut))
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         out: list[dict | None] = [None] * len(items)
         groups: dict[int, list[int]] = {}
         for k, (p, _) in enumerate(prompts):  # no padding in GPT: one call per prompt length
@@ -431,7 +443,7 @@ class GeneratePredictor:
         with self._lock:
             for _, ks in sorted(groups.items()):
                 self.calls += 1
-                x = torch.tensor([prompts[k][0] for k in ks])
+                x = torch.tensor([prompts[k][0] for k in ks], device=self.device)
                 y = self.model.generate(
                     x,
                     max_new_tokens,
