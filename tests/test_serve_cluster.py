@@ -123,6 +123,8 @@ def test_gpu_replicas_launch_fake_gpu_nodes_which_go_away_when_idle(tmp_path, sa
             "--node-ip-address=127.0.0.1",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={DASHBOARD}",
+            "--ray-client-server-port=6421",
+            "--dashboard-agent-listen-port=52368",  # the session's own Ray has the default
             "--num-cpus=2",
             "--num-gpus=0",
             f"--temp-dir={tempfile.mkdtemp(prefix='rf', dir='/tmp')}",
