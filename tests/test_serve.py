@@ -570,7 +570,7 @@ def test_app_config_validates_and_builds(served, tmp_path):
         sys.path.remove(str(ROOT))
     app = mod.build_app(ServeConfig.model_validate(args))
     assert type(app).__name__ == "Application"
-    with pytest.raises(ValueError, match="no promoted best"):
+    with pytest.raises(ValueError, match="without a promoted best model"):
         mod.build_app(ServeConfig.model_validate({**args, "tasks": ["nope"]}))
 
 
