@@ -16,25 +16,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run without install too
 
 from lmplatform import cli  # noqa: E402
-from lmplatform.config import ConfigError, apply_overrides, read_yaml, validate  # noqa: E402
-from lmplatform.jobconfig import ServeConfig  # noqa: E402
-
-
-def load(path: str, overrides: list[str]) -> ServeConfig:
-    raw = read_yaml(path)
-    if "applications" in raw:  # Ray Serve's config file
-        apps = raw["applications"] or []
-        if not apps:
-            raise ConfigError(f"{path}: applications is empty")
-        args = dict(apps[0].get("args") or {})
-        http = raw.get("http_options") or {}
-        for k in ("host", "port"):
-            if k in http:
-                args.setdefault(k, http[k])
-        args.setdefault("app_name", apps[0].get("name", "lmplatform"))
-        args.setdefault("route_prefix", apps[0].get("route_prefix", "/"))
-        raw = args
-    return validate(ServeConfig, apply_overrides(raw, overrides))
 
 
 def main() -> None:
@@ -46,35 +27,22 @@ def main() -> None:
     p.add_argument("--refresh", action="store_true", help="replicas re-check the registry now")
     p.add_argument("--wait-s", type=float, default=600, help="give up if not RUNNING by then")
     args = p.parse_args()
-    cfg = load(args.config, args.overrides)
-    from lmplatform.serving.deployments import serve_tasks
+    from lmplatform.serving.deployments import read_serve_config, serve_tasks
+
+    cfg = read_serve_config(args.config, args.overrides)
 
     tasks = serve_tasks(cfg)  # registry problems fail here, before anything is deployed
     if args.refresh:
         cfg = cfg.model_copy(update={"refresh_token": f"{time.time():.6f}"})
     from lmplatform.runtime import init_ray
-    from lmplatform.serving.deployments import build
+    from lmplatform.serving.deployments import run_app
 
     init_ray()
-    from ray import serve
-
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    app = build(cfg)
     t0 = time.time()
-    serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
-    deadline = t0 + args.wait_s
-    while True:
-        st = serve.status().applications.get(cfg.app_name)
-        if st is not None and st.status == "RUNNING":
-            break
-        if st is not None and st.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise SystemExit(f"error: application {cfg.app_name} {st.status}: {st.message}")
-        if time.time() > deadline:
-            raise SystemExit(
-                f"error: application {cfg.app_name} not RUNNING after {args.wait_s:.0f}s"
-            )
-        time.sleep(1)
-    base = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+    try:
+        base = run_app(cfg, args.wait_s)
+    except RuntimeError as e:
+        raise SystemExit(f"error: {e}") from None
     print(
         f"serving {len(tasks)} task(s) at {base} in {time.time() - t0:.1f}s: {', '.join(tasks) or 'none'}"
     )

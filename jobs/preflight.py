@@ -48,9 +48,9 @@ def main() -> None:
         tasks = [f]
         storage = {"registry": f.registry, "output_dir": f.output_dir}
     else:
-        from deploy import load  # jobs/deploy.py: Serve's file or a ServeConfig
+        from lmplatform.serving.deployments import read_serve_config
 
-        serve_cfg = load(args.config, args.overrides)
+        serve_cfg = read_serve_config(args.config, args.overrides)
         storage = {"registry": serve_cfg.registry}
     from lmplatform.runtime import init_ray
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from lmplatform.config import StrictModel, atomic_write_text, load_config, validate
+from lmplatform.config import StrictModel, atomic_write_text, load_config
 from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig, ServeConfig
 
 
@@ -93,14 +93,11 @@ def resolve(
         raise ValueError(f"pipeline {cfg.name}: a task appears twice in {names}")
     serve_cfg = None
     if cfg.serve is not None:
-        from lmplatform.config import apply_overrides, read_yaml
+        from lmplatform.serving.deployments import read_serve_config
 
-        raw = read_yaml(cfg.serve.config)
-        if "applications" in raw:  # Ray Serve's file: its first application's args
-            raw = dict((raw["applications"] or [{}])[0].get("args") or {})
-        raw = apply_overrides(raw, [*cfg.serve.overrides, f"registry={cfg.registry}"])
-        raw["tasks"] = names
-        serve_cfg = validate(ServeConfig, raw)
+        serve_cfg = read_serve_config(
+            cfg.serve.config, [*cfg.serve.overrides, f"registry={cfg.registry}"]
+        ).model_copy(update={"tasks": names})
     return pre, tasks, serve_cfg
 
 
@@ -205,7 +202,7 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict:
 def deploy(cfg: ServeConfig, state: State) -> None:
     from ray import serve
 
-    from lmplatform.serving.deployments import build
+    from lmplatform.serving.deployments import run_app
 
     h = config_hash(cfg)
     running = False
@@ -218,19 +215,7 @@ def deploy(cfg: ServeConfig, state: State) -> None:
         _log(f"deploy: skipped (application {cfg.app_name} already running with this config)")
         return
     t0 = time.time()
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
-    deadline = time.time() + 600
-    while True:
-        st = serve.status().applications.get(cfg.app_name)
-        if st is not None and st.status == "RUNNING":
-            break
-        if st is not None and st.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise RuntimeError(f"deploy: application {cfg.app_name} {st.status}: {st.message}")
-        if time.time() > deadline:
-            raise RuntimeError(f"deploy: application {cfg.app_name} not RUNNING after 600s")
-        time.sleep(1)
-    url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+    url = run_app(cfg)
     state.record("deploy", h, url=url, tasks=cfg.tasks, seconds=time.time() - t0)
     _log(f"deploy: {len(cfg.tasks or [])} task(s) at {url} in {time.time() - t0:.0f}s")
 

@@ -76,16 +76,8 @@ class TaskEncoder:
             seqs.append(ids)
             types.append(t)
             truncated.append(tr)
-        T = max(len(s) for s in seqs)
-        B = len(seqs)
-        input_ids = torch.full((B, T), self.sp.pad, dtype=torch.long)
-        token_types = torch.zeros((B, T), dtype=torch.long)
-        attention = torch.zeros((B, T), dtype=torch.long)
-        for i, (s, t) in enumerate(zip(seqs, types)):
-            input_ids[i, : len(s)] = torch.tensor(s)
-            token_types[i, : len(t)] = torch.tensor(t)
-            attention[i, : len(s)] = 1
-        out = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
+        out = pad(seqs, types, self.sp.pad)
+        B, T = out["input_ids"].shape
         if self.kind == "token_classification":
             lab = torch.full((B, T), -100, dtype=torch.long)
             for i, lrow in enumerate(labels):
@@ -95,3 +87,19 @@ class TaskEncoder:
             out["labels"] = torch.tensor(labels, dtype=torch.long)
         out["truncated"] = torch.tensor(truncated)
         return out
+
+
+def pad(
+    ids: list[list[int]], types: list[list[int]], pad_id: int, to: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    T = max(len(s) for s in ids)
+    B = len(ids)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    token_types = torch.zeros((B, T), dtype=torch.long)
+    attention = torch.zeros((B, T), dtype=torch.long)
+    for i, (s, t) in enumerate(zip(ids, types)):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        token_types[i, : len(t)] = torch.tensor(t)
+        attention[i, : len(s)] = 1
+    out = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
+    return out if to is None or to.type == "cpu" else {k: v.to(to) for k, v in out.items()}

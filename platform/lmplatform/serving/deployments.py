@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from ray import serve
@@ -506,3 +507,40 @@ def build(cfg: ServeConfig) -> serve.Application:
     return Ingress.options(
         autoscaling_config=autoscaling, ray_actor_options={"num_cpus": cfg.ingress_cpus}
     ).bind(routes, shared, fill, gen, cfg.max_inputs, cfg.max_body_bytes)
+
+
+def read_serve_config(path, overrides: list[str] = ()) -> ServeConfig:
+    """Ray Serve's config file (its first application's args and http_options) or a plain
+    ServeConfig YAML, with key=value overrides applied to the args."""
+    from lmplatform.config import ConfigError, apply_overrides, read_yaml, validate
+
+    raw = read_yaml(path)
+    if "applications" in raw:
+        apps = raw["applications"] or []
+        if not apps:
+            raise ConfigError(f"{path}: applications is empty")
+        args = dict(apps[0].get("args") or {})
+        http = raw.get("http_options") or {}
+        for k in ("host", "port"):
+            if k in http:
+                args.setdefault(k, http[k])
+        args.setdefault("app_name", apps[0].get("name", "lmplatform"))
+        args.setdefault("route_prefix", apps[0].get("route_prefix", "/"))
+        raw = args
+    return validate(ServeConfig, apply_overrides(raw, list(overrides)))
+
+
+def run_app(cfg: ServeConfig, wait_s: float = 600) -> str:
+    """Deploy the application and wait until it is RUNNING; returns its base URL."""
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    deadline = time.time() + wait_s
+    while True:
+        st = serve.status().applications.get(cfg.app_name)
+        if st is not None and st.status == "RUNNING":
+            return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+        if st is not None and st.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"application {cfg.app_name} {st.status}: {st.message}")
+        if time.time() > deadline:
+            raise RuntimeError(f"application {cfg.app_name} not RUNNING after {wait_s:.0f}s")
+        time.sleep(1)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lmplatform.data.tasks import TaskEncoder
+from lmplatform.data.tasks import TaskEncoder, pad
 from lmplatform.metrics import get_entities
 from lmplatform.models.io import from_pretrained, read_config
 from lmplatform.models.layers import Encoded
@@ -261,22 +261,6 @@ class TaskPredictor:
         }
 
 
-def pad(
-    ids: list[list[int]], types: list[list[int]], pad_id: int, to: torch.device | None = None
-) -> dict[str, torch.Tensor]:
-    T = max(len(s) for s in ids)
-    B = len(ids)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    token_types = torch.zeros((B, T), dtype=torch.long)
-    attention = torch.zeros((B, T), dtype=torch.long)
-    for i, (s, t) in enumerate(zip(ids, types)):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        token_types[i, : len(t)] = torch.tensor(t)
-        attention[i, : len(s)] = 1
-    out = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
-    return out if to is None or to.type == "cpu" else {k: v.to(to) for k, v in out.items()}
-
-
 class SharedEncoder:
     """Frozen-feature task models from one parent: one encoder, one forward per batch, N heads."""
 
@@ -337,13 +321,18 @@ class SharedEncoder:
         return out
 
 
-class FillMaskPredictor:
-    """A pretrained BERT: the top-k tokens for every [MASK] of each input."""
+class _PretrainedPredictor:
+    """A pretrained model of one family from the registry, on this replica's device."""
+
+    family = ""
+    route = ""
 
     def __init__(self, folder: str | Path, ref: ModelRef):
         meta = read_config(folder)
-        if meta["model"]["family"] != "bert" or meta.get("kind") == "task":
-            raise ValueError(f"fill-mask needs a pretrained BERT; {ref.name} is not one")
+        if meta["model"]["family"] != self.family or meta.get("kind") == "task":
+            raise ValueError(
+                f"{self.route} needs a pretrained {self.family}; {ref.name} is not one"
+            )
         self.ref = ref
         self.device = device()
         self.model = from_pretrained(folder).to(self.device).eval()
@@ -352,6 +341,12 @@ class FillMaskPredictor:
         self.max_len = int(meta["model"]["max_seq_len"])
         self.calls = 0
         self._lock = threading.Lock()
+
+
+class FillMaskPredictor(_PretrainedPredictor):
+    """A pretrained BERT: the top-k tokens for every [MASK] of each input."""
+
+    family, route = "bert", "fill-mask"
 
     def parse(self, inputs: list) -> list[Item]:
         items = []
@@ -398,21 +393,10 @@ class FillMaskPredictor:
         return out
 
 
-class GeneratePredictor:
+class GeneratePredictor(_PretrainedPredictor):
     """A pretrained GPT: continuations, greedy or sampled."""
 
-    def __init__(self, folder: str | Path, ref: ModelRef):
-        meta = read_config(folder)
-        if meta["model"]["family"] != "gpt" or meta.get("kind") == "task":
-            raise ValueError(f"generate needs a pretrained GPT; {ref.name} is not one")
-        self.ref = ref
-        self.device = device()
-        self.model = from_pretrained(folder).to(self.device).eval()
-        self.tokenizer = load_tokenizer(Path(folder) / "tokenizer.json")
-        self.sp = special_tokens(self.tokenizer)
-        self.max_len = int(meta["model"]["max_seq_len"])
-        self.calls = 0
-        self._lock = threading.Lock()
+    family, route = "gpt", "generate"
 
     def parse(self, inputs: list) -> list[Item]:
         limit = self.max_len * _CHARS_PER_POSITION
