@@ -27,16 +27,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+from lmplatform import storage  # noqa: E402
 from lmplatform.config import load_config  # noqa: E402
 from lmplatform.jobconfig import PretrainJobConfig  # noqa: E402
 
 
 def bare(job: PretrainJobConfig, prepared) -> list[float]:
     import deepspeed
-    import pyarrow.parquet as pq
     import torch
 
-    from lmplatform.data.pretraining import batch_iterator, shard_files
+    from lmplatform.data.pretraining import batch_iterator, read_shards, shard_files
     from lmplatform.models.tasks import build_pretraining_model
     from lmplatform.pretrain import _collator
     from lmplatform.train.deepspeed_engine import DeepSpeedStepper
@@ -56,7 +56,7 @@ def bare(job: PretrainJobConfig, prepared) -> list[float]:
         job.model.model_copy(update={"vocab_size": prepared.vocab_size})
     )
     stepper = DeepSpeedStepper(model, job.train, job.scaling, 1, job.train.max_steps)
-    rows = pq.ParquetDataset(shard_files(prepared.examples_dir)).read().to_pydict()
+    rows = read_shards(shard_files(prepared.examples_dir)).to_pydict()
     collate = _collator(job.objective, prepared.tokenizer_path.read_text(), job, 0)
     res = fit(
         stepper.engine,
@@ -111,7 +111,7 @@ def main() -> None:
     ray_wall = time.time() - t
     ray_tps = [
         json.loads(line)["tokens_per_s"]
-        for line in (prepared.run_dir / "metrics.jsonl").read_text().splitlines()
+        for line in storage.read_text(storage.join(prepared.run_dir, "metrics.jsonl")).splitlines()
         if "tokens_per_s" in line
     ]
     b, r = statistics.median(bare_tps[1:]), statistics.median(ray_tps[1:])  # first window: warm-up

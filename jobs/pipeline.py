@@ -38,6 +38,7 @@ def main() -> None:
             working_dir=ROOT,
             excludes=preflight.runtime_env_excludes(ROOT / "jobs" / "runtime_env.yaml"),
             storage={"registry": cfg.registry, "output_dir": cfg.output_dir},
+            data=preflight.data_wants(pre, tasks),
             gpus=preflight.gpu_wants(pre, tasks, serve_cfg),
         )
         if problems:

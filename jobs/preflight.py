@@ -59,6 +59,7 @@ def main() -> None:
         working_dir=args.working_dir,
         excludes=preflight.runtime_env_excludes(args.runtime_env),
         storage=storage,
+        data=preflight.data_wants(pre, tasks),
         gpus=preflight.gpu_wants(pre, tasks, serve_cfg),
         address=args.address,
     )

@@ -19,7 +19,7 @@ def main() -> None:
 
     init_ray()
     out = prepare(cfg)
-    print(f"tokenizer {out.tokenizer_path} [{out.tokenizer_hash}], examples {out.examples_dir}")
+    print(f"tokenizer {out.tokenizer_uri} [{out.tokenizer_hash}], examples {out.examples_dir}")
 
 
 if __name__ == "__main__":

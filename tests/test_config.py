@@ -72,7 +72,7 @@ def test_resolved_config_round_trips(tmp_path):
     path = save_resolved(cfg, tmp_path)
     again = load_config(PretrainJobConfig, path)
     assert again == cfg
-    assert yaml.safe_load(path.read_text())["model"]["hidden_size"] == 64
+    assert yaml.safe_load(Path(path).read_text())["model"]["hidden_size"] == 64
 
 
 def _shipped(kind: str):

@@ -7,6 +7,7 @@ and the tests must not depend on a pretraining run).
 
 import json
 import threading
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -80,9 +81,9 @@ def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, re
     full = max(r["evaluations"] for r in sr.table)
     stopped = [r for r in sr.table if r["evaluations"] < full]
     assert stopped, sr.table  # ASHA cut at least one trial short
-    csv = pd.read_csv(sr.run_dir / "trials.csv")
+    csv = pd.read_csv(Path(sr.run_dir) / "trials.csv")
     assert len(csv) == 4 and "best_accuracy" in csv
-    assert (sr.run_dir / "trials.png").stat().st_size > 5000
+    assert (Path(sr.run_dir) / "trials.png").stat().st_size > 5000
 
     out = promote(sr)
     assert out["promoted"] and out["value"] > 0.6  # two balanced classes: chance is 0.5

@@ -561,11 +561,12 @@ def test_app_config_validates_and_builds(served, tmp_path):
     raw = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(raw)
     app_cfg = schema.applications[0]
-    assert app_cfg.import_path == "serve.app:build_app"
+    assert app_cfg.import_path == "lmplatform.serving.app:build_app"
     args = {**app_cfg.args, "registry": str(served["registry"])}
     sys.path.insert(0, str(ROOT))
     try:
-        mod = importlib.import_module("serve.app")
+        mod = importlib.import_module(app_cfg.import_path.split(":")[0])
+        assert importlib.import_module("serve.app").build_app is mod.build_app  # re-export
     finally:
         sys.path.remove(str(ROOT))
     app = mod.build_app(ServeConfig.model_validate(args))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import io
 import os
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -300,19 +299,11 @@ def format_validation_error(cls: type[BaseModel], err: ValidationError) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a local file so readers see the old content or the new, never a torn file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a file (local path or URI) so readers see the old content or the new, never a torn
+    file."""
+    from lmplatform import storage
+
+    storage.write_text(path, text)
 
 
 def to_yaml(cfg: BaseModel) -> str:
@@ -321,8 +312,11 @@ def to_yaml(cfg: BaseModel) -> str:
     return buf.getvalue()
 
 
-def save_resolved(cfg: BaseModel, out_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
-    """Write the fully resolved config next to an output, so every artefact says how it was made."""
-    path = Path(out_dir) / name
-    atomic_write_text(path, to_yaml(cfg))
+def save_resolved(cfg: BaseModel, out_dir: str | os.PathLike, name: str = "config.yaml") -> str:
+    """Write the fully resolved config next to an output (a local folder or a URI), so every
+    artefact says how it was made. Returns where it went."""
+    from lmplatform import storage
+
+    path = storage.join(out_dir, name)
+    storage.write_text(path, to_yaml(cfg))
     return path

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 import tempfile
 import time
@@ -24,12 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmplatform import storage
 from lmplatform.data.sources import bio_tags, load_labelled
 from lmplatform.data.tasks import TaskEncoder
 from lmplatform.jobconfig import SEARCHABLE, FinetuneJobConfig, SearchDim
 from lmplatform.metrics import classification_report, entity_f1
 from lmplatform.models.tasks import TaskModel, build_encoder
-from lmplatform.runtime import storage_uri
+from lmplatform.runtime import ray_storage
 
 CKPT = "trial.pt"
 # hyperparameters PBT may change in a running trial: they only touch the optimizer
@@ -374,7 +374,7 @@ def train_driver_trial(config: dict, data: TaskData) -> None:
         ),
         run_config=ray.train.RunConfig(
             name=f"{ctx.get_experiment_name()}-{ctx.get_trial_id()}",
-            storage_path=storage_uri(job.output_dir, "train"),
+            **ray_storage(job.output_dir, "train"),
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2,
@@ -485,7 +485,8 @@ class SearchResult:
     data: TaskData
     results: object  # ray.tune.ResultGrid
     table: list[dict]
-    run_dir: Path
+    run_dir: str
+    """output_dir/<search name>: a local folder or a URI."""
     experiment_path: str
 
 
@@ -528,7 +529,7 @@ def run_search(
         ),
         run_config=tune.RunConfig(
             name=job.name,
-            storage_path=storage_uri(job.output_dir, "tune"),
+            **ray_storage(job.output_dir, "tune"),
             # PBT exploits a donor's *latest* checkpoint: keep the newest few rather than the
             # best two, which could delete it before another trial copies it
             checkpoint_config=(
@@ -542,13 +543,14 @@ def run_search(
         ),
     )
     results = tuner.fit()
-    run_dir = Path(job.output_dir).absolute() / job.name  # results written on the driver
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = storage.join(job.output_dir, job.name)  # results written by the driver
     table = trial_table(results, metric)
-    write_table(table, run_dir / "trials.csv")
+    write_table(table, storage.join(run_dir, "trials.csv"))
     from lmplatform.plots import trials_plot
 
-    trials_plot(results, metric, run_dir / "trials.png", title=f"{job.name}: {job.task.name}")
+    trials_plot(
+        results, metric, storage.join(run_dir, "trials.png"), title=f"{job.name}: {job.task.name}"
+    )
     return SearchResult(job, data, results, table, run_dir, results.experiment_path)
 
 
@@ -582,18 +584,18 @@ def trial_table(results, metric: str) -> list[dict]:
     return rows
 
 
-def write_table(rows: list[dict], path: Path) -> None:
+def write_table(rows: list[dict], path: str) -> None:
     import csv
+    import io
 
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    storage.write_text(path, buf.getvalue())
 
 
 def format_table(rows: list[dict], metric: str) -> str:
@@ -618,7 +620,7 @@ def format_table(rows: list[dict], metric: str) -> str:
 # --------------------------------------------------------------------------- promotion
 
 
-def best_checkpoint(results, metric: str):
+def best_checkpoint(results, metric: str, sr_output_dir: str = "."):
     """The checkpoint with the highest metric over every trial and evaluation."""
     best = results.get_best_result(metric=metric, mode="max", scope="all")
     ckpt = best.get_best_checkpoint(metric=metric, mode="max") if best.best_checkpoints else None
@@ -628,7 +630,9 @@ def best_checkpoint(results, metric: str):
             import ray.train
 
             row = df.loc[df[metric].idxmax()]
-            ckpt = ray.train.Checkpoint(row["checkpoint_path"])
+            # Ray Train's path inside the run storage, on that storage's filesystem
+            fs = storage.arrow_filesystem(storage.join(sr_output_dir, "train"))[0]
+            ckpt = ray.train.Checkpoint(row["checkpoint_path"], filesystem=fs)
     if ckpt is None:
         raise RuntimeError(
             f"search produced no checkpoint (best trial: {best.path}, error: {best.error})"
@@ -641,7 +645,7 @@ def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
     from tokenizers import Tokenizer
 
     job, data = sr.job, sr.data
-    _, ckpt = best_checkpoint(sr.results, job.task.metric)
+    _, ckpt = best_checkpoint(sr.results, job.task.metric, job.output_dir)
     with ckpt.as_directory() as d:
         state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
     model = build_model(data, state["hp"])
@@ -662,8 +666,8 @@ def promote(sr: SearchResult, force: bool = False) -> dict:
     model, state, dev = best_model(sr)
     hp = state["hp"]
     value = dev[metric]
-    out = sr.run_dir / "export"
     with tempfile.TemporaryDirectory() as td:
+        out = Path(td) / "export"
         tok_file = Path(td) / "tokenizer.json"
         tok_file.write_text(data.tokenizer_json)
         save_pretrained(
@@ -677,31 +681,31 @@ def promote(sr: SearchResult, force: bool = False) -> dict:
                 "task_name": job.task.name,
             },
         )
-    save_resolved(job, out)
-    metadata = {
-        "kind": "task",
-        "task": job.task.name,
-        "type": job.task.type,
-        "labels": data.label_names,
-        "entity_types": data.entity_types,
-        "metric": metric,
-        "value": value,
-        "dev": dev,
-        "hyperparameters": hp,
-        "parent": data.parent_ref,
-        "tokenizer_hash": data.tokenizer_hash,
-        "data_fingerprint": data.fingerprints,
-        "search": {
-            "name": job.name,
-            "scheduler": job.search.scheduler,
-            "trials": len(sr.table),
-            "experiment": sr.experiment_path,
-            "trial": state.get("trial"),
-            "step": state["step"],
-        },
-    }
-    reg = Registry(job.registry)
-    version = reg.publish("tasks", job.task.name, out, metadata)
+        save_resolved(job, out)
+        metadata = {
+            "kind": "task",
+            "task": job.task.name,
+            "type": job.task.type,
+            "labels": data.label_names,
+            "entity_types": data.entity_types,
+            "metric": metric,
+            "value": value,
+            "dev": dev,
+            "hyperparameters": hp,
+            "parent": data.parent_ref,
+            "tokenizer_hash": data.tokenizer_hash,
+            "data_fingerprint": data.fingerprints,
+            "search": {
+                "name": job.name,
+                "scheduler": job.search.scheduler,
+                "trials": len(sr.table),
+                "experiment": sr.experiment_path,
+                "trial": state.get("trial"),
+                "step": state["step"],
+            },
+        }
+        reg = Registry(job.registry)
+        version = reg.publish("tasks", job.task.name, out, metadata)
     promoted, previous = reg.promote(job.task.name, version, value, force=force)
     return {
         "task": job.task.name,

@@ -283,6 +283,9 @@ class FinetuneJobConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneJobConfig:
+        from lmplatform.registry import check_ref
+
+        check_ref(self.parent.removeprefix("random:"), "parent")
         if self.search.scheduler == "pbt" and self.scaling.num_workers > 1:
             raise ValueError(
                 "search.scheduler=pbt needs single-worker trials (scaling.num_workers=1): "
@@ -363,6 +366,14 @@ class ServeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _groups(self) -> ServeConfig:
+        from lmplatform.registry import check_name, check_ref
+
+        # every name becomes a registry path: no traversal through a served name
+        for t in [*(self.tasks or []), *(t for g in self.shared_encoder_groups for t in g)]:
+            check_name(t, "task name")
+        for what in ("fill_mask_model", "generate_model"):
+            if getattr(self, what) is not None:
+                check_ref(getattr(self, what), what)
         seen: set[str] = set()
         for g in self.shared_encoder_groups:
             if not g:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import shutil
 import time
-from pathlib import Path
 
 from pydantic import Field
 
-from lmplatform.config import StrictModel, atomic_write_text, load_config
+from lmplatform import storage
+from lmplatform.config import StrictModel, load_config
 from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig, ServeConfig
 
 
@@ -60,9 +59,12 @@ def _log(msg: str) -> None:
 
 
 class State:
-    def __init__(self, path: Path):
+    """state.json in the pipeline's folder (a local path or a URI), rewritten whole after every
+    stage."""
+
+    def __init__(self, path: str):
         self.path = path
-        self.data: dict = json.loads(path.read_text()) if path.is_file() else {}
+        self.data: dict = storage.read_json(path) if storage.exists(path) else {}
 
     def done(self, stage: str, h: str) -> dict | None:
         s = self.data.get(stage)
@@ -70,8 +72,7 @@ class State:
 
     def record(self, stage: str, h: str, **result) -> None:
         self.data[stage] = {"hash": h, "finished": time.time(), **result}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps(self.data, indent=2))
+        storage.write_json(self.path, self.data)
 
 
 def resolve(
@@ -106,8 +107,7 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict:
     from lmplatform.registry import Registry
 
     pre, tasks, serve_cfg = resolve(cfg)
-    out_dir = Path(cfg.output_dir) / cfg.name
-    state = State(out_dir / "state.json")
+    state = State(storage.join(cfg.output_dir, cfg.name, "state.json"))
     reg = Registry(cfg.registry)
     t_all = time.time()
 
@@ -115,7 +115,7 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict:
     h = config_hash(
         {k: v for k, v in pre.model_dump(mode="json").items() if k not in ("train", "scaling")}
     )
-    if (s := state.done("prepare", h)) and not force and Path(s["tokenizer"]).is_file():
+    if (s := state.done("prepare", h)) and not force and storage.exists(s["tokenizer"]):
         _log(f"prepare: skipped (same config; tokenizer {s['tokenizer_hash']})")
     else:
         from lmplatform.prepare import prepare
@@ -125,7 +125,7 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict:
         state.record(
             "prepare",
             h,
-            tokenizer=str(p.tokenizer_path),
+            tokenizer=p.tokenizer_uri,
             tokenizer_hash=p.tokenizer_hash,
             examples=p.manifest.get("examples"),
             seconds=time.time() - t0,
@@ -142,7 +142,7 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict:
 
         t0 = time.time()
         prepared, result = run_pretraining(pre)
-        name, version, path = export_and_register(pre, prepared, result)
+        name, version, _ = export_and_register(pre, prepared, result)
         meta = reg.metadata("pretrained", name, version)
         s = {
             "name": name,
@@ -151,7 +151,7 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict:
                 k: meta.get("metrics", {}).get(k)
                 for k in ("eval_loss", "mlm_acc", "nsp_acc", "step")
             },
-            "run_dir": str(prepared.run_dir),
+            "run_dir": prepared.run_dir,
             "seconds": time.time() - t0,
         }
         state.record("pretrain", h, **s)
@@ -183,7 +183,7 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict:
             promoted=res["promoted"],
             best=reg.best(job.task.name),
             trials=len(sr.table),
-            run_dir=str(sr.run_dir),
+            run_dir=sr.run_dir,
             seconds=time.time() - t0,
         )
         verdict = "promoted to best" if res["promoted"] else f"best stays {reg.best(job.task.name)}"
@@ -241,17 +241,15 @@ def try_examples(cfg: PipelineConfig, url: str) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) -> Path:
-    """report.html next to state.json, with every image copied beside it (relative links)."""
-    out = Path(cfg.output_dir) / cfg.name
-    img = out / "report_files"
-    img.mkdir(parents=True, exist_ok=True)
+def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) -> str:
+    """report.html next to state.json, with every image copied beside it (relative links, so
+    the folder works wherever it is downloaded to)."""
+    out = storage.join(cfg.output_dir, cfg.name)
 
-    def copy(src: str | Path, name: str) -> str | None:
-        p = Path(src)
-        if not p.is_file():
+    def copy(src: str, name: str) -> str | None:
+        if not storage.exists(src):
             return None
-        shutil.copyfile(p, img / name)
+        storage.copy(src, storage.join(out, "report_files", name))
         return f"report_files/{name}"
 
     e = html.escape
@@ -272,7 +270,7 @@ def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) 
             + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, int | float))
             + f" ({pre.get('seconds', 0):.0f} s)</p>"
         )
-        src = copy(Path(pre["run_dir"]) / "loss_curve.png", "pretrain_loss.png")
+        src = copy(storage.join(pre["run_dir"], "loss_curve.png"), "pretrain_loss.png")
         if src:
             parts.append(f"<img src='{src}' alt='pretraining loss and throughput'>")
     rows = []
@@ -292,7 +290,7 @@ def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) 
         for key, s in state.items():
             if key.startswith("finetune:"):
                 task = key.split(":", 1)[1]
-                src = copy(Path(s["run_dir"]) / "trials.png", f"trials_{task}.png")
+                src = copy(storage.join(s["run_dir"], "trials.png"), f"trials_{task}.png")
                 if src:
                     parts.append(
                         f"<h3>{e(task)}: trials</h3><img src='{src}' alt='trials of {e(task)}'>"
@@ -310,6 +308,6 @@ def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) 
         parts.append("<h2>Example requests</h2>")
         for t, a in answers.items():
             parts.append(f"<h3>{e(t)}</h3><pre>{e(json.dumps(a, indent=1)[:3000])}</pre>")
-    path = out / "report.html"
-    atomic_write_text(path, "\n".join(parts))
+    path = storage.join(out, "report.html")
+    storage.write_text(path, "\n".join(parts))
     return path

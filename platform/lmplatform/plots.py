@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
-from pathlib import Path
+
+from lmplatform import storage
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
+    """Rows of a JSON-lines file (local path or URI); [] when there is none yet."""
+    if not storage.exists(path):
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
-def loss_curve(rows: list[dict], out_png: str | os.PathLike, title: str = "") -> Path | None:
+def _save(fig, out_png: str | os.PathLike) -> str:
+    """Render to memory and write in one step (a local path or a URI)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    plt.close(fig)
+    storage.write_bytes(out_png, buf.getvalue())
+    return storage.normalize(out_png)
+
+
+def loss_curve(rows: list[dict], out_png: str | os.PathLike, title: str = "") -> str | None:
     """Loss (and throughput, when logged) against step; the last value per step wins (resumes)."""
     import matplotlib
 
@@ -40,12 +53,10 @@ def loss_curve(rows: list[dict], out_png: str | os.PathLike, title: str = "") ->
         ax[0][1].set_ylabel("tokens/s (per worker)")
         ax[0][1].grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png)
 
 
-def trials_plot(results, metric: str, out_png: str | os.PathLike, title: str = "") -> Path | None:
+def trials_plot(results, metric: str, out_png: str | os.PathLike, title: str = "") -> str | None:
     """Two panels: each trial's best metric against its learning rate (log x), and each trial's
     metric over its training time. PBT trials show the lr they ended with."""
     import matplotlib
@@ -81,6 +92,4 @@ def trials_plot(results, metric: str, out_png: str | os.PathLike, title: str = "
     if len(ax[1].lines) <= 12:
         ax[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png)

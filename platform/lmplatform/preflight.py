@@ -7,7 +7,11 @@ per problem and exits 2 if there is any, and the jobs run the same checks first.
   larger than `max_file_mb`, a total over `max_total_mb`, and heavy folders left unexcluded
   (.git, .venv, runs, registry);
 - storage: the registry root and output_dir are writable, from the driver and from every node
-  (a task pinned to each alive node writes and removes a probe file);
+  (a task pinned to each alive node writes and removes a probe file), through the platform's
+  storage layer (so s3:// uses the same endpoint and credentials as the jobs);
+- data: every data path of the run (corpus, each task's train/dev) exists and is readable, from
+  the driver and from every node (a local path outside the job's working_dir, or a bucket a
+  node has no credentials for, fails here, not an hour later);
 - auth: a cluster that asks for a token (HTTP 401 from the dashboard) and none to send;
 - GPUs: a config asking for GPUs on a cluster that has none and cannot autoscale any;
 - DeepSpeed (and torch) importable on every node.
@@ -102,21 +106,80 @@ def check_working_dir(
 
 def probe_storage(uri: str) -> str | None:
     """None if `uri` is writable (a probe file is written and removed), else the reason."""
-    import pyarrow.fs as pafs
+    from lmplatform import storage
 
     try:
-        if "://" in uri:
-            fs, path = pafs.FileSystem.from_uri(uri)
-        else:
-            fs, path = pafs.LocalFileSystem(), str(Path(uri).absolute())
-        fs.create_dir(path, recursive=True)
-        probe = f"{path.rstrip('/')}/.preflight-{uuid.uuid4().hex[:8]}"
-        with fs.open_output_stream(probe) as f:
-            f.write(b"ok")
-        fs.delete_file(probe)
+        probe = storage.join(uri, f".preflight-{uuid.uuid4().hex[:8]}")
+        storage.write_bytes(probe, b"ok")
+        storage.remove(probe)
         return None
     except Exception as e:
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def probe_data(source_json: str) -> str | None:
+    """None if a data source's files exist and can be read (the first bytes of each), else the
+    reason. Hub names are not checked (no hub is reachable from here to check them against)."""
+    from lmplatform.data.sources import DataSource, resolve_files
+
+    source = DataSource.model_validate_json(source_json)
+    if source.path is None:
+        return None
+    try:
+        import fsspec
+
+        for f in resolve_files(source):
+            with fsspec.open(f, "rb", **source.storage_options) as fh:
+                fh.read(1)
+        return None
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def check_data(sources: dict[str, object], cluster: bool) -> list[Problem]:
+    """`sources`: what -> DataSource (e.g. 'task sst2 train' -> its source)."""
+    if not sources:
+        return []
+    blobs = {what: src.model_dump_json() for what, src in sources.items()}
+    problems = []
+    for what, blob in blobs.items():
+        reason = probe_data(blob)
+        if reason:
+            problems.append(
+                Problem(
+                    "data",
+                    f"{what} {sources[what].describe()!r} cannot be read from the driver ({reason})",
+                    "point it at a file every node can read: s3://bucket/... (upload with "
+                    "`python -m lmplatform.storage upload LOCAL s3://bucket/prefix`) or a path "
+                    "inside the job's working_dir",
+                )
+            )
+    if cluster and not problems:
+        for node, reasons in _on_every_node(_node_data, blobs).items():
+            for what, reason in reasons.items():
+                problems.append(
+                    Problem(
+                        "data",
+                        f"{what} {sources[what].describe()!r} cannot be read from node {node} ({reason})",
+                        "use storage every node reads (s3://, or files inside the job's working_dir)",
+                    )
+                )
+    return problems
+
+
+def _node_data(blobs: dict[str, str]) -> dict[str, str]:
+    return {what: r for what, blob in blobs.items() if (r := probe_data(blob))}
+
+
+def data_wants(pretrain=None, finetunes=()) -> dict[str, object]:
+    """Every data source a run will read, named for the report."""
+    out = {}
+    if pretrain is not None:
+        out[f"pretraining corpus of {pretrain.name}"] = pretrain.corpus.source
+    for f in finetunes:
+        out[f"task {f.task.name} train"] = f.task.train
+        out[f"task {f.task.name} dev"] = f.task.dev
+    return out
 
 
 def check_storage(roots: dict[str, str], cluster: bool) -> list[Problem]:
@@ -142,7 +205,7 @@ def check_storage(roots: dict[str, str], cluster: bool) -> list[Problem]:
                     )
                 )
         if not any(p.check == "storage" for p in problems):
-            local = [w for w, u in roots.items() if "://" not in u]
+            local = [w for w, u in roots.items() if "://" not in u or u.startswith("file://")]
             if local and _alive_nodes() > 1:
                 # writable everywhere, but a local path is a different folder on each node
                 problems.append(
@@ -322,6 +385,7 @@ def run_checks(
     working_dir: str | os.PathLike | None = None,
     excludes: list[str] = (),
     storage: dict[str, str] | None = None,
+    data: dict[str, object] | None = None,
     gpus: dict[str, float] | None = None,
     address: str | None = None,
     cluster: bool = True,
@@ -333,6 +397,8 @@ def run_checks(
     problems += check_auth(address)
     if storage:
         problems += check_storage(storage, cluster)
+    if data:
+        problems += check_data(data, cluster)
     if cluster:
         problems += check_gpus(gpus or {})
         problems += check_imports()

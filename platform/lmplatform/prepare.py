@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmplatform.config import atomic_write_text, save_resolved
+from lmplatform import storage
+from lmplatform.config import save_resolved
 from lmplatform.data.pretraining import build_examples
 from lmplatform.data.sources import fingerprint, load_corpus
 from lmplatform.jobconfig import PretrainJobConfig
@@ -22,12 +24,15 @@ from lmplatform.tokenization import TokenizerConfig, load_tokenizer, tokenizer_h
 
 @dataclass
 class Prepared:
-    run_dir: Path
+    run_dir: str
+    """The run's folder: a local path or a URI (output_dir/<name>)."""
+    tokenizer_uri: str
     tokenizer_path: Path
+    """A local copy of tokenizer.json (the same bytes as `tokenizer_uri`)."""
     tokenizer_hash: str
     vocab_size: int
     corpus_fingerprint: str
-    examples_dir: Path
+    examples_dir: str
     manifest: dict
 
 
@@ -35,17 +40,18 @@ def _log(msg: str) -> None:
     print(f"[prepare] {msg}", flush=True)
 
 
-def ensure_tokenizer(cfg: TokenizerConfig, corpus, corpus_fp: str, out_dir: Path) -> Path:
-    """Train a tokenizer on the corpus unless one built from the same inputs is already there."""
+def ensure_tokenizer(cfg: TokenizerConfig, corpus, corpus_fp: str, out_dir: str) -> str:
+    """Train a tokenizer on the corpus unless one built from the same inputs is already there.
+    `out_dir` is a local folder or a URI; returns where tokenizer.json is."""
     key = hashlib.sha256(
         json.dumps([cfg.model_dump(), corpus_fp], sort_keys=True).encode()
     ).hexdigest()[:16]
-    meta_path = out_dir / "tokenizer_meta.json"
-    path = out_dir / "tokenizer.json"
+    meta_path = storage.join(out_dir, "tokenizer_meta.json")
+    path = storage.join(out_dir, "tokenizer.json")
     if (
-        meta_path.is_file()
-        and path.is_file()
-        and json.loads(meta_path.read_text()).get("key") == key
+        storage.exists(meta_path)
+        and storage.exists(path)
+        and storage.read_json(meta_path).get("key") == key
     ):
         _log(f"tokenizer: reusing {path} (same config and corpus)")
         return path
@@ -54,8 +60,11 @@ def ensure_tokenizer(cfg: TokenizerConfig, corpus, corpus_fp: str, out_dir: Path
     docs = corpus.select(range(n_docs)) if n_docs < len(corpus) else corpus
     # streamed from the Arrow file in batches; the corpus is never held as a Python list
     batches = (b["text"] for b in docs.iter(batch_size=1000))
-    train_tokenizer(cfg, batches, out_dir, length=n_docs)
-    tok_hash = tokenizer_hash(path)
+    with tempfile.TemporaryDirectory() as td:
+        local = train_tokenizer(cfg, batches, td, length=n_docs)
+        tok_hash = tokenizer_hash(local)
+        vocab = load_tokenizer(local).get_vocab_size()
+        storage.upload(local, path)
     meta = {
         "key": key,
         "hash": tok_hash,
@@ -63,16 +72,24 @@ def ensure_tokenizer(cfg: TokenizerConfig, corpus, corpus_fp: str, out_dir: Path
         "documents": n_docs,
         "config": cfg.model_dump(),
     }
-    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    storage.write_json(meta_path, meta)  # last: the tokenizer beside it is complete
     _log(
-        f"tokenizer: trained {cfg.kind} (vocab {load_tokenizer(path).get_vocab_size()}) on {n_docs} documents in {time.time() - t0:.1f}s -> {path} [{tok_hash}]"
+        f"tokenizer: trained {cfg.kind} (vocab {vocab}) on {n_docs} documents in {time.time() - t0:.1f}s -> {path} [{tok_hash}]"
     )
     return path
 
 
+def local_tokenizer(uri: str) -> Path:
+    """A local copy of a tokenizer.json anywhere, cached by content (so never stale)."""
+    data = storage.read_bytes(uri)
+    local = storage.cache_root() / "tokenizers" / f"{hashlib.sha256(data).hexdigest()[:16]}.json"
+    if not local.is_file():
+        storage.write_bytes(str(local), data)
+    return local
+
+
 def prepare(cfg: PretrainJobConfig) -> Prepared:
-    run_dir = Path(cfg.output_dir) / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = storage.join(cfg.output_dir, cfg.name)
     save_resolved(cfg, run_dir)
     t0 = time.time()
     corpus = load_corpus(cfg.corpus)
@@ -80,11 +97,13 @@ def prepare(cfg: PretrainJobConfig) -> Prepared:
     _log(
         f"corpus: {len(corpus)} documents from {cfg.corpus.source.describe()} [{corpus_fp}] in {time.time() - t0:.1f}s"
     )
-    tok_path = ensure_tokenizer(cfg.tokenizer, corpus, corpus_fp, run_dir / "tokenizer")
+    tok_uri = ensure_tokenizer(cfg.tokenizer, corpus, corpus_fp, storage.join(run_dir, "tokenizer"))
+    tok_path = local_tokenizer(tok_uri)
     tok_hash = tokenizer_hash(tok_path)
+    examples_dir = storage.join(run_dir, "examples")
     t1 = time.time()
     manifest = build_examples(
-        corpus, cfg.objective, tok_path, cfg.examples, run_dir / "examples", corpus_fp
+        corpus, cfg.objective, tok_path, cfg.examples, examples_dir, corpus_fp
     )
     verb = "reusing" if manifest.get("reused") else f"built in {time.time() - t1:.1f}s:"
     extra = (
@@ -94,14 +113,15 @@ def prepare(cfg: PretrainJobConfig) -> Prepared:
     )
     _log(
         f"examples: {verb} {manifest['examples']} {cfg.objective} examples, {manifest['tokens']} tokens, "
-        f"{len(manifest['shards'])} shard(s){extra} -> {run_dir / 'examples'}"
+        f"{len(manifest['shards'])} shard(s){extra} -> {examples_dir}"
     )
     return Prepared(
         run_dir=run_dir,
+        tokenizer_uri=tok_uri,
         tokenizer_path=tok_path,
         tokenizer_hash=tok_hash,
         vocab_size=load_tokenizer(tok_path).get_vocab_size(),
         corpus_fingerprint=corpus_fp,
-        examples_dir=run_dir / "examples",
+        examples_dir=examples_dir,
         manifest=manifest,
     )

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
+from lmplatform import storage
 from lmplatform.data.pretraining import BertCollator, Prefetcher, causal_collate, shard_files
 from lmplatform.jobconfig import PretrainJobConfig
 from lmplatform.models.tasks import build_pretraining_model
-from lmplatform.runtime import storage_uri
+from lmplatform.runtime import ray_storage
 
 STATE = "train_state.json"
 TAG = "state"
@@ -75,9 +76,9 @@ def make_eval_fn(
 
 def eval_rows(files: list[str], n: int) -> dict[str, list]:
     """The first `n` examples of the shards, as a column dict (small: sent to every worker)."""
-    import pyarrow.parquet as pq
+    from lmplatform.data.pretraining import read_shards
 
-    table = pq.read_table(files[0])
+    table = read_shards(files[:1])
     return table.slice(0, min(n, table.num_rows)).to_pydict()
 
 
@@ -159,13 +160,14 @@ def worker_loop(config: dict) -> None:
             counter["batches"] += 1  # counted when the loop takes it: the resume position
             yield batch
 
-    metrics_dir = Path(config["metrics_dir"])
+    # rank 0 logs into a local mirror of the run folder (which may be s3://…), pushed with every
+    # report; a resumed run, on any node, appends to the metrics it had
+    mirror = storage.Mirror(config["run_dir"], pull=("metrics.jsonl",)) if rank == 0 else None
     writer = None
-    if rank == 0:
+    if mirror is not None:
         from tensorboardX import SummaryWriter
 
-        metrics_dir.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(str(metrics_dir / "tensorboard"))
+        writer = SummaryWriter(str(mirror.local / "tensorboard"))
     fail_at = config.get("fail_at_step")  # fault-injection for tests: SIGKILL once at this step
     t0 = time.time()
     last_report = [t0]
@@ -191,7 +193,7 @@ def worker_loop(config: dict) -> None:
             for k, v in metrics.items():
                 if k != "step" and isinstance(v, (int, float)):
                     writer.add_scalar(f"train/{k}", v, step)
-            with open(metrics_dir / "metrics.jsonl", "a") as f:
+            with open(mirror.local / "metrics.jsonl", "a") as f:
                 f.write(
                     json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                     + "\n"
@@ -212,6 +214,9 @@ def worker_loop(config: dict) -> None:
             if not due.item():
                 return
         last_report[0] = time.time()
+        if mirror is not None:
+            writer.flush()
+            mirror.push()
         report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         report.update(elapsed_s=time.time() - t0)
         if checkpointing:
@@ -284,18 +289,18 @@ def run_pretraining(
     files = shard_files(prepared.examples_dir)
     # the same rows in the same order on every run: resumption and ZeRO comparisons rely on it
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    train_ds = ray.data.read_parquet(files)
-    storage = storage_uri(job.output_dir, "ray")
+    fs, _ = storage.arrow_filesystem(files[0])
+    train_ds = ray.data.read_parquet([storage.arrow_filesystem(f)[1] for f in files], filesystem=fs)
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
             "job": job.model_dump(mode="json"),
             "tokenizer_json": prepared.tokenizer_path.read_text(),
+            "run_dir": prepared.run_dir,
             "vocab_size": prepared.vocab_size,
             "objective": job.objective,
             "fail_at_step": fail_at_step,
             "fail_marker": fail_marker,
-            "metrics_dir": str(prepared.run_dir.absolute()),
             "eval_rows": eval_rows(files, job.train.eval_batches * job.train.batch_size),
         },
         scaling_config=ray.train.ScalingConfig(
@@ -313,7 +318,7 @@ def run_pretraining(
         ),
         run_config=RunConfig(
             name=job.name,
-            storage_path=storage,
+            **ray_storage(job.output_dir, "ray"),
             checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=job.scaling.max_failures),
         ),
@@ -324,59 +329,71 @@ def run_pretraining(
     return prepared, result
 
 
-def export_and_register(job: PretrainJobConfig, prepared, result) -> tuple[str, str, Path]:
+def export_and_register(job: PretrainJobConfig, prepared, result) -> tuple[str, str, str]:
     """Consolidate the run's final checkpoint to fp32, save it as a model folder and publish it."""
     if result.checkpoint is None:
         raise RuntimeError(f"pretraining run {job.name!r} produced no checkpoint: {result.error}")
     final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    where = result.checkpoint.path
+    if not storage.is_local(job.output_dir):  # Ray's path inside the bucket: name it fully
+        where = f"{job.output_dir.split('://')[0]}://{where}"
     with result.checkpoint.as_directory() as d:
-        return export_checkpoint(job, prepared, d, final)
+        return export_checkpoint(job, prepared, d, final, source=where)
 
 
 def export_checkpoint(
-    job: PretrainJobConfig, prepared, checkpoint_dir, metrics: dict | None = None
-) -> tuple[str, str, Path]:
-    """Export any checkpoint of a run (ZeRO shards merged to fp32) into the registry."""
+    job: PretrainJobConfig,
+    prepared,
+    checkpoint: str | os.PathLike,
+    metrics: dict | None = None,
+    source: str | None = None,
+) -> tuple[str, str, str]:
+    """Export any checkpoint of a run (a local folder or a URI; ZeRO shards merged to fp32) into
+    the registry. Returns (name, version, the version's location)."""
     from lmplatform.config import save_resolved
     from lmplatform.models.io import save_pretrained
     from lmplatform.plots import loss_curve, read_jsonl
     from lmplatform.registry import Registry
 
-    d = Path(checkpoint_dir)
-    if not (d / STATE).is_file():
-        raise FileNotFoundError(f"{d}: not a pretraining checkpoint (no {STATE})")
-    state = consolidated_state_dict(d)
-    train_state = json.loads((d / STATE).read_text())
-    model = build_pretraining_model(
-        job.model.model_copy(update={"vocab_size": prepared.vocab_size})
-    )
-    model.load_state_dict(state, strict=True)
-    out = prepared.run_dir / f"export-step{train_state['step']}"
-    save_pretrained(model, out, tokenizer=prepared.tokenizer_path)
-    save_resolved(job, out)
-    history = read_jsonl(prepared.run_dir / "metrics.jsonl")
-    loss_curve(
-        history,
-        prepared.run_dir / "loss_curve.png",
-        title=f"{job.name} ({job.model.family}-{job.model.size})",
-    )
-    metadata = {
-        "kind": "pretrained",
-        "family": job.model.family,
-        "size": job.model.size,
-        "lineage": {
-            "corpus": job.corpus.source.describe(),
-            "corpus_fingerprint": prepared.corpus_fingerprint,
-            "tokenizer_hash": prepared.tokenizer_hash,
-            "examples_key": prepared.manifest["key"],
-            "checkpoint": str(d),
-            "steps": train_state["step"],
-            "tokens_seen": train_state["tokens"],
-            "workers": job.scaling.num_workers,
-            "zero_stage": job.scaling.zero_stage,
-        },
-        "metrics": metrics or {},
-        "config": job.model_dump(mode="json"),
-    }
-    version = Registry(job.registry).publish("pretrained", job.name, out, metadata)
-    return job.name, version, out
+    with tempfile.TemporaryDirectory() as td:
+        if not storage.is_local(checkpoint):
+            checkpoint = storage.download(checkpoint, Path(td) / "checkpoint")
+        d = Path(checkpoint)
+        if not (d / STATE).is_file():
+            raise FileNotFoundError(f"{source or d}: not a pretraining checkpoint (no {STATE})")
+        state = consolidated_state_dict(d)
+        train_state = json.loads((d / STATE).read_text())
+        model = build_pretraining_model(
+            job.model.model_copy(update={"vocab_size": prepared.vocab_size})
+        )
+        model.load_state_dict(state, strict=True)
+        out = Path(td) / f"export-step{train_state['step']}"
+        save_pretrained(model, out, tokenizer=prepared.tokenizer_path)
+        save_resolved(job, out)
+        history = read_jsonl(storage.join(prepared.run_dir, "metrics.jsonl"))
+        loss_curve(
+            history,
+            storage.join(prepared.run_dir, "loss_curve.png"),
+            title=f"{job.name} ({job.model.family}-{job.model.size})",
+        )
+        metadata = {
+            "kind": "pretrained",
+            "family": job.model.family,
+            "size": job.model.size,
+            "lineage": {
+                "corpus": job.corpus.source.describe(),
+                "corpus_fingerprint": prepared.corpus_fingerprint,
+                "tokenizer_hash": prepared.tokenizer_hash,
+                "examples_key": prepared.manifest["key"],
+                "checkpoint": source or str(checkpoint),
+                "steps": train_state["step"],
+                "tokens_seen": train_state["tokens"],
+                "workers": job.scaling.num_workers,
+                "zero_stage": job.scaling.zero_stage,
+            },
+            "metrics": metrics or {},
+            "config": job.model_dump(mode="json"),
+        }
+        reg = Registry(job.registry)
+        version = reg.publish("pretrained", job.name, out, metadata)
+    return job.name, version, reg.location("pretrained", job.name, version)

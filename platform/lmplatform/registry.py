@@ -1,105 +1,142 @@
 """The model registry: the one module that knows how models are laid out in storage.
 
-    <root>/pretrained/<name>/<version>/     save_pretrained folder + metadata.json
-    <root>/tasks/<task>/<version>/          fine-tuned task model + metadata.json
-    <root>/tasks/<task>/best.json           {"version": …} — the promoted model
+    <root>/pretrained/<name>/<version>/        save_pretrained folder + metadata.json
+    <root>/tasks/<task>/<version>/             fine-tuned task model + metadata.json
+    <root>/tasks/<task>/best/<NNNNNNNN>.json   promotion log: the highest record names `best`
 
-`root` is a local path or a URI that pyarrow's filesystems understand (s3://, gs://), the same
-way Ray Train's `storage_path` works. A version becomes visible only once its `metadata.json`
-is written, and that file is written last: a reader never sees a half-copied model, on any
-filesystem. Pointers (`best.json`) are single small objects, replaced in one write.
+`root` is a local path or a URI (s3://, gs://, …) read and written through `lmplatform.storage`.
+The same guarantees hold on a local disk and on an object store, because both are built from
+one primitive, `storage.create_exclusive` (a hard link on disk, `If-None-Match: *` on S3):
+
+- A version number is claimed by creating `<version>/.claim` exclusively: concurrent publishers
+  (processes, nodes) always get distinct versions. The files follow; `metadata.json` is written
+  last and records the sha256 of every file, so a version is visible only once complete and a
+  damaged file is caught on load.
+- Promotion is a compare-and-swap: read the newest promotion record, compare, then create the
+  next record exclusively; losing that race means someone else promoted, so re-read and compare
+  again. A worse model never replaces a better one, and the log keeps who replaced whom.
+- A corrupt `metadata.json` or promotion record is skipped with a warning: it never blocks the
+  other versions of the task.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
+from lmplatform import storage
 
 KINDS = ("pretrained", "tasks")
 _VERSION = re.compile(r"^v(\d{4,})$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_RECORD = re.compile(r"^(\d{8})\.json$")
+log = logging.getLogger("lmplatform.registry")
+_warned: set[str] = set()
 
 
 class RegistryError(LookupError):
-    """A model or version that is not in the registry (the message says what is)."""
+    """A model or version that is not in the registry, or cannot be used (the message says why)."""
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """Names become storage path segments: letters, digits, '_', '.', '-' only (no traversal)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"{what} {name!r}: use letters, digits, '_', '.', '-' (starting with a letter or "
+            "digit, 64 at most)"
+        )
+    return name
+
+
+def check_version(version: str) -> str:
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise ValueError(f"version {version!r}: expected v followed by 4+ digits (v0003)")
+    return version
+
+
+def check_ref(ref: str, what: str = "model reference") -> tuple[str, str]:
+    """'name', 'name@v0003', 'name@latest' or 'name@best' -> (name, version part), validated."""
+    name, _, version = ref.partition("@")
+    check_name(name, what)
+    if version not in ("", "latest", "best"):
+        check_version(version)
+    return name, version
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        log.warning(msg)
 
 
 class Registry:
     def __init__(self, root: str | os.PathLike):
-        root = str(root)
-        if "://" not in root:
-            root = os.path.abspath(root)
-            os.makedirs(root, exist_ok=True)
-        self.uri = root
-        self.fs, self.base = pafs.FileSystem.from_uri(root)
+        self.uri = storage.normalize(root)
+        storage.filesystem(self.uri)  # an unknown scheme or a missing extra fails here, clearly
 
     # ----------------------------------------------------------------- paths
 
     def _path(self, *parts: str) -> str:
-        return "/".join([self.base.rstrip("/"), *parts])
+        return storage.join(self.uri, *parts)
 
-    def _exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+    def location(self, kind: str, name: str, version: str) -> str:
+        """Where a version lives (a local folder or a URI), for messages and lineage."""
+        self._check_kind(kind)
+        return self._path(kind, check_name(name), check_version(version))
 
-    def _read_json(self, path: str) -> dict:
-        with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())
-
-    def _write_json(self, path: str, data: dict) -> None:
-        payload = json.dumps(data, indent=2).encode()
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            # local: temp file + rename, so a concurrent reader sees old or new, never half
-            d = os.path.dirname(path)
-            fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
-            with self.fs.open_output_stream(path) as f:  # object stores: one PUT is atomic
-                f.write(payload)
+    def _check_kind(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"registry kind {kind!r}: expected one of {', '.join(KINDS)}")
 
     # ----------------------------------------------------------------- listing
 
     def names(self, kind: str) -> list[str]:
         self._check_kind(kind)
-        sel = pafs.FileSelector(self._path(kind), allow_not_found=True)
-        return sorted(
-            i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.Directory
-        )
+        return [n for n in storage.listdir(self._path(kind)) if _NAME.match(n)]
 
     def versions(self, kind: str, name: str) -> list[str]:
-        """Complete versions only (those whose metadata.json exists), oldest first."""
+        """Complete, readable versions only (metadata.json present and valid), oldest first.
+        A version whose metadata.json is corrupt is skipped with a warning."""
         self._check_kind(kind)
-        sel = pafs.FileSelector(self._path(kind, name), allow_not_found=True)
+        check_name(name)
         out = []
-        for info in self.fs.get_file_info(sel):
-            if info.type == pafs.FileType.Directory and _VERSION.match(info.base_name):
-                if self._exists(self._path(kind, name, info.base_name, "metadata.json")):
-                    out.append(info.base_name)
+        for v in storage.listdir(self._path(kind, name)):
+            if not _VERSION.match(v):
+                continue
+            try:
+                self.metadata(kind, name, v)
+            except FileNotFoundError:
+                continue  # claimed, still being written (or its publisher died)
+            except RegistryError as e:
+                _warn_once(f"skipping {e}")
+                continue
+            out.append(v)
         return sorted(out, key=lambda v: int(v[1:]))
 
     def list(self, kind: str) -> list[dict]:
         """Every complete model of a kind with its metadata, e.g. for `GET /v1/tasks` or a CLI."""
-        rows = []
-        for name in self.names(kind):
-            for v in self.versions(kind, name):
-                rows.append({"name": name, "version": v, **self.metadata(kind, name, v)})
-        return rows
+        return [
+            {"name": name, "version": v, **self.metadata(kind, name, v)}
+            for name in self.names(kind)
+            for v in self.versions(kind, name)
+        ]
 
     def metadata(self, kind: str, name: str, version: str) -> dict:
-        return self._read_json(self._path(kind, name, version, "metadata.json"))
+        """A version's metadata; FileNotFoundError while incomplete, RegistryError if corrupt."""
+        self._check_kind(kind)
+        path = self._path(kind, check_name(name), check_version(version), "metadata.json")
+        return _parse_metadata(storage.read_bytes(path), f"{kind}/{name}@{version}", path)
 
     def resolve(self, kind: str, ref: str) -> tuple[str, str]:
-        """'name', 'name@v0003' or 'name@best' (tasks) -> (name, version)."""
-        name, _, version = ref.partition("@")
+        """'name', 'name@v0003', 'name@latest' or 'name@best' (tasks) -> (name, version)."""
+        name, version = check_ref(ref)
         versions = self.versions(kind, name)
         if not versions:
             known = ", ".join(self.names(kind)) or "none"
@@ -118,142 +155,230 @@ class Registry:
         return name, version
 
     def local_path(self, kind: str, name: str, version: str) -> Path:
-        """A local folder with the model's files (downloaded to a cache for remote roots)."""
-        src = self._path(kind, name, version)
-        if isinstance(self.fs, pafs.LocalFileSystem):
+        """A local folder with the version's files, every file checked against the sha256 that
+        `metadata.json` recorded at publish. Remote versions are downloaded once into a cache
+        keyed by registry URI and content hash, so two registries never share a cached model."""
+        src = self._path(kind, check_name(name), check_version(version))
+        raw = storage.read_bytes(storage.join(src, "metadata.json"))
+        meta = _parse_metadata(raw, f"{kind}/{name}@{version}", src)
+        ref = f"{kind}/{name}@{version} in {self.uri}"
+        if storage.is_local(self.uri):
+            _verify(Path(src), meta, ref)
             return Path(src)
-        cache = Path(tempfile.gettempdir()) / "lmplatform-registry" / kind / name / version
-        if not (cache / "metadata.json").is_file():
-            tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
-            pafs.copy_files(
-                src,
-                str(tmp),
-                source_filesystem=self.fs,
-                destination_filesystem=pafs.LocalFileSystem(),
-            )
-            if cache.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
+        key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        content = hashlib.sha256(raw).hexdigest()[:16]
+        cache = storage.cache_root() / "registry" / key / kind / name / f"{version}-{content}"
+        if (cache / "metadata.json").is_file():
+            return cache
+        tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}-{time.time_ns()}")
+        try:
+            for f in meta.get("files") or storage.find(src):
+                if f != "metadata.json":
+                    storage.download(storage.join(src, f), tmp / f)
+            _verify(tmp, meta, ref)
+            (tmp / "metadata.json").write_bytes(raw)  # last: marks the cached copy complete
+            try:
                 os.replace(tmp, cache)
+            except OSError:  # a concurrent loader finished first: same content, keep theirs
+                if not (cache / "metadata.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return cache
 
     # ----------------------------------------------------------------- writing
 
     def publish(self, kind: str, name: str, folder: str | os.PathLike, metadata: dict) -> str:
-        """Copy a saved model folder in as the next version; metadata.json goes last. Returns it."""
+        """Copy a saved model folder in as the next version; metadata.json (with the sha256 of
+        every file) goes last. Returns the version."""
         self._check_kind(kind)
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-            raise ValueError(
-                f"model name {name!r}: use letters, digits, '_', '.', '-' (64 at most)"
-            )
-        self.fs.create_dir(self._path(kind, name), recursive=True)
-        for _ in range(100):
-            existing = self._all_version_dirs(kind, name)
-            nxt = f"v{(max(existing) + 1) if existing else 1:04d}"
-            dest = self._path(kind, name, nxt)
-            try:
-                self._claim(dest)
-                break
-            except FileExistsError:
-                continue  # a concurrent publisher took it: try the next number
-        else:
-            raise RuntimeError(f"could not allocate a version for {kind}/{name}")
-        for f in sorted(Path(folder).iterdir()):
-            if f.name == "metadata.json" or not f.is_file():
-                continue
-            pafs.copy_files(
-                str(f),
-                dest + "/" + f.name,
-                source_filesystem=pafs.LocalFileSystem(),
-                destination_filesystem=self.fs,
-            )
+        check_name(name)
+        _check_finite(metadata, f"metadata of {kind}/{name}")
+        if isinstance(metadata.get("parent"), str):
+            check_ref(metadata["parent"].removeprefix("random:"), "parent")
+        src = Path(folder)
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != "metadata.json")
+        if not files:
+            raise RegistryError(f"{src}: nothing to publish (no files)")
+        version = self._claim(kind, name)
+        dest = self._path(kind, name, version)
+        checksums = {}
+        for f in files:
+            rel = f.relative_to(src).as_posix()
+            storage.upload(f, storage.join(dest, rel))
+            checksums[rel] = {"sha256": _sha256_file(f), "bytes": f.stat().st_size}
         meta = {
             **metadata,
             "name": name,
-            "version": nxt,
+            "version": version,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": checksums,
         }
-        self._write_json(dest + "/metadata.json", meta)
-        return nxt
+        storage.write_json(storage.join(dest, "metadata.json"), meta)
+        return version
 
-    def _all_version_dirs(self, kind: str, name: str) -> list[int]:
-        sel = pafs.FileSelector(self._path(kind, name), allow_not_found=True)
-        return [
-            int(m.group(1))
-            for i in self.fs.get_file_info(sel)
-            if (m := _VERSION.match(i.base_name))
-        ]
+    def _claim(self, kind: str, name: str) -> str:
+        """The next free version number, owned by this caller alone."""
+        owner = json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "t": time.time()})
+        for _ in range(1000):
+            taken = [
+                int(m.group(1))
+                for v in storage.listdir(self._path(kind, name))
+                if (m := _VERSION.match(v))
+            ]
+            version = f"v{(max(taken) + 1) if taken else 1:04d}"
+            try:
+                storage.create_exclusive(self._path(kind, name, version, ".claim"), owner.encode())
+                return version
+            except FileExistsError:
+                continue  # a concurrent publisher took it: look again
+        raise RegistryError(f"could not claim a version for {kind}/{name} after 1000 tries")
 
-    def _claim(self, dest: str) -> None:
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            os.mkdir(dest)  # atomic: exactly one publisher gets each number
-        else:
-            if self._exists(dest + "/.claim"):
-                raise FileExistsError(dest)
-            with self.fs.open_output_stream(dest + "/.claim") as f:
-                f.write(str(os.getpid()).encode())
-
-    # ----------------------------------------------------------------- task pointers
+    # ----------------------------------------------------------------- promotion
 
     def best(self, task: str) -> str | None:
-        path = self._path("tasks", task, "best.json")
-        return self._read_json(path)["version"] if self._exists(path) else None
+        """The promoted version of a task (None if never promoted)."""
+        rec = self._best_record(task)[1]
+        return rec["version"] if rec else None
 
-    def set_best(self, task: str, version: str) -> None:
-        if version not in self.versions("tasks", task):
-            raise RegistryError(f"tasks/{task} has no complete version {version!r}")
-        self._write_json(
-            self._path("tasks", task, "best.json"), {"version": version, "updated": time.time()}
+    def _records(self, task: str) -> list[int]:
+        return sorted(
+            int(m.group(1))
+            for n in storage.listdir(self._path("tasks", check_name(task), "best"))
+            if (m := _RECORD.match(n))
         )
 
+    def _best_record(self, task: str) -> tuple[int, dict | None]:
+        """(highest record number, newest usable record): a corrupt record, or one naming a
+        version that is no longer readable, is skipped with a warning (the one before counts)."""
+        seqs = self._records(task)
+        for seq in reversed(seqs):
+            path = self._path("tasks", task, "best", f"{seq:08d}.json")
+            try:
+                rec = json.loads(storage.read_bytes(path))
+                check_version(rec["version"])
+                self.metadata("tasks", task, rec["version"])
+                return seqs[-1], rec
+            except (ValueError, KeyError, TypeError, RegistryError, FileNotFoundError) as e:
+                _warn_once(f"skipping promotion record {path}: {e}")
+        return (seqs[-1] if seqs else 0), None
+
     def promote(
-        self, task: str, version: str, value: float, force: bool = False
+        self, task: str, version: str, value: float | None = None, force: bool = False
     ) -> tuple[bool, dict | None]:
-        """Make `version` the task's best if its metric `value` beats the current best's (or
+        """Make `version` the task's best if its metric value beats the current best's (or
         `force`). Returns (promoted, previous best as {version, value} or None).
 
-        Read-compare-write runs under an exclusive lock on local storage, so two concurrent
-        promotions cannot both win against a stale best; the pointer itself is replaced in one
-        atomic write and only ever names a complete version. (Object stores have no locks: there
-        the last writer wins, and the pointer is still always complete.)
-        """
-        import contextlib
-
-        lock = contextlib.nullcontext()
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            lock = _FileLock(self._path("tasks", task, ".best.lock"))
-        with lock:
-            current = self.best(task)
+        A compare-and-swap on any storage: the next promotion record is created exclusively, so
+        of two concurrent promotions that read the same best, one wins and the other compares
+        again against the winner. Values must be finite; a candidate scored with another metric
+        or on another dev set than the current best cannot be compared and needs `force`."""
+        meta = self.metadata("tasks", check_name(task), check_version(version))
+        value = meta.get("value") if value is None else value
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise RegistryError(f"tasks/{task}@{version}: metric value {value!r} is not finite")
+        for _ in range(1000):
+            seq, current = self._best_record(task)
             previous = None
             if current is not None:
-                prev_value = self.metadata("tasks", task, current).get("value")
-                previous = {"version": current, "value": prev_value}
-                if not force and prev_value is not None and value <= prev_value:
-                    return False, previous
-            self.set_best(task, version)
-            return True, previous
+                cur = self.metadata("tasks", task, current["version"])
+                previous = {"version": current["version"], "value": cur.get("value")}
+                if not force:
+                    _check_comparable(task, version, meta, current["version"], cur)
+                    if previous["value"] is not None and value <= previous["value"]:
+                        return False, previous
+            record = {
+                "version": version,
+                "value": value,
+                "metric": meta.get("metric"),
+                "dev_fingerprint": _dev_fp(meta),
+                "previous": previous,
+                "forced": force,
+                "time": time.time(),
+            }
+            path = self._path("tasks", task, "best", f"{seq + 1:08d}.json")
+            try:
+                storage.create_exclusive(path, json.dumps(record, indent=2).encode())
+                return True, previous
+            except FileExistsError:
+                continue  # someone promoted meanwhile: compare against their model
+        raise RegistryError(f"could not promote tasks/{task}@{version}: too much contention")
 
-    def _check_kind(self, kind: str) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"registry kind {kind!r}: expected one of {', '.join(KINDS)}")
+    def promotions(self, task: str) -> list[dict]:
+        """The promotion log, oldest first (unreadable records left out)."""
+        out = []
+        for seq in self._records(task):
+            try:
+                out.append(storage.read_json(self._path("tasks", task, "best", f"{seq:08d}.json")))
+            except ValueError:
+                continue
+        return out
 
 
-class _FileLock:
-    """An exclusive advisory lock (fcntl) held for a `with` block."""
+# --------------------------------------------------------------------------- helpers
 
-    def __init__(self, path: str):
-        self.path = path
 
-    def __enter__(self):
-        import fcntl
+def _parse_metadata(raw: bytes, ref: str, where: str) -> dict:
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise RegistryError(f"{ref}: metadata.json is corrupt ({e}) at {where}") from None
+    if not isinstance(meta, dict):
+        raise RegistryError(f"{ref}: metadata.json is not an object at {where}")
+    return meta
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
 
-    def __exit__(self, *exc):
-        import fcntl
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+
+def _verify(folder: Path, meta: dict, ref: str) -> None:
+    files = meta.get("files")
+    if not files:
+        _warn_once(f"{ref}: no checksums recorded (published by an older version): not verified")
+        return
+    for rel, want in files.items():
+        p = folder / rel
+        if not p.is_file():
+            raise RegistryError(f"{ref}: file {rel} is missing")
+        got = _sha256_file(p)
+        if got != want["sha256"]:
+            raise RegistryError(
+                f"{ref}: {rel} does not match its checksum (sha256 {got[:12]}…, "
+                f"{p.stat().st_size} bytes; recorded {want['sha256'][:12]}…, {want['bytes']} bytes): "
+                "the stored file is damaged; publish the model again or use another version"
+            )
+
+
+def _check_finite(data, where: str) -> None:
+    """Refuse NaN/inf anywhere in metadata (JSON would write them as invalid tokens)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise RegistryError(f"{where}: non-finite value {data!r} (a diverged run?)")
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(data, list | tuple):
+        for i, v in enumerate(data):
+            _check_finite(v, f"{where}[{i}]")
+
+
+def _dev_fp(meta: dict) -> str | None:
+    fp = meta.get("data_fingerprint")
+    return fp.get("dev") if isinstance(fp, dict) else None
+
+
+def _check_comparable(task: str, version: str, meta: dict, best: str, best_meta: dict) -> None:
+    for what, a, b in (
+        ("metric", meta.get("metric"), best_meta.get("metric")),
+        ("dev-set fingerprint", _dev_fp(meta), _dev_fp(best_meta)),
+    ):
+        if a is not None and b is not None and a != b:
+            raise RegistryError(
+                f"tasks/{task}@{version} was scored with {what} {a!r}, the current best "
+                f"{best} with {b!r}: the values are not comparable; promote with --force "
+                "to replace it anyway"
+            )

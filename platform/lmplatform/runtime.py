@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 # Ray resolves "127.0.0.1" to the machine's routable address and listens on every interface;
 # with this switch off (read when `ray` is imported) a local instance stays on loopback.
@@ -36,8 +35,14 @@ def init_ray(
     return ray
 
 
-def storage_uri(output_dir: str, *parts: str) -> str:
-    """Ray's `storage_path` under a job's output_dir: an absolute local path, or the URI as is
-    (pathlib would fold 's3://bucket' into 's3:/bucket')."""
-    base = output_dir.rstrip("/") if "://" in output_dir else str(Path(output_dir).absolute())
-    return "/".join([base, *parts])
+def ray_storage(output_dir: str, *parts: str) -> dict:
+    """`storage_path` (+ `storage_filesystem`) for Ray Train/Tune's RunConfig under a job's
+    output_dir, through the platform's one storage layer: a URI gets the same fsspec
+    filesystem (endpoint, credentials) as every other read and write."""
+    from lmplatform import storage
+
+    uri = storage.join(output_dir, *parts)
+    if storage.is_local(uri):
+        return {"storage_path": uri}
+    fs, path = storage.arrow_filesystem(uri)
+    return {"storage_path": path, "storage_filesystem": fs}

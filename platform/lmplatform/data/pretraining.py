@@ -18,9 +18,7 @@ import json
 import os
 import random
 import re
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +27,8 @@ import pyarrow as pa
 import torch
 from pydantic import Field
 
-from lmplatform.config import StrictModel, atomic_write_text
+from lmplatform import storage
+from lmplatform.config import StrictModel
 
 Objective = Literal["bert", "causal"]
 
@@ -262,8 +261,8 @@ def examples_key(
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict | None:
-    p = Path(out_dir) / "manifest.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    p = storage.join(out_dir, "manifest.json")
+    return storage.read_json(p) if storage.exists(p) else None
 
 
 def build_examples(
@@ -277,24 +276,23 @@ def build_examples(
 ) -> dict:
     """Build (or reuse) an example set from a `datasets.Dataset` of documents; returns its manifest.
 
-    The shards are written to a temporary sibling folder and renamed into place, so a crash
-    never leaves a half-written set that a later run would mistake for a finished one.
+    `out_dir` is a local folder or a URI. Shards go to a fresh sub-folder and `manifest.json`,
+    which names them, is written last: a crash never leaves a half-written set that a later run
+    would mistake for a finished one, on a disk or an object store (which cannot rename).
     """
     import ray
     import ray.data
 
     from lmplatform.tokenization import tokenizer_hash
 
-    out = Path(out_dir)
+    out = storage.normalize(out_dir)
     tok_json = Path(tokenizer_path).read_text()
     tok_hash = tokenizer_hash(tokenizer_path)
     key = examples_key(objective, tok_hash, corpus_fp, cfg)
     existing = read_manifest(out)
-    if existing and existing.get("key") == key:
+    if existing and existing.get("key") == key and existing.get("folder"):
         existing["reused"] = True
         return existing
-    if out.exists():
-        shutil.rmtree(out)  # built from other inputs: replace it
 
     t0 = time.time()
     builder = BertPairBuilder if objective == "bert" else CausalBlockBuilder
@@ -310,52 +308,68 @@ def build_examples(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
     )
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    folder = storage.unique_name("shards-")
+    target = storage.join(out, folder)
+    fs, path = storage.arrow_filesystem(target)
     try:
-        ds.write_parquet(str(tmp), min_rows_per_file=cfg.rows_per_shard)
-        stats = shard_stats(tmp, objective)
-        manifest = {
-            "key": key,
-            "objective": objective,
-            "tokenizer_hash": tok_hash,
-            "corpus_fingerprint": corpus_fp,
-            "documents": len(corpus),
-            "config": cfg.model_dump(),
-            "seconds": round(time.time() - t0, 2),
-            **stats,
-        }
-        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        ds.write_parquet(path, filesystem=fs, min_rows_per_file=cfg.rows_per_shard)
+        files = sorted(f for f in storage.find(target) if f.endswith(".parquet"))
+        stats = shard_stats([storage.join(target, f) for f in files], objective)
+    except BaseException:
+        storage.remove(target)
+        raise
+    manifest = {
+        "key": key,
+        "objective": objective,
+        "tokenizer_hash": tok_hash,
+        "corpus_fingerprint": corpus_fp,
+        "documents": len(corpus),
+        "config": cfg.model_dump(),
+        "seconds": round(time.time() - t0, 2),
+        "folder": folder,
+        **stats,
+    }
+    storage.write_json(storage.join(out, "manifest.json"), manifest)  # last: the set is complete
+    for old in storage.listdir(out):  # sets built from other inputs
+        if old.startswith("shards-") and old != folder:
+            storage.remove(storage.join(out, old))
     manifest["reused"] = False
     return manifest
 
 
 def shard_files(out_dir: str | os.PathLike) -> list[str]:
-    return sorted(str(p) for p in Path(out_dir).glob("*.parquet"))
+    """The shards of a finished example set (local paths or URIs), in order."""
+    manifest = read_manifest(out_dir)
+    if not manifest or not manifest.get("folder"):
+        raise FileNotFoundError(f"{out_dir}: no finished example set (no manifest.json)")
+    return [storage.join(out_dir, manifest["folder"], f) for f in manifest["shards"]]
 
 
-def shard_stats(out_dir: str | os.PathLike, objective: Objective) -> dict:
-    """Counts read back from the shards (cheap: only the columns needed)."""
-    import pyarrow.compute as pc
+def read_shards(files: list[str], columns: list[str] | None = None):
+    """Shards (local paths or URIs) as one Arrow table."""
     import pyarrow.parquet as pq
 
-    files = shard_files(out_dir)
+    tables = []
+    for f in files:
+        fs, path = storage.arrow_filesystem(f)
+        tables.append(pq.read_table(path, columns=columns, filesystem=fs))
+    return pa.concat_tables(tables)
+
+
+def shard_stats(files: list[str], objective: Objective) -> dict:
+    """Counts read back from the shards (cheap: only the columns needed)."""
+    import pyarrow.compute as pc
+
     n = tokens = random_next = 0
     for f in files:
-        t = pq.read_table(
-            f, columns=["input_ids"] + (["next_sentence_label"] if objective == "bert" else [])
+        t = read_shards(
+            [f], columns=["input_ids"] + (["next_sentence_label"] if objective == "bert" else [])
         )
         n += t.num_rows
         tokens += int(pc.sum(pc.list_value_length(t["input_ids"])).as_py() or 0)
         if objective == "bert":
             random_next += int(pc.sum(pc.equal(t["next_sentence_label"], 1)).as_py() or 0)
-    stats = {"examples": n, "tokens": tokens, "shards": [os.path.basename(f) for f in files]}
+    stats = {"examples": n, "tokens": tokens, "shards": [f.rsplit("/", 1)[-1] for f in files]}
     if objective == "bert":
         stats["nsp_random_fraction"] = round(random_next / n, 4) if n else 0.0
     return stats

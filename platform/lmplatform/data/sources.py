@@ -110,7 +110,15 @@ def resolve_files(source: DataSource) -> list[str]:
     from lmplatform.data.sample import resolve_sample_uri
 
     path = resolve_sample_uri(source.path)
-    fs, _, paths = fsspec.get_fs_token_paths(path, storage_options=source.storage_options)
+    try:
+        fs, _, paths = fsspec.get_fs_token_paths(path, storage_options=source.storage_options)
+    except ImportError as e:
+        from lmplatform.storage import CLOUD_EXTRA
+
+        raise DataError(
+            f"{source.path}: the filesystem for this URI is not installed ({e}); install the "
+            f"cloud extra: {CLOUD_EXTRA}"
+        ) from None
     files: list[str] = []
     for p in paths:
         if fs.isdir(p):
