@@ -9,7 +9,7 @@ SRC := $(wildcard platform jobs tests bench serve)
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test demo lint format stop clean
+.PHONY: setup test demo lint format stop clean image
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ demo: setup
 	@echo "  curl -s 127.0.0.1:8000/v1/tasks"
 	@echo "  curl -s -X POST 127.0.0.1:8000/v1/predict/sentiment-sample -d '{\"inputs\": [\"a great film\"]}'"
 	@echo "  http://127.0.0.1:8000/docs    report: runs/demo/report.html    dashboard: http://127.0.0.1:$(DASHBOARD_PORT)"
+
+# the cluster nodes' image (docker/Dockerfile); cluster.yaml's docker.image names it
+IMAGE ?= lmplatform:0.1.0
+image:
+	docker build -f docker/Dockerfile -t $(IMAGE) .
 
 lint: setup
 	$(VENV)/bin/ruff check $(SRC)

@@ -19,6 +19,26 @@ os.environ["LMPLATFORM_CACHE"] = str(_CACHE / "lmplatform")
 os.environ["HF_DATASETS_CACHE"] = str(_CACHE / "hf-datasets")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# An S3 API on loopback (moto in server mode, started on first use by `s3_server`). Its endpoint
+# and credentials go into the environment now, before Ray starts, so every process of the
+# session (Ray workers, job drivers, subprocesses) reaches the same store the standard way.
+S3_PORT = _free_port()
+os.environ.update(
+    AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}",
+    AWS_ACCESS_KEY_ID="lmplatform-test",
+    AWS_SECRET_ACCESS_KEY="lmplatform-test-secret",
+    AWS_DEFAULT_REGION="us-east-1",
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -28,6 +48,47 @@ def shared_data() -> Path:
     if not (SHARED / "README.md").is_file():
         pytest.fail(f"the shared data is missing: expected it at {SHARED} (see DEVELOPERS.md)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", S3_PORT), 0.5).close()
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"moto S3 server did not start on 127.0.0.1:{S3_PORT}")
+            time.sleep(0.2)
+    yield os.environ["AWS_ENDPOINT_URL"]
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on the loopback S3 server: 's3://<name>'."""
+    import uuid
+
+    from lmplatform import storage
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    fs, _ = storage.filesystem(f"s3://{name}")
+    fs.mkdir(name)
+    return f"s3://{name}"
 
 
 @pytest.fixture(scope="session")

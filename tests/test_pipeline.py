@@ -64,6 +64,37 @@ def test_cluster_yaml_passes_ray_schema_and_fits_the_gpu_pipeline():
     assert all(f.registry == pre.registry for f in tasks) and serve.registry == pre.registry
 
 
+CLUSTER_CONFIGS = ["pretrain/bert-base.yaml", "pretrain/gpt-base.yaml", "pretrain/lstm-base.yaml"]
+
+
+def test_no_shipped_cluster_config_reads_or_writes_a_local_path():
+    """A local path on a cluster is a different folder on every node (or missing from the job's
+    working_dir): every location in the cluster configs must be object storage."""
+    from lmplatform.config import load_config
+    from lmplatform.jobconfig import PretrainJobConfig
+    from lmplatform.pipeline import PipelineConfig, resolve
+
+    def remote(uri: str) -> bool:
+        return "://" in uri and not uri.startswith(("file://", "sample://"))
+
+    pre, tasks, serve = resolve(
+        load_config(PipelineConfig, ROOT / "jobs/configs/pipeline/cluster-gpu.yaml")
+    )
+    jobs = [
+        pre,
+        *[load_config(PretrainJobConfig, ROOT / "jobs/configs" / c) for c in CLUSTER_CONFIGS],
+    ]
+    places = {f"{j.name}.corpus": j.corpus.source.path for j in jobs}
+    places.update({f"{j.name}.output_dir": j.output_dir for j in [*jobs, *tasks]})
+    places.update({f"{j.name}.registry": j.registry for j in [*jobs, *tasks]})
+    places["serve.registry"] = serve.registry
+    for t in tasks:
+        places[f"{t.name}.train"] = t.task.train.path
+        places[f"{t.name}.dev"] = t.task.dev.path
+    local = {k: v for k, v in places.items() if not remote(v)}
+    assert not local, local
+
+
 def test_preflight_reports_planted_problems_with_fixes(ray_local, tmp_path):
     from lmplatform import preflight
 
