@@ -162,7 +162,11 @@ def worker_loop(config: dict) -> None:
 
     # rank 0 logs into a local mirror of the run folder (which may be s3://…), pushed with every
     # report; a resumed run, on any node, appends to the metrics it had
-    mirror = storage.Mirror(config["run_dir"], pull=("metrics.jsonl",)) if rank == 0 else None
+    mirror = (
+        storage.Mirror(config["run_dir"], pull=("metrics.jsonl",), every_s=30)
+        if rank == 0
+        else None
+    )
     writer = None
     if mirror is not None:
         from tensorboardX import SummaryWriter
@@ -216,7 +220,7 @@ def worker_loop(config: dict) -> None:
         last_report[0] = time.time()
         if mirror is not None:
             writer.flush()
-            mirror.push()
+            mirror.push(force=checkpointing)  # with every checkpoint, else at most every 30 s
         report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         report.update(elapsed_s=time.time() - t0)
         if checkpointing:

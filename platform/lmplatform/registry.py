@@ -193,7 +193,10 @@ class Registry:
         every file) goes last. Returns the version."""
         self._check_kind(kind)
         check_name(name)
-        _check_finite(metadata, f"metadata of {kind}/{name}")
+        value = metadata.get("value")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RegistryError(f"{kind}/{name}: non-finite value {value!r} (a diverged run?)")
+        metadata = _finite_or_null(metadata, f"metadata of {kind}/{name}")
         if isinstance(metadata.get("parent"), str):
             check_ref(metadata["parent"].removeprefix("random:"), "parent")
         src = Path(folder)
@@ -214,7 +217,10 @@ class Registry:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": checksums,
         }
-        storage.write_json(storage.join(dest, "metadata.json"), meta)
+        storage.write_bytes(
+            storage.join(dest, "metadata.json"),
+            json.dumps(meta, indent=2, allow_nan=False).encode(),
+        )
         return version
 
     def _claim(self, kind: str, name: str) -> str:
@@ -354,16 +360,17 @@ def _verify(folder: Path, meta: dict, ref: str) -> None:
             )
 
 
-def _check_finite(data, where: str) -> None:
-    """Refuse NaN/inf anywhere in metadata (JSON would write them as invalid tokens)."""
+def _finite_or_null(data, where: str):
+    """Metadata is strict JSON: a NaN/inf besides the promoted value (an auxiliary metric of a
+    diverged step, say) is stored as null, with a warning naming it."""
     if isinstance(data, float) and not math.isfinite(data):
-        raise RegistryError(f"{where}: non-finite value {data!r} (a diverged run?)")
+        log.warning(f"{where}: non-finite {data!r} stored as null")
+        return None
     if isinstance(data, dict):
-        for k, v in data.items():
-            _check_finite(v, f"{where}.{k}")
-    elif isinstance(data, list | tuple):
-        for i, v in enumerate(data):
-            _check_finite(v, f"{where}[{i}]")
+        return {k: _finite_or_null(v, f"{where}.{k}") for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite_or_null(v, f"{where}[{i}]") for i, v in enumerate(data)]
+    return data
 
 
 def _dev_fp(meta: dict) -> str | None:

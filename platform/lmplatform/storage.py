@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -274,9 +275,11 @@ class Mirror:
     destination itself and `push()` does nothing.
 
     `pull`: file names to fetch first when they exist remotely, so that appending continues
-    the remote file (a resumed run on another node keeps its earlier metrics)."""
+    the remote file (a resumed run on another node keeps its earlier metrics).
+    `every_s`: a push sooner than this after the last one does nothing unless forced (growing
+    logs are re-uploaded whole: bound what that costs a training loop)."""
 
-    def __init__(self, uri: str | os.PathLike, pull: tuple[str, ...] = ()):
+    def __init__(self, uri: str | os.PathLike, pull: tuple[str, ...] = (), every_s: float = 0):
         self.uri = normalize(uri)
         self.remote = not is_local(self.uri)
         if self.remote:
@@ -285,15 +288,18 @@ class Mirror:
                 if exists(join(self.uri, name)):
                     download(join(self.uri, name), self.local / name)
         else:
-            self.local = Path(self.uri)
+            local_dir = self.uri  # a local destination: pathlib is safe here
+            self.local = Path(local_dir)
             self.local.mkdir(parents=True, exist_ok=True)
         self._pushed: dict[str, tuple[int, int]] = {
             str(p): _stamp(p) for p in self.local.rglob("*") if p.is_file()
         }
+        self.every_s, self._last = every_s, 0.0
 
-    def push(self) -> None:
-        if not self.remote:
+    def push(self, force: bool = False) -> None:
+        if not self.remote or (not force and time.time() - self._last < self.every_s):
             return
+        self._last = time.time()
         for p in sorted(self.local.rglob("*")):
             if p.is_file() and self._pushed.get(str(p)) != (stamp := _stamp(p)):
                 _put_file(p, join(self.uri, p.relative_to(self.local).as_posix()))
