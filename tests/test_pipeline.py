@@ -4,10 +4,8 @@ problems, and `ray job submit` of the demo pipeline (then a resubmission that sk
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -15,8 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-
-BIN = Path(sys.executable).parent
+from raycli import job_submit, start_head, stop
 
 
 def test_cluster_yaml_passes_ray_schema_and_fits_the_gpu_pipeline():
@@ -152,74 +149,21 @@ def test_preflight_cli_prints_one_line_per_problem(tmp_path):
     assert all("-> fix:" in line for line in lines)
 
 
-def _wait(url: str, seconds: float) -> None:
-    import time
-
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return
-        except Exception:
-            time.sleep(1)
-    raise TimeoutError(url)
+DASHBOARD = 8277
 
 
 @pytest.fixture(scope="module")
 def head():
     """A local head on 127.0.0.1 for `ray job submit` (own ports; stopped with its process group)."""
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("RAY_ADDRESS", None)
-    dashboard = 8277
-    proc = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--port=6395",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            "--ray-client-server-port=6396",
-            "--dashboard-agent-listen-port=52367",
-            "--num-cpus=2",
-            f"--temp-dir={tempfile.mkdtemp(prefix='rp', dir='/tmp')}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        _wait(f"http://127.0.0.1:{dashboard}/api/version", 120)
-        yield {"env": {**env, "RAY_AUTH_MODE": "token"}, "address": f"http://127.0.0.1:{dashboard}"}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+    proc = start_head(6395, DASHBOARD, agent_port=52367)
+    yield DASHBOARD
+    stop(proc)
 
 
-def _submit(head, out: Path, port: int) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def _submit(dashboard: int, out: Path, port: int) -> subprocess.CompletedProcess:
+    return job_submit(
+        dashboard,
         [
-            str(BIN / "ray"),
-            "job",
-            "submit",
-            "--address",
-            head["address"],
-            "--working-dir",
-            ".",
-            "--runtime-env",
-            "jobs/runtime_env.yaml",
-            "--",
-            "python",
             "jobs/pipeline.py",
             "--config",
             "jobs/configs/pipeline/demo.yaml",
@@ -230,10 +174,6 @@ def _submit(head, out: Path, port: int) -> subprocess.CompletedProcess:
             'task_overrides=["search.num_samples=2", "train.epochs=1"]',
             f'serve.overrides=["replica_cpus=0", "port={port}", "autoscaling.max_replicas=1"]',
         ],
-        cwd=ROOT,
-        env=head["env"],
-        capture_output=True,
-        text=True,
         timeout=900,
     )
 

@@ -138,37 +138,32 @@ def probe_data(source_json: str) -> str | None:
 
 def check_data(sources: dict[str, object], cluster: bool) -> list[Problem]:
     """`sources`: what -> DataSource (e.g. 'task sst2 train' -> its source)."""
-    if not sources:
-        return []
     blobs = {what: src.model_dump_json() for what, src in sources.items()}
-    problems = []
-    for what, blob in blobs.items():
-        reason = probe_data(blob)
-        if reason:
-            problems.append(
-                Problem(
-                    "data",
-                    f"{what} {sources[what].describe()!r} cannot be read from the driver ({reason})",
-                    "point it at a file every node can read: s3://bucket/... (upload with "
-                    "`python -m lmplatform.storage upload LOCAL s3://bucket/prefix`) or a path "
-                    "inside the job's working_dir",
-                )
-            )
-    if cluster and not problems:
-        for node, reasons in _on_every_node(_node_data, blobs).items():
-            for what, reason in reasons.items():
-                problems.append(
-                    Problem(
-                        "data",
-                        f"{what} {sources[what].describe()!r} cannot be read from node {node} ({reason})",
-                        "use storage every node reads (s3://, or files inside the job's working_dir)",
-                    )
-                )
-    return problems
+    return [
+        Problem(
+            "data",
+            f"{what} {sources[what].describe()!r} cannot be read from {where} ({reason})",
+            "point it at files every node can read: s3://bucket/... (upload with "
+            "`python -m lmplatform.storage upload LOCAL s3://bucket/prefix`) or a path inside "
+            "the job's working_dir",
+        )
+        for what, where, reason in _probe_all(probe_data, blobs, cluster)
+    ]
 
 
-def _node_data(blobs: dict[str, str]) -> dict[str, str]:
-    return {what: r for what, blob in blobs.items() if (r := probe_data(blob))}
+def _probe_all(probe, items: dict[str, str], cluster: bool) -> list[tuple[str, str, str]]:
+    """(what, where, reason) for each item `probe` fails on: on the driver first and then, if
+    the driver passed them all, on every alive node."""
+    failed = [(what, "the driver", r) for what, item in items.items() if (r := probe(item))]
+    if cluster and not failed:
+        for node, reasons in _on_every_node(_probe_each, (probe, items)).items():
+            failed += [(what, f"node {node}", r) for what, r in reasons.items()]
+    return failed
+
+
+def _probe_each(arg) -> dict[str, str]:
+    probe, items = arg
+    return {what: r for what, item in items.items() if (r := probe(item))}
 
 
 def data_wants(pretrain=None, finetunes=()) -> dict[str, object]:
@@ -183,48 +178,27 @@ def data_wants(pretrain=None, finetunes=()) -> dict[str, object]:
 
 
 def check_storage(roots: dict[str, str], cluster: bool) -> list[Problem]:
-    problems = []
-    for what, uri in roots.items():
-        reason = probe_storage(uri)
-        if reason:
+    problems = [
+        Problem(
+            "storage",
+            f"{what} {roots.get(what, '')!r} is not writable from {where} ({reason})",
+            f"point {what} at storage every node can write: s3://bucket/prefix (or an NFS "
+            "mount at the same path on every node)",
+        )
+        for what, where, reason in _probe_all(probe_storage, roots, cluster)
+    ]
+    if cluster and not problems:
+        local = [w for w, u in roots.items() if "://" not in u or u.startswith("file://")]
+        if local and _alive_nodes() > 1:
+            # writable everywhere, but a local path is a different folder on each node
             problems.append(
                 Problem(
                     "storage",
-                    f"{what} {uri!r} is not writable from the driver ({reason})",
-                    f"point {what} at a writable path shared by every node (NFS) or at s3://bucket/prefix",
+                    f"{', '.join(local)} is a local path on a {_alive_nodes()}-node cluster: each node writes its own copy",
+                    "use s3://... (or an NFS mount at the same path on every node)",
                 )
             )
-    if cluster and not problems:
-        for node, reasons in _on_every_node(_node_storage, roots).items():
-            for what, reason in reasons.items():
-                problems.append(
-                    Problem(
-                        "storage",
-                        f"{what} {roots[what]!r} is not writable from node {node} ({reason})",
-                        f"use storage every node mounts (NFS, s3://) for {what}",
-                    )
-                )
-        if not any(p.check == "storage" for p in problems):
-            local = [w for w, u in roots.items() if "://" not in u or u.startswith("file://")]
-            if local and _alive_nodes() > 1:
-                # writable everywhere, but a local path is a different folder on each node
-                problems.append(
-                    Problem(
-                        "storage",
-                        f"{', '.join(local)} is a local path on a {_alive_nodes()}-node cluster: each node writes its own copy",
-                        "use s3://... (or an NFS mount at the same path on every node)",
-                    )
-                )
     return problems
-
-
-def _node_storage(roots: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for what, uri in roots.items():
-        reason = probe_storage(uri)
-        if reason:
-            out[what] = reason
-    return out
 
 
 def _node_imports(_: object) -> dict[str, str]:

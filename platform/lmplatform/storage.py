@@ -147,14 +147,8 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     """Replace the file at `uri` in one step: readers see the old content or the new, never half."""
     u = normalize(uri)
     if is_local(u):
-        d = os.path.dirname(u)
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+        tmp = _local_temp(u, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, u)
         finally:
             if os.path.exists(tmp):
@@ -172,6 +166,18 @@ def write_json(uri: str | os.PathLike, data) -> None:
     write_bytes(uri, json.dumps(data, indent=2).encode())
 
 
+def _local_temp(target: str, data: bytes) -> str:
+    """`data` in a durable temp file beside `target` (same filesystem: renames and links work)."""
+    d = os.path.dirname(target)
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
 _MEMORY_LOCK = threading.Lock()
 
 
@@ -180,14 +186,8 @@ def create_exclusive(uri: str | os.PathLike, data: bytes) -> None:
     of concurrent callers (processes, nodes) succeeds, and the file is complete when it appears."""
     u = normalize(uri)
     if is_local(u):
-        d = os.path.dirname(u)
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+        tmp = _local_temp(u, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.link(tmp, u)  # atomic, fails if the name exists, and the content is already there
         finally:
             os.unlink(tmp)
