@@ -66,11 +66,22 @@ def publish_task(
         },
     )
     metric = "entity_f1" if kind == "token_classification" else "accuracy"
+    classes = entity_types if kind == "token_classification" else labels
+    per_class = {
+        c: {"precision": value, "recall": value, "f1": value, "support": 10} for c in classes
+    }
     version = reg.publish(
         "tasks",
         name,
         folder,
-        {"kind": "task", "metric": metric, "value": value, "parent": parent, "labels": labels},
+        {
+            "kind": "task",
+            "metric": metric,
+            "value": value,
+            "parent": parent,
+            "labels": labels,
+            "per_class": per_class,
+        },
     )
     reg.promote(name, version, value, force=True)
     return version

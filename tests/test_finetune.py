@@ -83,6 +83,7 @@ def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, re
     assert stopped, sr.table  # ASHA cut at least one trial short
     csv = pd.read_csv(Path(sr.run_dir) / "trials.csv")
     assert len(csv) == 4 and "best_accuracy" in csv
+    assert {"f1/negative", "f1/positive"} <= set(csv.columns)  # per class, at the best eval
     assert (Path(sr.run_dir) / "trials.png").stat().st_size > 5000
 
     out = promote(sr)
@@ -95,6 +96,10 @@ def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, re
     assert meta["parent"] == "tiny-bert@v0001" and meta["tokenizer_hash"]
     assert set(meta["hyperparameters"]) >= {"lr", "batch_size", "layer_decay", "transfer"}
     assert set(meta["data_fingerprint"]) == {"train", "dev"}
+    per = meta["per_class"]  # whole-dev evidence per class
+    assert set(per) == {"negative", "positive"}
+    assert sum(v["support"] for v in per.values()) == len(sr.data.dev_rows)
+    assert all(0 <= v["precision"] <= 1 and 0 <= v["recall"] <= 1 for v in per.values())
 
     # the registered folder reproduces the promoted dev metric
     from tokenizers import Tokenizer

@@ -201,6 +201,7 @@ def test_pipeline_job_runs_end_to_end_then_skips_finished_stages(head, tmp_path)
     page = report.read_text()
     images = re.findall(r"<img src='([^']+)'", page)
     assert len(images) >= 4  # pretraining curve + one trials plot per task
+    assert page.count("dev scores per class") == 3  # per class / entity type, every task
     assert all((report.parent / src).is_file() for src in images)
 
     second = _submit(head, out, port)

@@ -81,8 +81,12 @@ def test_health_tasks_and_openapi(served):
     assert by["ner"]["labels"] == NER_LABELS
     for t in tasks:
         assert set(t) == {"task", "type", "labels", "model"}
-        assert set(t["model"]) == {"name", "version", "metric", "value"}
+        assert set(t["model"]) == {"name", "version", "metric", "value", "per_class"}
         assert t["model"]["version"].startswith("v")
+    # dev evidence per class (per entity type for NER) of the served version, from the registry
+    assert set(by["sentiment"]["model"]["per_class"]) == set(by["sentiment"]["labels"])
+    assert set(by["ner"]["model"]["per_class"]) == {"PER", "LOC"}
+    assert set(by["ner"]["model"]["per_class"]["PER"]) == {"precision", "recall", "f1", "support"}
     spec = requests.get(served["url"] + "/openapi.json", timeout=10).json()
     assert {"/healthz", "/v1/tasks", "/v1/predict/{task}", "/v1/fill-mask", "/v1/generate"} <= set(
         spec["paths"]

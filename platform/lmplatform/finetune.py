@@ -27,7 +27,7 @@ from lmplatform import storage
 from lmplatform.data.sources import bio_tags, load_labelled
 from lmplatform.data.tasks import TaskEncoder
 from lmplatform.jobconfig import SEARCHABLE, FinetuneJobConfig, SearchDim
-from lmplatform.metrics import classification_report, entity_f1
+from lmplatform.metrics import classification_report, entity_report
 from lmplatform.models.tasks import TaskModel, build_encoder
 from lmplatform.runtime import ray_storage
 
@@ -180,9 +180,16 @@ def _batches(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: TaskData, rows: list[dict], encoder: TaskEncoder, bs: int = 64
+    model: nn.Module,
+    data: TaskData,
+    rows: list[dict],
+    encoder: TaskEncoder,
+    bs: int = 64,
+    detail: bool = False,
 ) -> dict:
-    """Dev metrics of `model` on `rows` (metric named by the task, plus dev_loss)."""
+    """Dev metrics of `model` on `rows`: the task's metrics, dev_loss, and F1 per class (per
+    entity type for NER) as flat `f1/<label>` values that Tune records for every evaluation.
+    `detail`: also precision, recall, F1 and support per class under `per_class`."""
     t = data.cfg.task
     was_training = model.training
     model.eval()
@@ -208,12 +215,22 @@ def evaluate(
             golds += [r["label"] for r in chunk]
     model.train(was_training)
     if t.type == "token_classification":
-        metrics = {"entity_f1": entity_f1(preds, golds)}
+        rep = entity_report(preds, golds)
+        metrics = {"entity_f1": rep["entity_f1"]}
+        # every entity type of the task, also those the model never predicted nor saw in `rows`
+        per = {e: rep["per_type"].get(e, _EMPTY) for e in (data.entity_types or [])}
     else:
         rep = classification_report(preds, golds, data.label_names)
         metrics = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]}
+        per = rep["per_class"]
     metrics["dev_loss"] = loss_sum / max(n, 1)
+    metrics.update({f"f1/{label}": v["f1"] for label, v in per.items()})
+    if detail:
+        metrics["per_class"] = per
     return metrics
+
+
+_EMPTY = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
 
 
 def eval_subset(data: TaskData) -> list[dict]:
@@ -289,6 +306,7 @@ def run_trial(
             "lr": stepper.lr,
             "trial_seconds": time.time() - t0,
             "restored_from_step": start if restored_from is not None else -1,
+            **{k: v for k, v in ev.items() if k.startswith("f1/")},
         }
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
@@ -570,6 +588,7 @@ def trial_table(results, metric: str) -> list[dict]:
             continue
         row = {"trial": str(df["trial_id"].iloc[-1])}
         row.update({k: r.config[k] for k in sorted(r.config)})
+        best_eval = df.loc[df[metric].idxmax()]
         row.update(
             {
                 f"best_{metric}": float(df[metric].max()),
@@ -580,6 +599,8 @@ def trial_table(results, metric: str) -> list[dict]:
                 "status": "error" if r.error else "done",
             }
         )
+        # F1 per class at the trial's best evaluation: which classes a configuration gets right
+        row.update({k: float(best_eval[k]) for k in df.columns if k.startswith("f1/")})
         rows.append(row)
     return rows
 
@@ -652,7 +673,7 @@ def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
     model.load_state_dict(state["model"])
     tok = Tokenizer.from_str(data.tokenizer_json)
     encoder = TaskEncoder(tok, job.task.type, job.task.max_seq_len)
-    return model, state, evaluate(model, data, data.dev_rows, encoder)
+    return model, state, evaluate(model, data, data.dev_rows, encoder, detail=True)
 
 
 def promote(sr: SearchResult, force: bool = False) -> dict:
@@ -690,7 +711,8 @@ def promote(sr: SearchResult, force: bool = False) -> dict:
             "entity_types": data.entity_types,
             "metric": metric,
             "value": value,
-            "dev": dev,
+            "per_class": dev["per_class"],
+            "dev": {k: v for k, v in dev.items() if k != "per_class"},
             "hyperparameters": hp,
             "parent": data.parent_ref,
             "tokenizer_hash": data.tokenizer_hash,

@@ -287,9 +287,18 @@ def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) 
             "<h2>Fine-tuning winners</h2><table><tr><th>task</th><th>metric</th><th>dev value</th>"
             "<th>version</th><th>best</th><th>trials</th></tr>" + "".join(rows) + "</table>"
         )
+        from lmplatform.registry import Registry, RegistryError
+
+        reg = Registry(cfg.registry)
         for key, s in state.items():
             if key.startswith("finetune:"):
                 task = key.split(":", 1)[1]
+                try:
+                    per = reg.metadata("tasks", task, s["version"]).get("per_class") or {}
+                except (RegistryError, FileNotFoundError):
+                    per = {}
+                if per:
+                    parts.append(_per_class_table(task, s["version"], per))
                 src = copy(storage.join(s["run_dir"], "trials.png"), f"trials_{task}.png")
                 if src:
                     parts.append(
@@ -311,3 +320,17 @@ def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) 
     path = storage.join(out, "report.html")
     storage.write_text(path, "\n".join(parts))
     return path
+
+
+def _per_class_table(task: str, version: str, per: dict) -> str:
+    """Dev precision/recall/F1/support per class of the published model: where it fails."""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(label)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
+        f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
+        for label, v in per.items()
+    )
+    return (
+        f"<h3>{e(task)} {e(version)}: dev scores per class</h3><table><tr><th>class</th>"
+        "<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>" + rows + "</table>"
+    )

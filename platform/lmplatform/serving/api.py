@@ -71,9 +71,18 @@ class ModelRef(BaseModel):
     version: str
 
 
+class ClassScores(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
 class ModelInfo(ModelRef):
     metric: str | None = None
     value: float | None = None
+    per_class: dict[str, ClassScores] | None = None
+    """Dev-set scores per class (per entity type for NER) of the served version."""
 
 
 class TaskInfo(BaseModel):

@@ -38,7 +38,7 @@ log = logging.getLogger("ray.serve")
 
 def _task_ref(reg: Registry, task: str, version: str) -> ModelRef:
     meta = reg.metadata("tasks", task, version)
-    return ModelRef(task, version, meta.get("metric"), meta.get("value"))
+    return ModelRef(task, version, meta.get("metric"), meta.get("value"), meta.get("per_class"))
 
 
 def load_task(reg: Registry, task: str, version: str | None = None) -> TaskPredictor:
@@ -66,6 +66,7 @@ def task_info(p: TaskPredictor) -> dict:
             "version": p.ref.version,
             "metric": p.ref.metric,
             "value": p.ref.value,
+            "per_class": p.ref.per_class,
         },
     }
 

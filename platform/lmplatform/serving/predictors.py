@@ -72,6 +72,8 @@ class ModelRef:
     version: str
     metric: str | None = None
     value: float | None = None
+    per_class: dict | None = None
+    """Dev precision/recall/F1/support per class (per entity type), from the registry."""
 
 
 class TaskPredictor:
