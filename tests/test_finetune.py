@@ -231,7 +231,7 @@ def test_multi_worker_trials_run_a_torch_trainer_and_promote(ray_local, registry
     )
     sr = run_search(job, verbose=0)
     (row,) = sr.table
-    assert row["status"] == "done" and row["steps"] == 2 * (2000 // (32 * 2))  # steps split by 2
+    assert row["status"] == "done" and row["steps"] == 2 * (3000 // (32 * 2))  # steps split by 2
     out = promote(sr)
     assert out["promoted"] and out["value"] > 0.6
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from probes import http_predict, score
 from raycli import job_submit, start_head, stop
 
 
@@ -169,9 +170,8 @@ def _submit(dashboard: int, out: Path, port: int) -> subprocess.CompletedProcess
             "jobs/configs/pipeline/demo.yaml",
             f"output_dir={out}",
             f"registry={out}/registry",
-            # a quick run of the same path: fewer steps and trials
-            'pretrain.overrides=["train.max_steps=40", "train.eval_every=40", "train.checkpoint_every=40"]',
-            'task_overrides=["search.num_samples=2", "train.epochs=1"]',
+            # the demo exactly as `make demo` runs it (its models must pass the probes), on
+            # this test's own port
             f'serve.overrides=["replica_cpus=0", "port={port}", "autoscaling.max_replicas=1"]',
         ],
         timeout=900,
@@ -196,6 +196,10 @@ def test_pipeline_job_runs_end_to_end_then_skips_finished_stages(head, tmp_path)
     names = {t["task"]: t["model"]["version"] for t in tasks["tasks"]}
     assert set(names) == {"sentiment-sample", "topics-sample", "ner-sample"}
     assert all(re.fullmatch(r"v\d{4}", v) for v in names.values())
+    # the demo models answer a newcomer's own sentences (tests/probes.yaml, written by hand)
+    probe = score(http_predict(f"http://127.0.0.1:{port}"))
+    for task, result in probe.items():
+        assert result["right"] >= 0.9, (task, result)
     # the run report and every image it references
     report = out / "demo" / "report.html"
     page = report.read_text()

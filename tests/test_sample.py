@@ -22,10 +22,10 @@ def test_sample_is_deterministic(tmp_path, sample_dir):
 
 def test_sample_files_load_without_bad_rows(sample_dir):
     docs = load_corpus(CorpusConfig(source=DataSource(path="sample://corpus/train.txt")))
-    assert len(docs) == 1500
+    assert len(docs) == 2000
     words = sum(len(t.split()) for t in docs["text"])
     assert words > 100_000
-    for split, n in (("train", 2000), ("dev", 400)):
+    for split, n in (("train", 3000), ("dev", 500)):
         s = load_labelled(
             DataSource(path=f"sample://sentiment/{split}.tsv", text_column="sentence"),
             "classification",
@@ -48,7 +48,7 @@ def test_sample_files_load_without_bad_rows(sample_dir):
         ["PER", "LOC", "ORG", "MISC"],
         0.0,
     )
-    assert len(ner.dataset) == 1500
+    assert len(ner.dataset) == 3000
     assert all(
         len(toks) == len(tags) for toks, tags in zip(ner.dataset["tokens"], ner.dataset["tags"])
     )

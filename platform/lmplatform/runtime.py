@@ -26,6 +26,9 @@ def init_ray(
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
         ray.init(
+            # "local": a new instance even when `ray start` left a cluster running on this
+            # machine (ray.init() would silently join it); clusters are joined via RAY_ADDRESS
+            address="local",
             num_cpus=num_cpus,
             resources=resources,
             include_dashboard=False,

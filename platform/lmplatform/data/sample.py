@@ -1,9 +1,11 @@
 """The embedded sample: a small corpus and three labelled sets that the project writes itself.
 
-Everything is generated from templates and invented names with a fixed seed, so the files are
-identical on every machine (a cluster node that needs them regenerates them locally) and no
-third-party text is copied. The sample is sized so that a demo model visibly learns in minutes
-on a laptop: the corpus shares its vocabulary and facts with the labelled sets, so pretraining
+Everything is generated from templates, word lists and real names (people, places,
+organisations: facts, not copied text) with a fixed seed, so the files are identical on every
+machine (a cluster node that needs them regenerates them locally). The sample is sized so that
+a demo model learns in minutes on a laptop and answers a newcomer's first sentences: ordinary
+review phrases (negation and contrast included), news headlines, and sentences with real names
+in varied contexts. The corpus shares its vocabulary with the labelled sets, so pretraining
 helps the downstream tasks.
 
 Paths written as `sample://<relative path>` in configs resolve to this sample.
@@ -18,274 +20,410 @@ from pathlib import Path
 
 from lmplatform.config import atomic_write_text
 
-VERSION = "v1"
+VERSION = "v2"
 
-_SYL = [
-    "ka",
-    "lo",
-    "ri",
-    "ven",
-    "tor",
-    "mi",
-    "sa",
-    "dun",
-    "bel",
-    "or",
-    "te",
-    "nas",
-    "fi",
-    "gar",
-    "ul",
-    "ze",
-    "pra",
-    "mon",
-    "ly",
-    "esh",
+# Real first and last names, places and organisations (facts, not copied text), so that a demo
+# model meets the kind of names a newcomer types; templates vary the context around them.
+_FIRST = (
+    "John Mary James Anna David Maria Michael Sarah Robert Laura Peter Emma Thomas Julia Daniel "
+    "Sofia Carlos Elena Ahmed Fatima Wei Mei Hiroshi Yuki Raj Priya Olga Ivan Pierre Claire Hans "
+    "Angela Tony Barack Vladimir Emmanuel Kofi Amara Lucas Isabel Marco Giulia Jan Eva Omar Leila "
+    "Kenji Sven Ingrid Paul George Helen Mark Susan Steve Linda Kevin Nancy Jose Ana Boris Nicola"
+).split()
+_LAST = (
+    "Smith Johnson Brown Garcia Miller Davis Wilson Taylor Clark Lewis Walker Young King Wright "
+    "Lopez Hill Scott Green Adams Baker Chen Wang Li Zhang Tanaka Sato Kim Park Singh Patel Kumar "
+    "Khan Ali Hassan Ivanov Petrov Muller Schmidt Fischer Weber Merkel Dubois Martin Bernard Rossi "
+    "Bianchi Silva Santos Costa Fernandez Novak Jansen Andersson Nielsen Okafor Mensah Blair Obama "
+    "Putin Macron Johnson Sturgeon"
+).split()
+_CITIES = [
+    *"London Paris Berlin Madrid Rome Moscow Tokyo Beijing Shanghai Delhi Mumbai Cairo Lagos "
+    "Nairobi Sydney Toronto Chicago Boston Washington Seattle Houston Miami Dallas Atlanta Denver "
+    "Vienna Prague Warsaw Stockholm Oslo Dublin Lisbon Athens Istanbul Dubai Singapore Seoul "
+    "Bangkok Jakarta Manila Lima Brussels Amsterdam Geneva Zurich Frankfurt Munich Milan "
+    "Barcelona Jerusalem Baghdad Kabul Tehran Glasgow Manchester Liverpool Osaka".split(),
+    "New York",
+    "Los Angeles",
+    "San Francisco",
+    "Hong Kong",
+    "Mexico City",
+    "Buenos Aires",
 ]
-_TOWN_END = ["ford", "holm", "wick", "stead", "mere", "burg", "vale", "port"]
-_ORG_END = ["Works", "Group", "Labs", "Union", "Bank", "Motors", "Press", "Systems"]
-_MISC = [
-    "Tovarian",
-    "Melish",
-    "Orkadi",
-    "Sunwake Festival",
-    "Brightwater Cup",
-    "Kelvish",
-    "Amberline Prize",
-    "Doran",
+_COUNTRIES = [
+    *"France Germany Italy Spain Britain Russia China Japan India Brazil Canada Mexico Egypt "
+    "Nigeria Kenya Australia Iraq Iran Israel Pakistan Turkey Poland Sweden Norway Ireland Greece "
+    "Argentina Chile Peru Korea Vietnam Thailand Indonesia Ukraine Texas California Florida Ohio "
+    "Europe Asia Africa Scotland".split(),
+    "South Africa",
+    "United States",
 ]
+_ORGS = [
+    *"Reuters Google Microsoft Apple Amazon IBM Intel Toyota Honda Ford Siemens Nokia Samsung "
+    "Sony Boeing Airbus Shell BP Exxon Pfizer Nestle Unilever Volkswagen BMW Fiat Renault "
+    "Citigroup Barclays HSBC Walmart Disney Netflix Oracle Yahoo NASA NATO FIFA BBC CNN Chelsea "
+    "Arsenal Juventus Interpol UNICEF".split(),
+    "Goldman Sachs",
+    "United Nations",
+    "European Union",
+    "World Bank",
+    "Red Cross",
+    "Manchester United",
+    "Real Madrid",
+    "Associated Press",
+    "Federal Reserve",
+    "General Motors",
+]
+_NATIONAL = (
+    "German French Italian Spanish British Russian Chinese Japanese American European Indian "
+    "Brazilian Canadian Mexican Egyptian Australian Iraqi Israeli Turkish Polish Swedish Irish"
+).split()
+_EVENTS = [
+    "Olympics",
+    "World Cup",
+    "Nobel Prize",
+    "Grand Slam",
+    "Tour de France",
+    "Super Bowl",
+    "Champions League",
+    "Wimbledon",
+    "Oscars",
+    "Euro 2024",
+]
+_DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+_MONTHS = "January February March April May June July August September October November December"
+_MONTHS = _MONTHS.split()
 
+# ---------------------------------------------------------------------------- news topics
+
+# Each topic is a bag of nouns and verbs (in the tenses headlines use); the frames are shared by
+# every topic, so only the words tell topics apart and a model learns the words, not the frames.
 _TOPICS = {
-    "World": [
-        "minister",
-        "border",
-        "treaty",
-        "election",
-        "parliament",
-        "embassy",
-        "protest",
-        "refugees",
-        "summit",
-        "ceasefire",
-    ],
-    "Sports": [
-        "match",
-        "goal",
-        "coach",
-        "season",
-        "striker",
-        "league",
-        "tournament",
-        "champion",
-        "stadium",
-        "referee",
-    ],
-    "Business": [
-        "shares",
-        "profit",
-        "market",
-        "merger",
-        "investors",
-        "revenue",
-        "bank",
-        "prices",
-        "quarter",
-        "exports",
-    ],
-    "Sci/Tech": [
-        "software",
-        "satellite",
-        "researchers",
-        "chip",
-        "network",
-        "laboratory",
-        "telescope",
-        "battery",
-        "robot",
-        "algorithm",
-    ],
+    "World": dict(
+        noun=(
+            "president|prime minister|foreign minister|rebels|government troops|protesters|army|"
+            "diplomats|world leaders|voters|opposition|parliament|ceasefire|peace talks|election|"
+            "border crisis|sanctions|peace deal|constitution|refugees|nuclear programme|"
+            "referendum|war|hostages|embassy|capital|summit|militants|coup|ambassador"
+        ).split("|"),
+        verb=(
+            "meet|met|meets|agree|agreed|agrees|call for|called for|calls for|reject|rejected|"
+            "condemn|condemned|warn|warned|sign|signed|vote on|voted on|protest|protested|"
+            "negotiate|negotiated|elect|elected|invade|invaded|withdraw|withdrew"
+        ).split("|"),
+    ),
+    "Sports": dict(
+        noun=(
+            "striker|coach|champion|team|captain|goalkeeper|club|quarterback|sprinter|fans|title|"
+            "final|match|league|championship|cup final|gold medal|race|tournament|semi-final|"
+            "season|derby|goal|stadium|referee|player|squad|medal|record|playoffs"
+        ).split("|"),
+        verb=(
+            "win|won|wins|lose|lost|loses|beat|beats|score|scored|scores|reach|reached|clinch|"
+            "clinched|defend|defended|draw|drew|sign|signed|resign|resigned|qualify|qualified|"
+            "train|trained"
+        ).split("|"),
+    ),
+    "Business": dict(
+        noun=(
+            "shares|stocks|investors|company|central bank|oil prices|dollar|profits|retail sales|"
+            "economy|exports|stock market|earnings|interest rates|inflation|merger|takeover|"
+            "quarterly results|revenue|market|prices|budget deficit|banks|jobs|sales|euro|"
+            "bonds|tax|unemployment|fuel costs"
+        ).split("|"),
+        verb=(
+            "fall|fell|falls|rise|rose|rises|jump|jumped|jumps|drop|dropped|slump|slumped|"
+            "climb|climbed|climbs|surge|surged|slip|slipped|raise|raised|raises|cut|cuts|"
+            "buy|bought|sell|sold"
+        ).split("|"),
+    ),
+    "Sci/Tech": dict(
+        noun=(
+            "researchers|scientists|engineers|software|chip|computer|astronomers|internet|hackers|"
+            "smartphone|satellite|software update|security flaw|planet|browser|robot|"
+            "search engine|wireless network|telescope|operating system|virus|laptop|space|"
+            "study|technology|website|data|phone|network|genome"
+        ).split("|"),
+        verb=(
+            "unveil|unveiled|unveils|launch|launched|launches|discover|discovered|develop|"
+            "developed|release|released|releases|test|tested|build|built|fix|fixed|hack|hacked|"
+            "study|studied|upgrade|upgraded|design|designed"
+        ).split("|"),
+    ),
 }
-_TOPIC_VERBS = [
-    "announced",
-    "reported",
-    "discussed",
-    "criticised",
-    "welcomed",
-    "questioned",
-    "expected",
-    "reviewed",
-]
 _TOPIC_FRAMES = [
-    "{org} {verb} new {w1} figures on {day} , and the {w2} drew wide attention .",
-    "in {town} , the {w1} was {verb} after the {w2} ended late on {day} .",
-    "{per} said the {w1} would shape the {w2} for months to come .",
-    "officials {verb} the {w1} while the {w2} continued in {town} .",
-    "the {w1} and the {w2} dominated talk in {town} this week .",
+    "{N1} {AUX} {V} {DET} {ADJ} {N2}",
+    "{DET} {ADJ} {N1} {V} {DET} {N2}",
+    "{N1} {V} {N2}",
+    "the {N1} {V} the {N2}",
+    "{N1} {V} after {N2} {V2}",
+    "{N1} and {N2} {V}",
+    "{N1} {V} as {N2} {V2}",
+    "officials say {N1} {V} {N2}",
+    "{N1} {V} {N2} ahead of the {N3}",
+    "the {N1} {V} over {N2}",
+    "{N1} {V} {N2} to reach the {N3}",
+    "{N1} : {N2} {V}",
 ]
-_POS = [
-    "wonderful",
-    "delightful",
-    "moving",
-    "brilliant",
-    "charming",
-    "gripping",
-    "warm",
-    "clever",
-    "beautiful",
-    "joyful",
+# words every topic uses, so that they carry no topic: a model must look at the topic words
+_FILLER = dict(
+    AUX="plans to|prepares to|is set to|hopes to|will|may|could|says it will|promises to".split(
+        "|"
+    ),
+    DET="a|the|his|her|their|its|a new".split("|"),
+    ADJ=(
+        "new|faster|third|big|major|top|first|second|cheaper|record|surprise|long-awaited|"
+        "latest|key|final|early"
+    ).split("|"),
+)
+_TOPIC_TAILS = [
+    "",
+    "",
+    "",
+    " on {day}",
+    " in {city}",
+    " in {country}",
+    " this week",
+    " last year",
+    " , reports say",
 ]
-_NEG = [
-    "dull",
-    "tedious",
-    "clumsy",
-    "awful",
-    "lifeless",
-    "boring",
-    "messy",
-    "bland",
-    "painful",
-    "forgettable",
+# who a headline of each topic may name: a country, a club, a company
+_TOPIC_NAMES = {
+    "World": _COUNTRIES,
+    "Sports": ["Manchester United", "Real Madrid", "Chelsea", "Arsenal", "Juventus", "Brazil"],
+    "Business": (
+        "Toyota Ford Siemens Shell BP Exxon Walmart Boeing Airbus Citigroup Barclays HSBC "
+        "Volkswagen Nestle Unilever Pfizer Disney Fiat Renault"
+    ).split(),
+    "Sci/Tech": "Google Microsoft Apple Amazon IBM Intel Samsung Sony Nokia Oracle Yahoo NASA".split(),
+}
+
+# ---------------------------------------------------------------------------- reviews
+
+_POS = (
+    "wonderful delightful moving brilliant charming gripping warm clever beautiful joyful great "
+    "excellent superb funny touching fantastic amazing enjoyable stunning powerful memorable "
+    "fresh smart witty engaging lovely terrific outstanding impressive heartfelt inspiring "
+    "entertaining good fun perfect magnificent riveting thoughtful hilarious refreshing"
+).split()
+_NEG = (
+    "dull tedious clumsy awful lifeless boring messy bland painful forgettable terrible bad poor "
+    "weak predictable silly stupid slow disappointing confusing horrible flat pointless annoying "
+    "lazy shallow unfunny overlong ugly mediocre dreadful tiresome muddled pretentious "
+    "incoherent sloppy dismal lame"
+).split()
+_POS_IDIOMS = [
+    "highly recommended",
+    "a must see",
+    "worth every minute",
+    "a real treat",
+    "a triumph",
+    "one of the best films of the year",
+    "i loved every minute of it",
+    "a joy to watch",
 ]
-_THINGS = [
-    "film",
-    "story",
-    "acting",
-    "script",
-    "ending",
-    "soundtrack",
-    "cast",
-    "direction",
-    "dialogue",
-    "pacing",
+_NEG_IDIOMS = [
+    "a waste of time",
+    "a total mess",
+    "not worth watching",
+    "a big disappointment",
+    "one of the worst films of the year",
+    "i hated every minute of it",
+    "a chore to sit through",
+    "avoid it",
 ]
-_DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+_LIKE = {1: ["loved", "enjoyed", "liked", "adored"], 0: ["hated", "disliked", "regretted"]}
+_THINGS = (
+    "film movie story acting script ending soundtrack cast direction dialogue pacing plot "
+    "performances characters photography comedy drama thriller"
+).split()
+_ADV = {
+    1: ["beautifully shot", "well acted", "brilliantly written", "wonderfully played"],
+    0: ["badly acted", "poorly written", "painfully slow", "far too long", "too slow"],
+}
+_BE = ["is", "was", "feels", "seems", "felt", "looks"]
+_VERY = ["", "", "", "very ", "really ", "truly ", "so "]
+
+_PLAIN = [
+    "The meeting ended without an agreement .",
+    "It was the third time this year .",
+    "Prices rose sharply last week .",
+    "The talks will resume next month .",
+    "Nobody was hurt in the fire .",
+    "The report will be published later .",
+]
 
 
-def _name(rng: random.Random, parts: int) -> str:
-    return "".join(rng.choice(_SYL) for _ in range(parts)).capitalize()
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 class _World:
-    """A fixed cast of invented people, towns and organisations shared by every file."""
+    """The name lists and one random stream shared by every file."""
 
     def __init__(self, rng: random.Random):
-        self.people = [f"{_name(rng, 2)} {_name(rng, 3)}" for _ in range(120)]
-        self.towns = [_name(rng, 2) + rng.choice(_TOWN_END) for _ in range(60)]
-        self.orgs = [f"{_name(rng, 2)} {rng.choice(_ORG_END)}" for _ in range(50)]
         self.rng = rng
 
+    def person(self) -> str:
+        r = self.rng.random()
+        if r < 0.75:
+            return f"{self.rng.choice(_FIRST)} {self.rng.choice(_LAST)}"
+        return self.rng.choice(_LAST) if r < 0.92 else self.rng.choice(_FIRST)
+
     def pick(self, kind: str) -> str:
-        return self.rng.choice(getattr(self, kind))
+        table = {
+            "city": _CITIES,
+            "country": _COUNTRIES,
+            "org": _ORGS,
+            "national": _NATIONAL,
+            "event": _EVENTS,
+            "day": _DAYS,
+            "month": _MONTHS,
+        }
+        if kind == "person":
+            return self.person()
+        if kind == "place":
+            return self.rng.choice(_CITIES if self.rng.random() < 0.6 else _COUNTRIES)
+        return self.rng.choice(table[kind])
 
 
 def _topic_sentence(w: _World, topic: str) -> str:
     r = w.rng
-    w1, w2 = r.sample(_TOPICS[topic], 2)
+    t = _TOPICS[topic]
+    n1, n2, n3 = r.sample(t["noun"], 3)
+    if r.random() < 0.3:  # a named actor: a country, a club, a company
+        n1 = r.choice(_TOPIC_NAMES[topic])
     frame = r.choice(_TOPIC_FRAMES)
-    return frame.format(
-        org=w.pick("orgs"),
-        verb=r.choice(_TOPIC_VERBS),
-        w1=w1,
-        w2=w2,
-        day=r.choice(_DAYS),
-        town=w.pick("towns"),
-        per=w.pick("people"),
+    tail = r.choice(_TOPIC_TAILS).format(
+        day=w.pick("day"), city=w.pick("city"), country=w.pick("country")
     )
+    filler = {k: r.choice(v) for k, v in _FILLER.items()}
+    text = frame.format(
+        N1=n1, N2=n2, N3=n3, V=r.choice(t["verb"]), V2=r.choice(t["verb"]), **filler
+    )
+    return _cap(f"{text}{tail} .")
 
 
 def _review(w: _World) -> tuple[str, int]:
+    """A short review with its polarity. The frames are shared by both labels; what decides is
+    the words (a large lexicon) and how they are composed: negation flips ("not good", "never
+    boring", "did not like"), and in a contrast the second clause wins."""
     r = w.rng
     label = r.randint(0, 1)
-    main, other = (_POS, _NEG) if label else (_NEG, _POS)
-    thing, thing2 = r.sample(_THINGS, 2)
+
+    def adj(pol: int) -> str:
+        return r.choice(_VERY) + r.choice(_POS if pol else _NEG)
+
+    def clause(pol: int) -> str:
+        thing, be = r.choice(_THINGS), r.choice(_BE)
+        forms = [
+            f"the {thing} {be} {adj(pol)}",
+            f"the {thing} {be} {adj(pol)} and {adj(pol)}",
+            f"the {thing} {be} not {adj(1 - pol)}",  # negated opposite
+            f"it {be} {adj(pol)}",
+            f"it {be} never {adj(1 - pol)}",
+            f"the {thing} {be} {r.choice(_ADV[pol])}",
+        ]
+        return r.choice(forms)
+
+    thing = r.choice(_THINGS)
     forms = [
-        f"the {thing} is {r.choice(main)} and {r.choice(main)} .",
-        f"a {r.choice(main)} {thing} , even if the {thing2} is {r.choice(other)} .",
-        f"although the {thing2} feels {r.choice(other)} , the {thing} is {r.choice(main)} overall .",
-        f"{r.choice(main)} from start to finish , with a {r.choice(main)} {thing} .",
-        f"i found the {thing} {r.choice(main)} , and the {thing2} was {r.choice(main)} too .",
-        f"the {thing} by {w.pick('people')} is simply {r.choice(main)} .",
+        lambda: clause(label),
+        lambda: clause(label),
+        lambda: f"{clause(1 - label)} , but {clause(label)}",
+        lambda: f"although {clause(1 - label)} , {clause(label)}",
+        lambda: f"{adj(label)} and {adj(label)}",
+        lambda: f"{adj(label)} , {adj(label)} and {adj(label)}",
+        lambda: f"a {adj(label)} {thing}",
+        lambda: f"a {adj(label)} {thing} with a {adj(label)} {r.choice(_THINGS)}",
+        lambda: f"{r.choice(_ADV[label])}",
+        lambda: f"i {r.choice(_LIKE[label])} the {thing}",
+        lambda: f"i {r.choice(_LIKE[label])} it",
+        lambda: (
+            f"i did not {r.choice(['like', 'enjoy'])} the {thing}"
+            if not label
+            else "i would watch it again"
+        ),
+        lambda: r.choice(_POS_IDIOMS if label else _NEG_IDIOMS),
+        lambda: f"the {thing} by {w.person()} {r.choice(_BE)} {adj(label)}",
+        lambda: f"the {'best' if label else 'worst'} {thing} of the year",
     ]
-    return r.choice(forms), label
+    text = r.choice(forms)() + r.choice([" .", " .", " !", ""])
+    return (_cap(text) if r.random() < 0.5 else text), label
+
+
+_NER_FRAMES = [
+    "{person} flew from {city} to {city} for a meeting with {org} .",
+    "{person} visited {place} on {day} .",
+    "{person} works for {org} in {city} .",
+    "{org} opened a new factory in {country} .",
+    "The {national} team won the {event} in {city} .",
+    "Shares in {org} fell after {person} spoke in {city} .",
+    "Prime Minister {person} met officials from {org} in {city} .",
+    "Yesterday {org} announced a deal with {org} .",
+    "{person} , a spokesman for {org} , said on {day} that talks would continue .",
+    "On {day} , {person} told reporters in {city} that {org} would cut jobs .",
+    "{org} said its profits rose in {month} .",
+    "President {person} arrived in {country} for a two-day visit .",
+    "{person} scored twice as {org} beat {org} in {city} .",
+    "The {event} will be held in {city} next year .",
+    "{person} of {country} won the gold medal at the {event} .",
+    "Police in {city} arrested {person} on {day} .",
+    "{person} said the {national} government would not change its policy .",
+    "{org} , based in {city} , makes software for banks .",
+    "In {month} , {person} moved to {city} to join {org} .",
+    "A report by {org} said prices in {country} rose by 3 percent .",
+    "{person} and {person} met in {city} .",
+    "Officials from {country} and {country} signed the agreement .",
+    "Thousands of {national} fans travelled to {city} .",
+    "Markets in {city} closed higher on {day} .",
+    "{person} was born in {city} and studied in {country} .",
+    "The {national} company {org} hired {person} as chief executive .",
+    "According to {org} , {person} will leave {city} in {month} .",
+    "{person} thanked {org} after the {event} .",
+]
+_NER_KIND = {"person": "PER", "city": "LOC", "country": "LOC", "place": "LOC", "org": "ORG"}
+_NER_KIND.update(national="MISC", event="MISC")
 
 
 def _ner_sentence(w: _World) -> list[tuple[str, str]]:
+    """Words with IOB2 tags (PER, LOC, ORG, MISC, as CoNLL-2003 tags them: days, months and
+    sentence-initial words are O)."""
     r = w.rng
-
-    def ent(text: str, kind: str) -> list[tuple[str, str]]:
-        words = text.split()
-        return [(words[0], f"B-{kind}")] + [(x, f"I-{kind}") for x in words[1:]]
-
-    def plain(text: str) -> list[tuple[str, str]]:
-        return [(x, "O") for x in text.split()]
-
-    frames = [
-        lambda: (
-            ent(w.pick("people"), "PER")
-            + plain("joined")
-            + ent(w.pick("orgs"), "ORG")
-            + plain("in")
-            + ent(w.pick("towns"), "LOC")
-            + plain(".")
-        ),
-        lambda: (
-            ent(w.pick("orgs"), "ORG")
-            + plain("opened an office in")
-            + ent(w.pick("towns"), "LOC")
-            + plain("on " + r.choice(_DAYS) + " .")
-        ),
-        lambda: (
-            plain("the")
-            + ent(r.choice(_MISC), "MISC")
-            + plain("was won by")
-            + ent(w.pick("people"), "PER")
-            + plain(".")
-        ),
-        lambda: (
-            ent(w.pick("people"), "PER")
-            + plain("travelled from")
-            + ent(w.pick("towns"), "LOC")
-            + plain("to")
-            + ent(w.pick("towns"), "LOC")
-            + plain(".")
-        ),
-        lambda: (
-            plain("according to")
-            + ent(w.pick("people"), "PER")
-            + plain(", the")
-            + ent(r.choice(_MISC), "MISC")
-            + plain("team met")
-            + ent(w.pick("orgs"), "ORG")
-            + plain(".")
-        ),
-        lambda: (
-            plain("shares in")
-            + ent(w.pick("orgs"), "ORG")
-            + plain("rose after")
-            + ent(w.pick("people"), "PER")
-            + plain("spoke .")
-        ),
-    ]
-    return r.choice(frames)()
+    if r.random() < 0.05:
+        return [(x, "O") for x in r.choice(_PLAIN).split()]
+    out: list[tuple[str, str]] = []
+    for part in r.choice(_NER_FRAMES).split():
+        if part.startswith("{") and part.endswith("}"):
+            kind = part[1:-1]
+            words = w.pick(kind).split()
+            tag = _NER_KIND.get(kind)
+            if tag is None:  # days, months
+                out += [(x, "O") for x in words]
+            else:
+                out += [(words[0], f"B-{tag}")] + [(x, f"I-{tag}") for x in words[1:]]
+        else:
+            out.append((part, "O"))
+    return out
 
 
 def _document(w: _World) -> str:
     r = w.rng
-    town, person, org = w.pick("towns"), w.pick("people"), w.pick("orgs")
     topic = r.choice(list(_TOPICS))
     sents = [
-        f"{town} is a town near the river {_name(r, 2)} , known for its {r.choice(['markets', 'bridges', 'orchards', 'harbour', 'mills'])} .",
-        f"{person} was born in {town} and later worked for {org} .",
+        f"{w.pick('city')} is a city in {w.pick('country')} , known for its "
+        f"{r.choice(['markets', 'bridges', 'museums', 'harbour', 'universities'])} .",
+        f"{w.person()} was born there and later worked for {w.pick('org')} .",
     ]
     for _ in range(r.randint(3, 8)):
         kind = r.random()
-        if kind < 0.5:
+        if kind < 0.45:
             sents.append(_topic_sentence(w, topic))
         elif kind < 0.7:
             sents.append(_review(w)[0])
         else:
             sents.append(" ".join(word for word, _ in _ner_sentence(w)))
-    sents.append(f"today {town} has about {r.randint(2, 90)} thousand people .")
+    sents.append(f"Today about {r.randint(2, 90)} thousand people live there .")
     # two paragraphs per document, so document-level structure exists for NSP
     cut = len(sents) // 2
     return " ".join(sents[:cut]) + "\n" + " ".join(sents[cut:])
@@ -295,8 +433,8 @@ def _files(seed: int = 0) -> dict[str, str]:
     rng = random.Random(seed)
     w = _World(rng)
     out: dict[str, str] = {}
-    out["corpus/train.txt"] = "\n\n".join(_document(w) for _ in range(1500)) + "\n"
-    for split, n in (("train", 2000), ("dev", 400)):
+    out["corpus/train.txt"] = "\n\n".join(_document(w) for _ in range(2000)) + "\n"
+    for split, n in (("train", 3000), ("dev", 500)):
         rows = [_review(w) for _ in range(n)]
         out[f"sentiment/{split}.tsv"] = "sentence\tlabel\n" + "".join(
             f"{t}\t{y}\n" for t, y in rows
@@ -306,7 +444,7 @@ def _files(seed: int = 0) -> dict[str, str]:
             topic = rng.choice(list(_TOPICS))
             trows.append((" ".join(_topic_sentence(w, topic) for _ in range(2)), topic))
         out[f"topics/{split}.tsv"] = "".join(f"{t}\t{y}\n" for t, y in trows)
-    for split, n in (("train", 1500), ("dev", 300)):
+    for split, n in (("train", 3000), ("dev", 500)):
         sents = [_ner_sentence(w) for _ in range(n)]
         out[f"ner/{split}.txt"] = "".join(
             "".join(f"{wd} {tag}\n" for wd, tag in s) + "\n" for s in sents

@@ -1,0 +1,62 @@
+"""Score the hand-written probes (tests/probes.yaml) against any way of predicting: the HTTP API
+of a deployment, or predictors loaded from a registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+PROBES = yaml.safe_load((Path(__file__).with_name("probes.yaml")).read_text())
+
+
+def score(predict: Callable[[str, list[str]], list[dict]]) -> dict[str, dict]:
+    """task -> {"right": fraction, "wrong": [(input, expected, got), ...]}.
+    `predict(task, texts)` returns the API's prediction objects, one per text."""
+    out = {}
+    for task, items in PROBES.items():
+        preds = predict(task, [text for text, _ in items])
+        wrong = []
+        for (text, want), pred in zip(items, preds):
+            if "entities" in pred:
+                got = sorted((e["label"], e["text"]) for e in pred["entities"])
+                want = sorted((t, s) for t, s in want)
+            else:
+                got = pred["label"]
+            if got != want:
+                wrong.append((text, want, got))
+        out[task] = {"right": 1 - len(wrong) / len(items), "wrong": wrong}
+    return out
+
+
+def http_predict(url: str) -> Callable[[str, list[str]], list[dict]]:
+    """Predict through a deployment's HTTP API (POST /v1/predict/<task>)."""
+    import json
+    import urllib.request
+
+    def predict(task: str, texts: list[str]) -> list[dict]:
+        req = urllib.request.Request(
+            f"{url}/v1/predict/{task}",
+            data=json.dumps({"inputs": texts}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())["predictions"]
+
+    return predict
+
+
+def registry_predict(registry: str) -> Callable[[str, list[str]], list[dict]]:
+    """Predict with each task's promoted model straight from a registry (no Serve)."""
+    from lmplatform.registry import Registry
+    from lmplatform.serving.deployments import load_task
+
+    reg = Registry(registry)
+
+    def predict(task: str, texts: list[str]) -> list[dict]:
+        p = load_task(reg, task)
+        return p.predict(p.parse(texts))
+
+    return predict
