@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     out = tempfile.mkdtemp(prefix="quality-")
+    from lmplatform.cli import require_model
     from lmplatform.finetune import (
         best_model,
         load_task_data,
@@ -51,11 +52,19 @@ def main() -> None:
     )
     from lmplatform.runtime import init_ray
 
+    jobs = {
+        task: load_config(
+            FinetuneJobConfig,
+            ROOT / "jobs" / "configs" / "tasks" / f"{task}.yaml",
+            [f"output_dir={out}", *args.overrides],
+        )
+        for task in args.tasks
+    }
+    for job in jobs.values():  # before any work: on a fresh checkout, say what to build
+        require_model(job.registry, "pretrained", job.parent)
     init_ray(quiet=True)
     rows = []
-    for task in args.tasks:
-        cfg_path = ROOT / "jobs" / "configs" / "tasks" / f"{task}.yaml"
-        job = load_config(FinetuneJobConfig, cfg_path, [f"output_dir={out}", *args.overrides])
+    for task, job in jobs.items():
         scratch = job.model_copy(
             update={"name": f"{job.name}-random", "parent": f"random:{job.parent}"}
         )

@@ -138,11 +138,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per model process")
     args = p.parse_args()
 
+    from lmplatform.cli import require_model
     from lmplatform.registry import Registry
 
+    # sst2 and the other shared-data tasks come from the shared-cpu pipeline (one command)
+    require_model(args.registry, "tasks", f"{args.task}@best", builder="bert-shared-cpu")
     reg = Registry(args.registry)
-    if reg.best(args.task) is None:
-        raise SystemExit(f"error: task {args.task!r} has no promoted best model in {args.registry}")
     texts = sentences()
     levels = [int(c) for c in args.concurrency.split(",")]
 

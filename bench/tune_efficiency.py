@@ -50,9 +50,11 @@ def main() -> None:
     args = p.parse_args()
     out = tempfile.mkdtemp(prefix="tune-eff-")
     base = load_config(FinetuneJobConfig, args.config, [f"output_dir={out}", *args.overrides])
+    from lmplatform.cli import require_model
     from lmplatform.finetune import load_task_data, run_search, sample_points
     from lmplatform.runtime import init_ray
 
+    require_model(base.registry, "pretrained", base.parent)
     init_ray(quiet=True)
     data = load_task_data(base)
     points = sample_points(base.search.space, args.trials, base.train.seed)

@@ -36,3 +36,28 @@ def run(main: Callable[[], object]) -> None:
     except (ConfigError, DataError, RegistryError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+# what builds each registry model the shipped configs start from (one command each)
+BUILDS = {
+    "bert-sample": "make demo   (or: .venv/bin/python jobs/pretrain.py --config "
+    "jobs/configs/pretrain/bert-sample.yaml registry=REGISTRY)",
+    "bert-shared-cpu": ".venv/bin/python jobs/pipeline.py --config "
+    "jobs/configs/pipeline/shared-cpu.yaml registry=REGISTRY output_dir=$PWD/runs",
+}
+
+
+def require_model(registry: str, kind: str, ref: str, builder: str | None = None) -> None:
+    """Exit 2 with the one command that builds it when `ref` is not in the registry: a bench
+    script on a fresh checkout says what to run instead of failing deep inside a search."""
+    from lmplatform.registry import Registry, RegistryError
+
+    try:
+        Registry(registry).resolve(kind, ref)
+    except RegistryError as e:
+        name = (builder or ref).removeprefix("random:").partition("@")[0]
+        how = BUILDS.get(name, f"publish {kind}/{name} to {registry} first").replace(
+            "REGISTRY", registry
+        )
+        print(f"error: {e}\nbuild it with:\n  {how}", file=sys.stderr)
+        sys.exit(2)
