@@ -1,6 +1,6 @@
 """Does pretraining pay? Dev metric of the promoted model, pretrained start vs random start.
 
-For each task (default: sst2, agnews, conll2003 on the shared data) the task's own search runs
+For each task (default: sst2, agnews, conll2003, spam on the shared data) the task's own search runs
 twice with the same configurations (drawn once from the task's space), trial count, time
 budget and data: once from the pretrained parent
 (`parent` in the task config, bert-shared-cpu: `jobs/pretrain.py --config
@@ -38,7 +38,7 @@ def ran(sr) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", nargs="+", default=["sst2", "agnews", "conll2003"])
+    p.add_argument("--tasks", nargs="+", default=["sst2", "agnews", "conll2003", "spam"])
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     out = tempfile.mkdtemp(prefix="quality-")

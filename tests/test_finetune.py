@@ -274,3 +274,32 @@ def test_pair_classification_trial_learns_and_reports(registry, tmp_path, sample
     assert reports[-1]["step"] == 3 * (1200 // 32)
     assert reports[-1]["dev_loss"] < reports[0]["dev_loss"]
     assert max(r["accuracy"] for r in reports) > 0.6
+
+
+def test_a_single_class_f1_metric_drives_search_and_promotion(ray_local, registry):
+    """metric f1/<class> (spam's metric: the rare class is what matters): Tune searches on it,
+    and the promoted value is that class's whole-dev F1."""
+    from lmplatform.config import ConfigError
+    from lmplatform.finetune import promote, run_search
+    from lmplatform.registry import Registry
+
+    with pytest.raises(ConfigError, match="f1/<class>"):
+        _job(registry, "x", "task.metric=f1/neutral")
+    job = _job(
+        registry,
+        "f1pos",
+        "task.name=sentiment-f1",
+        "task.metric=f1/positive",
+        "search.scheduler=fifo",
+        "search.num_samples=1",
+        "train.epochs=1",
+        'search.space={"lr": {"kind": "choice", "values": [0.001]}}',
+    )
+    sr = run_search(job, verbose=0)
+    assert sr.table[0]["status"] == "done" and "best_f1/positive" in sr.table[0]
+    out = promote(sr)
+    meta = Registry(job.registry).metadata("tasks", "sentiment-f1", out["version"])
+    assert meta["metric"] == "f1/positive"
+    assert (
+        meta["value"] == pytest.approx(meta["per_class"]["positive"]["f1"]) and meta["value"] > 0.6
+    )

@@ -204,8 +204,9 @@ class TaskConfig(StrictModel):
     """Label names (classification) or entity types (token classification); null: from the data."""
     label_names: list[str] | None = None
     """Display names for the labels, in the order of `labels` (e.g. '0','1' -> negative, positive)."""
-    metric: Literal["accuracy", "macro_f1", "entity_f1"] = "accuracy"
-    """Metric to maximise."""
+    metric: str = Field("accuracy", pattern=r"^(accuracy|macro_f1|entity_f1|f1/.+)$")
+    """Metric to maximise: accuracy, macro_f1, entity_f1 (NER), or f1/<class>: the F1 of one
+    class (e.g. f1/spam, where the class that matters is rare)."""
     max_seq_len: int = Field(128, ge=8, le=65536)
     """Inputs are truncated to this many tokens."""
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
@@ -222,6 +223,15 @@ class TaskConfig(StrictModel):
         if self.label_names is not None:
             if self.labels is None or len(self.label_names) != len(self.labels):
                 raise ValueError("label_names needs `labels`, one display name per label")
+        if self.metric.startswith("f1/"):
+            # F1 of one class (e.g. spam): named by its display name, or its label if none
+            names = self.label_names or self.labels
+            target = self.metric[3:]
+            if self.type == "token_classification" or names is None or target not in names:
+                raise ValueError(
+                    f"metric={self.metric!r}: 'f1/<class>' needs a classification task whose "
+                    f"labels (or label_names) include {target!r}"
+                )
         return self
 
 
