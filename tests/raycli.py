@@ -106,3 +106,11 @@ def job_submit(dashboard: int, args: list[str], timeout: float) -> subprocess.Co
         text=True,
         timeout=timeout,
     )
+
+
+def assert_all_skipped(log: str, stages: list[str]) -> None:
+    """A resubmitted pipeline said `skipped` for every stage (nothing ran twice)."""
+    import re
+
+    for stage in stages:
+        assert re.search(rf"\[pipeline\] {re.escape(stage)}: skipped", log), (stage, log[-3000:])

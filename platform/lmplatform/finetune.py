@@ -641,7 +641,7 @@ def format_table(rows: list[dict], metric: str) -> str:
 # --------------------------------------------------------------------------- promotion
 
 
-def best_checkpoint(results, metric: str, sr_output_dir: str = "."):
+def best_checkpoint(results, metric: str, output_dir: str = "."):
     """The checkpoint with the highest metric over every trial and evaluation."""
     best = results.get_best_result(metric=metric, mode="max", scope="all")
     ckpt = best.get_best_checkpoint(metric=metric, mode="max") if best.best_checkpoints else None
@@ -652,7 +652,7 @@ def best_checkpoint(results, metric: str, sr_output_dir: str = "."):
 
             row = df.loc[df[metric].idxmax()]
             # Ray Train's path inside the run storage, on that storage's filesystem
-            fs = storage.arrow_filesystem(storage.join(sr_output_dir, "train"))[0]
+            fs = storage.arrow_filesystem(storage.join(output_dir, "train"))[0]
             ckpt = ray.train.Checkpoint(row["checkpoint_path"], filesystem=fs)
     if ckpt is None:
         raise RuntimeError(

@@ -15,7 +15,6 @@ compare-and-swap promotions from it alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -91,11 +90,6 @@ def exists(uri: str | os.PathLike) -> bool:
     return fs.exists(path)
 
 
-def isdir(uri: str | os.PathLike) -> bool:
-    fs, path = filesystem(uri)
-    return fs.isdir(path)
-
-
 def read_bytes(uri: str | os.PathLike) -> bytes:
     fs, path = filesystem(uri)
     return fs.cat_file(path)
@@ -129,18 +123,6 @@ def find(uri: str | os.PathLike) -> list[str]:
         return []
     root = path.rstrip("/") + "/"
     return sorted(str(p)[len(root) :] for p in fs.find(path) if str(p).startswith(root))
-
-
-def sha256(uri: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    fs, path = filesystem(uri)
-    with fs.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- writing
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
@@ -193,7 +175,7 @@ def create_exclusive(uri: str | os.PathLike, data: bytes) -> None:
             os.unlink(tmp)
         return
     fs, path = filesystem(u)
-    if fs.protocol in ("memory",) or "memory" in fs.protocol:
+    if "memory" in fs.protocol:  # a str or a tuple of names
         with _MEMORY_LOCK:  # in-process filesystem (tests): a lock is exact
             if fs.exists(path):
                 raise FileExistsError(u)
