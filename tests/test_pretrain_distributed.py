@@ -82,6 +82,46 @@ def test_zero_stages_agree_and_zero3_export_reproduces_eval_loss(ray_local, work
     assert list((workdir / "zero3" / "tensorboard").iterdir())
 
 
+def test_continued_pretraining_starts_from_the_registered_model(ray_local, workdir):
+    """init_from (domain/task-adaptive pretraining): the parent's tokenizer and weights are the
+    start (at lr ~0 the result is the parent), lineage names it, a model section that does not
+    describe it is refused."""
+    from lmplatform.config import ConfigError
+    from lmplatform.models.io import from_pretrained
+    from lmplatform.prepare import prepare
+    from lmplatform.pretrain import export_and_register, run_pretraining
+    from lmplatform.registry import Registry
+
+    adapt = [
+        "init_from=zero3",  # registered by the ZeRO test above
+        "corpus.source.path=sample://sentiment/train.tsv",
+        "corpus.source.text_column=sentence",
+        "corpus.document_split=line",
+        "examples.nsp=false",
+    ]
+    with pytest.raises(ConfigError, match=r"init_from=zero3@v0001: .*hidden_size=256"):
+        prepare(_cfg(workdir, "adapt-bad", *adapt, "model.size=mini"))
+    cfg = _cfg(
+        workdir,
+        "adapt",
+        *adapt,
+        "train.max_steps=2",
+        "train.lr=1e-9",
+        "train.checkpoint_every=2",
+        "scaling.num_workers=1",
+    )
+    prepared, result = run_pretraining(cfg)
+    name, version, _ = export_and_register(cfg, prepared, result)
+    reg = Registry(cfg.registry)
+    meta = reg.metadata("pretrained", name, version)
+    parent = reg.metadata("pretrained", "zero3", "v0001")
+    assert meta["lineage"]["init_from"] == "zero3@v0001"
+    assert meta["lineage"]["tokenizer_hash"] == parent["lineage"]["tokenizer_hash"]
+    ours = from_pretrained(reg.local_path("pretrained", name, version)).state_dict()
+    theirs = from_pretrained(reg.local_path("pretrained", "zero3", "v0001")).state_dict()
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in theirs) < 1e-4
+
+
 def test_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, workdir):
     from lmplatform.pretrain import run_pretraining
 

@@ -165,6 +165,28 @@ def test_wikitext_documents_split_at_titles(wikitext_corpus):
     assert docs[0]["text"].startswith("= ")
 
 
+def test_labelled_task_files_are_corpora_for_adaptive_pretraining(shared_data):
+    """Continued pretraining reads a task's own training file as unlabelled text: one
+    document per row (TSV text column) or per sentence (CoNLL words joined)."""
+    conll = load_corpus(
+        CorpusConfig(
+            source=DataSource(path=str(shared_data / "conll2003" / "train.txt"), format="conll"),
+            document_split="line",
+            min_chars=1,
+        )
+    )
+    assert len(conll) == 14041
+    assert conll[0]["text"] == "EU rejects German call to boycott British lamb ."
+    sst2 = load_corpus(
+        CorpusConfig(
+            source=DataSource(path=str(shared_data / "sst2" / "train.tsv"), text_column="sentence"),
+            document_split="line",
+        )
+    )
+    assert 20000 < len(sst2) < 60614  # phrases under min_chars (20) are dropped
+    assert not any(t in ("0", "1") for t in sst2["text"][:100])  # text, never the label
+
+
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_labelled(DataSource(path=str(tmp_path / "nope.tsv")), "classification")

@@ -124,10 +124,14 @@ class PretrainJobConfig(StrictModel):
     """Local or shared folder for run outputs (tokenizer, shards, checkpoints, plots)."""
     registry: str = "registry"
     """Model registry root (local path or s3:// / gs:// URI)."""
+    init_from: str | None = None
+    """Continue pretraining a registered model, 'name[@version]' (domain- or task-adaptive
+    pretraining): its weights and tokenizer are the start, so `tokenizer` is not used and
+    `model` must describe its architecture (dropouts may differ)."""
     corpus: CorpusConfig
     """The text to pretrain on."""
     tokenizer: TokenizerConfig = TokenizerConfig()
-    """Tokenizer to train (or reuse) on the corpus."""
+    """Tokenizer to train (or reuse) on the corpus; not used with `init_from`."""
     model: ModelConfig
     """Model family and size."""
     examples: ExamplesConfig = ExamplesConfig()
@@ -139,6 +143,10 @@ class PretrainJobConfig(StrictModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PretrainJobConfig:
+        if self.init_from is not None:
+            from lmplatform.registry import check_ref
+
+            check_ref(self.init_from, "init_from")
         want = _TOKENIZER_FOR[self.model.family]
         if self.tokenizer.kind != want:
             raise ValueError(

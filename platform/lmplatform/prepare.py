@@ -34,6 +34,8 @@ class Prepared:
     corpus_fingerprint: str
     examples_dir: str
     manifest: dict
+    init_from: str | None = None
+    """'name@version' of the registered model whose weights start the run (continued pretraining)."""
 
 
 def _log(msg: str) -> None:
@@ -79,6 +81,42 @@ def ensure_tokenizer(cfg: TokenizerConfig, corpus, corpus_fp: str, out_dir: str)
     return path
 
 
+def resolve_init(cfg: PretrainJobConfig) -> tuple[str, Path]:
+    """The model `init_from` names: ('name@version', its local folder), after checking that
+    the job's `model` section describes its architecture (weights of another shape cannot
+    load; a silent override would train something else than the config says)."""
+    from lmplatform.config import ConfigError
+    from lmplatform.models.io import read_config
+    from lmplatform.registry import Registry
+
+    reg = Registry(cfg.registry)
+    name, version = reg.resolve("pretrained", cfg.init_from)
+    path = reg.local_path("pretrained", name, version)
+    theirs = read_config(path)["model"]
+    ours = cfg.model.model_dump()
+    regularisers = {"dropout", "attention_dropout", "vocab_size"}  # vocab: from its tokenizer
+    diff = [
+        f"{k}={ours.get(k)!r} (it has {v!r})"
+        for k, v in theirs.items()
+        if k not in regularisers and ours.get(k) != v
+    ]
+    if diff:
+        raise ConfigError(
+            f"init_from={name}@{version}: the model section does not describe that model: "
+            + ", ".join(diff)
+        )
+    return f"{name}@{version}", path
+
+
+def adopt_tokenizer(src: Path, ref: str, out_dir: str) -> str:
+    """Continued pretraining keeps the parent's vocabulary: its tokenizer.json is the run's."""
+    path = storage.join(out_dir, "tokenizer.json")
+    storage.write_bytes(path, src.read_bytes())
+    storage.write_json(storage.join(out_dir, "tokenizer_meta.json"), {"init_from": ref})
+    _log(f"tokenizer: {ref}'s ({tokenizer_hash(src)}) -> {path}")
+    return path
+
+
 def local_tokenizer(uri: str) -> Path:
     """A local copy of a tokenizer.json anywhere, cached by content (so never stale)."""
     data = storage.read_bytes(uri)
@@ -97,7 +135,16 @@ def prepare(cfg: PretrainJobConfig) -> Prepared:
     _log(
         f"corpus: {len(corpus)} documents from {cfg.corpus.source.describe()} [{corpus_fp}] in {time.time() - t0:.1f}s"
     )
-    tok_uri = ensure_tokenizer(cfg.tokenizer, corpus, corpus_fp, storage.join(run_dir, "tokenizer"))
+    init_from = None
+    if cfg.init_from:
+        init_from, init_path = resolve_init(cfg)
+        tok_uri = adopt_tokenizer(
+            init_path / "tokenizer.json", init_from, storage.join(run_dir, "tokenizer")
+        )
+    else:
+        tok_uri = ensure_tokenizer(
+            cfg.tokenizer, corpus, corpus_fp, storage.join(run_dir, "tokenizer")
+        )
     tok_path = local_tokenizer(tok_uri)
     tok_hash = tokenizer_hash(tok_path)
     examples_dir = storage.join(run_dir, "examples")
@@ -124,4 +171,5 @@ def prepare(cfg: PretrainJobConfig) -> Prepared:
         corpus_fingerprint=corpus_fp,
         examples_dir=examples_dir,
         manifest=manifest,
+        init_from=init_from,
     )

@@ -98,12 +98,16 @@ def worker_loop(config: dict) -> None:
         torch.set_num_threads(job.scaling.torch_threads or max(1, int(job.scaling.cpus_per_worker)))
     model_cfg = job.model.model_copy(update={"vocab_size": config["vocab_size"]})
     model = build_pretraining_model(model_cfg)
+    ckpt = ray.train.get_checkpoint()
+    if config["init_from"] and not ckpt:  # a resumed run has its own weights
+        load_init_weights(model, job.registry, config["init_from"])
+        if rank == 0:
+            print(f"[pretrain] weights from pretrained/{config['init_from']}", flush=True)
     if job.scaling.use_gpu:
         model = model.to(ray.train.torch.get_device())
     total = job.train.max_steps
 
     start_step, batches_seen, tokens_seen = 0, 0, 0
-    ckpt = ray.train.get_checkpoint()
     resized = False
     if ckpt:
         with ckpt.as_directory() as d:
@@ -262,6 +266,17 @@ def worker_loop(config: dict) -> None:
     )
 
 
+def load_init_weights(model: torch.nn.Module, registry: str, ref: str) -> None:
+    """Continued pretraining: every weight from the registered model (fetched on this node)."""
+    from safetensors.torch import load_model
+
+    from lmplatform.registry import Registry
+
+    name, version = ref.split("@")
+    path = Registry(registry).local_path("pretrained", name, version)
+    load_model(model, str(path / "model.safetensors"), strict=True)
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -302,6 +317,7 @@ def run_pretraining(
             "tokenizer_json": prepared.tokenizer_path.read_text(),
             "run_dir": prepared.run_dir,
             "vocab_size": prepared.vocab_size,
+            "init_from": prepared.init_from,
             "objective": job.objective,
             "fail_at_step": fail_at_step,
             "fail_marker": fail_marker,
@@ -389,6 +405,7 @@ def export_checkpoint(
                 "corpus_fingerprint": prepared.corpus_fingerprint,
                 "tokenizer_hash": prepared.tokenizer_hash,
                 "examples_key": prepared.manifest["key"],
+                "init_from": prepared.init_from,
                 "checkpoint": source or str(checkpoint),
                 "steps": train_state["step"],
                 "tokens_seen": train_state["tokens"],

@@ -403,8 +403,11 @@ def _documents(source_json: str, document_split: str, min_chars: int, fingerprin
                 yield doc  # a document never spans two files
         if err or rec is None:
             continue
-        line = rec.get(source.text_column if source.text_column in rec else "text")
-        line = "" if line is None else str(line)
+        if source.text_column not in rec and "tokens" in rec:  # CoNLL: a sentence's words
+            line = " ".join(rec["tokens"])
+        else:
+            line = rec.get(source.text_column if source.text_column in rec else "text")
+            line = "" if line is None else str(line)
         if document_split == "line":
             if len(line.strip()) >= max(min_chars, 1):
                 yield {"text": line.strip()}
