@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # the whole path on a local Ray (127.0.0.1): pretraining, three fine-tuning searches, promotion,
 # deployment; the endpoints stay up (make stop). The job's `python` is this project's venv.
