@@ -80,6 +80,9 @@ def main() -> None:
     )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
+    # `--tasks a b key=value`: argparse hands the overrides to --tasks; take them back
+    args.overrides += [t for t in args.tasks if "=" in t]
+    args.tasks = [t for t in args.tasks if "=" not in t]
     out = tempfile.mkdtemp(prefix="quality-")
     from lmplatform.cli import require_model
     from lmplatform.finetune import (

@@ -100,7 +100,7 @@ def worker_loop(config: dict) -> None:
     model = build_pretraining_model(model_cfg)
     ckpt = ray.train.get_checkpoint()
     if config["init_from"] and not ckpt:  # a resumed run has its own weights
-        load_init_weights(model, job.registry, config["init_from"])
+        load_init_weights(model, config["registry"], config["init_from"])
         if rank == 0:
             print(f"[pretrain] weights from pretrained/{config['init_from']}", flush=True)
     if job.scaling.use_gpu:
@@ -318,6 +318,8 @@ def run_pretraining(
             "run_dir": prepared.run_dir,
             "vocab_size": prepared.vocab_size,
             "init_from": prepared.init_from,
+            # absolute: a relative registry path would resolve in the worker's own directory
+            "registry": storage.normalize(job.registry),
             "objective": job.objective,
             "fail_at_step": fail_at_step,
             "fail_marker": fail_marker,
