@@ -268,13 +268,11 @@ def worker_loop(config: dict) -> None:
 
 def load_init_weights(model: torch.nn.Module, registry: str, ref: str) -> None:
     """Continued pretraining: every weight from the registered model (fetched on this node)."""
-    from safetensors.torch import load_model
-
+    from lmplatform.models.io import load_weights
     from lmplatform.registry import Registry
 
     name, version = ref.split("@")
-    path = Registry(registry).local_path("pretrained", name, version)
-    load_model(model, str(path / "model.safetensors"), strict=True)
+    load_weights(model, Registry(registry).local_path("pretrained", name, version))
 
 
 # --------------------------------------------------------------------------- driver

@@ -189,8 +189,8 @@ class Registry:
     # ----------------------------------------------------------------- writing
 
     def publish(self, kind: str, name: str, folder: str | os.PathLike, metadata: dict) -> str:
-        """Copy a saved model folder in as the next version; metadata.json (with the sha256 of
-        every file) goes last. Returns the version."""
+        """Copy a saved model folder in as the next version; metadata.json (the folder's own,
+        updated with `metadata` and the sha256 of every file) goes last. Returns the version."""
         self._check_kind(kind)
         check_name(name)
         value = metadata.get("value")
@@ -200,7 +200,10 @@ class Registry:
         if isinstance(metadata.get("parent"), str):
             check_ref(metadata["parent"].removeprefix("random:"), "parent")
         src = Path(folder)
-        files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != "metadata.json")
+        own = src / "metadata.json"  # the folder's own description (model config, head…)
+        if own.is_file():
+            metadata = {**_parse_metadata(own.read_bytes(), str(own), str(own)), **metadata}
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p != own)
         if not files:
             raise RegistryError(f"{src}: nothing to publish (no files)")
         version = self._claim(kind, name)

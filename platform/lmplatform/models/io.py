@@ -1,13 +1,19 @@
-"""`save_pretrained` / `from_pretrained` folders, and export to Hugging Face `transformers` folders.
+"""Saved model folders: ours and transformers' at once, plus import from transformers folders.
 
-Our folder: `model.safetensors` (shared tensors such as tied embeddings stored once),
-`config.json` (family config, kind, task), and `tokenizer.json` when given. Folders are written
-to a temporary sibling and renamed into place: a reader never sees half a model.
+A folder is what `transformers` expects (see `models/hf.py` for the mapping):
 
-The Hugging Face export renames (and for GPT-2's Conv1D, transposes) weights so that
-`BertForMaskedLM` / `BertForSequenceClassification` / `BertForTokenClassification` and
-`GPT2LMHeadModel` / `GPT2ForSequenceClassification` / `GPT2ForTokenClassification` load them
-and compute the same outputs. `transformers` itself is not needed to export.
+    config.json                 transformers config (model_type, architectures, id2label, …)
+    model.safetensors           weights under transformers' names (tied tensors stored once)
+    tokenizer.json              the `tokenizers` tokenizer, with tokenizer_config.json and
+                                special_tokens_map.json naming every special token
+    metadata.json               platform data only: our model config, kind, head, labels, …
+    modeling_lmplatform.py      only for heads transformers has no class for (mean pooling)
+
+so `AutoModel….from_pretrained(folder)` and `pipeline(…, model=folder)` work on every BERT and
+GPT folder we write, the registry's included (publish merges this metadata.json into the
+version's). The biLM keeps our own weight names. Folders are written to a temporary sibling
+and renamed into place: a reader never sees half a model. Folders of format 1 (our config in
+config.json, our weight names) still load.
 """
 
 from __future__ import annotations
@@ -19,15 +25,18 @@ import uuid
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from lmplatform.models.bert import BertConfig, BertEncoder
-from lmplatform.models.gpt import GPT, GPTConfig
-from lmplatform.models.lstm import BiLM, LSTMConfig
+from lmplatform.models import hf
+from lmplatform.models.bert import BertConfig
+from lmplatform.models.gpt import GPTConfig
+from lmplatform.models.lstm import LSTMConfig
 from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model, encoder_of
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+META = "metadata.json"
+WEIGHTS = "model.safetensors"
 _CONFIGS = {"bert": BertConfig, "gpt": GPTConfig, "lstm": LSTMConfig}
 
 
@@ -60,9 +69,25 @@ def _describe(model: nn.Module) -> dict:
     if isinstance(model, TaskModel):
         return {
             "kind": "task",
-            "task": {"type": model.kind, "num_labels": model.num_labels, "frozen": model.frozen},
+            "head": {"type": model.kind, "num_labels": model.num_labels, "frozen": model.frozen},
         }
-    return {"kind": "pretraining"}
+    return {"kind": "pretrained"}
+
+
+def _specials(tokenizer_json: Path | None) -> tuple[dict, dict]:
+    """(ids, token strings) of the special tokens a tokenizer.json defines."""
+    if tokenizer_json is None:
+        return {"pad": 0}, {}
+    from lmplatform.tokenization import BERT_SPECIALS, EOT, load_tokenizer, special_tokens
+
+    tok = load_tokenizer(tokenizer_json)
+    ids = vars(special_tokens(tok))
+    vocab = tok.get_vocab()
+    names = dict(zip(("pad", "unk", "cls", "sep", "mask"), BERT_SPECIALS))
+    strings = {f"{k}_token": v for k, v in names.items() if v in vocab}
+    if EOT in vocab:
+        strings["eos_token"] = EOT
+    return ids, strings
 
 
 def save_pretrained(
@@ -71,28 +96,55 @@ def save_pretrained(
     tokenizer: str | os.PathLike | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write weights, config and tokenizer as one folder; `extra` lands in config.json (labels…)."""
+    """Write weights, configs and tokenizer as one folder that we and transformers both load;
+    `extra` (labels, max_seq_len, task name…) lands in metadata.json."""
     cfg = model.cfg
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "model": cfg.model_dump(),
-        **_describe(model),
-        **(extra or {}),
-    }
+    meta = {"format_version": FORMAT_VERSION, "model": cfg.model_dump(), **_describe(model)}
+    meta.update(extra or {})
+    tok_file = None
+    if tokenizer is not None:
+        tok_file = Path(tokenizer)
+        tok_file = tok_file / "tokenizer.json" if tok_file.is_dir() else tok_file
+    ids, strings = _specials(tok_file)
     with _AtomicDir(out_dir) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-        if tokenizer is not None:
-            src = Path(tokenizer)
-            shutil.copyfile(src / "tokenizer.json" if src.is_dir() else src, tmp / "tokenizer.json")
+        if cfg.family == "lstm":
+            save_model(model, str(tmp / WEIGHTS))
+        else:
+            save_file(hf.state_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        config = hf.hf_config(model, meta.get("labels"), ids)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if hf.uses_mean_pool(model):
+            shutil.copyfile(Path(hf.__file__).with_name("hf_modeling.py"), tmp / hf.MEANPOOL_CODE)
+        if tok_file is not None:
+            shutil.copyfile(tok_file, tmp / "tokenizer.json")
+            max_len = int(meta.get("max_seq_len") or cfg.max_seq_len)
+            family = "bert" if cfg.family == "bert" else "gpt"
+            for name, content in hf.tokenizer_files(family, max_len, strings).items():
+                (tmp / name).write_text(json.dumps(content, indent=2))
+        (tmp / META).write_text(json.dumps(meta, indent=2))
     return Path(out_dir)
 
 
 def read_config(path: str | os.PathLike) -> dict:
-    p = Path(path) / "config.json"
-    if not p.is_file():
-        raise FileNotFoundError(f"{path}: not a saved model (no config.json)")
-    return json.loads(p.read_text())
+    """A saved folder's platform data (metadata.json; in the registry, the version's metadata)."""
+    folder = Path(path)
+    if (folder / META).is_file():
+        meta = json.loads((folder / META).read_text())
+        if "model" in meta:
+            return meta
+    legacy = folder / "config.json"
+    if legacy.is_file():
+        old = json.loads(legacy.read_text())
+        if "model" in old and "format_version" in old:  # format 1: our data in config.json
+            head = old.pop("task", None)
+            kind = "task" if old.get("kind") == "task" else "pretrained"
+            return {**old, "kind": kind, **({"head": head} if head else {})}
+        if "model_type" in old:
+            raise FileNotFoundError(
+                f"{path}: a transformers folder, not one of ours: use it as `parent: hf:{path}` "
+                f"(or `init_from: hf:{path}`) to import it"
+            )
+    raise FileNotFoundError(f"{path}: not a saved model (no {META} describing it)")
 
 
 def model_config(meta: dict):
@@ -105,14 +157,26 @@ def from_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> nn.Mo
     meta = read_config(path)
     cfg = model_config(meta)
     if meta["kind"] == "task":
-        t = meta["task"]
+        h = meta["head"]
         model = TaskModel(
-            build_encoder(cfg), t["type"], t["num_labels"], frozen=t.get("frozen", False)
+            build_encoder(cfg), h["type"], h["num_labels"], frozen=h.get("frozen", False)
         )
     else:
         model = build_pretraining_model(cfg)
-    load_model(model, str(Path(path) / "model.safetensors"), device=map_location)
+    load_weights(model, path, meta, map_location)
     return model
+
+
+def load_weights(
+    model: nn.Module, path: str | os.PathLike, meta: dict | None = None, map_location="cpu"
+) -> None:
+    """Every weight of a saved folder into `model` (which must have its architecture)."""
+    meta = meta or read_config(path)
+    file = str(Path(path) / WEIGHTS)
+    if meta.get("format_version", 1) >= 2 and meta["model"]["family"] != "lstm":
+        hf.load_hf_state(model, load_file(file, device=map_location), str(path))
+    else:
+        load_model(model, file, strict=True, device=map_location)
 
 
 def task_model_from_pretrained(
@@ -129,173 +193,91 @@ def task_model_from_pretrained(
     return TaskModel(encoder, kind, num_labels, dropout=drop, frozen=frozen)
 
 
-# --------------------------------------------------------------------------- Hugging Face export
+# --------------------------------------------------------------------------- transformers
 
 
-def _bert_encoder_state(enc: BertEncoder, prefix: str, pooler: bool) -> dict[str, torch.Tensor]:
-    c = enc.cfg
-    s = {
-        f"{prefix}embeddings.word_embeddings.weight": enc.tok_emb.weight,
-        f"{prefix}embeddings.position_embeddings.weight": enc.pos_emb.weight,
-        f"{prefix}embeddings.token_type_embeddings.weight": enc.type_emb.weight,
-        f"{prefix}embeddings.LayerNorm.weight": enc.emb_ln.weight,
-        f"{prefix}embeddings.LayerNorm.bias": enc.emb_ln.bias,
-    }
-    for i, layer in enumerate(enc.layers):
-        p = f"{prefix}encoder.layer.{i}."
-        for name, w, b in zip(
-            ("query", "key", "value"),
-            layer.attn.qkv.weight.split(c.hidden_size),
-            layer.attn.qkv.bias.split(c.hidden_size),
-        ):
-            s[f"{p}attention.self.{name}.weight"] = w
-            s[f"{p}attention.self.{name}.bias"] = b
-        for ours, theirs in (
-            (layer.attn.out, "attention.output.dense"),
-            (layer.attn_ln, "attention.output.LayerNorm"),
-            (layer.ffn_in, "intermediate.dense"),
-            (layer.ffn_out, "output.dense"),
-            (layer.ffn_ln, "output.LayerNorm"),
-        ):
-            s[f"{p}{theirs}.weight"] = ours.weight
-            s[f"{p}{theirs}.bias"] = ours.bias
-    if pooler:
-        s[f"{prefix}pooler.dense.weight"] = enc.pooler.weight
-        s[f"{prefix}pooler.dense.bias"] = enc.pooler.bias
-    return s
-
-
-def _bert_hf_config(c: BertConfig, arch: str, pad_id: int) -> dict:
-    return {
-        "architectures": [arch],
-        "model_type": "bert",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "num_hidden_layers": c.num_layers,
-        "num_attention_heads": c.num_heads,
-        "intermediate_size": c.intermediate_size,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": c.dropout,
-        "attention_probs_dropout_prob": c.attention_dropout,
-        "max_position_embeddings": c.max_seq_len,
-        "type_vocab_size": c.type_vocab_size,
-        "initializer_range": c.initializer_range,
-        "layer_norm_eps": c.layer_norm_eps,
-        "pad_token_id": pad_id,
-        "tie_word_embeddings": True,
-    }
-
-
-def _gpt_state(g: GPT, prefix: str) -> dict[str, torch.Tensor]:
-    s = {f"{prefix}wte.weight": g.tok_emb.weight, f"{prefix}wpe.weight": g.pos_emb.weight}
-    for i, b in enumerate(g.blocks):
-        p = f"{prefix}h.{i}."
-        # GPT-2 uses Conv1D layers, whose weights are stored (in, out): the transpose of Linear
-        for ours, theirs in (
-            (b.attn.qkv, "attn.c_attn"),
-            (b.attn.out, "attn.c_proj"),
-            (b.fc, "mlp.c_fc"),
-            (b.proj, "mlp.c_proj"),
-        ):
-            s[f"{p}{theirs}.weight"] = ours.weight.t()
-            s[f"{p}{theirs}.bias"] = ours.bias
-        for ours, theirs in ((b.ln_1, "ln_1"), (b.ln_2, "ln_2")):
-            s[f"{p}{theirs}.weight"] = ours.weight
-            s[f"{p}{theirs}.bias"] = ours.bias
-    s[f"{prefix}ln_f.weight"] = g.ln_f.weight
-    s[f"{prefix}ln_f.bias"] = g.ln_f.bias
-    return s
-
-
-def _gpt_hf_config(c: GPTConfig, arch: str, pad_id: int | None) -> dict:
-    return {
-        "architectures": [arch],
-        "model_type": "gpt2",
-        "vocab_size": c.vocab_size,
-        "n_embd": c.hidden_size,
-        "n_layer": c.num_layers,
-        "n_head": c.num_heads,
-        "n_inner": c.intermediate_size,
-        "n_positions": c.max_seq_len,
-        "activation_function": "gelu_new",
-        "resid_pdrop": c.dropout,
-        "embd_pdrop": c.dropout,
-        "attn_pdrop": c.dropout,
-        "layer_norm_epsilon": c.layer_norm_eps,
-        "initializer_range": c.initializer_range,
-        "pad_token_id": pad_id,
-        "tie_word_embeddings": True,
-    }
-
-
-def export_hf(
-    model: nn.Module,
-    out_dir: str | os.PathLike,
-    tokenizer: str | os.PathLike | None = None,
-    labels: list[str] | None = None,
-    pad_id: int = 0,
-) -> Path:
-    """Write a folder that `transformers` loads with `AutoModelFor…` / the classes named above."""
-    if isinstance(model, TaskModel):
-        enc, kind = model.encoder, model.kind
-    else:
-        enc, kind = encoder_of(model), "pretraining"
-    if isinstance(enc, BiLM):
-        raise ValueError("the ELMo-style biLM has no Hugging Face counterpart to export to")
-    is_bert = isinstance(enc, BertEncoder)
-    if kind == "pretraining":
-        if is_bert:
-            m = model
-            state = _bert_encoder_state(m.bert, "bert.", pooler=True)
-            state.update(
-                {
-                    "cls.predictions.transform.dense.weight": m.mlm_dense.weight,
-                    "cls.predictions.transform.dense.bias": m.mlm_dense.bias,
-                    "cls.predictions.transform.LayerNorm.weight": m.mlm_ln.weight,
-                    "cls.predictions.transform.LayerNorm.bias": m.mlm_ln.bias,
-                    "cls.predictions.bias": m.mlm_bias,
-                    "cls.seq_relationship.weight": m.nsp.weight,
-                    "cls.seq_relationship.bias": m.nsp.bias,
-                }
-            )
-            hf = _bert_hf_config(enc.cfg, "BertForPreTraining", pad_id)
-        else:
-            state = _gpt_state(enc, "transformer.")
-            hf = _gpt_hf_config(enc.cfg, "GPT2LMHeadModel", pad_id)
-    else:
-        seq = kind != "token_classification"
-        if is_bert:
-            state = _bert_encoder_state(enc, "bert.", pooler=seq)
-            state["classifier.weight"] = model.head.weight
-            state["classifier.bias"] = model.head.bias
-            arch = "BertForSequenceClassification" if seq else "BertForTokenClassification"
-            hf = _bert_hf_config(enc.cfg, arch, pad_id)
-            hf["classifier_dropout"] = model.drop.p
-        else:
-            state = _gpt_state(enc, "transformer.")
-            if seq:
-                state["score.weight"] = model.head.weight
-            else:
-                state["classifier.weight"] = model.head.weight
-                state["classifier.bias"] = model.head.bias
-            arch = "GPT2ForSequenceClassification" if seq else "GPT2ForTokenClassification"
-            hf = _gpt_hf_config(enc.cfg, arch, pad_id)
-            if not seq:
-                hf["classifier_dropout"] = model.drop.p
-        names = labels or [f"LABEL_{i}" for i in range(model.num_labels)]
-        hf["id2label"] = {str(i): n for i, n in enumerate(names)}
-        hf["label2id"] = {n: i for i, n in enumerate(names)}
-    with _AtomicDir(out_dir) as tmp:
-        save_file(
-            {k: v.detach().contiguous().clone() for k, v in state.items()},
-            str(tmp / "model.safetensors"),
-            metadata={"format": "pt"},
-        )
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
-        if tokenizer is not None:
-            src = Path(tokenizer)
-            shutil.copyfile(src / "tokenizer.json" if src.is_dir() else src, tmp / "tokenizer.json")
-            (tmp / "tokenizer_config.json").write_text(
-                json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"})
-            )
+def export_hf(src: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """A saved folder (a registry version, say) as a folder for transformers alone. Current
+    folders already are one; older ones are rewritten. The biLM is refused: transformers has
+    no class for it."""
+    meta = read_config(src)
+    model = from_pretrained(src)
+    why = hf.not_expressible(model)
+    if why and not hf.uses_mean_pool(model):
+        raise ValueError(f"{src}: cannot export to transformers: {why}")
+    keep = ("labels", "entity_types", "max_seq_len", "task_name")
+    tok = Path(src) / "tokenizer.json"
+    save_pretrained(
+        model,
+        out_dir,
+        tokenizer=tok if tok.is_file() else None,
+        extra={k: meta[k] for k in keep if meta.get(k) is not None},
+    )
     return Path(out_dir)
+
+
+def load_hf_folder(folder: str | os.PathLike) -> tuple[nn.Module, str, list[str]]:
+    """A transformers BERT / GPT-2 checkpoint folder as our pretraining model: (model, the
+    tokenizer as tokenizer.json text, weights that were not in it and keep their initialisation
+    — heads only: an incomplete encoder is refused)."""
+    folder = Path(folder)
+    src = str(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{src}: no config.json (not a transformers model folder)")
+    hf_cfg = hf.read_json(folder / "config.json")
+    cfg = hf.config_from_hf(hf_cfg, src)
+    model = build_pretraining_model(cfg)
+    missing = hf.load_hf_state(model, _hf_weights(folder), src, strict=False)
+    # heads (MLM, NSP) and BERT's pooler may be absent (a BertForMaskedLM has no pooler):
+    # they keep their initialisation and fine-tuning trains them
+    encoder_missing = [k for k in missing if not k.startswith(("cls.", "bert.pooler."))]
+    if encoder_missing:
+        raise ValueError(
+            f"{src}: the checkpoint lacks encoder weights ({', '.join(encoder_missing[:3])}…)"
+        )
+    tok = _hf_tokenizer(folder, hf_cfg["model_type"])
+    from tokenizers import Tokenizer
+
+    size = Tokenizer.from_str(tok).get_vocab_size()
+    if size > cfg.vocab_size:
+        raise ValueError(
+            f"{src}: the tokenizer has {size} tokens, the model's embeddings {cfg.vocab_size}"
+        )
+    return model, tok, missing
+
+
+def _hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / WEIGHTS).is_file():
+        return load_file(str(folder / WEIGHTS))
+    index = folder / f"{WEIGHTS}.index.json"
+    if index.is_file():  # sharded
+        state = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            state.update(load_file(str(folder / shard)))
+        return state
+    if (folder / "pytorch_model.bin").is_file():  # older checkpoints; no pickled code is run
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{folder}: no {WEIGHTS} (or pytorch_model.bin) with the weights")
+
+
+def _hf_tokenizer(folder: Path, model_type: str) -> str:
+    """tokenizer.json text; built from vocab.txt (BERT) or vocab.json + merges.txt (GPT-2)
+    for checkpoints saved without one."""
+    if (folder / "tokenizer.json").is_file():
+        return (folder / "tokenizer.json").read_text()
+    from tokenizers.implementations import BertWordPieceTokenizer, ByteLevelBPETokenizer
+
+    settings = {}
+    if (folder / "tokenizer_config.json").is_file():
+        settings = hf.read_json(folder / "tokenizer_config.json")
+    if model_type == "bert" and (folder / "vocab.txt").is_file():
+        tok = BertWordPieceTokenizer(
+            str(folder / "vocab.txt"), lowercase=settings.get("do_lower_case", True)
+        )
+        return tok.to_str()
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        tok = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+        return tok.to_str()
+    raise FileNotFoundError(
+        f"{folder}: no tokenizer (tokenizer.json, vocab.txt or vocab.json + merges.txt)"
+    )

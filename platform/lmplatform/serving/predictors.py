@@ -84,8 +84,8 @@ class TaskPredictor:
         if meta.get("kind") != "task":
             raise ValueError(f"{folder} holds a {meta.get('kind')!r} model, not a task model")
         self.ref = ref
-        self.kind: str = meta["task"]["type"]
-        self.frozen: bool = bool(meta["task"].get("frozen", False))
+        self.kind: str = meta["head"]["type"]
+        self.frozen: bool = bool(meta["head"].get("frozen", False))
         self.labels: list[str] = list(meta["labels"])
         self.max_len: int = int(meta.get("max_seq_len") or meta["model"]["max_seq_len"])
         self.task_name: str = meta.get("task_name") or ref.name
