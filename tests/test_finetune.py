@@ -303,3 +303,64 @@ def test_a_single_class_f1_metric_drives_search_and_promotion(ray_local, registr
     assert (
         meta["value"] == pytest.approx(meta["per_class"]["positive"]["f1"]) and meta["value"] > 0.6
     )
+
+
+def test_a_transformers_checkpoint_is_imported_fine_tuned_promoted_and_served(
+    ray_local, registry, tmp_path
+):
+    """parent: hf:<folder> with a BertForMaskedLM saved by transformers itself: imported into
+    the registry once (a second job reuses it), searched, promoted, served by our predictor, and
+    the promoted version runs in transformers' pipeline with our predictions."""
+    import transformers
+
+    from lmplatform.finetune import load_task_data, promote, run_search
+    from lmplatform.registry import Registry
+    from lmplatform.serving.deployments import load_task
+
+    cfg = transformers.BertConfig(
+        vocab_size=2000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    transformers.BertForMaskedLM(cfg).save_pretrained(tmp_path / "my-bert")
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(registry / "tok" / "tokenizer.json"),
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    ).save_pretrained(tmp_path / "my-bert")
+    job = _job(
+        registry,
+        "imported",
+        f"parent=hf:{tmp_path}/my-bert",
+        "task.name=sentiment-hf",
+        "search.scheduler=fifo",
+        "search.num_samples=1",
+        "train.epochs=2",
+        'search.space={"lr": {"kind": "choice", "values": [0.001]}}',
+    )
+    reg = Registry(job.registry)
+    sr = run_search(job, verbose=0)
+    assert sr.data.parent_ref == "hf-my-bert@v0001"
+    lineage = reg.metadata("pretrained", "hf-my-bert", "v0001")["lineage"]
+    assert lineage["imported_from"] == f"hf:{tmp_path}/my-bert" and lineage["tokenizer_hash"]
+    assert load_task_data(job).parent_ref == "hf-my-bert@v0001"  # same files: no new version
+    out = promote(sr)
+    assert out["promoted"] and out["value"] > 0.6
+    assert reg.metadata("tasks", "sentiment-hf", out["version"])["parent"] == "hf-my-bert@v0001"
+
+    texts = ["a wonderful , moving film", "a dull and tedious mess"]
+    predictor = load_task(reg, "sentiment-hf")
+    ours = predictor.predict(predictor.parse(texts))
+    folder = reg.local_path("tasks", "sentiment-hf", out["version"])
+    pipe = transformers.pipeline("text-classification", model=str(folder), device="cpu")
+    theirs = pipe(texts)
+    assert [p["label"] for p in ours] == [p["label"] for p in theirs]
+    for p, q in zip(ours, theirs):
+        assert abs(p["score"] - q["score"]) < 1e-4

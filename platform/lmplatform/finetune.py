@@ -44,7 +44,7 @@ class TaskData:
     """Everything a trial needs, resolved once on the driver and shipped by Tune."""
 
     job: dict
-    parent_path: str | None  # local folder of the pretrained model (or None: random init)
+    registry: str  # absolute URI: trials on other nodes fetch the parent from it themselves
     parent_ref: str  # "name@version" or "random:name@version"
     model_config: dict  # parent's model config (architecture for random init)
     tokenizer_json: str
@@ -62,13 +62,14 @@ class TaskData:
 
 def load_task_data(job: FinetuneJobConfig) -> TaskData:
     """Resolve the parent model in the registry and read and validate the task's data."""
+    from lmplatform.hfimport import resolve_pretrained
     from lmplatform.models.io import read_config
     from lmplatform.registry import Registry
 
     reg = Registry(job.registry)
     random_init = job.parent.startswith("random:")
     ref = job.parent.removeprefix("random:")
-    name, version = reg.resolve("pretrained", ref)
+    name, version = resolve_pretrained(reg, ref)  # an hf: checkpoint is imported first
     path = reg.local_path("pretrained", name, version)
     meta = reg.metadata("pretrained", name, version)
     cfg = read_config(path)
@@ -81,7 +82,7 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
         names, entities = (t.label_names or train.labels), None
     return TaskData(
         job=job.model_dump(mode="json"),
-        parent_path=None if random_init else str(path),
+        registry=reg.uri,
         parent_ref=("random:" if random_init else "") + f"{name}@{version}",
         model_config=cfg["model"],
         tokenizer_json=(path / "tokenizer.json").read_text(),
@@ -110,10 +111,12 @@ def build_model(data: TaskData, hp: dict) -> TaskModel:
     t = data.cfg.task
     n = len(data.label_names)
     frozen = hp["transfer"] == "frozen"
-    if data.parent_path:
-        return task_model_from_pretrained(
-            data.parent_path, t.type, n, frozen=frozen, dropout=hp["dropout"]
-        )
+    if not data.parent_ref.startswith("random:"):
+        from lmplatform.registry import Registry
+
+        name, version = data.parent_ref.split("@")
+        path = Registry(data.registry).local_path("pretrained", name, version)  # on this node
+        return task_model_from_pretrained(path, t.type, n, frozen=frozen, dropout=hp["dropout"])
     encoder = build_encoder(model_config({"model": data.model_config}))
     return TaskModel(encoder, t.type, n, dropout=hp["dropout"], frozen=frozen)
 

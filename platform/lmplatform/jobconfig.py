@@ -117,6 +117,17 @@ class ScalingConfig(StrictModel):
 _TOKENIZER_FOR = {"bert": "wordpiece", "gpt": "bpe", "lstm": "bpe"}
 
 
+def _check_model_ref(ref: str, what: str) -> None:
+    """A registry ref ('name[@version]') or a Hugging Face checkpoint ('hf:<folder or id>')."""
+    from lmplatform.hfimport import check_hf_ref, is_hf
+    from lmplatform.registry import check_ref
+
+    if is_hf(ref):
+        check_hf_ref(ref, what)
+    else:
+        check_ref(ref, what)
+
+
 class PretrainJobConfig(StrictModel):
     name: str = Name
     """Run name: checkpoints, resumption and the registry entry are keyed by it."""
@@ -125,8 +136,9 @@ class PretrainJobConfig(StrictModel):
     registry: str = "registry"
     """Model registry root (local path or s3:// / gs:// URI)."""
     init_from: str | None = None
-    """Continue pretraining a registered model, 'name[@version]' (domain- or task-adaptive
-    pretraining): its weights and tokenizer are the start, so `tokenizer` is not used and
+    """Continue pretraining a registered model, 'name[@version]', or a Hugging Face checkpoint,
+    'hf:<folder or hub id>' (domain- or task-adaptive pretraining): its weights and tokenizer
+    are the start, so `tokenizer` is not used and
     `model` must describe its architecture (dropouts may differ)."""
     corpus: CorpusConfig
     """The text to pretrain on."""
@@ -144,9 +156,7 @@ class PretrainJobConfig(StrictModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> PretrainJobConfig:
         if self.init_from is not None:
-            from lmplatform.registry import check_ref
-
-            check_ref(self.init_from, "init_from")
+            _check_model_ref(self.init_from, "init_from")
         want = _TOKENIZER_FOR[self.model.family]
         if self.tokenizer.kind != want:
             raise ValueError(
@@ -284,8 +294,9 @@ class FinetuneJobConfig(StrictModel):
     registry: str = "registry"
     """Model registry root."""
     parent: str
-    """Pretrained registry model 'name[@version]'; 'random:name[@version]' takes its
-    architecture and tokenizer but random weights (the no-pretraining baseline)."""
+    """Pretrained registry model 'name[@version]', or a Hugging Face BERT / GPT-2 checkpoint
+    'hf:<folder or hub id>' (imported into the registry on first use); 'random:<either>' takes
+    its architecture and tokenizer but random weights (the no-pretraining baseline)."""
     task: TaskConfig
     """What to fine-tune for."""
     transfer: Literal["full", "frozen"] = "full"
@@ -301,9 +312,7 @@ class FinetuneJobConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneJobConfig:
-        from lmplatform.registry import check_ref
-
-        check_ref(self.parent.removeprefix("random:"), "parent")
+        _check_model_ref(self.parent.removeprefix("random:"), "parent")
         if self.search.scheduler == "pbt" and self.scaling.num_workers > 1:
             raise ValueError(
                 "search.scheduler=pbt needs single-worker trials (scaling.num_workers=1): "

@@ -86,11 +86,12 @@ def resolve_init(cfg: PretrainJobConfig) -> tuple[str, Path]:
     the job's `model` section describes its architecture (weights of another shape cannot
     load; a silent override would train something else than the config says)."""
     from lmplatform.config import ConfigError
+    from lmplatform.hfimport import resolve_pretrained
     from lmplatform.models.io import read_config
     from lmplatform.registry import Registry
 
     reg = Registry(cfg.registry)
-    name, version = reg.resolve("pretrained", cfg.init_from)
+    name, version = resolve_pretrained(reg, cfg.init_from)
     path = reg.local_path("pretrained", name, version)
     theirs = read_config(path)["model"]
     ours = cfg.model.model_dump()
