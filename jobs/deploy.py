@@ -10,50 +10,11 @@ registry for new `best` versions now (hot swap) instead of at their next poll.
 """
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run without install too
 
-from lmplatform import cli  # noqa: E402
-
-
-def main() -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="serve/config.yaml or a ServeConfig YAML")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--refresh", action="store_true", help="replicas re-check the registry now")
-    p.add_argument("--wait-s", type=float, default=600, help="give up if not RUNNING by then")
-    args = p.parse_args()
-    from lmplatform.serving.deployments import read_serve_config, serve_tasks
-
-    cfg = read_serve_config(args.config, args.overrides)
-
-    tasks = serve_tasks(cfg)  # registry problems fail here, before anything is deployed
-    if args.refresh:
-        cfg = cfg.model_copy(update={"refresh_token": f"{time.time():.6f}"})
-    from lmplatform.runtime import init_ray
-    from lmplatform.serving.deployments import run_app
-
-    init_ray()
-    t0 = time.time()
-    try:
-        base = run_app(cfg, args.wait_s)
-    except RuntimeError as e:
-        raise SystemExit(f"error: {e}") from None
-    print(
-        f"serving {len(tasks)} task(s) at {base} in {time.time() - t0:.1f}s: {', '.join(tasks) or 'none'}"
-    )
-    for t in tasks:
-        print(f"  POST {base}/v1/predict/{t}")
-    if cfg.fill_mask_model:
-        print(f"  POST {base}/v1/fill-mask ({cfg.fill_mask_model})")
-    if cfg.generate_model:
-        print(f"  POST {base}/v1/generate ({cfg.generate_model})")
-    print(f"  GET  {base}/v1/tasks   GET {base}/healthz   docs: {base}/docs")
-
+from lmplatform.commands.deploy import run  # noqa: E402
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

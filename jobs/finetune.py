@@ -9,38 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run without install too
 
-from lmplatform import cli  # noqa: E402
-from lmplatform.jobconfig import FinetuneJobConfig  # noqa: E402
-
-
-def main() -> None:
-    cfg, args = cli.parse(
-        FinetuneJobConfig,
-        __doc__.splitlines()[0],
-        extra=lambda p: p.add_argument(
-            "--force", action="store_true", help="promote even if it does not beat the current best"
-        ),
-    )
-    from lmplatform.config import save_resolved
-    from lmplatform.finetune import format_table, load_task_data, promote, run_search
-    from lmplatform.runtime import init_ray
-
-    data = load_task_data(cfg)  # parent model and data problems fail here, before Ray starts
-    init_ray()
-    sr = run_search(cfg, data)
-    save_resolved(cfg, sr.run_dir)
-    print(format_table(sr.table, cfg.task.metric))
-    print(f"trials: {sr.run_dir}/trials.csv  plot: {sr.run_dir}/trials.png")
-    out = promote(sr, force=args.force)
-    verdict = (
-        "promoted to best"
-        if out["promoted"]
-        else f"kept best {out['previous']['version']} ({out['previous']['value']:.4f})"
-    )
-    print(
-        f"registered tasks/{out['task']}@{out['version']}: dev {out['metric']} {out['value']:.4f} — {verdict}"
-    )
-
+from lmplatform.commands.finetune import run  # noqa: E402
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

@@ -12,55 +12,9 @@ output_dir/<name>/); preflight checks run first and stop the job with one line p
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))  # run without install too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run without install too
 
-from lmplatform import cli  # noqa: E402
-from lmplatform.pipeline import PipelineConfig  # noqa: E402
-
-
-def main() -> None:
-    cfg, args = cli.parse(
-        PipelineConfig,
-        __doc__.splitlines()[0],
-        extra=lambda p: (
-            p.add_argument("--force", action="store_true", help="re-run every stage"),
-            p.add_argument("--no-preflight", action="store_true", help="skip the preflight checks"),
-        ),
-    )
-    from lmplatform import pipeline, preflight
-    from lmplatform.runtime import init_ray
-
-    pre, tasks, serve_cfg = pipeline.resolve(cfg)  # every stage's config, validated up front
-    init_ray()
-    if not args.no_preflight:
-        problems = preflight.run_checks(
-            working_dir=ROOT,
-            excludes=preflight.runtime_env_excludes(ROOT / "jobs" / "runtime_env.yaml"),
-            storage={"registry": cfg.registry, "output_dir": cfg.output_dir},
-            data=preflight.data_wants(pre, tasks),
-            gpus=preflight.gpu_wants(pre, tasks, serve_cfg),
-        )
-        if problems:
-            for p in problems:
-                print(f"preflight: {p}", file=sys.stderr)
-            sys.exit(2)
-        print("[pipeline] preflight: ok", flush=True)
-    state = pipeline.run(cfg, force=args.force)
-    answers = {}
-    if "deploy" in state and cfg.examples:
-        answers = pipeline.try_examples(cfg, state["deploy"]["url"])
-        for task, a in answers.items():
-            for inp, pred in zip(cfg.examples[task], a["predictions"]):
-                short = {k: v for k, v in pred.items() if k in ("label", "score", "entities")}
-                print(f"[pipeline] example {task}: {inp!r} -> {short}", flush=True)
-    report = pipeline.write_report(cfg, state, answers)
-    print(f"[pipeline] report: {report}", flush=True)
-    if "deploy" in state:
-        print(
-            f"[pipeline] endpoints: {state['deploy']['url']} (GET /v1/tasks, POST /v1/predict/<task>)"
-        )
-
+from lmplatform.commands.pipeline import run  # noqa: E402
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

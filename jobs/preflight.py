@@ -8,67 +8,12 @@ The config may be a pipeline, pretraining, fine-tuning or Serve config. Cluster 
 a local Ray. Exit code 2 when there is a problem.
 """
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))  # run without install too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run without install too
 
-from lmplatform import cli  # noqa: E402
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--working-dir", default=str(ROOT), help="what ray job submit would upload")
-    p.add_argument("--runtime-env", default=str(ROOT / "jobs" / "runtime_env.yaml"))
-    p.add_argument("--address", default=os.environ.get("RAY_JOB_ADDRESS"), help="dashboard URL")
-    args = p.parse_args()
-
-    from lmplatform import preflight
-    from lmplatform.config import load_config, read_yaml
-    from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig
-
-    raw = read_yaml(args.config)
-    pre, tasks, serve_cfg, storage = None, [], None, {}
-    if "pretrain" in raw:
-        from lmplatform.pipeline import PipelineConfig, resolve
-
-        cfg = load_config(PipelineConfig, args.config, args.overrides)
-        pre, tasks, serve_cfg = resolve(cfg)
-        storage = {"registry": cfg.registry, "output_dir": cfg.output_dir}
-    elif "corpus" in raw:
-        pre = load_config(PretrainJobConfig, args.config, args.overrides)
-        storage = {"registry": pre.registry, "output_dir": pre.output_dir}
-    elif "task" in raw:
-        f = load_config(FinetuneJobConfig, args.config, args.overrides)
-        tasks = [f]
-        storage = {"registry": f.registry, "output_dir": f.output_dir}
-    else:
-        from lmplatform.serving.deployments import read_serve_config
-
-        serve_cfg = read_serve_config(args.config, args.overrides)
-        storage = {"registry": serve_cfg.registry}
-    from lmplatform.runtime import init_ray
-
-    init_ray(quiet=True)
-    problems = preflight.run_checks(
-        working_dir=args.working_dir,
-        excludes=preflight.runtime_env_excludes(args.runtime_env),
-        storage=storage,
-        data=preflight.data_wants(pre, tasks),
-        gpus=preflight.gpu_wants(pre, tasks, serve_cfg),
-        address=args.address,
-    )
-    for prob in problems:
-        print(f"preflight: {prob}")
-    if problems:
-        sys.exit(2)
-    print("preflight: ok")
-
+from lmplatform.commands.preflight import run  # noqa: E402
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

@@ -8,19 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run without install too
 
-from lmplatform import cli  # noqa: E402
-from lmplatform.jobconfig import PretrainJobConfig  # noqa: E402
-
-
-def main() -> None:
-    cfg, _ = cli.parse(PretrainJobConfig, __doc__.splitlines()[0])
-    from lmplatform.prepare import prepare
-    from lmplatform.runtime import init_ray
-
-    init_ray()
-    out = prepare(cfg)
-    print(f"tokenizer {out.tokenizer_uri} [{out.tokenizer_hash}], examples {out.examples_dir}")
-
+from lmplatform.commands.prepare import run  # noqa: E402
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

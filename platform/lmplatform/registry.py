@@ -273,7 +273,12 @@ class Registry:
         return (seqs[-1] if seqs else 0), None
 
     def promote(
-        self, task: str, version: str, value: float | None = None, force: bool = False
+        self,
+        task: str,
+        version: str,
+        value: float | None = None,
+        force: bool = False,
+        note: str | None = None,
     ) -> tuple[bool, dict | None]:
         """Make `version` the task's best if its metric value beats the current best's (or
         `force`). Returns (promoted, previous best as {version, value} or None).
@@ -303,6 +308,7 @@ class Registry:
                 "dev_fingerprint": _dev_fp(meta),
                 "previous": previous,
                 "forced": force,
+                "note": note,
                 "time": time.time(),
             }
             path = self._path("tasks", task, "best", f"{seq + 1:08d}.json")
@@ -312,6 +318,67 @@ class Registry:
             except FileExistsError:
                 continue  # someone promoted meanwhile: compare against their model
         raise RegistryError(f"could not promote tasks/{task}@{version}: too much contention")
+
+    def rollback(self, task: str, version: str | None = None, force: bool = False) -> dict:
+        """Make an earlier version the task's best again: `version`, or the one the current best
+        replaced. Refused when it scores worse than the current best (or on another metric or
+        dev set) unless `force`: a rollback is a decision about a known-worse model. Returns the
+        new promotion record."""
+        seq, current = self._best_record(task)
+        if current is None:
+            raise RegistryError(f"task {task!r} has no promoted best model to roll back")
+        if version is None:
+            previous = current.get("previous") or {}
+            version = previous.get("version")
+            if version is None:
+                raise RegistryError(
+                    f"tasks/{task}@{current['version']} replaced nothing: name the version to "
+                    "roll back to"
+                )
+        check_version(version)
+        if version == current["version"]:
+            raise RegistryError(f"tasks/{task}@{version} is already the best")
+        meta = self.metadata("tasks", task, version)
+        cur = self.metadata("tasks", task, current["version"])
+        if not force:
+            _check_comparable(task, version, meta, current["version"], cur)
+            a, b = meta.get("value"), cur.get("value")
+            if a is not None and b is not None and a < b:
+                raise RegistryError(
+                    f"tasks/{task}@{version} scores {meta.get('metric')}={a:.4f}, below the "
+                    f"current best {current['version']} ({b:.4f}): pass --force to roll back "
+                    "to it anyway"
+                )
+        self.promote(task, version, meta.get("value"), force=True, note="rollback")
+        return self._best_record(task)[1]
+
+    def incomplete(self, older_than_s: float = 24 * 3600) -> list[tuple[str, str, str, float]]:
+        """Versions claimed but never completed (no metadata.json) for longer than
+        `older_than_s`: a publisher that died. (kind, name, version, age in seconds)."""
+        out = []
+        now = time.time()
+        for kind in KINDS:
+            for name in self.names(kind):
+                for v in storage.listdir(self._path(kind, name)):
+                    if not _VERSION.match(v) or storage.exists(
+                        self._path(kind, name, v, "metadata.json")
+                    ):
+                        continue
+                    try:
+                        claimed = json.loads(
+                            storage.read_bytes(self._path(kind, name, v, ".claim"))
+                        )["t"]
+                    except (FileNotFoundError, ValueError, KeyError, TypeError):
+                        claimed = 0.0  # no readable claim: nobody owns it
+                    if now - claimed >= older_than_s:
+                        out.append((kind, name, v, now - claimed))
+        return out
+
+    def remove_incomplete(self, kind: str, name: str, version: str) -> None:
+        """Delete a version that never completed (a complete one is refused)."""
+        if storage.exists(self._path(kind, name, check_version(version), "metadata.json")):
+            raise RegistryError(f"{kind}/{name}@{version} is complete: not removed")
+        storage.remove(self._path(kind, name, version))
 
     def promotions(self, task: str) -> list[dict]:
         """The promotion log, oldest first (unreadable records left out)."""

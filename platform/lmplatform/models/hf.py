@@ -131,7 +131,7 @@ def hf_state(model: nn.Module) -> dict[str, torch.Tensor]:
     enc, head = model.encoder, model.head
     seq = model.kind != "token_classification"
     if isinstance(enc, BertEncoder):
-        s = _bert_encoder(enc, "bert.", pooler=seq and not model.frozen)
+        s = _bert_encoder(enc, "bert.", pooler=seq)
         s["classifier.weight"], s["classifier.bias"] = head.weight, head.bias
         return s
     s = _gpt(enc, "transformer.")
@@ -191,6 +191,16 @@ def load_hf_state(
     if unexpected and strict:
         raise ValueError(f"{source}: unexpected weights: {', '.join(unexpected[:5])}")
     with torch.no_grad():
+        if (
+            isinstance(model, TaskModel)
+            and isinstance(model.encoder, BertEncoder)
+            and "bert.pooler.dense.weight" not in targets
+        ):
+            # a token head never reads BERT's pooler (transformers' class has none, so it is
+            # not stored): a fixed value keeps reloaded encoders identical (shared groups
+            # compare them)
+            model.encoder.pooler.weight.zero_()
+            model.encoder.pooler.bias.zero_()
         for name, view in targets.items():
             if name in state:
                 t = state[name]

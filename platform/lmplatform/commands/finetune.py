@@ -1,0 +1,45 @@
+"""Search fine-tuning hyperparameters for a task with Ray Tune and promote the best model.
+
+python jobs/finetune.py --config jobs/configs/tasks/sentiment-sample.yaml [--force] [key=value ...]
+ray job submit --working-dir . -- python jobs/finetune.py --config jobs/configs/tasks/sst2.yaml
+"""
+
+from lmplatform import cli
+from lmplatform.jobconfig import FinetuneJobConfig
+
+
+def main() -> None:
+    cfg, args = cli.parse(
+        FinetuneJobConfig,
+        __doc__.splitlines()[0],
+        extra=lambda p: p.add_argument(
+            "--force", action="store_true", help="promote even if it does not beat the current best"
+        ),
+    )
+    from lmplatform.config import save_resolved
+    from lmplatform.finetune import format_table, load_task_data, promote, run_search
+    from lmplatform.runtime import init_ray
+
+    data = load_task_data(cfg)  # parent model and data problems fail here, before Ray starts
+    init_ray()
+    sr = run_search(cfg, data)
+    save_resolved(cfg, sr.run_dir)
+    print(format_table(sr.table, cfg.task.metric))
+    print(f"trials: {sr.run_dir}/trials.csv  plot: {sr.run_dir}/trials.png")
+    out = promote(sr, force=args.force)
+    verdict = (
+        "promoted to best"
+        if out["promoted"]
+        else f"kept best {out['previous']['version']} ({out['previous']['value']:.4f})"
+    )
+    print(
+        f"registered tasks/{out['task']}@{out['version']}: dev {out['metric']} {out['value']:.4f} — {verdict}"
+    )
+
+
+def run() -> None:
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

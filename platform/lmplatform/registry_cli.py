@@ -1,0 +1,246 @@
+"""`lmplatform-registry` (or `python jobs/registry.py`): look after a model registry.
+
+    list     [--kind K] [NAME]          every complete version, its metric and which is best
+    show     REF [--json]               metadata, lineage, metrics (and a task's promotion log)
+    export   REF --hf DIR               a folder for transformers alone (AutoModel…, pipeline)
+    promote  TASK@VERSION [--force]     make it the best if it beats the current one
+    rollback TASK [--to VERSION] [--force]
+                                        the best back to an earlier version (worse: --force)
+    gc       [--older-than HOURS] [--dry-run]
+                                        remove versions whose publisher died before finishing
+
+REF is `[pretrained/|tasks/]name[@version|@latest|@best]`; the kind is looked up when omitted.
+Every command takes `--registry` (a path or s3:// / gs:// URI; default: ./registry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from lmplatform.registry import KINDS, Registry, RegistryError
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        reg = Registry(args.registry)
+        args.run(reg, args)
+    except (RegistryError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lmplatform-registry",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument("--registry", default="registry", help="registry root (path or URI)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("list", help="versions with metric, best marker and parent")
+    c.add_argument("name", nargs="?", help="only this model or task")
+    c.add_argument("--kind", choices=KINDS)
+    c.set_defaults(run=cmd_list)
+
+    c = sub.add_parser("show", help="one version: metadata, lineage, metrics")
+    c.add_argument("ref")
+    c.add_argument("--json", action="store_true", help="the raw metadata.json")
+    c.set_defaults(run=cmd_show)
+
+    c = sub.add_parser("export", help="write a version as a transformers folder")
+    c.add_argument("ref")
+    c.add_argument("--hf", required=True, metavar="DIR", help="output folder")
+    c.set_defaults(run=cmd_export)
+
+    c = sub.add_parser("promote", help="make TASK@VERSION the best if it beats the current")
+    c.add_argument("ref", metavar="TASK@VERSION")
+    c.add_argument("--force", action="store_true", help="even if worse or not comparable")
+    c.set_defaults(run=cmd_promote)
+
+    c = sub.add_parser("rollback", help="the best back to an earlier version")
+    c.add_argument("task")
+    c.add_argument("--to", metavar="VERSION", help="default: the version the best replaced")
+    c.add_argument("--force", action="store_true", help="even if it scores worse")
+    c.set_defaults(run=cmd_rollback)
+
+    c = sub.add_parser("gc", help="remove versions left incomplete by a publisher that died")
+    c.add_argument("--older-than", type=float, default=24.0, metavar="HOURS")
+    c.add_argument("--dry-run", action="store_true")
+    c.set_defaults(run=cmd_gc)
+    return p
+
+
+def parse_ref(reg: Registry, ref: str) -> tuple[str, str, str]:
+    """'[kind/]name[@version]' -> (kind, name, version), the kind looked up when omitted."""
+    kind, sep, rest = ref.partition("/")
+    if not sep:
+        kind, rest = "", ref
+    elif kind not in KINDS:
+        raise ValueError(f"{ref!r}: the kind before '/' must be one of {', '.join(KINDS)}")
+    if not kind:
+        name = rest.partition("@")[0]
+        found = [k for k in KINDS if name in reg.names(k)]
+        if not found:
+            raise RegistryError(f"no model or task {name!r} in {reg.uri}")
+        if len(found) > 1:
+            raise ValueError(f"{name!r} is both a pretrained model and a task: write KIND/{ref}")
+        kind = found[0]
+    name, version = reg.resolve(kind, rest)
+    return kind, name, version
+
+
+def cmd_list(reg: Registry, args) -> None:
+    rows = []
+    for kind in [args.kind] if args.kind else KINDS:
+        for name in reg.names(kind):
+            if args.name and name != args.name:
+                continue
+            best = reg.best(name) if kind == "tasks" else None
+            for v in reg.versions(kind, name):
+                m = reg.metadata(kind, name, v)
+                metric, value = m.get("metric"), m.get("value")
+                if kind == "pretrained":
+                    ev = (m.get("metrics") or {}).get("eval_loss")
+                    metric, value = ("eval_loss", ev) if ev is not None else ("", None)
+                rows.append(
+                    [
+                        kind,
+                        name,
+                        v + (" *" if v == best else ""),
+                        m.get("created", ""),
+                        metric or "",
+                        "" if value is None else f"{value:.4f}",
+                        m.get("parent") or (m.get("lineage") or {}).get("init_from") or "",
+                    ]
+                )
+    if not rows:
+        print(f"(no models in {reg.uri})")
+        return
+    _table(["KIND", "NAME", "VERSION", "CREATED", "METRIC", "VALUE", "PARENT"], rows)
+    if any(r[2].endswith("*") for r in rows):
+        print("* the task's promoted best (what serving loads)")
+
+
+def cmd_show(reg: Registry, args) -> None:
+    kind, name, version = parse_ref(reg, args.ref)
+    meta = reg.metadata(kind, name, version)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return
+    files = meta.get("files") or {}
+    print(f"{kind}/{name}@{version}   {reg.location(kind, name, version)}")
+    print(f"  created   {meta.get('created', '?')}")
+    model = meta.get("model") or {}
+    if model:
+        shape = ", ".join(
+            f"{k}={model[k]}" for k in ("hidden_size", "num_layers", "num_heads") if k in model
+        )
+        print(f"  model     {model.get('family')} ({shape})")
+    print(f"  files     {len(files)}, {sum(f['bytes'] for f in files.values()) / 1e6:.1f} MB")
+    if kind == "tasks":
+        best = reg.best(name)
+        print(f"  task      {meta.get('type')}  labels: {', '.join(meta.get('labels') or [])}")
+        print(
+            f"  metric    {meta.get('metric')} = {meta.get('value')}"
+            + ("   (the promoted best)" if version == best else f"   (best: {best})")
+        )
+        print(f"  parent    {meta.get('parent')}")
+        for label, s in (meta.get("per_class") or {}).items():
+            print(
+                f"    {label:<14} P {s['precision']:.3f}  R {s['recall']:.3f}  "
+                f"F1 {s['f1']:.3f}  n={s['support']}"
+            )
+        if meta.get("hyperparameters"):
+            hp = meta["hyperparameters"]
+            print("  hyperparameters  " + ", ".join(f"{k}={hp[k]}" for k in sorted(hp)))
+        print("  promotions")
+        for rec in reg.promotions(name):
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(rec.get("time", 0)))
+            prev = (rec.get("previous") or {}).get("version")
+            extra = " ".join(
+                x for x in (rec.get("note"), "forced" if rec.get("forced") else "") if x
+            )
+            print(
+                f"    {when}  {rec['version']}  {rec.get('metric')}={rec.get('value')}"
+                + (f"  (replaced {prev})" if prev else "")
+                + (f"  [{extra}]" if extra else "")
+            )
+    else:
+        for section in ("lineage", "metrics"):
+            for k, v in (meta.get(section) or {}).items():
+                print(f"  {section:<9} {k}: {v}")
+
+
+def cmd_export(reg: Registry, args) -> None:
+    from lmplatform.models.io import export_hf
+
+    kind, name, version = parse_ref(reg, args.ref)
+    out = export_hf(reg.local_path(kind, name, version), args.hf)
+    arch = json.loads((out / "config.json").read_text()).get("architectures", ["?"])[0]
+    remote = ", trust_remote_code=True" if (out / "modeling_lmplatform.py").is_file() else ""
+    task = next(
+        (t for suffix, t in _PIPELINES.items() if arch.endswith(suffix)), "feature-extraction"
+    )
+    print(
+        f"exported {kind}/{name}@{version} -> {out} ({arch})\n"
+        f"  from transformers import pipeline\n"
+        f"  pipeline({task!r}, model={str(out)!r}{remote})"
+    )
+
+
+_PIPELINES = {
+    "ForSequenceClassification": "text-classification",
+    "ForTokenClassification": "token-classification",
+    "ForPreTraining": "fill-mask",
+    "LMHeadModel": "text-generation",
+}
+
+
+def cmd_promote(reg: Registry, args) -> None:
+    task, _, version = args.ref.partition("@")
+    if not version:
+        raise ValueError(f"{args.ref!r}: name the version, TASK@vNNNN")
+    _, version = reg.resolve("tasks", args.ref)
+    promoted, previous = reg.promote(task, version, force=args.force)
+    was = f" (was {previous['version']}: {previous['value']})" if previous else ""
+    if promoted:
+        print(f"tasks/{task}@{version} is now the best{was}")
+    else:
+        print(f"not promoted: tasks/{task}@{version} does not beat the best{was}")
+        sys.exit(1)
+
+
+def cmd_rollback(reg: Registry, args) -> None:
+    before = reg.best(args.task)
+    rec = reg.rollback(args.task, args.to, force=args.force)
+    print(
+        f"tasks/{args.task}: best {before} -> {rec['version']} "
+        f"({rec.get('metric')}={rec.get('value')}{', forced' if args.force else ''})"
+    )
+
+
+def cmd_gc(reg: Registry, args) -> None:
+    stale = reg.incomplete(args.older_than * 3600)
+    for kind, name, version, age in stale:
+        if not args.dry_run:
+            reg.remove_incomplete(kind, name, version)
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"{verb} {kind}/{name}@{version} (incomplete, claimed {age / 3600:.1f} h ago)")
+    if not stale:
+        print(f"nothing to remove (no version incomplete for over {args.older_than:g} h)")
+
+
+def _table(head: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    for r in [head, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    main()
