@@ -75,6 +75,7 @@ def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, re
         # four fixed trials, the hopeless one last: it reaches ASHA's first rung after the
         # others have, so the stop does not depend on a random draw
         'search.space={"lr": {"kind": "grid", "values": [0.001, 0.002, 0.0005, 0.000001]}}',
+        "tracking={}",  # MLflow, folder store under output_dir
     )
     sr = run_search(job, verbose=0)
     assert len(sr.table) == 4
@@ -96,6 +97,24 @@ def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, re
     assert meta["parent"] == "tiny-bert@v0001" and meta["tokenizer_hash"]
     assert set(meta["hyperparameters"]) >= {"lr", "batch_size", "layer_decay", "transfer"}
     assert set(meta["data_fingerprint"]) == {"train", "dev"}
+    # MLflow: one run per trial with its hyperparameters and every evaluation; the promoted
+    # trial's run names the registry version, and the version names the run
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(meta["tracking"]["uri"])
+    exp = client.get_experiment_by_name("asha")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4
+    assert {float(r.data.params["lr"]) for r in runs} == {0.001, 0.002, 0.0005, 0.000001}
+    assert all("accuracy" in r.data.metrics and "dev_loss" in r.data.metrics for r in runs)
+    history = client.get_metric_history(meta["tracking"]["run_id"], "accuracy")
+    assert len(history) >= 3  # every evaluation of the winner, not only its last
+    tagged = [r for r in runs if "lmplatform.registry_version" in r.data.tags]
+    assert [r.info.run_id for r in tagged] == [meta["tracking"]["run_id"]]
+    assert (
+        tagged[0].data.tags["lmplatform.registry_version"]
+        == f"tasks/sentiment-sample@{out['version']}"
+    )
     per = meta["per_class"]  # whole-dev evidence per class
     assert set(per) == {"negative", "positive"}
     assert sum(v["support"] for v in per.values()) == len(sr.data.dev_rows)

@@ -109,11 +109,20 @@ def test_continued_pretraining_starts_from_the_registered_model(ray_local, workd
         "train.lr=1e-9",
         "train.checkpoint_every=2",
         "scaling.num_workers=1",
+        'tracking={"tags": {"team": "nlp"}}',  # MLflow, folder store under output_dir
     )
     prepared, result = run_pretraining(cfg)
     name, version, _ = export_and_register(cfg, prepared, result)
     reg = Registry(cfg.registry)
     meta = reg.metadata("pretrained", name, version)
+    # the MLflow run: settings as params, the logged metrics, and the registry version it made
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(meta["tracking"]["uri"]).get_run(meta["tracking"]["run_id"])
+    assert meta["tracking"]["uri"] == f"file:{workdir}/mlruns"
+    assert run.data.params["model.family"] == "bert" and run.data.tags["team"] == "nlp"
+    assert {"loss", "mlm_loss"} <= set(run.data.metrics)
+    assert run.data.tags["lmplatform.registry_version"] == f"pretrained/adapt@{version}"
     parent = reg.metadata("pretrained", "zero3", "v0001")
     assert meta["lineage"]["init_from"] == "zero3@v0001"
     assert meta["lineage"]["tokenizer_hash"] == parent["lineage"]["tokenizer_hash"]
@@ -196,3 +205,49 @@ def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local
     steps = [r["step"] for r in _steps(workdir, "restart")][len(first) :]
     assert steps[0] == newest + 1  # continued from the newest checkpoint, not from step 0
     assert result.metrics["step"] == 12
+
+
+def test_continued_pretraining_from_a_transformers_checkpoint(ray_local, workdir, tmp_path):
+    """init_from: hf:<folder> (a BertForMaskedLM saved by transformers): imported into the
+    registry, its tokenizer kept, and at lr ~0 the result is its weights."""
+    import shutil
+
+    import transformers
+
+    from lmplatform.models.io import from_pretrained, load_hf_folder
+    from lmplatform.pretrain import export_and_register, run_pretraining
+    from lmplatform.registry import Registry
+
+    reg = Registry(workdir / "registry")
+    tok = reg.local_path("pretrained", "zero3", "v0001") / "tokenizer.json"  # the ZeRO test's
+    vocab = json.loads(tok.read_text())["model"]["vocab"]
+    hf_cfg = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(3)
+    transformers.BertForPreTraining(hf_cfg).save_pretrained(tmp_path / "hf-tiny")
+    shutil.copyfile(tok, tmp_path / "hf-tiny" / "tokenizer.json")
+    cfg = _cfg(
+        workdir,
+        "adapt-hf",
+        f"init_from=hf:{tmp_path}/hf-tiny",
+        "examples.nsp=false",
+        "train.max_steps=2",
+        "train.lr=1e-9",
+        "train.checkpoint_every=2",
+        "scaling.num_workers=1",
+    )
+    prepared, result = run_pretraining(cfg)
+    name, version, _ = export_and_register(cfg, prepared, result)
+    meta = reg.metadata("pretrained", name, version)
+    assert meta["lineage"]["init_from"] == "hf-hf-tiny@v0001"
+    imported = reg.metadata("pretrained", "hf-hf-tiny", "v0001")["lineage"]
+    assert imported["imported_from"] == f"hf:{tmp_path}/hf-tiny"
+    ours = from_pretrained(reg.local_path("pretrained", name, version)).state_dict()
+    theirs = load_hf_folder(tmp_path / "hf-tiny")[0].state_dict()
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in theirs) < 1e-4

@@ -511,16 +511,59 @@ class SearchResult:
     experiment_path: str
 
 
+def progress_callback(name: str, metric: str):
+    """A Tune callback printing one line per trial result, finished trial and failure: a search
+    is never silent while it runs (Tune's own status table is off: verbose=0)."""
+    from ray import tune
+
+    class TrialProgress(tune.Callback):
+        def __init__(self):
+            self.t0, self.best, self.finished = time.time(), None, 0
+
+        def _line(self, trials, text: str) -> None:
+            best = f"best {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
+            mins = (time.time() - self.t0) / 60
+            print(
+                f"[search {name}] {text} | {best} | {self.finished}/{len(trials)} trials "
+                f"finished | {mins:.1f} min",
+                flush=True,
+            )
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = result.get(metric)
+            if isinstance(value, int | float) and (self.best is None or value > self.best[0]):
+                self.best = (value, trial.trial_id)
+            shown = f"{value:.4f}" if isinstance(value, int | float) else "?"
+            loss = result.get("dev_loss")
+            self._line(
+                trials,
+                f"trial {trial.trial_id} step {result.get('step', '?')}: {metric} {shown}"
+                + (f", dev_loss {loss:.4f}" if isinstance(loss, int | float) else ""),
+            )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.finished += 1
+            self._line(trials, f"trial {trial.trial_id} finished")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.finished += 1
+            self._line(trials, f"trial {trial.trial_id} FAILED (see {trial.path})")
+
+    return TrialProgress()
+
+
 def run_search(
     job: FinetuneJobConfig,
     data: TaskData | None = None,
-    verbose: int = 1,
+    verbose: int = 0,
     points: list[dict] | None = None,
 ) -> SearchResult:
     """Run the Tune search for `job`; returns the result grid and a per-trial table.
     `points`: exact configurations to try first (benchmarks compare schedulers on the same)."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
+
+    from lmplatform import tracking
 
     data = data or load_task_data(job)
     s = job.search
@@ -561,6 +604,15 @@ def run_search(
                 )
             ),
             verbose=verbose,
+            callbacks=[
+                progress_callback(job.name, metric),
+                *tracking.tune_callbacks(
+                    job.tracking,
+                    job.name,
+                    job.output_dir,
+                    {"task": job.task.name, "parent": data.parent_ref},
+                ),
+            ],
         ),
     )
     results = tuner.fit()
@@ -681,6 +733,7 @@ def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
 
 def promote(sr: SearchResult, force: bool = False) -> dict:
     """Re-evaluate the best checkpoint on the whole dev set, publish it, promote if it wins."""
+    from lmplatform import tracking
     from lmplatform.config import save_resolved
     from lmplatform.models.io import save_pretrained
     from lmplatform.registry import Registry
@@ -729,8 +782,14 @@ def promote(sr: SearchResult, force: bool = False) -> dict:
                 "step": state["step"],
             },
         }
+        run = tracking.find_run(
+            job.tracking, job.output_dir, job.name, {"trial_name": str(state.get("trial"))}
+        )
+        if run is not None:
+            metadata["tracking"] = run
         reg = Registry(job.registry)
         version = reg.publish("tasks", job.task.name, out, metadata)
+    tracking.tag_run(run, f"tasks/{job.task.name}@{version}", reg.uri)
     promoted, previous = reg.promote(job.task.name, version, value, force=force)
     return {
         "task": job.task.name,

@@ -96,7 +96,11 @@ def import_hf(reg: Registry, ref: str) -> tuple[str, str]:
     print(
         f"[import] {ref} -> pretrained/{name}@{version} ({cfg.family}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters"
-        + (f"; initialised fresh: {', '.join(sorted({k.rsplit('.', 1)[0] for k in fresh}))}" if fresh else "")
+        + (
+            f"; initialised fresh: {', '.join(sorted({k.rsplit('.', 1)[0] for k in fresh}))}"
+            if fresh
+            else ""
+        )
         + ")",
         flush=True,
     )

@@ -16,6 +16,7 @@ from lmplatform.data.pretraining import ExamplesConfig
 from lmplatform.data.sources import CorpusConfig, DataSource, TaskType
 from lmplatform.models import ModelConfig
 from lmplatform.tokenization import TokenizerConfig
+from lmplatform.tracking import TrackingConfig, mlflow_uri
 
 Name = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -117,6 +118,11 @@ class ScalingConfig(StrictModel):
 _TOKENIZER_FOR = {"bert": "wordpiece", "gpt": "bpe", "lstm": "bpe"}
 
 
+def _check_tracking(tracking: TrackingConfig | None, output_dir: str) -> None:
+    if tracking is not None and tracking.backend == "mlflow":
+        mlflow_uri(tracking, output_dir)  # a remote output_dir needs tracking.uri
+
+
 def _check_model_ref(ref: str, what: str) -> None:
     """A registry ref ('name[@version]') or a Hugging Face checkpoint ('hf:<folder or id>')."""
     from lmplatform.hfimport import check_hf_ref, is_hf
@@ -152,11 +158,14 @@ class PretrainJobConfig(StrictModel):
     """Optimisation."""
     scaling: ScalingConfig = ScalingConfig()
     """Workers and ZeRO."""
+    tracking: TrackingConfig | None = None
+    """Log the run to MLflow or W&B (none: metrics.jsonl, TensorBoard and the registry only)."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PretrainJobConfig:
         if self.init_from is not None:
             _check_model_ref(self.init_from, "init_from")
+        _check_tracking(self.tracking, self.output_dir)
         want = _TOKENIZER_FOR[self.model.family]
         if self.tokenizer.kind != want:
             raise ValueError(
@@ -309,10 +318,13 @@ class FinetuneJobConfig(StrictModel):
     """Hyperparameter search."""
     scaling: ScalingConfig = ScalingConfig()
     """Workers per trial."""
+    tracking: TrackingConfig | None = None
+    """Log every trial to MLflow or W&B; the promoted run is tagged with its registry version."""
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneJobConfig:
         _check_model_ref(self.parent.removeprefix("random:"), "parent")
+        _check_tracking(self.tracking, self.output_dir)
         if self.search.scheduler == "pbt" and self.scaling.num_workers > 1:
             raise ValueError(
                 "search.scheduler=pbt needs single-worker trials (scaling.num_workers=1): "

@@ -21,6 +21,7 @@ from pydantic import Field
 from lmplatform import storage
 from lmplatform.config import StrictModel, load_config
 from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig, ServeConfig
+from lmplatform.tracking import TrackingConfig
 
 
 class StageRef(StrictModel):
@@ -45,12 +46,15 @@ class PipelineConfig(StrictModel):
     """key=value overrides for every task (e.g. a quick run: search.num_samples=2)."""
     serve: StageRef | None = None
     """Serve config (serve/config.yaml) to deploy the promoted tasks with; null: no deployment."""
+    tracking: TrackingConfig | None = None
+    """MLflow / W&B tracking for every stage (pretraining and each search)."""
     examples: dict[str, list] = Field(default_factory=dict)
     """task -> example inputs, sent once the endpoints are up (printed and put in the report)."""
 
 
 def config_hash(cfg) -> str:
-    data = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else cfg
+    data = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(cfg)
+    data.pop("tracking", None)  # where a run is logged does not change what it computes
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -80,6 +84,8 @@ def resolve(
 ) -> tuple[PretrainJobConfig, list[FinetuneJobConfig], ServeConfig | None]:
     """Every stage's config, validated up front: a typo in the last task fails before pretraining."""
     common = [f"output_dir={cfg.output_dir}", f"registry={cfg.registry}"]
+    if cfg.tracking is not None:
+        common.append(f"tracking={json.dumps(cfg.tracking.model_dump(mode='json'))}")
     pre = load_config(PretrainJobConfig, cfg.pretrain.config, [*cfg.pretrain.overrides, *common])
     tasks = [
         load_config(

@@ -95,7 +95,8 @@ def resolve_init(cfg: PretrainJobConfig) -> tuple[str, Path]:
     path = reg.local_path("pretrained", name, version)
     theirs = read_config(path)["model"]
     ours = cfg.model.model_dump()
-    regularisers = {"dropout", "attention_dropout", "vocab_size"}  # vocab: from its tokenizer
+    # vocab: from its tokenizer; size: a preset name (the fields it fills are compared)
+    regularisers = {"dropout", "attention_dropout", "vocab_size", "size"}
     diff = [
         f"{k}={ours.get(k)!r} (it has {v!r})"
         for k, v in theirs.items()

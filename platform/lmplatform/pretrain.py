@@ -171,11 +171,21 @@ def worker_loop(config: dict) -> None:
         if rank == 0
         else None
     )
-    writer = None
+    writer, tracker = None, None
     if mirror is not None:
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(str(mirror.local / "tensorboard"))
+        if job.tracking is not None:
+            from lmplatform.tracking import WorkerRun, flat_params
+
+            tracker = WorkerRun(
+                job.tracking,
+                config["tracking_uri"],
+                job.name,
+                flat_params(job.model_dump(mode="json")),
+                {"lmplatform.run_dir": config["run_dir"], "resumed_from_step": str(start_step)},
+            )
     fail_at = config.get("fail_at_step")  # fault-injection for tests: SIGKILL once at this step
     t0 = time.time()
     last_report = [t0]
@@ -201,6 +211,8 @@ def worker_loop(config: dict) -> None:
             for k, v in metrics.items():
                 if k != "step" and isinstance(v, (int, float)):
                     writer.add_scalar(f"train/{k}", v, step)
+            if tracker is not None:
+                tracker.log(metrics, step)
             with open(mirror.local / "metrics.jsonl", "a") as f:
                 f.write(
                     json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
@@ -264,6 +276,8 @@ def worker_loop(config: dict) -> None:
         name=f"pretrain {job.name}",
         device=engine.device,
     )
+    if tracker is not None:
+        tracker.finish()
 
 
 def load_init_weights(model: torch.nn.Module, registry: str, ref: str) -> None:
@@ -301,6 +315,7 @@ def run_pretraining(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from lmplatform.prepare import prepare
+    from lmplatform.tracking import mlflow_uri
 
     prepared = prepare(job)
     files = shard_files(prepared.examples_dir)
@@ -318,6 +333,11 @@ def run_pretraining(
             "init_from": prepared.init_from,
             # absolute: a relative registry path would resolve in the worker's own directory
             "registry": storage.normalize(job.registry),
+            "tracking_uri": (
+                mlflow_uri(job.tracking, job.output_dir)
+                if job.tracking and job.tracking.backend == "mlflow"
+                else None
+            ),
             "objective": job.objective,
             "fail_at_step": fail_at_step,
             "fail_marker": fail_marker,
@@ -370,6 +390,7 @@ def export_checkpoint(
 ) -> tuple[str, str, str]:
     """Export any checkpoint of a run (a local folder or a URI; ZeRO shards merged to fp32) into
     the registry. Returns (name, version, the version's location)."""
+    from lmplatform import tracking
     from lmplatform.config import save_resolved
     from lmplatform.models.io import save_pretrained
     from lmplatform.plots import loss_curve, read_jsonl
@@ -415,6 +436,12 @@ def export_checkpoint(
             "metrics": metrics or {},
             "config": job.model_dump(mode="json"),
         }
+        run = tracking.find_run(
+            job.tracking, job.output_dir, job.name, {"lmplatform.run_dir": prepared.run_dir}
+        )
+        if run is not None:
+            metadata["tracking"] = run
         reg = Registry(job.registry)
         version = reg.publish("pretrained", job.name, out, metadata)
+    tracking.tag_run(run, f"pretrained/{job.name}@{version}", reg.uri)
     return job.name, version, reg.location("pretrained", job.name, version)
