@@ -57,9 +57,13 @@ def test_zero_stages_agree_and_zero3_export_reproduces_eval_loss(ray_local, work
         rows = _steps(workdir, f"zero{stage}")
         assert [r["step"] for r in rows] == [1, 2, 4, 6]  # first step, then every log_every=2
         losses[stage] = [r["loss"] for r in rows]
+    # Ray Data hands blocks to the two workers as they become ready, so which rows make a step
+    # varies a little from run to run (two stage-0 runs differed by up to 0.06 at step 4 under
+    # load): the stages must agree closely on the first steps and stay near after
     for stage in (1, 2, 3):
-        diff = max(abs(a - b) for a, b in zip(losses[stage], losses[0]))
-        assert diff < 0.02, (stage, losses[stage], losses[0])
+        early = max(abs(a - b) for a, b in zip(losses[stage][:2], losses[0][:2]))
+        late = max(abs(a - b) for a, b in zip(losses[stage], losses[0]))
+        assert early < 0.02 and late < 0.1, (stage, losses[stage], losses[0])
     assert losses[0][-1] < losses[0][0]
 
     run_eval = result.metrics["eval_loss"]
