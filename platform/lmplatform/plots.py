@@ -9,6 +9,26 @@ import os
 from lmplatform import storage
 
 
+def _pyplot():
+    """matplotlib's pyplot, headless; None (said once) where the `plots` extra is missing:
+    a run without its PNGs is better than a run that fails at the end."""
+    global _MISSING_SAID
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        if not _MISSING_SAID:
+            print("plots: matplotlib is not installed (pip install 'lmplatform[plots]'): no PNGs")
+            _MISSING_SAID = True
+        return None
+    return plt
+
+
+_MISSING_SAID = False
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Rows of a JSON-lines file (local path or URI); [] when there is none yet."""
     if not storage.exists(path):
@@ -29,10 +49,9 @@ def _save(fig, out_png: str | os.PathLike) -> str:
 
 def loss_curve(rows: list[dict], out_png: str | os.PathLike, title: str = "") -> str | None:
     """Loss (and throughput, when logged) against step; the last value per step wins (resumes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
+    if plt is None:
+        return None
 
     by_step = {r["step"]: r for r in rows if "loss" in r}
     if not by_step:
@@ -59,10 +78,9 @@ def loss_curve(rows: list[dict], out_png: str | os.PathLike, title: str = "") ->
 def trials_plot(results, metric: str, out_png: str | os.PathLike, title: str = "") -> str | None:
     """Two panels: each trial's best metric against its learning rate (log x), and each trial's
     metric over its training time. PBT trials show the lr they ended with."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
+    if plt is None:
+        return None
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     any_data = False

@@ -12,6 +12,7 @@ checkpoint in the run's storage.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from lmplatform import storage
+from lmplatform.config import ConfigError
 from lmplatform.data.pretraining import BertCollator, Prefetcher, causal_collate, shard_files
 from lmplatform.jobconfig import PretrainJobConfig
 from lmplatform.models.tasks import build_pretraining_model
@@ -317,6 +319,11 @@ def run_pretraining(
     from lmplatform.prepare import prepare
     from lmplatform.tracking import mlflow_uri
 
+    if importlib.util.find_spec("deepspeed") is None:  # before any work, not in the workers
+        raise ConfigError(
+            "pretraining runs every step through DeepSpeed, which is not installed: "
+            "pip install 'lmplatform[pretrain]'"
+        )
     prepared = prepare(job)
     files = shard_files(prepared.examples_dir)
     # the same rows in the same order on every run: resumption and ZeRO comparisons rely on it
