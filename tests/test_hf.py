@@ -245,7 +245,9 @@ def test_bert_checkpoint_imports_with_logits_parity(tmp_path, toks):
     model, tok_json, fresh = load_hf_folder(folder)
     # a masked-LM checkpoint has no NSP head and no pooler: those start fresh
     assert sorted(fresh) == sorted(
-        f"{p}.{w}" for p in ("cls.seq_relationship", "bert.pooler.dense") for w in ("weight", "bias")
+        f"{p}.{w}"
+        for p in ("cls.seq_relationship", "bert.pooler.dense")
+        for w in ("weight", "bias")
     )
     ids, mask, types = _batch(toks["bert"], TEXTS, PAIRS)
     model.eval()
