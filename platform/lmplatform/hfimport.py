@@ -112,8 +112,10 @@ def fetch(source: str) -> Path:
     local = Path(source).expanduser()
     if local.is_dir():
         return local.resolve()
-    if local.exists() or source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"hf:{source}: not a folder")
+    if local.exists():
+        raise FileNotFoundError(f"hf:{source}: a file, not a checkpoint folder")
+    if source.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"hf:{source}: no such folder")
     repo, _, revision = source.partition("@")
     try:
         from huggingface_hub import snapshot_download
