@@ -86,29 +86,50 @@ def test_zero_stages_agree_and_zero3_export_reproduces_eval_loss(ray_local, work
     assert list((workdir / "zero3" / "tensorboard").iterdir())
 
 
-def test_continued_pretraining_starts_from_the_registered_model(ray_local, workdir):
-    """init_from (domain/task-adaptive pretraining): the parent's tokenizer and weights are the
-    start (at lr ~0 the result is the parent), lineage names it, a model section that does not
-    describe it is refused."""
+def test_continued_pretraining_starts_from_the_parent_model(ray_local, workdir, tmp_path):
+    """init_from (domain/task-adaptive pretraining), here from a transformers checkpoint
+    (`hf:<folder>`, a BertForPreTraining saved by transformers): imported into the registry,
+    its tokenizer and weights are the start (at lr ~0 the result is the parent), lineage names
+    it, the MLflow run is tagged with the version; a model section that does not describe the
+    parent is refused (a registry parent here: both resolve to a registry version)."""
+    import shutil
+
+    import transformers
+    from mlflow.tracking import MlflowClient
+
     from lmplatform.config import ConfigError
-    from lmplatform.models.io import from_pretrained
+    from lmplatform.models.io import from_pretrained, load_hf_folder
     from lmplatform.prepare import prepare
     from lmplatform.pretrain import export_and_register, run_pretraining
     from lmplatform.registry import Registry
 
     adapt = [
-        "init_from=zero3",  # registered by the ZeRO test above
         "corpus.source.path=sample://sentiment/train.tsv",
         "corpus.source.text_column=sentence",
         "corpus.document_split=line",
         "examples.nsp=false",
     ]
     with pytest.raises(ConfigError, match=r"init_from=zero3@v0001: .*hidden_size=256"):
-        prepare(_cfg(workdir, "adapt-bad", *adapt, "model.size=mini"))
+        prepare(_cfg(workdir, "adapt-bad", *adapt, "init_from=zero3", "model.size=mini"))
+
+    reg = Registry(workdir / "registry")
+    tok = reg.local_path("pretrained", "zero3", "v0001") / "tokenizer.json"  # the ZeRO test's
+    hf_cfg = transformers.BertConfig(
+        vocab_size=len(json.loads(tok.read_text())["model"]["vocab"]),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(3)
+    transformers.BertForPreTraining(hf_cfg).save_pretrained(tmp_path / "hf-tiny")
+    shutil.copyfile(tok, tmp_path / "hf-tiny" / "tokenizer.json")
     cfg = _cfg(
         workdir,
         "adapt",
         *adapt,
+        f"init_from=hf:{tmp_path}/hf-tiny",
         "train.max_steps=2",
         "train.lr=1e-9",
         "train.checkpoint_every=2",
@@ -117,22 +138,24 @@ def test_continued_pretraining_starts_from_the_registered_model(ray_local, workd
     )
     prepared, result = run_pretraining(cfg)
     name, version, _ = export_and_register(cfg, prepared, result)
-    reg = Registry(cfg.registry)
     meta = reg.metadata("pretrained", name, version)
-    # the MLflow run: settings as params, the logged metrics, and the registry version it made
-    from mlflow.tracking import MlflowClient
+    imported = reg.metadata("pretrained", "hf-hf-tiny", "v0001")["lineage"]
+    assert imported["imported_from"] == f"hf:{tmp_path}/hf-tiny"
+    assert meta["lineage"]["init_from"] == "hf-hf-tiny@v0001"
+    zero3 = reg.metadata("pretrained", "zero3", "v0001")["lineage"]
+    assert (
+        meta["lineage"]["tokenizer_hash"] == imported["tokenizer_hash"] == zero3["tokenizer_hash"]
+    )
+    ours = from_pretrained(reg.local_path("pretrained", name, version)).state_dict()
+    theirs = load_hf_folder(tmp_path / "hf-tiny")[0].state_dict()
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in theirs) < 1e-4
 
+    # the MLflow run: settings as params, the logged metrics, and the registry version it made
     run = MlflowClient(meta["tracking"]["uri"]).get_run(meta["tracking"]["run_id"])
     assert meta["tracking"]["uri"] == f"file:{workdir}/mlruns"
     assert run.data.params["model.family"] == "bert" and run.data.tags["team"] == "nlp"
     assert {"loss", "mlm_loss"} <= set(run.data.metrics)
     assert run.data.tags["lmplatform.registry_version"] == f"pretrained/adapt@{version}"
-    parent = reg.metadata("pretrained", "zero3", "v0001")
-    assert meta["lineage"]["init_from"] == "zero3@v0001"
-    assert meta["lineage"]["tokenizer_hash"] == parent["lineage"]["tokenizer_hash"]
-    ours = from_pretrained(reg.local_path("pretrained", name, version)).state_dict()
-    theirs = from_pretrained(reg.local_path("pretrained", "zero3", "v0001")).state_dict()
-    assert max(float((ours[k] - theirs[k]).abs().max()) for k in theirs) < 1e-4
 
 
 def test_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, workdir):
@@ -209,49 +232,3 @@ def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local
     steps = [r["step"] for r in _steps(workdir, "restart")][len(first) :]
     assert steps[0] == newest + 1  # continued from the newest checkpoint, not from step 0
     assert result.metrics["step"] == 12
-
-
-def test_continued_pretraining_from_a_transformers_checkpoint(ray_local, workdir, tmp_path):
-    """init_from: hf:<folder> (a BertForMaskedLM saved by transformers): imported into the
-    registry, its tokenizer kept, and at lr ~0 the result is its weights."""
-    import shutil
-
-    import transformers
-
-    from lmplatform.models.io import from_pretrained, load_hf_folder
-    from lmplatform.pretrain import export_and_register, run_pretraining
-    from lmplatform.registry import Registry
-
-    reg = Registry(workdir / "registry")
-    tok = reg.local_path("pretrained", "zero3", "v0001") / "tokenizer.json"  # the ZeRO test's
-    vocab = json.loads(tok.read_text())["model"]["vocab"]
-    hf_cfg = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(3)
-    transformers.BertForPreTraining(hf_cfg).save_pretrained(tmp_path / "hf-tiny")
-    shutil.copyfile(tok, tmp_path / "hf-tiny" / "tokenizer.json")
-    cfg = _cfg(
-        workdir,
-        "adapt-hf",
-        f"init_from=hf:{tmp_path}/hf-tiny",
-        "examples.nsp=false",
-        "train.max_steps=2",
-        "train.lr=1e-9",
-        "train.checkpoint_every=2",
-        "scaling.num_workers=1",
-    )
-    prepared, result = run_pretraining(cfg)
-    name, version, _ = export_and_register(cfg, prepared, result)
-    meta = reg.metadata("pretrained", name, version)
-    assert meta["lineage"]["init_from"] == "hf-hf-tiny@v0001"
-    imported = reg.metadata("pretrained", "hf-hf-tiny", "v0001")["lineage"]
-    assert imported["imported_from"] == f"hf:{tmp_path}/hf-tiny"
-    ours = from_pretrained(reg.local_path("pretrained", name, version)).state_dict()
-    theirs = load_hf_folder(tmp_path / "hf-tiny")[0].state_dict()
-    assert max(float((ours[k] - theirs[k]).abs().max()) for k in theirs) < 1e-4

@@ -201,9 +201,9 @@ def check_storage(roots: dict[str, str], cluster: bool) -> list[Problem]:
     return problems
 
 
-def _node_imports(_: object) -> dict[str, str]:
+def _node_imports(modules: tuple[str, ...]) -> dict[str, str]:
     out = {}
-    for mod in ("torch", "deepspeed"):
+    for mod in modules:
         try:
             __import__(mod)
         except Exception as e:
@@ -241,15 +241,15 @@ def _on_every_node(fn, arg) -> dict[str, dict]:
     return out
 
 
-def check_imports() -> list[Problem]:
+def check_imports(modules: tuple[str, ...] = ("torch", "deepspeed")) -> list[Problem]:
     return [
         Problem(
             "deepspeed",
             f"{mod} does not import on node {node}: {reason}",
-            "install the project on every node (cluster.yaml setup_commands: pip install -e .) "
-            "or add it to the runtime_env's pip",
+            "install the project on every node (cluster.yaml setup_commands: pip install -e "
+            "'.[all]') or add it to the runtime_env's pip",
         )
-        for node, res in _on_every_node(_node_imports, None).items()
+        for node, res in _on_every_node(_node_imports, modules).items()
         for mod, reason in res.items()
     ]
 
@@ -363,6 +363,7 @@ def run_checks(
     gpus: dict[str, float] | None = None,
     address: str | None = None,
     cluster: bool = True,
+    pretraining: bool = True,
 ) -> list[Problem]:
     """All checks; the cluster ones (per-node storage, imports, GPUs) need Ray initialised."""
     problems: list[Problem] = []
@@ -375,5 +376,6 @@ def run_checks(
         problems += check_data(data, cluster)
     if cluster:
         problems += check_gpus(gpus or {})
-        problems += check_imports()
+        # DeepSpeed (the `pretrain` extra) only where a pretraining stage will run
+        problems += check_imports(("torch", "deepspeed") if pretraining else ("torch",))
     return problems

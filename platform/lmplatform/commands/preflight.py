@@ -61,6 +61,7 @@ def main() -> None:
         data=preflight.data_wants(pre, tasks),
         gpus=preflight.gpu_wants(pre, tasks, serve_cfg),
         address=args.address,
+        pretraining=pre is not None,
     )
     for prob in problems:
         print(f"preflight: {prob}")
