@@ -589,7 +589,7 @@ def run_search(
             max_concurrent_trials=s.max_concurrent,
             time_budget_s=s.max_time_s,
             reuse_actors=False,
-            search_alg=BasicVariantGenerator(points_to_evaluate=points) if points else None,
+            search_alg=BasicVariantGenerator(points_to_evaluate=points, random_state=s.seed),
         ),
         run_config=tune.RunConfig(
             name=job.name,

@@ -274,6 +274,9 @@ class SearchConfig(StrictModel):
     space: dict[str, SearchDim] = Field(default_factory=dict)
     """Hyperparameter -> range; keys from: lr, batch_size, epochs, warmup_ratio, weight_decay,
     dropout, layer_decay, transfer."""
+    seed: int | None = 0
+    """Seed of the configurations drawn from `space`: a re-run tries the same ones (null: fresh
+    draws each run). Which trials ASHA stops still depends on when results arrive."""
     grace_period: int = Field(1, ge=1)
     """ASHA: evaluations before a trial can be stopped."""
     reduction_factor: float = Field(2.0, gt=1.0)

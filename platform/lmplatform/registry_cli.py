@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     except (RegistryError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # `… | head`: the reader has seen enough
+        sys.stderr.close()
 
 
 def _parser() -> argparse.ArgumentParser:
