@@ -1,6 +1,6 @@
 """Export a pretraining checkpoint (any ZeRO stage, merged to fp32) into the model registry.
 
-python jobs/export.py --config jobs/configs/pretrain/bert-debug.yaml --checkpoint runs/ray/bert-debug/checkpoint_…
+The same as the `lmplatform-export` console script: usage in lmplatform/commands/export.py.
 """
 
 import sys

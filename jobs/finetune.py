@@ -1,7 +1,6 @@
 """Search fine-tuning hyperparameters for a task with Ray Tune and promote the best model.
 
-python jobs/finetune.py --config jobs/configs/tasks/sentiment-sample.yaml [--force] [key=value ...]
-ray job submit --working-dir . -- python jobs/finetune.py --config jobs/configs/tasks/sst2.yaml
+The same as the `lmplatform-finetune` console script: usage in lmplatform/commands/finetune.py.
 """
 
 import sys

@@ -1,12 +1,6 @@
-"""Run the whole path as one resumable job: tokenizer, pretraining, fine-tuning searches,
-promotion, deployment, run report.
+"""Run the whole path as one resumable job (tokenizer, pretraining, searches, promotion, deployment).
 
-python jobs/pipeline.py --config jobs/configs/pipeline/demo.yaml [--force] [key=value ...]
-ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- \
-    python jobs/pipeline.py --config jobs/configs/pipeline/demo.yaml output_dir=$PWD/runs registry=$PWD/registry
-
-A stage whose output exists for the same config is skipped (state.json under
-output_dir/<name>/); preflight checks run first and stop the job with one line per problem.
+The same as the `lmplatform-pipeline` console script: usage in lmplatform/commands/pipeline.py.
 """
 
 import sys

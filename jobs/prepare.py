@@ -1,6 +1,6 @@
 """Prepare pretraining data: train (or reuse) the tokenizer and build example shards with Ray Data.
 
-python jobs/prepare.py --config jobs/configs/pretrain/bert-sample.yaml [key=value ...]
+The same as the `lmplatform-prepare` console script: usage in lmplatform/commands/prepare.py.
 """
 
 import sys

@@ -1,7 +1,6 @@
 """Pretrain a model family on a corpus with Ray Train + DeepSpeed and register the result.
 
-python jobs/pretrain.py --config jobs/configs/pretrain/bert-debug.yaml [key=value ...]
-ray job submit --working-dir . -- python jobs/pretrain.py --config jobs/configs/pretrain/bert-debug.yaml
+The same as the `lmplatform-pretrain` console script: usage in lmplatform/commands/pretrain.py.
 """
 
 import sys

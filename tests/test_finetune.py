@@ -332,28 +332,14 @@ def test_a_transformers_checkpoint_is_imported_fine_tuned_promoted_and_served(
     the promoted version runs in transformers' pipeline with our predictions."""
     import transformers
 
+    from hf_checkpoints import save_bert
     from lmplatform.finetune import load_task_data, promote, run_search
     from lmplatform.registry import Registry
     from lmplatform.serving.deployments import load_task
 
-    cfg = transformers.BertConfig(
-        vocab_size=2000,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=128,
+    save_bert(
+        tmp_path / "my-bert", registry / "tok" / "tokenizer.json", 2000, hidden=64, max_len=128
     )
-    torch.manual_seed(0)
-    transformers.BertForMaskedLM(cfg).save_pretrained(tmp_path / "my-bert")
-    transformers.PreTrainedTokenizerFast(
-        tokenizer_file=str(registry / "tok" / "tokenizer.json"),
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    ).save_pretrained(tmp_path / "my-bert")
     job = _job(
         registry,
         "imported",

@@ -11,6 +11,7 @@ import torch
 # `transformers` comes with the dev extra, which `make setup` installs: a missing one fails here
 import transformers
 
+from hf_checkpoints import save_bert
 from lmplatform.models import BertConfig, GPTConfig, LSTMConfig
 from lmplatform.models.io import export_hf, from_pretrained, load_hf_folder, save_pretrained
 from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model
@@ -211,26 +212,7 @@ def test_bilm_is_refused_by_export_and_by_transformers(tmp_path, toks):
 
 def _hf_bert(tmp_path, toks, with_tokenizer_json=True):
     """A checkpoint written by transformers' own classes (random weights, tiny)."""
-    cfg = transformers.BertConfig(
-        vocab_size=1000,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(1)
-    model = transformers.BertForMaskedLM(cfg).eval()
-    model.save_pretrained(tmp_path / "hf-bert")
-    tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_file=str(toks["bert"]),
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    tok.save_pretrained(tmp_path / "hf-bert")
+    model = save_bert(tmp_path / "hf-bert", toks["bert"], vocab_size=1000, seed=1)
     if not with_tokenizer_json:
         (tmp_path / "hf-bert" / "tokenizer.json").unlink()
         vocab = load_tokenizer(toks["bert"]).get_vocab()

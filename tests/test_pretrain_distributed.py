@@ -92,11 +92,9 @@ def test_continued_pretraining_starts_from_the_parent_model(ray_local, workdir, 
     its tokenizer and weights are the start (at lr ~0 the result is the parent), lineage names
     it, the MLflow run is tagged with the version; a model section that does not describe the
     parent is refused (a registry parent here: both resolve to a registry version)."""
-    import shutil
-
-    import transformers
     from mlflow.tracking import MlflowClient
 
+    from hf_checkpoints import save_bert
     from lmplatform.config import ConfigError
     from lmplatform.models.io import from_pretrained, load_hf_folder
     from lmplatform.prepare import prepare
@@ -114,17 +112,17 @@ def test_continued_pretraining_starts_from_the_parent_model(ray_local, workdir, 
 
     reg = Registry(workdir / "registry")
     tok = reg.local_path("pretrained", "zero3", "v0001") / "tokenizer.json"  # the ZeRO test's
-    hf_cfg = transformers.BertConfig(
-        vocab_size=len(json.loads(tok.read_text())["model"]["vocab"]),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=128,
+    vocab = len(json.loads(tok.read_text())["model"]["vocab"])
+    save_bert(
+        tmp_path / "hf-tiny",
+        tok,
+        vocab,
+        hidden=64,
+        max_len=128,
+        head="BertForPreTraining",
+        seed=3,
+        tokenizer_via_transformers=False,
     )
-    torch.manual_seed(3)
-    transformers.BertForPreTraining(hf_cfg).save_pretrained(tmp_path / "hf-tiny")
-    shutil.copyfile(tok, tmp_path / "hf-tiny" / "tokenizer.json")
     cfg = _cfg(
         workdir,
         "adapt",
