@@ -46,17 +46,20 @@ class TrackingConfig(StrictModel):
 
 
 def mlflow_uri(cfg: TrackingConfig, output_dir: str) -> str:
-    """The tracking URI to use; a folder store is allowed explicitly (see the module doc)."""
+    """The tracking URI to use (checked when the config loads, so no side effects here)."""
     if cfg.uri:
-        uri = cfg.uri
-    elif storage.is_local(output_dir):
-        uri = "file:" + storage.join(storage.normalize(output_dir), "mlruns")
-    else:
-        raise ValueError(
-            f"tracking: output_dir {output_dir} is not a local folder, so MLflow cannot keep its "
-            "default folder store there: set tracking.uri (an MLflow server, http://…)"
-        )
-    if uri.startswith("file:") or "://" not in uri:
+        return cfg.uri
+    if storage.is_local(output_dir):
+        return "file:" + storage.join(storage.normalize(output_dir), "mlruns")
+    raise ValueError(
+        f"tracking: output_dir {output_dir} is not a local folder, so MLflow cannot keep its "
+        "default folder store there: set tracking.uri (an MLflow server, http://…)"
+    )
+
+
+def _allow_folder_store(uri: str | None) -> str | None:
+    """MLflow 3 opens folder stores only behind MLFLOW_ALLOW_FILE_STORE (see the module doc)."""
+    if uri and (uri.startswith("file:") or "://" not in uri):
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     return uri
 
@@ -75,7 +78,7 @@ def tune_callbacks(cfg: TrackingConfig | None, job_name: str, output_dir: str, t
 
         return [
             MLflowLoggerCallback(
-                tracking_uri=mlflow_uri(cfg, output_dir),
+                tracking_uri=_allow_folder_store(mlflow_uri(cfg, output_dir)),
                 experiment_name=_experiment(cfg, job_name),
                 tags=tags,
                 save_artifact=False,
@@ -101,11 +104,9 @@ class WorkerRun:
         if cfg.backend == "mlflow":
             from ray.air.integrations.mlflow import setup_mlflow
 
-            if uri and (uri.startswith("file:") or "://" not in uri):
-                os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
             self.client = setup_mlflow(
                 config=params,
-                tracking_uri=uri,
+                tracking_uri=_allow_folder_store(uri),
                 experiment_name=_experiment(cfg, job_name),
                 run_name=job_name,
                 create_experiment_if_not_exists=True,
@@ -144,7 +145,7 @@ def find_run(
         return None
     from mlflow.tracking import MlflowClient
 
-    uri = mlflow_uri(cfg, output_dir)
+    uri = _allow_folder_store(mlflow_uri(cfg, output_dir))
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(_experiment(cfg, job_name))
     if exp is None:
@@ -167,7 +168,7 @@ def tag_run(run: dict | None, ref: str, registry: str) -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=run["uri"])
+    client = MlflowClient(tracking_uri=_allow_folder_store(run["uri"]))
     client.set_tag(run["run_id"], TAG_VERSION, ref)
     client.set_tag(run["run_id"], TAG_REGISTRY, registry)
 
