@@ -40,7 +40,8 @@ PLAIN = textwrap.dedent(
     import torch, uvicorn
     torch.set_num_threads({threads})
     from lmplatform.registry import Registry
-    from lmplatform.serving.api import LocalBackend, make_app
+    from lmplatform.serving.api import make_app
+    from lmplatform.serving.local import LocalBackend
     from lmplatform.serving.deployments import load_task
     p = load_task(Registry({registry!r}), {task!r})
     app = make_app(LocalBackend({{{task!r}: p}}), max_body_bytes=1_000_000)

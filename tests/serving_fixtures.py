@@ -1,7 +1,8 @@
 """A small registry for the serving tests: random-weight debug models of every kind the API serves.
 
 The API contract does not depend on accuracy, so no training runs here: a classification, a
-pair-classification and a token-classification task (full fine-tuning), two frozen-feature
+pair-classification, a token-classification and a semantic-role task (full fine-tuning), two
+frozen-feature
 tasks from the same parent (a shared-encoder group), a pretrained BERT (fill-mask) and a
 pretrained GPT (generate).
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+SRL_LABELS = ["O", "ARG0", "ARG1", "ARGM-TMP"]
 
 
 def _tokenizers(root: Path, sample_dir: Path):
@@ -47,9 +49,11 @@ def publish_task(
     """Save a task model with a fresh head, publish it and promote it (force)."""
     from lmplatform.models.io import save_pretrained
     from lmplatform.models.tasks import TaskModel
+    from lmplatform.tasks import task_type
 
     torch.manual_seed(seed)
-    model = TaskModel(copy.deepcopy(encoder), kind, len(labels), frozen=frozen)
+    tt = task_type(kind)
+    model = TaskModel(copy.deepcopy(encoder), kind, len(labels), frozen=frozen, layout=tt.layout)
     folder = root / f"{name}-{seed}"
     entity_types = (
         sorted({x[2:] for x in labels if x != "O"}) if kind == "token_classification" else None
@@ -65,8 +69,8 @@ def publish_task(
             "task_name": name,
         },
     )
-    metric = "entity_f1" if kind == "token_classification" else "accuracy"
-    classes = entity_types if kind == "token_classification" else labels
+    metric = tt.metrics[0]
+    classes = {"token_classification": entity_types, "srl": labels[1:]}.get(kind, labels)
     per_class = {
         c: {"precision": value, "recall": value, "f1": value, "support": 10} for c in classes
     }
@@ -116,6 +120,7 @@ def build_registry(root: Path, sample_dir: Path) -> Path:
         wp,
     )
     publish_task(reg, root, "ner", enc, "token_classification", NER_LABELS, wp)
+    publish_task(reg, root, "srl", enc, "srl", SRL_LABELS, wp)
     publish_task(reg, root, "topic-a", enc, "classification", ["a", "b", "c"], wp, frozen=True)
     publish_task(reg, root, "topic-b", enc, "classification", ["x", "y"], wp, frozen=True, seed=1)
     return root / "registry"

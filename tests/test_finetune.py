@@ -123,9 +123,9 @@ def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, re
     # the registered folder reproduces the promoted dev metric
     from tokenizers import Tokenizer
 
-    from lmplatform.data.tasks import TaskEncoder
     from lmplatform.finetune import evaluate
     from lmplatform.models.io import from_pretrained
+    from lmplatform.tasks.encoding import TaskEncoder
 
     path = reg.local_path("tasks", "sentiment-sample", out["version"])
     model = from_pretrained(path)

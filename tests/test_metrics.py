@@ -5,8 +5,10 @@ import random
 import pytest
 from seqeval.metrics import f1_score, precision_score, recall_score
 
-from lmplatform.data.sources import DataSource, bio_tags, load_labelled
+from lmplatform.data.sources import DataSource
 from lmplatform.metrics import classification_report, entity_report, get_entities
+from lmplatform.tasks.data import load_labelled
+from lmplatform.tasks.token_classification import bio_tags
 
 TYPES = ["PER", "LOC", "ORG", "MISC"]
 

@@ -4,7 +4,8 @@ import hashlib
 import math
 
 from lmplatform.data.sample import ensure_sample
-from lmplatform.data.sources import CorpusConfig, DataSource, load_corpus, load_labelled
+from lmplatform.data.sources import CorpusConfig, DataSource, load_corpus
+from lmplatform.tasks.data import load_labelled
 
 
 def _digest(root):

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from serving_fixtures import NER_LABELS, build_registry, publish_task
+from serving_fixtures import NER_LABELS, SRL_LABELS, build_registry, publish_task
 
 APP = "lm"
 
@@ -74,11 +74,12 @@ def test_health_tasks_and_openapi(served):
     assert (r.status_code, r.json()) == (200, {"status": "ok"})
     tasks = requests.get(served["url"] + "/v1/tasks", timeout=10).json()["tasks"]
     by = {t["task"]: t for t in tasks}
-    assert set(by) == {"sentiment", "pairs", "ner", "topic-a", "topic-b"}
+    assert set(by) == {"sentiment", "pairs", "ner", "srl", "topic-a", "topic-b"}
     assert by["sentiment"]["type"] == "classification"
     assert by["pairs"]["type"] == "pair_classification"
     assert by["ner"]["type"] == "token_classification"
     assert by["ner"]["labels"] == NER_LABELS
+    assert by["srl"]["type"] == "srl" and by["srl"]["labels"] == SRL_LABELS
     for t in tasks:
         assert set(t) == {"task", "type", "labels", "model"}
         assert set(t["model"]) == {"name", "version", "metric", "value", "per_class"}
@@ -94,9 +95,13 @@ def test_health_tasks_and_openapi(served):
     predict = spec["paths"]["/v1/predict/{task}"]["post"]
     assert "inputs" in predict["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert {"200", "400", "404", "413", "422"} <= set(predict["responses"])
-    assert {"PredictResponse", "TokenPrediction", "ErrorResponse"} <= set(
-        spec["components"]["schemas"]
-    )
+    assert {
+        "PredictResponse",
+        "TokenPrediction",
+        "SrlPrediction",
+        "SrlInput",
+        "ErrorResponse",
+    } <= set(spec["components"]["schemas"])
     docs = requests.get(served["url"] + "/docs", timeout=10)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
@@ -139,6 +144,38 @@ def test_token_classification_strings_and_word_lists(served):
         assert " ".join(words[e["start"] : e["end"]]) == e["text"]
     # the word-list and the string form of the same sentence get the same tags
     assert p["tags"] == first["tags"]
+
+
+def test_semantic_roles_for_words_and_text(served):
+    words = ["Yesterday", "John", "bought", "a", "car"]
+    r = _post(
+        served,
+        "/v1/predict/srl",
+        {"inputs": [{"words": words, "predicate": 2}, {"text": " ".join(words), "predicate": 2}]},
+    )
+    assert r.status_code == 200, r.text
+    by_words, by_text = r.json()["predictions"]
+    for p in (by_words, by_text):
+        assert set(p) == {"labels", "predicate", "arguments", "truncated"}
+        assert len(p["labels"]) == 5 and p["labels"][2] == "V" and p["predicate"] == 2
+        assert set(p["labels"]) <= set(SRL_LABELS) | {"V"}
+        for a in p["arguments"]:
+            assert set(a) == {"label", "head", "text", "score"}
+            assert a["head"] != 2 and words[a["head"]] == a["text"]
+            assert p["labels"][a["head"]] == a["label"] != "O"
+    assert by_words == by_text  # the same sentence either way
+    # another predicate of the same words is another question: the model is told which
+    other = _post(served, "/v1/predict/srl", {"inputs": [{"words": words, "predicate": 4}]})
+    assert other.status_code == 200 and other.json()["predictions"][0]["labels"][4] == "V"
+    # a predicate the model never sees (past max_seq_len) is answered, marked truncated
+    long_ = _post(served, "/v1/predict/srl", {"inputs": [{"words": ["w"] * 60, "predicate": 59}]})
+    p = long_.json()["predictions"][0]
+    assert long_.status_code == 200 and p["truncated"] is True and p["arguments"] == []
+    assert len(p["labels"]) == 60 and p["labels"][59] == "V"
+    # a bad predicate is named, with the range it must be in
+    bad = _post(served, "/v1/predict/srl", {"inputs": [{"words": words, "predicate": 7}]})
+    msg = bad.json()["error"]["message"]
+    assert bad.status_code == 422 and "predicate" in msg and "out of range" in msg and "0..4" in msg
 
 
 def test_fill_mask_and_generate(served):
@@ -192,6 +229,19 @@ def test_fill_mask_and_generate(served):
         ("/v1/predict/ner", {"inputs": [["two words"]], "is_split_into_words": True}, 422),
         ("/v1/predict/sentiment", {"inputs": ["x"], "is_split_into_words": True}, 422),
         ("/v1/predict/sentiment", '{"inputs": ["\\ud800"]}', 422),  # lone surrogate
+        ("/v1/predict/srl", {"inputs": [{"words": ["a", "b"], "predicate": 2}]}, 422),
+        ("/v1/predict/srl", {"inputs": [{"words": ["a", "b"], "predicate": -1}]}, 422),
+        ("/v1/predict/srl", {"inputs": [{"words": [], "predicate": 0}]}, 422),
+        ("/v1/predict/srl", {"inputs": [{"words": ["a b"], "predicate": 0}]}, 422),
+        ("/v1/predict/srl", {"inputs": [{"text": "   ", "predicate": 0}]}, 422),
+        ("/v1/predict/srl", {"inputs": [{"words": ["a"], "text": "a", "predicate": 0}]}, 422),
+        ("/v1/predict/srl", {"inputs": [{"predicate": 0}]}, 422),
+        ("/v1/predict/srl", {"inputs": [{"words": ["a"]}]}, 422),
+        ("/v1/predict/srl", {"inputs": [{"words": ["a"], "predicate": "0"}]}, 422),
+        ("/v1/predict/srl", {"inputs": [{"words": ["a"], "predicate": True}]}, 422),
+        ("/v1/predict/srl", {"inputs": [{"words": ["a"], "predicate": 0, "x": 1}]}, 422),
+        ("/v1/predict/srl", {"inputs": ["a sentence without a predicate"]}, 422),
+        ("/v1/predict/sentiment", {"inputs": [{"words": ["a"], "predicate": 0}]}, 422),
         ("/v1/predict/sentiment", [1, 2, 3], 422),
         ("/v1/fill-mask", {"inputs": ["[MASK]"], "top_k": 0}, 422),
         ("/v1/generate", {"inputs": ["x"], "max_new_tokens": "ten"}, 422),

@@ -7,15 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmplatform.data.sources import (
-    CorpusConfig,
-    DataError,
-    DataSource,
-    bio_tags,
-    fingerprint,
-    load_corpus,
-    load_labelled,
-)
+from lmplatform.data.sources import CorpusConfig, DataError, DataSource, fingerprint, load_corpus
+from lmplatform.tasks.data import load_labelled
+from lmplatform.tasks.token_classification import bio_tags
 
 TYPES = ["PER", "LOC", "ORG", "MISC"]
 

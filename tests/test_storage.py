@@ -174,7 +174,8 @@ def test_cache_of_remote_versions_is_keyed_by_registry_and_content(s3_bucket, tm
 
 
 def test_task_data_from_s3_reports_bad_rows_like_local_files(s3_bucket, tmp_path):
-    from lmplatform.data.sources import DataError, DataSource, load_labelled
+    from lmplatform.data.sources import DataError, DataSource
+    from lmplatform.tasks.data import load_labelled
 
     text = "sentence\tlabel\ngood one\t1\n\t0\nno label\t\nweird\t7\nfine\t0\ntoo\tmany\tcols\n"
     uri = f"{s3_bucket}/data/s.tsv"

@@ -13,11 +13,12 @@ from lmplatform.data.pretraining import (
     build_examples_local,
     causal_collate,
 )
-from lmplatform.data.sources import DataSource, load_labelled
-from lmplatform.data.tasks import TaskEncoder
+from lmplatform.data.sources import DataSource
 from lmplatform.jobconfig import TrainConfig
 from lmplatform.models import BertConfig, GPTConfig, LSTMConfig
 from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model
+from lmplatform.tasks.data import load_labelled
+from lmplatform.tasks.encoding import TaskEncoder
 from lmplatform.tokenization import (
     TokenizerConfig,
     continuation_mask,

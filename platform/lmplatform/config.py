@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class ConfigError(ValueError):
@@ -34,6 +34,10 @@ class StrictModel(BaseModel):
         validate_assignment=True,
         protected_namespaces=(),
     )
+
+
+Name = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""A run, task or model name: it becomes a path in storage and the registry."""
 
 
 C = TypeVar("C", bound=BaseModel)

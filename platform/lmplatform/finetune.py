@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import math
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,12 +23,12 @@ import torch
 from torch import nn
 
 from lmplatform import storage
-from lmplatform.data.sources import bio_tags, load_labelled
-from lmplatform.data.tasks import TaskEncoder
 from lmplatform.jobconfig import SEARCHABLE, FinetuneJobConfig, SearchDim
-from lmplatform.metrics import classification_report, entity_report
 from lmplatform.models.tasks import TaskModel, build_encoder
 from lmplatform.runtime import ray_storage
+from lmplatform.tasks import task_type
+from lmplatform.tasks.data import load_labelled
+from lmplatform.tasks.encoding import TaskEncoder
 
 CKPT = "trial.pt"
 # hyperparameters PBT may change in a running trial: they only touch the optimizer
@@ -49,8 +48,8 @@ class TaskData:
     model_config: dict  # parent's model config (architecture for random init)
     tokenizer_json: str
     tokenizer_hash: str
-    label_names: list[str]  # classes, or IOB2 tags for token classification
-    entity_types: list[str] | None
+    label_names: list[str]  # the head's outputs: classes, IOB2 tags, O + roles
+    classes: list[str]  # what per-class scores are keyed by: classes, entity types, roles
     train_rows: list[dict]
     dev_rows: list[dict]
     fingerprints: dict = field(default_factory=dict)
@@ -76,10 +75,7 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
     t = job.task
     train = load_labelled(t.train, t.type, t.labels, t.max_bad_fraction)
     dev = load_labelled(t.dev, t.type, train.labels, t.max_bad_fraction)
-    if t.type == "token_classification":
-        names, entities = bio_tags(train.labels), train.labels
-    else:
-        names, entities = (t.label_names or train.labels), None
+    tt = task_type(t.type)
     return TaskData(
         job=job.model_dump(mode="json"),
         registry=reg.uri,
@@ -87,8 +83,8 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
         model_config=cfg["model"],
         tokenizer_json=(path / "tokenizer.json").read_text(),
         tokenizer_hash=meta.get("lineage", {}).get("tokenizer_hash", ""),
-        label_names=list(names),
-        entity_types=entities,
+        label_names=tt.outputs(train.labels, t.label_names),
+        classes=tt.classes(train.labels, t.label_names),
         train_rows=_subset(train.dataset.to_list(), t.max_train_rows),
         dev_rows=dev.dataset.to_list(),
         fingerprints={"train": train.fingerprint, "dev": dev.fingerprint},
@@ -111,31 +107,24 @@ def build_model(data: TaskData, hp: dict) -> TaskModel:
     t = data.cfg.task
     n = len(data.label_names)
     frozen = hp["transfer"] == "frozen"
+    layout = task_type(t.type).layout
     if not data.parent_ref.startswith("random:"):
         from lmplatform.registry import Registry
 
         name, version = data.parent_ref.split("@")
         path = Registry(data.registry).local_path("pretrained", name, version)  # on this node
-        return task_model_from_pretrained(path, t.type, n, frozen=frozen, dropout=hp["dropout"])
+        return task_model_from_pretrained(
+            path, t.type, n, frozen=frozen, dropout=hp["dropout"], layout=layout
+        )
     encoder = build_encoder(model_config({"model": data.model_config}))
-    return TaskModel(encoder, t.type, n, dropout=hp["dropout"], frozen=frozen)
-
-
-def layer_id(name: str, num_layers: int) -> int:
-    """Depth of a parameter for layer-wise LR decay: 0 embeddings, 1..L blocks, L+1 head."""
-    m = re.match(r"encoder\.(?:layers|blocks|fwd\.\w+|bwd\.\w+)\.(\d+)\.", name)
-    if m:
-        return int(m.group(1)) + 1
-    if name.startswith("encoder.") and "emb" in name:
-        return 0
-    if name.startswith("encoder."):
-        return num_layers  # final norms, pooler: with the top block
-    return num_layers + 1  # head, scalar mix
+    return TaskModel(encoder, t.type, n, dropout=hp["dropout"], frozen=frozen, layout=layout)
 
 
 def lr_scale_fn(model: TaskModel, layer_decay: float):
+    """Layer-wise LR decay: the head at the full rate, each layer below it `layer_decay` times
+    the one above (the model says how deep each parameter sits)."""
     L = model.cfg.num_layers
-    return lambda name: layer_decay ** (L + 1 - layer_id(name, L))
+    return lambda name: layer_decay ** (L + 1 - model.layer_depth(name))
 
 
 # --------------------------------------------------------------------------- one trial
@@ -193,47 +182,24 @@ def evaluate(
     """Dev metrics of `model` on `rows`: the task's metrics, dev_loss, and F1 per class (per
     entity type for NER) as flat `f1/<label>` values that Tune records for every evaluation.
     `detail`: also precision, recall, F1 and support per class under `per_class`."""
-    t = data.cfg.task
     was_training = model.training
     model.eval()
-    preds, golds, loss_sum, n = [], [], 0.0, 0
+    scorer = task_type(data.cfg.task.type).scorer(data.label_names, data.classes)
+    loss_sum, n = 0.0, 0
     for i in range(0, len(rows), bs):
         chunk = rows[i : i + bs]
         batch = encoder.collate(chunk)
-        batch.pop("truncated")
         out = model(**batch)
         loss_sum += float(out["loss"]) * len(chunk)
         n += len(chunk)
-        logits = out["logits"].float()
-        if t.type == "token_classification":
-            arg = logits.argmax(-1)
-            for j, r in enumerate(chunk):
-                keep = batch["labels"][j] != -100
-                p = [data.label_names[x] for x in arg[j][keep].tolist()]
-                p += ["O"] * (len(r["tokens"]) - len(p))  # words cut by truncation
-                preds.append(p)
-                golds.append([data.label_names[x] for x in r["tags"]])
-        else:
-            preds += logits.argmax(-1).tolist()
-            golds += [r["label"] for r in chunk]
+        scorer.add(out["logits"].float(), batch, chunk)
     model.train(was_training)
-    if t.type == "token_classification":
-        rep = entity_report(preds, golds)
-        metrics = {"entity_f1": rep["entity_f1"]}
-        # every entity type of the task, also those the model never predicted nor saw in `rows`
-        per = {e: rep["per_type"].get(e, _EMPTY) for e in (data.entity_types or [])}
-    else:
-        rep = classification_report(preds, golds, data.label_names)
-        metrics = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]}
-        per = rep["per_class"]
+    metrics, per = scorer.result()
     metrics["dev_loss"] = loss_sum / max(n, 1)
     metrics.update({f"f1/{label}": v["f1"] for label, v in per.items()})
     if detail:
         metrics["per_class"] = per
     return metrics
-
-
-_EMPTY = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
 
 
 def eval_subset(data: TaskData) -> list[dict]:
@@ -753,7 +719,7 @@ def promote(sr: SearchResult, force: bool = False) -> dict:
             tokenizer=tok_file,
             extra={
                 "labels": data.label_names,
-                "entity_types": data.entity_types,
+                "classes": data.classes,
                 "max_seq_len": job.task.max_seq_len,
                 "task_name": job.task.name,
             },
@@ -764,7 +730,7 @@ def promote(sr: SearchResult, force: bool = False) -> dict:
             "task": job.task.name,
             "type": job.task.type,
             "labels": data.label_names,
-            "entity_types": data.entity_types,
+            "classes": data.classes,
             "metric": metric,
             "value": value,
             "per_class": dev["per_class"],

@@ -1,4 +1,5 @@
-"""Evaluation metrics: accuracy, per-class and macro precision/recall/F1, entity-level F1.
+"""Evaluation metrics: accuracy, per-class and macro precision/recall/F1, entity-level F1,
+labelled semantic-role F1.
 
 `entity_f1` reproduces `seqeval`'s default scoring (conlleval chunking: an entity is a typed
 span; it counts only if type, start and end all match), so numbers are comparable with papers
@@ -16,7 +17,7 @@ def accuracy(pred: Sequence[int], gold: Sequence[int]) -> float:
     return sum(p == g for p, g in zip(pred, gold)) / len(gold) if gold else 0.0
 
 
-def _prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
+def prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
     p = tp / n_pred if n_pred else 0.0
     r = tp / n_gold if n_gold else 0.0
     f = 2 * p * r / (p + r) if p + r else 0.0
@@ -30,7 +31,7 @@ def classification_report(pred: Sequence[int], gold: Sequence[int], labels: Sequ
         tp = sum(p == i and g == i for p, g in zip(pred, gold))
         n_pred = sum(p == i for p in pred)
         n_gold = sum(g == i for g in gold)
-        p, r, f = _prf(tp, n_pred, n_gold)
+        p, r, f = prf(tp, n_pred, n_gold)
         per[name] = {"precision": p, "recall": r, "f1": f, "support": n_gold}
     n = len(labels) or 1
     return {
@@ -91,15 +92,49 @@ def entity_report(pred: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) 
     if len(pred) != len(gold) or any(len(p) != len(g) for p, g in zip(pred, gold)):
         raise ValueError("predicted and gold tag sequences differ in shape")
     true_ents, pred_ents = set(get_entities(gold)), set(get_entities(pred))
-    p, r, f = _prf(len(true_ents & pred_ents), len(pred_ents), len(true_ents))
+    p, r, f = prf(len(true_ents & pred_ents), len(pred_ents), len(true_ents))
     per = {}
     for t in sorted({e[0] for e in true_ents | pred_ents}):
         te = {e for e in true_ents if e[0] == t}
         pe = {e for e in pred_ents if e[0] == t}
-        pp, rr, ff = _prf(len(te & pe), len(pe), len(te))
+        pp, rr, ff = prf(len(te & pe), len(pe), len(te))
         per[t] = {"precision": pp, "recall": rr, "f1": ff, "support": len(te)}
     return {"entity_precision": p, "entity_recall": r, "entity_f1": f, "per_type": per}
 
 
 def entity_f1(pred: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> float:
     return entity_report(pred, gold)["entity_f1"]
+
+
+# --------------------------------------------------------------------------- semantic roles
+
+
+def srl_report(
+    pred: Sequence[Sequence[str]],
+    gold: Sequence[Sequence[str]],
+    none: str = "O",
+    predicate: str = "V",
+) -> dict:
+    """Labelled argument precision/recall/F1 over (predicate, head word, role) triples, micro
+    over all predicates, and the same per role. Each row of `pred` / `gold` is one predicate's
+    role per word; `none` words and the predicate's own `predicate` label are not arguments."""
+    if len(pred) != len(gold) or any(len(p) != len(g) for p, g in zip(pred, gold)):
+        raise ValueError("predicted and gold role sequences differ in shape")
+
+    def triples(rows):
+        return {
+            (k, i, lab)
+            for k, row in enumerate(rows)
+            for i, lab in enumerate(row)
+            if lab not in (none, predicate)
+        }
+
+    g, p = triples(gold), triples(pred)
+    pr, rc, f = prf(len(g & p), len(p), len(g))
+    per = {}
+    for lab in sorted({t[2] for t in g | p}):
+        gl = {t for t in g if t[2] == lab}
+        pl = {t for t in p if t[2] == lab}
+        a, b, c = prf(len(gl & pl), len(pl), len(gl))
+        per[lab] = {"precision": a, "recall": b, "f1": c, "support": len(gl)}
+    return {"argument_precision": pr, "argument_recall": rc, "argument_f1": f, "per_label": per}

@@ -1,4 +1,5 @@
-"""Loading text corpora and labelled task data into `datasets.Dataset`s, with bad-row accounting.
+"""Reading data files into records and text corpora into `datasets.Dataset`s, with bad-row
+accounting (labelled task rows are built from these records by lmplatform.tasks.data).
 
 One code path serves local files, globs and folders, remote URIs (`s3://`, `gs://`, `https://`,
 anything fsspec reads, with `storage_options`), Hugging Face Hub names and the embedded sample
@@ -18,16 +19,17 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import datasets
 import fsspec
 from pydantic import Field, model_validator
 
+if TYPE_CHECKING:
+    import datasets
+
 from lmplatform.config import StrictModel
 
-Format = Literal["auto", "text", "csv", "tsv", "jsonl", "parquet", "conll"]
-TaskType = Literal["classification", "pair_classification", "token_classification"]
+Format = Literal["auto", "text", "csv", "tsv", "jsonl", "parquet", "conll", "conllu"]
 
 # `datasets` caches generator output by the generator's name and arguments, not its code: this
 # key makes a new version of the readers invalidate what an old version cached.
@@ -43,6 +45,7 @@ _EXT = {
     ".json": "jsonl",
     ".parquet": "parquet",
     ".conll": "conll",
+    ".conllu": "conllu",
 }
 
 
@@ -60,7 +63,8 @@ class DataSource(StrictModel):
     split: str = "train"
     """Hub split to read."""
     format: Format = "auto"
-    """File format; 'auto' picks it from the extension (.txt .csv .tsv .jsonl .parquet .conll)."""
+    """File format; 'auto' picks it from the extension (.txt .csv .tsv .jsonl .parquet .conll
+    .conllu)."""
     header: bool = True
     """CSV/TSV: the first row holds column names. If false, `columns` names them."""
     columns: list[str] | None = None
@@ -141,7 +145,7 @@ def detect_format(source: DataSource, files: list[str]) -> str:
     if len(fmts) != 1 or None in fmts:
         raise DataError(
             f"{source.path}: cannot tell the format from extensions {sorted(exts)}; "
-            f"set format to one of text, csv, tsv, jsonl, parquet, conll"
+            f"set format to one of text, csv, tsv, jsonl, parquet, conll, conllu"
         )
     return fmts.pop()
 
@@ -173,7 +177,7 @@ def fingerprint(source: DataSource, files: list[str] | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def _checked_fingerprint(source: DataSource) -> str:
+def checked_fingerprint(source: DataSource) -> str:
     """Fail on a missing file or unknown format here, not deep inside `datasets`' generator."""
     files = None
     if not source.hub_name:
@@ -246,6 +250,8 @@ def _iter_jsonl(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, 
 def _iter_arrow(
     source: DataSource, files: list[str] | None
 ) -> Iterator[tuple[str, dict | None, str | None]]:
+    import datasets
+
     if source.hub_name:
         ds = datasets.load_dataset(
             source.hub_name, source.hub_subset, split=source.split, streaming=True
@@ -294,6 +300,39 @@ def _iter_conll(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, 
                 yield f"{f}:{start}", {"tokens": tokens, "tags": tags}, error
 
 
+def _iter_conllu(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, str | None]]:
+    """CoNLL-U sentences: the words (column 2) and, per word, the columns after the tenth
+    (Universal Propositions: the predicate sense, then one argument column per predicate).
+    Comment lines, multiword-token ranges (`1-2`) and empty nodes (`8.1`) are skipped."""
+    for f in files:
+        with _open_text(f, so) as fh:
+            words: list[str] = []
+            extra: list[list[str]] = []
+            start, error = 0, None
+            for n, line in enumerate(fh, 1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    if words or error:
+                        yield f"{f}:{start}", {"tokens": words, "columns": extra}, error
+                    words, extra, error = [], [], None
+                    continue
+                if line.startswith("#"):
+                    continue
+                if not words and error is None:
+                    start = n
+                parts = line.split("\t")
+                if len(parts) < 10:
+                    if error is None:
+                        error = f"line {n}: expected 10 or more tab-separated columns, found {len(parts)}"
+                    continue
+                if "-" in parts[0] or "." in parts[0]:
+                    continue
+                words.append(parts[1])
+                extra.append(parts[10:])
+            if words or error:
+                yield f"{f}:{start}", {"tokens": words, "columns": extra}, error
+
+
 def iter_records(source: DataSource) -> Iterator[tuple[str, dict | None, str | None]]:
     if source.hub_name:
         yield from _iter_arrow(source, None)
@@ -311,6 +350,8 @@ def iter_records(source: DataSource) -> Iterator[tuple[str, dict | None, str | N
         yield from _iter_jsonl(files, so)
     elif fmt == "parquet":
         yield from _iter_arrow(source, files)
+    elif fmt == "conllu":
+        yield from _iter_conllu(files, so)
     else:
         yield from _iter_conll(files, so)
 
@@ -358,6 +399,7 @@ _REASONS = (
     ("missing label", "missing label"),
     ("unknown label", "unknown label"),
     ("empty", "empty text"),
+    ("argument column", "malformed predicate"),
 )
 
 
@@ -365,7 +407,8 @@ def _reason(err: str) -> str:
     return next((name for prefix, name in _REASONS if err.startswith(prefix)), "bad row")
 
 
-def _report(ds: datasets.Dataset, source: str) -> BadRows:
+def report_bad_rows(ds: datasets.Dataset, source: str) -> BadRows:
+    """Bad-row report of a dataset with `_where` and `_error` columns."""
     rep = BadRows(source=source, total=len(ds))
     for where, err in zip(ds["_where"], ds["_error"]):
         if err:
@@ -430,7 +473,9 @@ def _documents(source_json: str, document_split: str, min_chars: int, fingerprin
 
 def load_corpus(cfg: CorpusConfig) -> datasets.Dataset:
     """Documents as a `datasets.Dataset` with one column, `text` (Arrow on disk, not in memory)."""
-    fp = _checked_fingerprint(cfg.source)
+    import datasets
+
+    fp = checked_fingerprint(cfg.source)
     ds = datasets.Dataset.from_generator(
         _documents,
         gen_kwargs=dict(
@@ -445,158 +490,3 @@ def load_corpus(cfg: CorpusConfig) -> datasets.Dataset:
             f"{cfg.source.describe()}: no documents of at least {cfg.min_chars} characters"
         )
     return ds
-
-
-# --------------------------------------------------------------------------- labelled data
-
-
-def bio_tags(entity_types: list[str]) -> list[str]:
-    """IOB2 tag list for entity types: O, then B-/I- for each type in order."""
-    return ["O"] + [f"{p}-{t}" for t in entity_types for p in ("B", "I")]
-
-
-def _label_index(raw: Any, labels: list[str]) -> int | None:
-    s = str(raw).strip()
-    if s in labels:
-        return labels.index(s)
-    if re.fullmatch(r"-?\d+", s) and 0 <= int(s) < len(labels):
-        return int(s)
-    return None
-
-
-def _labelled_rows(source_json: str, task: str, labels_json: str, fingerprint: str):
-    source = DataSource.model_validate_json(source_json)
-    labels = json.loads(labels_json)
-    tags = bio_tags(labels) if (task == "token_classification" and labels) else None
-    for where, rec, err in iter_records(source):
-        row = {
-            "_where": where,
-            "_error": err,
-            "text": "",
-            "text_pair": "",
-            "label": "",
-            "tokens": [],
-            "tags": [],
-        }
-        if rec is None:
-            yield row
-            continue
-        if task == "token_classification":
-            row["tokens"], row["tags"] = rec.get("tokens", []), rec.get("tags", [])
-            if row["_error"] is None:
-                if not row["tokens"]:
-                    row["_error"] = "empty sentence"
-                elif tags is not None:
-                    bad = [t for t in row["tags"] if t not in tags]
-                    if bad:
-                        row["_error"] = f"unknown label {bad[0]!r} (allowed: {', '.join(tags)})"
-                elif any(not re.fullmatch(r"O|[BI]-\S+", t) for t in row["tags"]):
-                    t = next(t for t in row["tags"] if not re.fullmatch(r"O|[BI]-\S+", t))
-                    row["_error"] = f"unknown label {t!r} (not an IOB2 tag)"
-            yield row
-            continue
-        text = rec.get(source.text_column)
-        label = rec.get(source.label_column)
-        if source.text_column not in rec:
-            row["_error"] = f"missing column {source.text_column!r} (have: {', '.join(rec)})"
-        elif text is None or not str(text).strip():
-            row["_error"] = "empty text"
-        elif (
-            task == "pair_classification"
-            and not str(rec.get(source.text_pair_column or "", "") or "").strip()
-        ):
-            row["_error"] = f"empty text pair (column {source.text_pair_column!r})"
-        elif label is None or str(label).strip() == "":
-            row["_error"] = "missing label"
-        elif labels is not None and _label_index(label, labels) is None:
-            row["_error"] = f"unknown label {str(label)!r} (allowed: {', '.join(labels)})"
-        row["text"] = "" if text is None else str(text).strip()
-        if task == "pair_classification":
-            row["text_pair"] = str(rec.get(source.text_pair_column or "", "") or "").strip()
-        row["label"] = "" if label is None else str(label).strip()
-        yield row
-
-
-@dataclass
-class LabelledData:
-    """Validated rows plus the label names they are encoded with and the bad-row report."""
-
-    dataset: datasets.Dataset
-    labels: list[str]
-    report: BadRows
-    fingerprint: str
-
-
-def load_labelled(
-    source: DataSource,
-    task: TaskType,
-    labels: list[str] | None = None,
-    max_bad_fraction: float = 0.01,
-) -> LabelledData:
-    """Read a task's rows, count and report bad ones, fail above `max_bad_fraction`, encode labels.
-
-    Classification rows get `text` (and `text_pair`) and an integer `label`; token
-    classification rows get `tokens` and integer `tags` over the IOB2 list built from the entity
-    types in `labels`. With `labels=None` the label set is taken from the data (sorted).
-    """
-    if task == "pair_classification" and not source.text_pair_column:
-        raise DataError(f"{source.describe()}: pair_classification needs text_pair_column")
-    if task == "token_classification" and source.format == "auto" and not source.hub_name:
-        source = source.model_copy(update={"format": "conll"})  # CoNLL files are often *.txt
-    fp = _checked_fingerprint(source)
-    raw = datasets.Dataset.from_generator(
-        _labelled_rows,
-        # lists in gen_kwargs would be split into shards by `datasets`: pass JSON strings
-        gen_kwargs=dict(
-            source_json=source.model_dump_json(),
-            task=task,
-            labels_json=json.dumps(labels),
-            fingerprint=fp,
-        ),
-        features=datasets.Features(
-            {
-                "_where": datasets.Value("string"),
-                "_error": datasets.Value("string"),
-                "text": datasets.Value("string"),
-                "text_pair": datasets.Value("string"),
-                "label": datasets.Value("string"),
-                "tokens": datasets.Sequence(datasets.Value("string")),
-                "tags": datasets.Sequence(datasets.Value("string")),
-            }
-        ),
-    )
-    report = _report(raw, source.describe())
-    report.check(max_bad_fraction)
-    good = raw.filter(lambda e: e is None, input_columns="_error")
-    if task == "token_classification":
-        if labels is None:
-            types = sorted({t[2:] for tags in good["tags"] for t in tags if t != "O"})
-            labels = types
-        tag_list = bio_tags(labels)
-        index = {t: i for i, t in enumerate(tag_list)}
-        ds = good.map(
-            lambda tags: {"tag_ids": [index[t] for t in tags]},
-            input_columns="tags",
-            remove_columns=["_where", "_error", "text", "text_pair", "label"],
-        )
-        ds = ds.remove_columns("tags").rename_column("tag_ids", "tags")
-    else:
-        if labels is None:
-            found = sorted(
-                set(good["label"]),
-                key=lambda s: (
-                    not s.lstrip("-").isdigit(),
-                    int(s) if s.lstrip("-").isdigit() else 0,
-                    s,
-                ),
-            )
-            labels = found
-        names = list(labels)
-        keep = ["text", "label"] + (["text_pair"] if task == "pair_classification" else [])
-        ds = good.map(
-            lambda lab: {"label_id": _label_index(lab, names)},
-            input_columns="label",
-            remove_columns=[c for c in good.column_names if c not in keep],
-        )
-        ds = ds.remove_columns("label").rename_column("label_id", "label")
-    return LabelledData(dataset=ds, labels=list(labels), report=report, fingerprint=fp)

@@ -143,6 +143,16 @@ class BertEncoder(nn.Module):
     def pool(self, h: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.pooler(h[:, 0]))  # [CLS] -> (B, C)
 
+    def layer_depth(self, name: str) -> int:
+        """Depth of parameter `name` for layer-wise LR decay: 0 embeddings, 1..L layers, L the
+        pooler (it sits on the top layer)."""
+        parts = name.split(".")
+        if parts[0] == "layers":
+            return int(parts[1]) + 1
+        return (
+            0 if parts[0] in ("tok_emb", "pos_emb", "type_emb", "emb_ln") else self.cfg.num_layers
+        )
+
     def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> Encoded:
         h = self.forward(input_ids, attention_mask, token_type_ids)
         return Encoded(layers=[h], pooled=self.pool(h))

@@ -152,6 +152,14 @@ class GPT(nn.Module):
 
     # right padding needs no mask here: under causal attention a real token never sees the pads
     # that follow it, so the task heads read the last real position.
+    def layer_depth(self, name: str) -> int:
+        """Depth of parameter `name` for layer-wise LR decay: 0 embeddings, 1..L blocks, L the
+        final norm."""
+        parts = name.split(".")
+        if parts[0] == "blocks":
+            return int(parts[1]) + 1
+        return 0 if parts[0] in ("tok_emb", "pos_emb") else self.cfg.num_layers
+
     def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> Encoded:
         h = self.hidden(input_ids)
         return Encoded(layers=[h], pooled=last_token(h, attention_mask))

@@ -38,6 +38,11 @@ def not_expressible(model: nn.Module) -> str | None:
     enc = model.encoder if isinstance(model, TaskModel) else encoder_of(model)
     if isinstance(enc, BiLM):
         return "the ELMo-style biLM has no transformers counterpart"
+    if isinstance(model, TaskModel) and model.layout not in ("pooled", "token"):
+        return (
+            f"its {model.layout!r} head (task type {model.kind}) has no transformers class: "
+            "load it with lmplatform.models.io.from_pretrained"
+        )
     if uses_mean_pool(model):
         return (
             "its head classifies mean-pooled frozen features, which no transformers class "
@@ -48,7 +53,7 @@ def not_expressible(model: nn.Module) -> str | None:
 
 
 def uses_mean_pool(model: nn.Module) -> bool:
-    return isinstance(model, TaskModel) and model.frozen and model.kind != "token_classification"
+    return isinstance(model, TaskModel) and model.frozen and model.layout == "pooled"
 
 
 # --------------------------------------------------------------------------- weights
@@ -129,11 +134,13 @@ def hf_state(model: nn.Module) -> dict[str, torch.Tensor]:
     if not isinstance(model, TaskModel) or isinstance(model.encoder, BiLM):
         raise ValueError(f"{type(model).__name__} has no transformers layout")
     enc, head = model.encoder, model.head
-    seq = model.kind != "token_classification"
+    seq = model.layout == "pooled"
+    # a head's own extra weights (the predicate head's distance biases) keep our names
+    extra = {f"classifier.{n}": p for n, p in head.named_parameters() if "." in n}
     if isinstance(enc, BertEncoder):
         s = _bert_encoder(enc, "bert.", pooler=seq)
         s["classifier.weight"], s["classifier.bias"] = head.weight, head.bias
-        return s
+        return {**s, **extra}
     s = _gpt(enc, "transformer.")
     if seq and not model.frozen:
         s["score.weight"] = head.weight  # GPT2ForSequenceClassification: bias-free
@@ -141,7 +148,7 @@ def hf_state(model: nn.Module) -> dict[str, torch.Tensor]:
         s["classifier.weight"] = head.weight
         if head.bias is not None:
             s["classifier.bias"] = head.bias
-    return s
+    return {**s, **extra}
 
 
 def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -288,11 +295,14 @@ def hf_config(model: nn.Module, labels: list[str] | None, specials: dict[str, in
             "AutoModelForSequenceClassification": f"{module}.{cls}",
         }
         return hf
-    head = (
-        "ForTokenClassification"
-        if model.kind == "token_classification"
-        else "ForSequenceClassification"
-    )
+    if model.layout not in ("pooled", "token"):
+        # weights keep transformers' encoder names (we load them), but no transformers class
+        # computes this head: a model type it does not know makes it refuse, not misread
+        hf["model_type"] = f"lmplatform_{model.layout}_{hf['model_type']}"
+        hf["architectures"] = [f"{arch}With{model.layout.title()}Head"]
+        hf["_note"] = "no transformers class: load it with lmplatform.models.io.from_pretrained"
+        return hf
+    head = "ForTokenClassification" if model.layout == "token" else "ForSequenceClassification"
     hf["architectures"] = [arch + head]
     return hf
 

@@ -29,15 +29,18 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from lmplatform.models import hf
-from lmplatform.models.bert import BertConfig
-from lmplatform.models.gpt import GPTConfig
-from lmplatform.models.lstm import LSTMConfig
-from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model, encoder_of
+from lmplatform.models.families import family
+from lmplatform.models.tasks import (
+    LEGACY_LAYOUTS,
+    TaskModel,
+    build_encoder,
+    build_pretraining_model,
+    encoder_of,
+)
 
 FORMAT_VERSION = 2
 META = "metadata.json"
 WEIGHTS = "model.safetensors"
-_CONFIGS = {"bert": BertConfig, "gpt": GPTConfig, "lstm": LSTMConfig}
 
 
 class _AtomicDir:
@@ -69,7 +72,12 @@ def _describe(model: nn.Module) -> dict:
     if isinstance(model, TaskModel):
         return {
             "kind": "task",
-            "head": {"type": model.kind, "num_labels": model.num_labels, "frozen": model.frozen},
+            "head": {
+                "type": model.kind,
+                "layout": model.layout,
+                "num_labels": model.num_labels,
+                "frozen": model.frozen,
+            },
         }
     return {"kind": "pretrained"}
 
@@ -149,7 +157,7 @@ def read_config(path: str | os.PathLike) -> dict:
 
 def model_config(meta: dict):
     m = meta["model"]
-    return _CONFIGS[m["family"]].model_validate(m)
+    return family(m["family"]).config.model_validate(m)
 
 
 def from_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
@@ -159,7 +167,11 @@ def from_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> nn.Mo
     if meta["kind"] == "task":
         h = meta["head"]
         model = TaskModel(
-            build_encoder(cfg), h["type"], h["num_labels"], frozen=h.get("frozen", False)
+            build_encoder(cfg),
+            h["type"],
+            h["num_labels"],
+            frozen=h.get("frozen", False),
+            layout=h.get("layout") or LEGACY_LAYOUTS[h["type"]],
         )
     else:
         model = build_pretraining_model(cfg)
@@ -185,12 +197,13 @@ def task_model_from_pretrained(
     num_labels: int,
     frozen: bool = False,
     dropout: float | None = None,
+    layout: str | None = None,
 ) -> TaskModel:
     """A new task head on the encoder of a saved pretraining (or task) model."""
     source = from_pretrained(path)
     encoder = source.encoder if isinstance(source, TaskModel) else encoder_of(source)
     drop = dropout if dropout is not None else getattr(encoder.cfg, "dropout", 0.1)
-    return TaskModel(encoder, kind, num_labels, dropout=drop, frozen=frozen)
+    return TaskModel(encoder, kind, num_labels, dropout=drop, frozen=frozen, layout=layout)
 
 
 # --------------------------------------------------------------------------- transformers
@@ -205,7 +218,7 @@ def export_hf(src: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     why = hf.not_expressible(model)
     if why and not hf.uses_mean_pool(model):
         raise ValueError(f"{src}: cannot export to transformers: {why}")
-    keep = ("labels", "entity_types", "max_seq_len", "task_name")
+    keep = ("labels", "classes", "entity_types", "max_seq_len", "task_name")
     tok = Path(src) / "tokenizer.json"
     save_pretrained(
         model,

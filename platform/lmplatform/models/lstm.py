@@ -31,8 +31,8 @@ class LSTMConfig(StrictModel):
     """Model family (selects this config)."""
     size: Literal["debug", "mini", "small", "base"] = "mini"
     """Preset that fills every field not set explicitly."""
-    cell: Literal["lstm", "gru"] = "lstm"
-    """Recurrent cell type."""
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    """Recurrent cell: a plain tanh RNN, an LSTM (ELMo's) or a GRU."""
     vocab_size: int = Field(8000, ge=8, le=1_000_000)
     """Embedding rows; set from the tokenizer when one is trained."""
     embedding_size: int = Field(256, ge=8, le=16384)
@@ -72,7 +72,7 @@ class _Direction(nn.Module):
 
     def __init__(self, cfg: LSTMConfig):
         super().__init__()
-        rnn = nn.LSTM if cfg.cell == "lstm" else nn.GRU
+        rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.cell]
         self.rnns = nn.ModuleList(
             rnn(cfg.embedding_size, cfg.hidden_size, batch_first=True)
             for _ in range(cfg.num_layers)
@@ -139,6 +139,14 @@ class BiLM(nn.Module):
             "bwd_loss": loss_b.detach(),
         }
 
+    def layer_depth(self, name: str) -> int:
+        """Depth of parameter `name` for layer-wise LR decay: 0 embeddings, 1..L recurrent
+        levels (both directions), L the output bias."""
+        parts = name.split(".")
+        if parts[0] in ("fwd", "bwd"):
+            return int(parts[2]) + 1
+        return 0 if parts[0] == "tok_emb" else self.cfg.num_layers
+
     def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> Encoded:
         """Layer 0 is the token embedding (seen from both sides), then one layer per RNN level."""
         x, f, b = self.directions(input_ids, attention_mask)
@@ -147,7 +155,7 @@ class BiLM(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> float:
         c = self.cfg
-        gates = 4 if c.cell == "lstm" else 3
+        gates = {"rnn": 1, "lstm": 4, "gru": 3}[c.cell]
         rnn = (
             gates * (c.embedding_size + c.hidden_size) * c.hidden_size
             + c.hidden_size * c.embedding_size

@@ -1,79 +1,72 @@
-"""Task models: any family's encoder plus a new head, for full fine-tuning or frozen features.
-
-- sequence / pair classification: a linear head on a pooled vector (BERT's pooler, GPT's last
-  real token, the mean of the LSTM's mixed layers);
-- token classification: a linear head on every position (labels sit on the first sub-token of
-  each word; the collator marks the rest -100).
+"""Task models: any family's encoder plus a head of one layout (models/heads.py), for full
+fine-tuning or frozen features.
 
 With `frozen=True` the encoder is a fixed feature extractor: it gets no gradients, stays in eval
-mode (no dropout), and only the head — including ELMo's scalar mix — trains.
+mode (no dropout), and only the head — including ELMo's scalar mix — trains. Which layout and
+loss a task type uses is the task type's business (lmplatform.tasks); this module only builds.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmplatform.models.bert import BertConfig, BertEncoder, BertForPretraining
-from lmplatform.models.gpt import GPT, GPTConfig
-from lmplatform.models.layers import Dropout, Encoded, ScalarMix, masked_mean
-from lmplatform.models.lstm import BiLM, LSTMConfig
+from lmplatform.models.families import family
+from lmplatform.models.gpt import GPT
+from lmplatform.models.heads import HEADS
+from lmplatform.models.layers import Dropout, Encoded, ScalarMix
+from lmplatform.models.lstm import BiLM
 
-TaskKind = Literal["classification", "pair_classification", "token_classification"]
-ModelCfg = BertConfig | GPTConfig | LSTMConfig
+# head layout of the task types that existed before layouts were stored with a model
+LEGACY_LAYOUTS = {
+    "classification": "pooled",
+    "pair_classification": "pooled",
+    "token_classification": "token",
+}
 
 
-def build_pretraining_model(cfg: ModelCfg) -> nn.Module:
+def build_pretraining_model(cfg) -> nn.Module:
     """The family's pretraining model: BERT MLM+NSP, GPT causal LM, or the ELMo-style biLM."""
-    if cfg.family == "bert":
-        return BertForPretraining(cfg)
-    if cfg.family == "gpt":
-        return GPT(cfg)
-    return BiLM(cfg)
+    return family(cfg).pretraining(cfg)
 
 
 def encoder_of(model: nn.Module) -> nn.Module:
     """The part of a pretraining model that a task model keeps."""
-    return model.bert if isinstance(model, BertForPretraining) else model
+    return family(model.cfg).encoder_of(model)
 
 
-def build_encoder(cfg: ModelCfg) -> nn.Module:
-    if cfg.family == "bert":
-        return BertEncoder(cfg)
-    return GPT(cfg) if cfg.family == "gpt" else BiLM(cfg)
+def build_encoder(cfg) -> nn.Module:
+    return family(cfg).encoder(cfg)
 
 
 class TaskModel(nn.Module):
     def __init__(
         self,
         encoder: nn.Module,
-        kind: TaskKind,
+        kind: str,
         num_labels: int,
         dropout: float = 0.1,
         frozen: bool = False,
+        layout: str | None = None,
     ):
         super().__init__()
         self.encoder = encoder
-        self.kind = kind
+        self.kind = kind  # the task type's name (recorded with the model)
+        self.layout = layout or LEGACY_LAYOUTS[kind]
         self.num_labels = num_labels
         self.frozen = frozen
         self.mix = ScalarMix(encoder.cfg.num_layers + 1) if isinstance(encoder, BiLM) else None
         self.drop = Dropout(dropout)
         # Hugging Face's GPT2ForSequenceClassification has a bias-free `score`: match it for export
-        bias = not (isinstance(encoder, GPT) and kind != "token_classification")
-        self.head = nn.Linear(encoder.hidden_size, num_labels, bias=bias)
-        nn.init.normal_(self.head.weight, std=0.02)
-        if bias:
-            nn.init.zeros_(self.head.bias)
+        bias = not (isinstance(encoder, GPT) and self.layout == "pooled")
+        self.head = HEADS[self.layout](encoder.hidden_size, num_labels, bias=bias)
         if frozen:
             encoder.requires_grad_(False)
             encoder.eval()
 
     @property
-    def cfg(self) -> ModelCfg:
+    def cfg(self):
         return self.encoder.cfg
 
     def train(self, mode: bool = True):
@@ -82,13 +75,13 @@ class TaskModel(nn.Module):
             self.encoder.eval()  # features stay deterministic: no dropout inside the encoder
         return self
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **_):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **inputs):
         if self.frozen:
             with torch.no_grad():
                 enc = self.encoder.encode(input_ids, attention_mask, token_type_ids)
         else:
             enc = self.encoder.encode(input_ids, attention_mask, token_type_ids)
-        logits = self.head_logits(enc, attention_mask)
+        logits = self.head_logits(enc, attention_mask, **inputs)
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = F.cross_entropy(
@@ -96,17 +89,20 @@ class TaskModel(nn.Module):
             )
         return out
 
-    def head_logits(self, enc: Encoded, attention_mask=None) -> torch.Tensor:
+    def head_logits(self, enc: Encoded, attention_mask=None, **inputs) -> torch.Tensor:
         """Logits from the encoder's output: the part a task keeps when tasks share a frozen
-        encoder (serving runs the encoder once for several tasks' heads)."""
+        encoder (serving runs the encoder once for several tasks' heads). `inputs`: what the
+        head layout reads besides hidden states (`predicate_pos`)."""
         h = self.mix(enc.layers) if self.mix is not None else enc.layers[-1]  # (B, T, H)
-        if self.kind == "token_classification":
-            return self.head(self.drop(h))  # (B, T, L)
-        # frozen features: the mean over real tokens. A frozen BERT pooler is tuned to NSP
-        # and nearly constant across sentences (measured: a head on it stays at chance)
-        use_pooler = enc.pooled is not None and not self.frozen
-        pooled = enc.pooled if use_pooler else masked_mean(h, attention_mask)
-        return self.head(self.drop(pooled))  # (B, L)
+        inputs.pop("truncated", None)
+        return self.head.logits(h, enc, attention_mask, self.drop, self.frozen, **inputs)
+
+    def layer_depth(self, name: str) -> int:
+        """Depth of parameter `name` for layer-wise LR decay: the encoder's depths (0
+        embeddings … L top), L+1 for the head and scalar mix."""
+        if name.startswith("encoder."):
+            return self.encoder.layer_depth(name.removeprefix("encoder."))
+        return self.cfg.num_layers + 1
 
     def flops_per_token(self, seq_len: int) -> float:
         f = (

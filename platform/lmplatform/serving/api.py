@@ -14,7 +14,7 @@ Every error is `{"error": {"type", "message"}}`:
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Protocol, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,11 +28,13 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    create_model,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lmplatform.tasks import TASK_TYPES
+
 M = TypeVar("M", bound=BaseModel)
-TaskType = Literal["classification", "pair_classification", "token_classification"]
 
 
 class _Strict(BaseModel):
@@ -40,13 +42,6 @@ class _Strict(BaseModel):
 
 
 # ----------------------------------------------------------------------------- requests
-
-
-class PredictRequest(_Strict):
-    inputs: Annotated[list[StrictStr | list[StrictStr]], Field(min_length=1)]
-    """classification: strings; pair_classification: [text_a, text_b]; token_classification:
-    strings, or lists of words with `is_split_into_words`."""
-    is_split_into_words: StrictBool = False
 
 
 class FillMaskRequest(_Strict):
@@ -87,43 +82,14 @@ class ModelInfo(ModelRef):
 
 class TaskInfo(BaseModel):
     task: str
-    type: TaskType
+    type: str
+    """Its task type (lmplatform.tasks.TASK_TYPES)."""
     labels: list[str]
     model: ModelInfo
 
 
 class TasksResponse(BaseModel):
     tasks: list[TaskInfo]
-
-
-class ClassificationPrediction(BaseModel):
-    label: str
-    score: float
-    scores: dict[str, float]
-    truncated: bool = False
-
-
-class Entity(BaseModel):
-    label: str
-    text: str
-    start: int
-    """Character offset (string input) or word index (word-list input)."""
-    end: int
-    """Exclusive."""
-    score: float
-
-
-class TokenPrediction(BaseModel):
-    tags: list[str]
-    """One IOB2 tag per word."""
-    entities: list[Entity]
-    truncated: bool = False
-
-
-class PredictResponse(BaseModel):
-    task: str
-    model: ModelRef
-    predictions: list[ClassificationPrediction | TokenPrediction]
 
 
 class MaskCandidate(BaseModel):
@@ -164,6 +130,35 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+def _union(types: list) -> Any:
+    unique = list(dict.fromkeys(types))
+    return unique[0] if len(unique) == 1 else Union[tuple(unique)]  # noqa: UP007
+
+
+def predict_models() -> tuple[type[BaseModel], type[BaseModel]]:
+    """Request and response of /v1/predict/{task}: one route for every task type, so one input
+    is any task type's input JSON (the task's own type checks it: 422 if it does not fit), and
+    one prediction any task type's prediction. Built from the task-type table when an app is."""
+    inputs = _union([t.input_schema for t in TASK_TYPES.values()])
+    predictions = _union([t.prediction_schema for t in TASK_TYPES.values()])
+    request = create_model(
+        "PredictRequest",
+        __base__=_Strict,
+        __doc__="classification: strings; pair_classification: [text_a, text_b]; "
+        "token_classification: strings, or lists of words with `is_split_into_words`; srl: "
+        '{"words": [...], "predicate": i} or {"text": "...", "predicate": i}.',
+        inputs=(Annotated[list[inputs], Field(min_length=1)], ...),
+        is_split_into_words=(StrictBool, False),
+    )
+    response = create_model(
+        "PredictResponse",
+        task=(str, ...),
+        model=(ModelRef, ...),
+        predictions=(list[predictions], ...),
+    )
+    return request, response
 
 
 # ----------------------------------------------------------------------------- errors
@@ -303,6 +298,7 @@ def describe_errors(errors: list) -> str:
 
 def make_app(backend: Backend, max_body_bytes: int, title: str = "lmplatform") -> FastAPI:
     """The API over a backend (the Serve ingress, or in-process predictors)."""
+    PredictRequest, PredictResponse = predict_models()
     app = FastAPI(
         title=title,
         version="1",
@@ -350,7 +346,11 @@ def make_app(backend: Backend, max_body_bytes: int, title: str = "lmplatform") -
     async def predict(task: str, request: Request):
         body = await parse_body(request, PredictRequest)
         _check_count(len(body.inputs))
-        return await backend.predict(task, body.inputs, body.is_split_into_words)
+        # plain JSON to the task's replica: its task type checks the shape
+        inputs = [
+            x.model_dump(exclude_none=True) if isinstance(x, BaseModel) else x for x in body.inputs
+        ]
+        return await backend.predict(task, inputs, body.is_split_into_words)
 
     @app.post(
         "/v1/fill-mask",
@@ -381,41 +381,3 @@ def make_app(backend: Backend, max_body_bytes: int, title: str = "lmplatform") -
 
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
-
-
-class LocalBackend:
-    """In-process predictors behind the same API, one model call per request (no batching):
-    the plain FastAPI + uvicorn server that `bench/serve_load.py` compares Ray Serve with."""
-
-    def __init__(self, predictors: dict, max_inputs: int = 64):
-        self.predictors, self.max_inputs = predictors, max_inputs
-
-    async def ready(self) -> bool:
-        return True
-
-    async def tasks(self) -> list[dict]:
-        from lmplatform.serving.deployments import task_info
-
-        return [task_info(p) for _, p in sorted(self.predictors.items())]
-
-    async def predict(self, task: str, inputs: list, is_split_into_words: bool) -> dict:
-        from lmplatform.serving.predictors import InputError
-
-        p = self.predictors.get(task)
-        if p is None:
-            raise ApiError(404, "not_found", f"unknown task {task!r}")
-        try:
-            preds = p.predict(p.parse(inputs, is_split_into_words))
-        except InputError as e:
-            raise ApiError(422, "invalid_input", str(e)) from None
-        return {
-            "task": task,
-            "model": {"name": p.ref.name, "version": p.ref.version},
-            "predictions": preds,
-        }
-
-    async def fill_mask(self, inputs: list[str], top_k: int) -> dict:
-        raise ApiError(404, "not_found", "no fill-mask model in this server")
-
-    async def generate(self, inputs: list[str], **params) -> dict:
-        raise ApiError(404, "not_found", "no generation model in this server")

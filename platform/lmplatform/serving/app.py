@@ -15,7 +15,7 @@ import os
 
 from ray.serve import Application
 
-from lmplatform.jobconfig import ServeConfig
+from lmplatform.serving.config import ServeConfig
 from lmplatform.serving.deployments import build
 
 REGISTRY_ENV = "LMPLATFORM_REGISTRY"

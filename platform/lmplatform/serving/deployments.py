@@ -1,5 +1,5 @@
 """Ray Serve deployments over the registry: one per task (or per shared-encoder group), fill-mask,
-generate, and the HTTP ingress.
+generate; `build` wires them behind the HTTP ingress (serving/ingress.py).
 
 - Models come from the registry only: a task serves its `best` version.
 - Dynamic batching: each request is one element of a `@serve.batch` call; the batch's inputs go
@@ -17,13 +17,12 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 from ray import serve
 
-from lmplatform.jobconfig import ServeConfig
 from lmplatform.registry import Registry
-from lmplatform.serving.api import ApiError, make_app
+from lmplatform.serving.config import ServeConfig
+from lmplatform.serving.ingress import Ingress
 from lmplatform.serving.predictors import (
     FillMaskPredictor,
     GeneratePredictor,
@@ -46,29 +45,8 @@ def load_task(reg: Registry, task: str, version: str | None = None) -> TaskPredi
     if version is None:
         raise ValueError(f"task {task!r} has no promoted best model in {reg.uri}")
     p = TaskPredictor(reg.local_path("tasks", task, version), _task_ref(reg, task, version))
-    smoke(p)
+    p.smoke()
     return p
-
-
-def smoke(p: TaskPredictor) -> None:
-    """One tiny prediction: a model that cannot answer this must not go live."""
-    x = ["hello", "world"] if p.kind == "pair_classification" else "hello world"
-    p.predict(p.parse([x]))
-
-
-def task_info(p: TaskPredictor) -> dict:
-    return {
-        "task": p.ref.name,
-        "type": p.kind,
-        "labels": p.labels,
-        "model": {
-            "name": p.ref.name,
-            "version": p.ref.version,
-            "metric": p.ref.metric,
-            "value": p.ref.value,
-            "per_class": p.ref.per_class,
-        },
-    }
 
 
 def _error(e: Exception) -> dict:
@@ -139,7 +117,7 @@ class TaskDeployment:
             self._swap({self.task: self.reg.best(self.task)})
 
     async def info(self) -> dict:
-        return task_info(self.predictor)
+        return self.predictor.info()
 
     async def stats(self) -> dict:
         return {"model_calls": self.predictor.calls, "version": self.predictor.ref.version}
@@ -176,7 +154,7 @@ class TaskDeployment:
         return out
 
     def check_health(self) -> None:
-        smoke(self.predictor)
+        self.predictor.smoke()
 
 
 @serve.deployment(max_ongoing_requests=256)
@@ -207,7 +185,7 @@ class SharedEncoderDeployment:
             preds[t] = TaskPredictor(self.reg.local_path("tasks", t, v), _task_ref(self.reg, t, v))
         group = SharedEncoder(preds)
         for p in group.predictors.values():
-            smoke(p)
+            p.smoke()
         return group
 
     def _swap(self, wanted: dict[str, str | None]) -> None:
@@ -224,7 +202,7 @@ class SharedEncoderDeployment:
             self._swap({t: self.reg.best(t) for t in self.tasks})
 
     async def info(self, task: str) -> dict:
-        return task_info(self.group.predictors[task])
+        return self.group.predictors[task].info()
 
     async def stats(self) -> dict:
         return {
@@ -264,7 +242,7 @@ class SharedEncoderDeployment:
 
     def check_health(self) -> None:
         for p in self.group.predictors.values():
-            smoke(p)
+            p.smoke()
 
 
 @serve.deployment(max_ongoing_requests=128)
@@ -343,97 +321,6 @@ class GenerateDeployment:
 
     def check_health(self) -> None:
         self.p.predict(self.p.parse(["a"]), 1, 0.0, None)
-
-
-# ----------------------------------------------------------------------------- ingress
-
-
-@dataclass
-class _Routes:
-    """Where each task is served: its own deployment, or a shared-encoder group."""
-
-    handles: dict  # task -> DeploymentHandle
-    shared: set  # tasks whose handle is a SharedEncoderDeployment
-
-
-@serve.deployment(max_ongoing_requests=512)
-@serve.ingress()
-class Ingress:
-    def __init__(
-        self,
-        routes: dict,
-        shared: list[str],
-        fill_mask=None,
-        generate=None,
-        max_inputs: int = 64,
-        max_body_bytes: int = 1_000_000,
-    ):
-        self.routes = routes
-        self.shared = set(shared)
-        self.fill = fill_mask
-        self.gen = generate
-        self.max_inputs = max_inputs
-        self.max_body_bytes = max_body_bytes
-
-    def __serve_build_asgi_app__(self):
-        # built in the replica, after __init__: the routes call this instance's methods
-        return make_app(self, self.max_body_bytes)
-
-    async def ready(self) -> bool:
-        try:
-            calls = [self._info(t) for t in self.routes]
-            calls += [h.stats.remote() for h in (self.fill, self.gen) if h is not None]
-            await asyncio.gather(*calls)
-            return True
-        except Exception:
-            return False
-
-    async def _info(self, task: str) -> dict:
-        h = self.routes[task]
-        return await (h.info.remote(task) if task in self.shared else h.info.remote())
-
-    async def tasks(self) -> list[dict]:
-        return list(await asyncio.gather(*[self._info(t) for t in sorted(self.routes)]))
-
-    async def predict(self, task: str, inputs: list, is_split_into_words: bool) -> dict:
-        h = self.routes.get(task)
-        if h is None:
-            known = ", ".join(sorted(self.routes)) or "none"
-            raise ApiError(404, "not_found", f"unknown task {task!r} (served: {known})")
-        if task in self.shared:
-            out = await h.predict.remote(task, inputs, is_split_into_words)
-        else:
-            out = await h.predict.remote(inputs, is_split_into_words)
-        return _raise_error(out)
-
-    async def fill_mask(self, inputs: list[str], top_k: int) -> dict:
-        if self.fill is None:
-            raise ApiError(
-                404, "not_found", "no fill-mask model is deployed (serve.fill_mask_model)"
-            )
-        return _raise_error(await self.fill.predict.remote(inputs, top_k))
-
-    async def generate(self, inputs: list[str], **params) -> dict:
-        if self.gen is None:
-            raise ApiError(
-                404, "not_found", "no generation model is deployed (serve.generate_model)"
-            )
-        return _raise_error(await self.gen.predict.remote(inputs, **params))
-
-    async def stats(self) -> dict:
-        out = {}
-        for t, h in self.routes.items():
-            out[t] = await h.stats.remote()
-        return out
-
-
-def _raise_error(out: dict) -> dict:
-    if "error" in out:
-        e = out["error"]
-        raise ApiError(
-            e["status"], "invalid_input" if e["status"] == 422 else "not_found", e["message"]
-        )
-    return out
 
 
 # ----------------------------------------------------------------------------- app builder

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmplatform.jobconfig import ScalingConfig, TrainConfig
+from lmplatform.train.config import ScalingConfig, TrainConfig
 from lmplatform.train.loop import lr_lambda, param_groups
 
 

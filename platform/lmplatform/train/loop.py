@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lmplatform.jobconfig import TrainConfig
+from lmplatform.train.config import TrainConfig
 from lmplatform.train.perf import format_eta
 
 

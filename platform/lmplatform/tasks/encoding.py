@@ -1,7 +1,7 @@
-"""Turning labelled rows into model batches: tokenization, truncation, label alignment, padding.
+"""Task inputs as token ids, for every task type: texts and text pairs, word lists, padding.
 
-Token classification puts each word's label on its first sub-token and -100 on the others, so
-a word counts once however it is split; predictions are read back the same way.
+Word-level tasks put each word's label on its first sub-token and -100 on the others, so a word
+counts once however it is split; predictions are read back the same way.
 """
 
 from __future__ import annotations
@@ -15,14 +15,19 @@ from lmplatform.tokenization import EOT, special_tokens
 
 
 class TaskEncoder:
+    """A task's tokenizer and length limit; `collate` turns rows into a batch the way the task
+    type says."""
+
     def __init__(self, tokenizer: Tokenizer, kind: str, max_seq_len: int):
+        from lmplatform.tasks import task_type
+
         self.tok = tokenizer
-        self.kind = kind
+        self.task = task_type(kind)
         self.max_len = max_seq_len
         self.sp = special_tokens(tokenizer)
         self.bpe = tokenizer.token_to_id(EOT) is not None
 
-    def _ids(self, text: str, pair: str | None = None) -> tuple[list[int], list[int], bool]:
+    def encode_text(self, text: str, pair: str | None = None) -> tuple[list[int], list[int], bool]:
         if not self.bpe:
             enc = self.tok.encode(text, pair) if pair is not None else self.tok.encode(text)
             ids, types = enc.ids, enc.type_ids
@@ -61,32 +66,8 @@ class TaskEncoder:
         return ids, word_ids, labels, truncated
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """Rows with text/text_pair/label or tokens/tags -> padded tensors."""
-        seqs, types, labels, truncated = [], [], [], []
-        for r in rows:
-            if self.kind == "token_classification":
-                ids, _, lab, tr = self.encode_words(r["tokens"], r.get("tags"))
-                t = [0] * len(ids)
-                labels.append(lab)
-            else:
-                ids, t, tr = self._ids(
-                    r["text"], r.get("text_pair") if self.kind == "pair_classification" else None
-                )
-                labels.append(r.get("label", -100))
-            seqs.append(ids)
-            types.append(t)
-            truncated.append(tr)
-        out = pad(seqs, types, self.sp.pad)
-        B, T = out["input_ids"].shape
-        if self.kind == "token_classification":
-            lab = torch.full((B, T), -100, dtype=torch.long)
-            for i, lrow in enumerate(labels):
-                lab[i, : len(lrow)] = torch.tensor(lrow)
-            out["labels"] = lab
-        else:
-            out["labels"] = torch.tensor(labels, dtype=torch.long)
-        out["truncated"] = torch.tensor(truncated)
-        return out
+        """Rows of this task type -> padded tensors with labels and `truncated` flags."""
+        return self.task.collate(self, rows)
 
 
 def pad(

@@ -1,0 +1,92 @@
+"""The serving config: registry, HTTP, batching, limits, autoscaling, shared encoders."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from lmplatform.config import StrictModel
+
+
+class AutoscalingConfig(StrictModel):
+    min_replicas: int = Field(1, ge=0)
+    """Replicas kept when idle."""
+    max_replicas: int = Field(2, ge=1)
+    """Upper bound on replicas."""
+    target_ongoing_requests: float = Field(4.0, gt=0)
+    """Ongoing requests per replica that autoscaling aims for."""
+    upscale_delay_s: float = Field(3.0, ge=0)
+    """Load must stay high this long before a replica is added."""
+    downscale_delay_s: float = Field(60.0, ge=0)
+    """Load must stay low this long before a replica is removed."""
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas={self.min_replicas} exceeds max_replicas={self.max_replicas}"
+            )
+        return self
+
+
+class ServeConfig(StrictModel):
+    registry: str = "registry"
+    """Model registry root the deployments load from."""
+    host: str = "127.0.0.1"
+    """HTTP bind address."""
+    port: int = Field(8000, ge=1, le=65535)
+    """HTTP port."""
+    tasks: list[str] | None = None
+    """Tasks to serve (null: every task with a promoted `best`)."""
+    fill_mask_model: str | None = None
+    """Pretrained BERT 'name[@version]' for /v1/fill-mask."""
+    generate_model: str | None = None
+    """Pretrained GPT 'name[@version]' for /v1/generate."""
+    max_batch_size: int = Field(16, ge=1, le=4096)
+    """Dynamic batching: most inputs per model call."""
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+    """Dynamic batching: longest wait for a batch to fill."""
+    max_inputs: int = Field(64, ge=1)
+    """Most inputs per request (413 above)."""
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    """Largest request body (413 above)."""
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
+    """Replica autoscaling per deployment."""
+    shared_encoder_groups: list[list[str]] = Field(default_factory=list)
+    """Groups of frozen-feature tasks from the same pretrained model that share one encoder
+    deployment (one encoder forward per batch for all of them); each task at most once."""
+    replica_cpus: float = Field(1.0, ge=0)
+    """CPUs per model replica."""
+    replica_gpus: float = Field(0.0, ge=0)
+    """GPUs per model replica (on a GPU cluster: 1, or a fraction to pack replicas)."""
+    ingress_cpus: float = Field(0.0, ge=0)
+    """CPUs per HTTP ingress replica (it only routes)."""
+    refresh_s: float = Field(2.0, ge=0)
+    """Seconds between registry checks for a new `best` (hot swap); 0: only on --refresh."""
+    refresh_token: str = ""
+    """Any new value makes running replicas check the registry now (jobs/deploy.py --refresh)."""
+    health_check_period_s: float = Field(10.0, gt=0)
+    """Seconds between Serve health checks of model replicas."""
+    app_name: str = "lmplatform"
+    """Serve application name."""
+    route_prefix: str = "/"
+    """Serve route prefix."""
+
+    @model_validator(mode="after")
+    def _groups(self) -> ServeConfig:
+        from lmplatform.registry import check_name, check_ref
+
+        # every name becomes a registry path: no traversal through a served name
+        for t in [*(self.tasks or []), *(t for g in self.shared_encoder_groups for t in g)]:
+            check_name(t, "task name")
+        for what in ("fill_mask_model", "generate_model"):
+            if getattr(self, what) is not None:
+                check_ref(getattr(self, what), what)
+        seen: set[str] = set()
+        for g in self.shared_encoder_groups:
+            if not g:
+                raise ValueError("shared_encoder_groups: a group is empty")
+            dup = seen.intersection(g) or {t for t in g if g.count(t) > 1}
+            if dup:
+                raise ValueError(f"shared_encoder_groups: {sorted(dup)} in more than one place")
+            seen.update(g)
+        return self

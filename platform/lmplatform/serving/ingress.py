@@ -1,0 +1,93 @@
+"""The HTTP ingress deployment: the API (serving/api.py) over handles to the model deployments.
+
+It routes and checks requests only, so it imports no model, tokenizer or data library: an
+ingress replica starts fast and stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+from lmplatform.serving.api import ApiError, make_app
+
+
+@serve.deployment(max_ongoing_requests=512)
+@serve.ingress()
+class Ingress:
+    def __init__(
+        self,
+        routes: dict,
+        shared: list[str],
+        fill_mask=None,
+        generate=None,
+        max_inputs: int = 64,
+        max_body_bytes: int = 1_000_000,
+    ):
+        self.routes = routes
+        self.shared = set(shared)
+        self.fill = fill_mask
+        self.gen = generate
+        self.max_inputs = max_inputs
+        self.max_body_bytes = max_body_bytes
+
+    def __serve_build_asgi_app__(self):
+        # built in the replica, after __init__: the routes call this instance's methods
+        return make_app(self, self.max_body_bytes)
+
+    async def ready(self) -> bool:
+        try:
+            calls = [self._info(t) for t in self.routes]
+            calls += [h.stats.remote() for h in (self.fill, self.gen) if h is not None]
+            await asyncio.gather(*calls)
+            return True
+        except Exception:
+            return False
+
+    async def _info(self, task: str) -> dict:
+        h = self.routes[task]
+        return await (h.info.remote(task) if task in self.shared else h.info.remote())
+
+    async def tasks(self) -> list[dict]:
+        return list(await asyncio.gather(*[self._info(t) for t in sorted(self.routes)]))
+
+    async def predict(self, task: str, inputs: list, is_split_into_words: bool) -> dict:
+        h = self.routes.get(task)
+        if h is None:
+            known = ", ".join(sorted(self.routes)) or "none"
+            raise ApiError(404, "not_found", f"unknown task {task!r} (served: {known})")
+        if task in self.shared:
+            out = await h.predict.remote(task, inputs, is_split_into_words)
+        else:
+            out = await h.predict.remote(inputs, is_split_into_words)
+        return _raise_error(out)
+
+    async def fill_mask(self, inputs: list[str], top_k: int) -> dict:
+        if self.fill is None:
+            raise ApiError(
+                404, "not_found", "no fill-mask model is deployed (serve.fill_mask_model)"
+            )
+        return _raise_error(await self.fill.predict.remote(inputs, top_k))
+
+    async def generate(self, inputs: list[str], **params) -> dict:
+        if self.gen is None:
+            raise ApiError(
+                404, "not_found", "no generation model is deployed (serve.generate_model)"
+            )
+        return _raise_error(await self.gen.predict.remote(inputs, **params))
+
+    async def stats(self) -> dict:
+        out = {}
+        for t, h in self.routes.items():
+            out[t] = await h.stats.remote()
+        return out
+
+
+def _raise_error(out: dict) -> dict:
+    if "error" in out:
+        e = out["error"]
+        raise ApiError(
+            e["status"], "invalid_input" if e["status"] == 422 else "not_found", e["message"]
+        )
+    return out

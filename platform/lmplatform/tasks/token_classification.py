@@ -1,0 +1,198 @@
+"""Token classification (named entities): an IOB2 tag per word, entity-level F1 as seqeval
+computes it, entities with character offsets (string input) or word indices (word lists)."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from pydantic import BaseModel, StrictStr
+
+from lmplatform.metrics import entity_report, get_entities
+from lmplatform.tasks.base import (
+    CHARS_PER_POSITION,
+    EMPTY_SCORES,
+    Encoding,
+    InputError,
+    Item,
+    Scorer,
+    TaskType,
+    check_text,
+    pad_labels,
+)
+
+WORD = re.compile(r"\S+")
+_IOB2 = re.compile(r"O|[BI]-\S+")
+
+
+def bio_tags(entity_types: list[str]) -> list[str]:
+    """IOB2 tag list for entity types: O, then B-/I- for each type in order."""
+    return ["O"] + [f"{p}-{t}" for t in entity_types for p in ("B", "I")]
+
+
+class Entity(BaseModel):
+    label: str
+    text: str
+    start: int
+    """Character offset (string input) or word index (word-list input)."""
+    end: int
+    """Exclusive."""
+    score: float
+
+
+class TokenPrediction(BaseModel):
+    tags: list[str]
+    """One IOB2 tag per word."""
+    entities: list[Entity]
+    truncated: bool = False
+
+
+def parse_words(x, where: str, max_len: int, split: bool, what: str) -> Item:
+    """A string (split at whitespace, character offsets kept) or a list of words -> the words
+    the model can see (a word takes at least one position), with the input's word count."""
+    limit = max_len * CHARS_PER_POSITION
+    if split:
+        if not isinstance(x, list) or not x:
+            raise InputError(f"{where}: expected a non-empty list of words{what}")
+        words = [check_text(w, f"{where}[{j}]").strip() for j, w in enumerate(x)]
+        if any(WORD.fullmatch(w) is None for w in words):
+            raise InputError(f"{where}: a word must not contain whitespace")
+        keep = words[:max_len]
+        return Item(words=[w[:limit] for w in keep], cut=len(words) > len(keep), n_words=len(words))
+    t = check_text(x, where)
+    matches = list(WORD.finditer(t))
+    keep = matches[:max_len]
+    return Item(
+        text=t,
+        words=[m.group()[:limit] for m in keep],
+        spans=[m.span() for m in keep],
+        cut=len(matches) > len(keep),
+        n_words=len(matches),
+    )
+
+
+def first_subtoken_labels(
+    probs: torch.Tensor, word_ids: list, n: int, outputs: list[str], default: str
+):
+    """Label and confidence per word, read on each word's first sub-token."""
+    labels, conf = [default] * n, [1.0] * n
+    prev = None
+    for pos, w in enumerate(word_ids):
+        if w is not None and w != prev:
+            best = int(probs[pos].argmax())
+            labels[w], conf[w] = outputs[best], float(probs[pos, best])
+        prev = w
+    return labels, conf
+
+
+class _Scorer(Scorer):
+    def __init__(self, outputs: list[str], classes: list[str]):
+        self.outputs, self.classes, self.pred, self.gold = outputs, classes, [], []
+
+    def add(self, logits, batch, rows):
+        arg = logits.argmax(-1)
+        for j, r in enumerate(rows):
+            keep = batch["labels"][j] != -100
+            p = [self.outputs[x] for x in arg[j][keep].tolist()]
+            p += ["O"] * (len(r["tokens"]) - len(p))  # words cut by truncation
+            self.pred.append(p)
+            self.gold.append([self.outputs[x] for x in r["tags"]])
+
+    def result(self):
+        rep = entity_report(self.pred, self.gold)
+        # every entity type of the task, also those never predicted nor in these rows
+        per = {e: rep["per_type"].get(e, EMPTY_SCORES) for e in self.classes}
+        return {"entity_f1": rep["entity_f1"]}, per
+
+
+class TokenClassification(TaskType):
+    name = "token_classification"
+    layout = "token"
+    metrics = ("entity_f1",)
+    file_format = "conll"  # CoNLL files are often *.txt
+    columns = {"tokens": "strings", "tags": "strings"}
+    input_schema = StrictStr | list[StrictStr]
+    prediction_schema = TokenPrediction
+    smoke_input = "hello world"
+    accepts_split_words = True
+
+    def rows(self, rec, source, labels):
+        tokens, tags = rec.get("tokens", []), rec.get("tags", [])
+        error = None
+        allowed = bio_tags(labels) if labels else None
+        if not tokens:
+            error = "empty sentence"
+        elif allowed is not None:
+            bad = [t for t in tags if t not in allowed]
+            if bad:
+                error = f"unknown label {bad[0]!r} (allowed: {', '.join(allowed)})"
+        elif any(not _IOB2.fullmatch(t) for t in tags):
+            t = next(t for t in tags if not _IOB2.fullmatch(t))
+            error = f"unknown label {t!r} (not an IOB2 tag)"
+        yield {"tokens": tokens, "tags": tags}, error
+
+    def finish(self, ds, labels):
+        if labels is None:
+            labels = sorted({t[2:] for tags in ds["tags"] for t in tags if t != "O"})
+        index = {t: i for i, t in enumerate(bio_tags(labels))}
+        ds = ds.map(lambda tags: {"tag_ids": [index[t] for t in tags]}, input_columns="tags")
+        return ds.remove_columns("tags").rename_column("tag_ids", "tags"), list(labels)
+
+    def outputs(self, labels, label_names):
+        return bio_tags(labels)
+
+    def classes(self, labels, label_names):
+        return list(labels)
+
+    def collate(self, enc, rows):
+        from lmplatform.tasks.encoding import pad
+
+        ids, labels, truncated = [], [], []
+        for r in rows:
+            i, _, lab, tr = enc.encode_words(r["tokens"], r.get("tags"))
+            ids.append(i)
+            labels.append(lab)
+            truncated.append(tr)
+        out = pad(ids, [[0] * len(i) for i in ids], enc.sp.pad)
+        out["labels"] = pad_labels(labels, out["input_ids"].shape[1])
+        out["truncated"] = torch.tensor(truncated)
+        return out
+
+    def scorer(self, outputs, classes):
+        return _Scorer(outputs, classes)
+
+    def parse(self, x, where, max_len, options):
+        split = options.get("is_split_into_words", False)
+        if not split and not isinstance(x, str):
+            raise InputError(
+                f"{where}: expected a string (or, with is_split_into_words, a list of words)"
+            )
+        return parse_words(x, where, max_len, split, " (is_split_into_words)")
+
+    def encode(self, enc, item):
+        ids, word_ids, _, truncated = enc.encode_words(item.words)
+        return Encoding(ids, [0] * len(ids), word_ids, bool(truncated or item.cut))
+
+    def decode(self, item, probs, encoding, outputs):
+        n = len(item.words)
+        tags, conf = first_subtoken_labels(probs, encoding.word_ids, n, outputs, "O")
+        entities = []
+        for label, s, e in get_entities(tags):
+            score = sum(conf[s : e + 1]) / (e - s + 1)
+            if item.spans is not None:  # string input: character offsets
+                start, end = item.spans[s][0], item.spans[e][1]
+                text = item.text[start:end]
+            else:  # word list: word indices, end exclusive
+                start, end, text = s, e + 1, " ".join(item.words[s : e + 1])
+            entities.append(
+                {"label": label, "text": text, "start": start, "end": end, "score": score}
+            )
+        # words the model never saw (cut, or truncated by the tokenizer) are tagged "O"
+        return {
+            "tags": tags + ["O"] * (item.n_words - n),
+            "entities": entities,
+            "truncated": encoding.truncated,
+        }
+
+
+TOKEN_CLASSIFICATION = TokenClassification()
