@@ -148,3 +148,32 @@ def test_duplicate_yaml_keys_are_an_error(tmp_path):
     f.write_text(PRETRAIN.read_text() + "model: {family: bert, size: mini}\n")
     with pytest.raises(ConfigError, match="'model' appears twice"):
         load_config(PretrainJobConfig, f)
+
+
+@pytest.mark.parametrize(
+    ("module", "baseline"),
+    [
+        ("lmplatform.train.loop", "import torch"),
+        ("lmplatform.serving.ingress", "from ray import serve"),
+        ("lmplatform.serving.config", "import pydantic"),
+    ],
+)
+def test_the_loop_and_the_ingress_import_no_data_libraries(module, baseline):
+    """Reading a config or routing a request must not pay for `datasets`, pyarrow and
+    tokenizers (3 s of imports): only what the baseline (torch, Ray Serve) brings itself."""
+    probe = (
+        "import sys\n"
+        f"{baseline}\n"
+        "before = set(sys.modules)\n"
+        f"import {module}\n"
+        "heavy = ('datasets', 'pyarrow', 'tokenizers', 'deepspeed', 'fsspec')\n"
+        "print(sorted(m for m in heavy if m in sys.modules and m not in before))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(ROOT / "platform"), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "[]", out.stdout

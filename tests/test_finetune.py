@@ -369,3 +369,48 @@ def test_a_transformers_checkpoint_is_imported_fine_tuned_promoted_and_served(
     assert [p["label"] for p in ours] == [p["label"] for p in theirs]
     for p, q in zip(ours, theirs):
         assert abs(p["score"] - q["score"]) < 1e-4
+
+
+def test_a_frozen_bilm_trial_through_tune_moves_only_the_scalar_mix_and_head(
+    ray_local, registry, sample_dir
+):
+    """ELMo as the seeds use it: a frozen biLM gives features, and the trial learns the task's
+    own scalar mix of its layers (and the head) — the biLM's weights stay as published."""
+    from lmplatform.finetune import promote, run_search
+    from lmplatform.models.io import from_pretrained, save_pretrained
+    from lmplatform.models.lstm import LSTMConfig
+    from lmplatform.models.tasks import build_pretraining_model
+    from lmplatform.registry import Registry
+    from lmplatform.tokenization import TokenizerConfig, train_tokenizer
+
+    root = registry
+    lines = (sample_dir / "corpus" / "train.txt").read_text().splitlines()
+    tok = train_tokenizer(
+        TokenizerConfig(kind="bpe", vocab_size=2000),
+        (lines[i : i + 500] for i in range(0, len(lines), 500)),
+        root / "bpe",
+    )
+    torch.manual_seed(0)
+    bilm = build_pretraining_model(LSTMConfig(size="debug", vocab_size=2000, num_layers=2))
+    save_pretrained(bilm, root / "bilm", tokenizer=tok)
+    reg = Registry(root / "registry")
+    reg.publish("pretrained", "tiny-bilm", root / "bilm", {"kind": "pretrained"})
+    job = _job(
+        registry,
+        "elmo",
+        "parent=tiny-bilm",
+        "transfer=frozen",
+        "task.name=sentiment-elmo",
+        "search.scheduler=fifo",
+        "search.num_samples=1",
+        "train.epochs=1",
+        'search.space={"lr": {"kind": "choice", "values": [0.01]}}',
+    )
+    sr = run_search(job, verbose=0)
+    assert [r["status"] for r in sr.table] == ["done"]
+    out = promote(sr, force=True)
+    model = from_pretrained(reg.local_path("tasks", "sentiment-elmo", out["version"]))
+    assert model.frozen and model.mix is not None
+    assert model.mix.weights.abs().max() > 1e-3  # the mix moved off its uniform start
+    published = from_pretrained(root / "bilm").state_dict()
+    assert all(torch.equal(v, published[k]) for k, v in model.encoder.state_dict().items())

@@ -552,10 +552,13 @@ def run_search(
             mode="max",
             scheduler=make_scheduler(job, len(data.train_rows)),
             num_samples=s.num_samples,
-            max_concurrent_trials=s.max_concurrent,
             time_budget_s=s.max_time_s,
             reuse_actors=False,
-            search_alg=BasicVariantGenerator(points_to_evaluate=points, random_state=s.seed),
+            # the generator enforces max_concurrent itself: Tune ignores max_concurrent_trials
+            # when a SearchGenerator is passed (it said so, and ran every trial at once)
+            search_alg=BasicVariantGenerator(
+                points_to_evaluate=points, random_state=s.seed, max_concurrent=s.max_concurrent or 0
+            ),
         ),
         run_config=tune.RunConfig(
             name=job.name,
