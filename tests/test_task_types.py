@@ -107,7 +107,10 @@ def test_a_new_task_type_is_one_class_and_one_table_entry(question_type, tmp_pat
     assert evaluate(model, _Data, rows, enc)["accuracy"] > 0.95
 
     folder = save_pretrained(
-        model, tmp_path / "model", tokenizer=tok_path, extra={"labels": data.labels, "max_seq_len": 32}
+        model,
+        tmp_path / "model",
+        tokenizer=tok_path,
+        extra={"labels": data.labels, "max_seq_len": 32},
     )
     predictor = TaskPredictor(folder, ModelRef("questions", "v0001"))
     predictor.smoke()

@@ -66,24 +66,28 @@ def _batches(family, corpus, tok_path, batch_size=16):
     return batch_iterator(rows, batch_size, collate), tok.get_vocab_size()
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt", "lstm"])
+@pytest.mark.parametrize(
+    ("family", "cell"),
+    [("bert", None), ("gpt", None), ("lstm", "lstm"), ("lstm", "gru"), ("lstm", "rnn")],
+)
 def test_loss_falls_within_200_steps_on_the_shared_corpus(
-    family, wikitext_corpus, small_tokenizers
+    family, cell, wikitext_corpus, small_tokenizers
 ):
+    """Every family learns; the biLM with each recurrent cell (the seeds' plain tanh RNN too)."""
     torch.manual_seed(0)
     _, corpus = wikitext_corpus
     batches, vocab = _batches(
         family, corpus, small_tokenizers["wordpiece" if family == "bert" else "bpe"]
     )
     cfg = {"bert": BertConfig, "gpt": GPTConfig, "lstm": LSTMConfig}[family](
-        size="debug", vocab_size=vocab
+        size="debug", vocab_size=vocab, **({"cell": cell} if cell else {})
     )
     model = build_pretraining_model(cfg)
     train = TrainConfig(batch_size=16, max_steps=200, lr=2e-3, warmup_ratio=0.05, log_every=50)
     res = fit(model, batches, train, total_steps=200, name=family)
     losses = [h["loss"] for h in res.history]
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
-    print(f"{family}: loss {first:.3f} -> {last:.3f} in 200 steps")
+    print(f"{family} {cell or ''}: loss {first:.3f} -> {last:.3f} in 200 steps")
     assert len(losses) == 200 and all(math.isfinite(x) for x in losses)
     assert last < first - 0.5  # nats: far beyond noise (a stalled run moves < 0.05)
     if family == "bert":
@@ -178,3 +182,39 @@ def test_feature_extraction_leaves_the_encoder_bit_identical(frozen, sample_dir,
     assert not torch.equal(head_before, model.head.weight)
     if not frozen:  # a random-init encoder gives weak features; full fine-tuning must learn
         assert sum(h["loss"] for h in res.history[-5:]) < sum(h["loss"] for h in res.history[:5])
+
+
+def test_compiled_training_and_serving_match_eager(small_tokenizers, tmp_path):
+    """`train.compile` / `serve.compile`: torch.compile in place (aot_eager here: CI has no time
+    for inductor's C++ builds) computes what eager does, and the state dict keeps its names."""
+    from lmplatform.models.io import save_pretrained
+    from lmplatform.serving.predictors import ModelRef, TaskPredictor
+
+    data = [
+        torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(i)) for i in range(5)
+    ]
+    batches = [{"input_ids": x, "labels": x} for x in data]
+    losses = {}
+    for backend in (None, "aot_eager"):
+        torch.manual_seed(0)
+        model = build_pretraining_model(GPTConfig(size="debug", vocab_size=300, dropout=0.0))
+        cfg = TrainConfig(lr=1e-3, warmup_ratio=0.0, log_every=100, compile=backend)
+        res = fit(model, batches, cfg, total_steps=5, log=None)
+        losses[backend] = [h["loss"] for h in res.history]
+        assert not any(k.startswith("_orig_mod") for k in model.state_dict())
+    assert losses["aot_eager"] == pytest.approx(losses[None], abs=1e-4)
+
+    tok = load_tokenizer(small_tokenizers["wordpiece"])
+    torch.manual_seed(0)
+    enc = build_encoder(BertConfig(size="debug", vocab_size=tok.get_vocab_size()))
+    folder = save_pretrained(
+        TaskModel(enc, "classification", 2),
+        tmp_path / "task",
+        tokenizer=small_tokenizers["wordpiece"],
+        extra={"labels": ["neg", "pos"], "max_seq_len": 32},
+    )
+    texts = ["a fine film", "dull and long, far too long", "ok"]
+    eager = TaskPredictor(folder, ModelRef("t", "v1"))
+    compiled = TaskPredictor(folder, ModelRef("t", "v1"), compile="aot_eager")
+    for a, b in zip(eager.predict(eager.parse(texts)), compiled.predict(compiled.parse(texts))):
+        assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from lmplatform.config import StrictModel
+from lmplatform.train.config import CompileBackend
 
 
 class AutoscalingConfig(StrictModel):
@@ -45,6 +46,9 @@ class ServeConfig(StrictModel):
     """Dynamic batching: most inputs per model call."""
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
     """Dynamic batching: longest wait for a batch to fill."""
+    compile: CompileBackend | None = None
+    """torch.compile each task model with this backend (null: eager); shapes are dynamic, so a
+    replica compiles once per input rank, not per length."""
     max_inputs: int = Field(64, ge=1)
     """Most inputs per request (413 above)."""
     max_body_bytes: int = Field(1_000_000, ge=1024)

@@ -40,11 +40,15 @@ def _task_ref(reg: Registry, task: str, version: str) -> ModelRef:
     return ModelRef(task, version, meta.get("metric"), meta.get("value"), meta.get("per_class"))
 
 
-def load_task(reg: Registry, task: str, version: str | None = None) -> TaskPredictor:
+def load_task(
+    reg: Registry, task: str, version: str | None = None, compile: str | None = None
+) -> TaskPredictor:
     version = version or reg.best(task)
     if version is None:
         raise ValueError(f"task {task!r} has no promoted best model in {reg.uri}")
-    p = TaskPredictor(reg.local_path("tasks", task, version), _task_ref(reg, task, version))
+    p = TaskPredictor(
+        reg.local_path("tasks", task, version), _task_ref(reg, task, version), compile=compile
+    )
     p.smoke()
     return p
 
@@ -91,10 +95,12 @@ class TaskDeployment:
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.01,
         refresh_s: float = 2.0,
+        compile: str | None = None,
     ):
         self.reg = Registry(registry)
         self.task = task
-        self.predictor = load_task(self.reg, task)
+        self.compile = compile
+        self.predictor = load_task(self.reg, task, compile=compile)
         self._swap_lock = threading.Lock()
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -105,7 +111,7 @@ class TaskDeployment:
         with self._swap_lock:
             if version is None or version == self.predictor.ref.version:
                 return
-            new = load_task(self.reg, self.task, version)  # loaded and smoke-tested first
+            new = load_task(self.reg, self.task, version, self.compile)  # smoke-tested first
             old = self.predictor.ref.version
             self.predictor = new  # one assignment: requests see the old or the new model
             log.info("task %s: swapped %s -> %s", self.task, old, version)
@@ -370,7 +376,7 @@ def build(cfg: ServeConfig) -> serve.Application:
             max_ongoing_requests=ongoing,
             user_config={"refresh_token": cfg.refresh_token},
             health_check_period_s=cfg.health_check_period_s,
-        ).bind(cfg.registry, t, refresh_s=cfg.refresh_s, **batch)
+        ).bind(cfg.registry, t, refresh_s=cfg.refresh_s, compile=cfg.compile, **batch)
     for i, g in enumerate(cfg.shared_encoder_groups):
         h = SharedEncoderDeployment.options(
             name=f"shared-encoder-{i}",

@@ -55,7 +55,13 @@ class TaskPredictor:
     """A registered task model (folder from the registry) ready to predict batches of inputs.
     What an input looks like and how an output reads is the task type's (lmplatform.tasks)."""
 
-    def __init__(self, folder: str | Path, ref: ModelRef, model: TaskModel | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        ref: ModelRef,
+        model: TaskModel | None = None,
+        compile: str | None = None,
+    ):
         meta = read_config(folder)
         if meta.get("kind") != "task":
             raise ValueError(f"{folder} holds a {meta.get('kind')!r} model, not a task model")
@@ -69,6 +75,8 @@ class TaskPredictor:
         self.model: TaskModel = model if model is not None else from_pretrained(folder)
         self.device = device()
         self.model.to(self.device).eval()
+        if compile:  # in place: the state dict keeps its names
+            self.model.compile(backend=compile, dynamic=True)
         self.tokenizer = load_tokenizer(Path(folder) / "tokenizer.json")
         self.encoder = TaskEncoder(self.tokenizer, self.kind, self.max_len)
         self.calls = 0  # model forwards (the batching test reads it)

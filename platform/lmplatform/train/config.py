@@ -8,6 +8,9 @@ from pydantic import Field, model_validator
 
 from lmplatform.config import StrictModel
 
+CompileBackend = Literal["inductor", "aot_eager", "cudagraphs"]
+"""torch.compile backends a config may name."""
+
 
 class TrainConfig(StrictModel):
     """The training loop: shared by pretraining workers and fine-tuning trials."""
@@ -52,6 +55,9 @@ class TrainConfig(StrictModel):
     more often than that stalls the training thread (measured: 4x slower bert-debug)."""
     seed: int = 0
     """Seed for initialisation, data order and masking."""
+    compile: CompileBackend | None = None
+    """torch.compile the model with this backend (null: eager). `inductor` generates fused
+    kernels (on CPU it needs a C++ compiler); the first steps are slower while it compiles."""
 
 
 class ScalingConfig(StrictModel):

@@ -140,6 +140,95 @@ class FitResult:
     seconds: float = 0.0
 
 
+class _Meter:
+    """Tokens, FLOPs and input waits since the last progress line: throughput, MFU, ETA."""
+
+    def __init__(self, flops_per_token, peak_flops: float | None, start_step: int, total: int):
+        self.flops_per_token, self.peak = flops_per_token, peak_flops
+        self.start_step, self.total = start_step, total
+        self.t_start = self.t = time.perf_counter()
+        self.tokens, self.flops, self.data_wait = 0, 0.0, 0.0
+        self.total_tokens = 0
+
+    def add(self, batch: dict) -> int:
+        tokens = count_tokens(batch)
+        self.tokens += tokens
+        self.total_tokens += tokens
+        if self.flops_per_token is not None:
+            self.flops += self.flops_per_token(batch["input_ids"].shape[1]) * tokens
+        return tokens
+
+    def window(self, step: int) -> dict:
+        """Rates over the window, which then restarts; `eta_s` from the whole run's pace."""
+        now = time.perf_counter()
+        dt = max(now - self.t, 1e-9)
+        out = {"tokens_per_s": self.tokens / dt, "data_wait": self.data_wait / dt}
+        if self.peak and self.flops:
+            out["mfu"] = self.flops / dt / self.peak
+        out["eta_s"] = (now - self.t_start) / (step - self.start_step) * (self.total - step)
+        self.t, self.tokens, self.flops, self.data_wait = now, 0, 0.0, 0.0
+        return out
+
+
+_NOT_SHOWN = (
+    "step",
+    "lr",
+    "tokens",
+    "tokens_per_s",
+    "mfu",
+    "predicted_tokens",
+    "data_wait",
+    "eta_s",
+)
+
+
+def progress_line(name: str, step: int, total: int, metrics: dict) -> str:
+    shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in _NOT_SHOWN)
+    mfu = f" | mfu {metrics['mfu']:.1%}" if "mfu" in metrics else ""
+    return (
+        f"[{name}] step {step}/{total} | {shown} | lr {metrics['lr']:.3g}"
+        f" | {metrics['tokens_per_s']:,.0f} tok/s{mfu} | data wait {metrics['data_wait']:.0%}"
+        f" | eta {format_eta(metrics['eta_s'])}"
+    )
+
+
+def _cycle(batches: Iterable[dict]) -> Iterator[dict]:
+    """The batches again and again (an iterable is re-iterated per epoch)."""
+    while True:
+        empty = True
+        for b in batches:
+            empty = False
+            yield b
+        if empty:
+            return
+
+
+def _accumulate(model, batches, stepper, cfg: TrainConfig, device, meter: _Meter) -> dict:
+    """Forward and backward over `grad_accum_steps` micro-batches; their scalar outputs,
+    averaged."""
+    sums: dict[str, float] = {}
+    for _ in range(cfg.grad_accum_steps):
+        t_data = time.perf_counter()
+        batch = to_device(next(batches), device)
+        meter.data_wait += time.perf_counter() - t_data  # input-pipeline stalls
+        with autocast(cfg.precision, device):
+            out = model(**batch)
+        stepper.backward(out["loss"] / cfg.grad_accum_steps)
+        meter.add(batch)
+        for k, v in out.items():
+            if isinstance(v, torch.Tensor) and v.dim() == 0:
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum_steps
+    return sums
+
+
+def _evaluate(model, evaluate, cfg: TrainConfig, device, step: int) -> dict:
+    model.eval()
+    with torch.no_grad(), autocast(cfg.precision, device):
+        ev = {"step": step, **evaluate(model)}
+    model.train()
+    return ev
+
+
 def fit(
     model: nn.Module,
     batches: Iterable[dict],
@@ -158,102 +247,46 @@ def fit(
 ) -> FitResult:
     """Run optimizer steps `start_step + 1 … total_steps`, each over `grad_accum_steps` batches.
 
-    `batches` is any iterator of dicts of tensors (cycled when exhausted); the model returns a
-    dict with `loss` and any scalar metrics (mlm_acc, nsp_acc, ppl…), which are averaged over
+    `batches` is any iterable of dicts of tensors (re-iterated when exhausted); the model returns
+    a dict with `loss` and any scalar metrics (mlm_acc, nsp_acc, ppl…), which are averaged over
     the micro-batches and logged. `on_step` / `on_eval` let a caller report or checkpoint.
     """
     device = torch.device(device)
     stepper = stepper or TorchStepper(model, cfg, total_steps)
-    flops_per_token = getattr(model, "flops_per_token", None)
+    if cfg.compile:  # in place (a DeepSpeed engine compiles its module): names stay the same
+        model.compile(backend=cfg.compile)
+    stream = _cycle(batches)
+    meter = _Meter(getattr(model, "flops_per_token", None), peak_flops, start_step, total_steps)
     result = FitResult()
-    it: Iterator = iter(batches)
-
-    def next_batch():
-        nonlocal it
-        try:
-            return next(it)
-        except StopIteration:
-            it = iter(batches)  # next epoch
-            return next(it)
-
     model.train()
-    t_start = time.perf_counter()
-    window_t, window_tokens, window_flops, window_data = t_start, 0, 0.0, 0.0
     for step in range(start_step + 1, total_steps + 1):
-        sums: dict[str, float] = {}
-        for _ in range(cfg.grad_accum_steps):
-            t_data = time.perf_counter()
-            batch = to_device(next_batch(), device)
-            window_data += time.perf_counter() - t_data  # input-pipeline stalls, shown as data_wait
-            with autocast(cfg.precision, device):
-                out = model(**batch)
-            stepper.backward(out["loss"] / cfg.grad_accum_steps)
-            tokens = count_tokens(batch)
-            window_tokens += tokens
-            result.tokens += tokens
-            if flops_per_token is not None:
-                window_flops += flops_per_token(batch["input_ids"].shape[1]) * tokens
-            for k, v in out.items():
-                if isinstance(v, torch.Tensor) and v.dim() == 0:
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum_steps
-        grad_norm = stepper.step()
-        metrics = {"step": step, **sums, "lr": stepper.lr, "tokens": result.tokens}
-        if grad_norm is not None:
-            metrics["grad_norm"] = grad_norm
+        sums = _accumulate(model, stream, stepper, cfg, device, meter)
         if not all(math.isfinite(v) for v in sums.values()):
             raise FloatingPointError(f"{name}: non-finite loss at step {step}: {sums}")
+        grad_norm = stepper.step()
+        metrics = {"step": step, **sums, "lr": stepper.lr, "tokens": meter.total_tokens}
+        if grad_norm is not None:
+            metrics["grad_norm"] = grad_norm
         if step % cfg.log_every == 0 or step == total_steps:
-            now = time.perf_counter()
-            dt = max(now - window_t, 1e-9)
-            metrics["tokens_per_s"] = window_tokens / dt
-            metrics["data_wait"] = window_data / dt  # fraction of the window spent waiting for data
-            if peak_flops and window_flops:
-                metrics["mfu"] = window_flops / dt / peak_flops
-            done = step - start_step
-            eta = (now - t_start) / done * (total_steps - step)
+            metrics.update(meter.window(step))
             if log:
-                shown = " | ".join(
-                    f"{k} {v:.4g}"
-                    for k, v in metrics.items()
-                    if k
-                    not in (
-                        "step",
-                        "lr",
-                        "tokens",
-                        "tokens_per_s",
-                        "mfu",
-                        "predicted_tokens",
-                        "data_wait",
-                    )
-                )
-                mfu = f" | mfu {metrics['mfu']:.1%}" if "mfu" in metrics else ""
-                log(
-                    f"[{name}] step {step}/{total_steps} | {shown} | lr {stepper.lr:.3g}"
-                    f" | {metrics['tokens_per_s']:,.0f} tok/s{mfu} | data wait {metrics['data_wait']:.0%}"
-                    f" | eta {format_eta(eta)}"
-                )
-            window_t, window_tokens, window_flops, window_data = now, 0, 0.0, 0.0
+                log(progress_line(name, step, total_steps, metrics))
         if evaluate is not None and (step % cfg.eval_every == 0 or step == total_steps):
-            model.eval()
-            with torch.no_grad(), autocast(cfg.precision, device):
-                ev = {"step": step, **evaluate(model)}
-            model.train()
+            ev = _evaluate(model, evaluate, cfg, device, step)
             result.evals.append(ev)
             metrics.update({k: v for k, v in ev.items() if k != "step"})
             if log:
-                log(
-                    f"[{name}] eval at step {step}: "
-                    + ", ".join(
-                        f"{k} {v:.4g}"
-                        for k, v in ev.items()
-                        if k != "step" and isinstance(v, (int, float))
-                    )
+                shown = ", ".join(
+                    f"{k} {v:.4g}"
+                    for k, v in ev.items()
+                    if k != "step" and isinstance(v, int | float)
                 )
+                log(f"[{name}] eval at step {step}: {shown}")
             if on_eval:
                 on_eval(step, ev)
         result.history.append(metrics)
         if on_step:
             on_step(step, metrics)
-    result.steps = total_steps - start_step
-    result.seconds = time.perf_counter() - t_start
+    result.steps, result.tokens = total_steps - start_step, meter.total_tokens
+    result.seconds = time.perf_counter() - meter.t_start
     return result
