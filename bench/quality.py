@@ -85,14 +85,11 @@ def main() -> None:
     args.tasks = [t for t in args.tasks if "=" not in t]
     out = tempfile.mkdtemp(prefix="quality-")
     from lmplatform.cli import require_model
-    from lmplatform.finetune import (
-        best_model,
-        load_task_data,
-        promote,
-        run_search,
-        sample_points,
-    )
     from lmplatform.runtime import init_ray
+    from lmplatform.tune.data import load_task_data
+    from lmplatform.tune.promotion import best_model, promote
+    from lmplatform.tune.search import run_search
+    from lmplatform.tune.space import sample_points
 
     budget = [f"search.max_time_s={60 * args.search_minutes:g}"] if args.search_minutes else []
     jobs = {

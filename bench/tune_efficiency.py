@@ -51,8 +51,10 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="tune-eff-")
     base = load_config(FinetuneJobConfig, args.config, [f"output_dir={out}", *args.overrides])
     from lmplatform.cli import require_model
-    from lmplatform.finetune import load_task_data, run_search, sample_points
     from lmplatform.runtime import init_ray
+    from lmplatform.tune.data import load_task_data
+    from lmplatform.tune.search import run_search
+    from lmplatform.tune.space import sample_points
 
     require_model(base.registry, "pretrained", base.parent)
     init_ray(quiet=True)

@@ -63,8 +63,9 @@ def _job(root, name, *overrides):
 
 
 def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, registry):
-    from lmplatform.finetune import promote, run_search
     from lmplatform.registry import Registry
+    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.search import run_search
 
     job = _job(
         registry,
@@ -123,9 +124,9 @@ def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, re
     # the registered folder reproduces the promoted dev metric
     from tokenizers import Tokenizer
 
-    from lmplatform.finetune import evaluate
     from lmplatform.models.io import from_pretrained
     from lmplatform.tasks.encoding import TaskEncoder
+    from lmplatform.tune.trial import evaluate
 
     path = reg.local_path("tasks", "sentiment-sample", out["version"])
     model = from_pretrained(path)
@@ -135,7 +136,7 @@ def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, re
 
 
 def test_pbt_restores_trials_from_other_trials_checkpoints(ray_local, registry):
-    from lmplatform.finetune import run_search
+    from lmplatform.tune.search import run_search
 
     job = _job(
         registry,
@@ -235,7 +236,8 @@ def test_multi_worker_trials_run_a_torch_trainer_and_promote(ray_local, registry
     """num_workers=2: each trial is a driver function running a 2-worker TorchTrainer (DDP)
     whose reports reach Tune through TuneReportCallback; the winner is promoted from Ray Train's
     checkpoint."""
-    from lmplatform.finetune import promote, run_search
+    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.search import run_search
 
     job = _job(
         registry,
@@ -260,7 +262,8 @@ def test_pair_classification_trial_learns_and_reports(registry, tmp_path, sample
     *second* text, so it is learnable only if the pair's second segment reaches the model."""
     import random
 
-    from lmplatform.finetune import load_task_data, run_trial
+    from lmplatform.tune.data import load_task_data
+    from lmplatform.tune.trial import run_trial
 
     rows = [
         ln.split("\t")
@@ -299,8 +302,9 @@ def test_a_single_class_f1_metric_drives_search_and_promotion(ray_local, registr
     """metric f1/<class> (spam's metric: the rare class is what matters): Tune searches on it,
     and the promoted value is that class's whole-dev F1."""
     from lmplatform.config import ConfigError
-    from lmplatform.finetune import promote, run_search
     from lmplatform.registry import Registry
+    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.search import run_search
 
     with pytest.raises(ConfigError, match="f1/<class>"):
         _job(registry, "x", "task.metric=f1/neutral")
@@ -333,9 +337,11 @@ def test_a_transformers_checkpoint_is_imported_fine_tuned_promoted_and_served(
     import transformers
 
     from hf_checkpoints import save_bert
-    from lmplatform.finetune import load_task_data, promote, run_search
     from lmplatform.registry import Registry
     from lmplatform.serving.deployments import load_task
+    from lmplatform.tune.data import load_task_data
+    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.search import run_search
 
     save_bert(
         tmp_path / "my-bert", registry / "tok" / "tokenizer.json", 2000, hidden=64, max_len=128
@@ -376,12 +382,13 @@ def test_a_frozen_bilm_trial_through_tune_moves_only_the_scalar_mix_and_head(
 ):
     """ELMo as the seeds use it: a frozen biLM gives features, and the trial learns the task's
     own scalar mix of its layers (and the head) — the biLM's weights stay as published."""
-    from lmplatform.finetune import promote, run_search
     from lmplatform.models.io import from_pretrained, save_pretrained
     from lmplatform.models.lstm import LSTMConfig
     from lmplatform.models.tasks import build_pretraining_model
     from lmplatform.registry import Registry
     from lmplatform.tokenization import TokenizerConfig, train_tokenizer
+    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.search import run_search
 
     root = registry
     lines = (sample_dir / "corpus" / "train.txt").read_text().splitlines()

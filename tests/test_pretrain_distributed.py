@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from conftest import ROOT
+from faults import KillOnce, picklable_by_value
 from lmplatform.config import load_config
 from lmplatform.jobconfig import PretrainJobConfig
+
+picklable_by_value()
 
 CONFIG = ROOT / "jobs" / "configs" / "pretrain" / "bert-debug.yaml"
 
@@ -160,7 +163,7 @@ def test_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, workd
     from lmplatform.pretrain import run_pretraining
 
     cfg = _cfg(workdir, "fault", "train.max_steps=16", "train.checkpoint_every=5")
-    _, result = run_pretraining(cfg, fail_at_step=13, fail_marker=str(workdir / "fault.killed"))
+    _, result = run_pretraining(cfg, callbacks=[KillOnce(13, str(workdir / "fault.killed"))])
     assert (workdir / "fault.killed").exists()  # the kill happened
     steps = [r["step"] for r in _steps(workdir, "fault")]
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
@@ -215,7 +218,7 @@ def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local
     from ray.train import TrainingFailedError
 
     with pytest.raises(TrainingFailedError):  # the "stop": a worker dies and no retry is allowed
-        run_pretraining(cfg, fail_at_step=10, fail_marker=str(workdir / "restart.killed"))
+        run_pretraining(cfg, callbacks=[KillOnce(10, str(workdir / "restart.killed"))])
     first = [r["step"] for r in _steps(workdir, "restart")]
     # metrics are written every log_every=2 steps; step 10 only if rank 0 was not the one killed
     assert max(first) in (8, 10)

@@ -96,7 +96,6 @@ def _synthetic_conllu(path, n: int, seed: int) -> None:
 
 @pytest.mark.parametrize("family", ["bert", "lstm"])
 def test_a_model_learns_roles_from_the_predicate_it_is_given(family, tmp_path):
-    from lmplatform.finetune import evaluate
     from lmplatform.models import BertConfig, LSTMConfig
     from lmplatform.models.tasks import TaskModel, build_encoder
     from lmplatform.tasks import task_type
@@ -104,6 +103,7 @@ def test_a_model_learns_roles_from_the_predicate_it_is_given(family, tmp_path):
     from lmplatform.tokenization import TokenizerConfig, load_tokenizer, train_tokenizer
     from lmplatform.train.config import TrainConfig
     from lmplatform.train.loop import fit
+    from lmplatform.tune.trial import evaluate
 
     torch.manual_seed(0)
     _synthetic_conllu(tmp_path / "train.conllu", 300, seed=0)

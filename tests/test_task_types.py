@@ -50,7 +50,6 @@ def _free_port() -> int:
 
 def test_a_new_task_type_is_one_class_and_one_table_entry(question_type, tmp_path):
     from lmplatform.data.sources import DataSource
-    from lmplatform.finetune import evaluate
     from lmplatform.models import BertConfig
     from lmplatform.models.io import save_pretrained
     from lmplatform.models.tasks import TaskModel, build_encoder
@@ -63,6 +62,7 @@ def test_a_new_task_type_is_one_class_and_one_table_entry(question_type, tmp_pat
     from lmplatform.tokenization import TokenizerConfig, load_tokenizer, train_tokenizer
     from lmplatform.train.config import TrainConfig
     from lmplatform.train.loop import fit
+    from lmplatform.tune.trial import evaluate
 
     rng = random.Random(0)
     things = "the cat the sky the river the king the city the rain the song".split(" the ")

@@ -165,7 +165,9 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict:
     parent = f"{pre.name}@{s['version']}"
 
     # 3-4. fine-tuning search + promotion per task
-    from lmplatform.finetune import format_table, load_task_data, promote, run_search
+    from lmplatform.tune.data import load_task_data
+    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.search import format_table, run_search
 
     for job in tasks:
         job = job.model_copy(update={"parent": parent})

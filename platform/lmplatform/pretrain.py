@@ -16,20 +16,17 @@ import importlib.util
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from lmplatform import storage
 from lmplatform.config import ConfigError
-from lmplatform.data.pretraining import BertCollator, Prefetcher, causal_collate, shard_files
+from lmplatform.data.pretraining import BertCollator, causal_collate, shard_files
 from lmplatform.jobconfig import PretrainJobConfig
 from lmplatform.models.tasks import build_pretraining_model
 from lmplatform.runtime import ray_storage
-
-STATE = "train_state.json"
-TAG = "state"
+from lmplatform.train.worker_parts import STATE, consolidated_state_dict
 
 
 def _collator(objective: str, tokenizer_json: str, job: PretrainJobConfig, rank: int):
@@ -85,12 +82,14 @@ def eval_rows(files: list[str], n: int) -> dict[str, list]:
 
 
 def worker_loop(config: dict) -> None:
+    """One Ray Train worker: build, restore, stream, train; the pieces are in
+    train/worker_parts.py. `config["callbacks"]`: extra `(step, metrics)` callables run before
+    each step's reporting (tests inject faults with them)."""
     import ray.train
-    import torch.distributed as dist
-    from ray.train import Checkpoint
 
     from lmplatform.train.deepspeed_engine import DeepSpeedStepper
     from lmplatform.train.loop import fit
+    from lmplatform.train.worker_parts import DataPosition, Reporter, Resume, RunLog
 
     job = PretrainJobConfig.model_validate(config["job"])
     ctx = ray.train.get_context()
@@ -98,188 +97,52 @@ def worker_loop(config: dict) -> None:
     torch.manual_seed(job.train.seed)
     if not job.scaling.use_gpu:  # Ray pins OMP threads to the reserved CPUs; we may want more
         torch.set_num_threads(job.scaling.torch_threads or max(1, int(job.scaling.cpus_per_worker)))
-    model_cfg = job.model.model_copy(update={"vocab_size": config["vocab_size"]})
-    model = build_pretraining_model(model_cfg)
-    ckpt = ray.train.get_checkpoint()
-    if config["init_from"] and not ckpt:  # a resumed run has its own weights
+    model = build_pretraining_model(
+        job.model.model_copy(update={"vocab_size": config["vocab_size"]})
+    )
+    resume = Resume.from_checkpoint(ray.train.get_checkpoint(), world)
+    if config["init_from"] and resume.checkpoint is None:  # a resumed run has its own weights
         load_init_weights(model, config["registry"], config["init_from"])
-        if rank == 0:
-            print(f"[pretrain] weights from pretrained/{config['init_from']}", flush=True)
+    resume.load_resized_weights(model)
     if job.scaling.use_gpu:
         model = model.to(ray.train.torch.get_device())
-    total = job.train.max_steps
-
-    start_step, batches_seen, tokens_seen = 0, 0, 0
-    resized = False
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = json.loads((Path(d) / STATE).read_text())
-            old_world = state.get("world_size", world)
-            resized = old_world != world
-            if resized:
-                # elastic resize: DeepSpeed cannot re-partition ZeRO optimizer state for a new
-                # world size, so start the engine from the consolidated fp32 weights instead
-                model.load_state_dict(consolidated_state_dict(d), strict=True)
-        start_step, tokens_seen = state["step"], state["tokens"]
-        # the data position is global: the same number of examples, split over the new world
-        batches_seen = state["batches_seen"] * old_world // world
-    stepper = DeepSpeedStepper(model, job.train, job.scaling, world, total)
-    engine = stepper.engine
-    if ckpt and not resized:
-        with ckpt.as_directory() as d:
-            engine.load_checkpoint(d, tag=TAG)
-    elif resized:
-        for _ in range(start_step):  # the schedule continues where it was
-            stepper.scheduler.step()
-    if ckpt and rank == 0:
-        how = (
-            f"resized {old_world} -> {world} workers: weights, step and data position kept, AdamW moments restarted"
-            if resized
-            else f"{batches_seen} batches per worker seen"
-        )
-        print(f"[pretrain] resumed from checkpoint at step {start_step} ({how})", flush=True)
-
+    stepper = DeepSpeedStepper(model, job.train, job.scaling, world, job.train.max_steps)
+    resume.restore(stepper)
+    if rank == 0 and resume.checkpoint is not None:
+        print(resume.describe(), flush=True)
     collate = _collator(config["objective"], config["tokenizer_json"], job, rank)
-    shard = ray.train.get_dataset_shard("train")
-    counter = {"batches": batches_seen}
-
-    def produce():
-        skip = batches_seen
-        while True:  # epochs
-            n = 0
-            for raw in shard.iter_batches(
-                batch_size=job.train.batch_size, batch_format="numpy", drop_last=True
-            ):
-                n += 1
-                if skip:  # resume at the same position of the epoch's stream
-                    skip -= 1
-                    continue
-                yield collate(raw)
-            if n == 0:
-                raise RuntimeError(
-                    f"worker {rank} got no full batch of {job.train.batch_size} examples: lower train.batch_size"
-                )
-
-    def batches():
-        # assembled in a background thread that also starts each next epoch's stream early
-        for batch in Prefetcher(produce(), depth=4):
-            counter["batches"] += 1  # counted when the loop takes it: the resume position
-            yield batch
-
-    # rank 0 logs into a local mirror of the run folder (which may be s3://…), pushed with every
-    # report; a resumed run, on any node, appends to the metrics it had
-    mirror = (
-        storage.Mirror(config["run_dir"], pull=("metrics.jsonl",), every_s=30)
-        if rank == 0
-        else None
+    data = DataPosition(
+        ray.train.get_dataset_shard("train"),
+        collate,
+        job.train.batch_size,
+        resume.batches_seen,
+        rank,
     )
-    writer, tracker = None, None
-    if mirror is not None:
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(str(mirror.local / "tensorboard"))
-        if job.tracking is not None:
-            from lmplatform.tracking import WorkerRun, flat_params
-
-            tracker = WorkerRun(
-                job.tracking,
-                config["tracking_uri"],
-                job.name,
-                flat_params(job.model_dump(mode="json")),
-                {"lmplatform.run_dir": config["run_dir"], "resumed_from_step": str(start_step)},
-            )
-    fail_at = config.get("fail_at_step")  # fault-injection for tests: SIGKILL once at this step
-    t0 = time.time()
-    last_report = [t0]
-
-    def on_step(step: int, metrics: dict) -> None:
-        if fail_at and step == fail_at:
-            try:  # O_EXCL: exactly one worker, exactly once, across restarts
-                os.close(os.open(config["fail_marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                os.kill(os.getpid(), 9)
-            except FileExistsError:
-                pass
-        last = step == total
-        # written per log line (and the first step after a (re)start, to show where it
-        # resumed), not per step: per-step writes cost this loop ~5 % of its throughput
-        logged = (
-            step % job.train.log_every == 0
-            or last
-            or step == start_step + 1
-            or any(k.startswith("eval_") for k in metrics)
-        )
-        metrics["workers"] = world
-        if writer is not None and logged:
-            for k, v in metrics.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    writer.add_scalar(f"train/{k}", v, step)
-            if tracker is not None:
-                tracker.log(metrics, step)
-            with open(mirror.local / "metrics.jsonl", "a") as f:
-                f.write(
-                    json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-                    + "\n"
-                )
-        checkpointing = step % job.train.checkpoint_every == 0 or last
-        if not checkpointing:
-            if step % job.train.log_every:
-                return
-            # Ray Train V2 holds one unread report per worker and its controller reads them
-            # every 2 s: reporting faster blocks this thread. Every rank must make the same
-            # report calls, so rank 0's clock decides for all (one tiny broadcast per log line).
-            due = torch.tensor(
-                [int(time.time() - last_report[0] >= job.train.report_every_s)],
-                device=engine.device,  # NCCL broadcasts only CUDA tensors
-            )
-            if world > 1:
-                dist.broadcast(due, src=0)
-            if not due.item():
-                return
-        last_report[0] = time.time()
-        if mirror is not None:
-            writer.flush()
-            mirror.push(force=checkpointing)  # with every checkpoint, else at most every 30 s
-        report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        report.update(elapsed_s=time.time() - t0)
-        if checkpointing:
-            with tempfile.TemporaryDirectory() as d:
-                engine.save_checkpoint(d, tag=TAG)  # every rank writes its own shard
-                if rank == 0:
-                    state = {
-                        "step": step,
-                        "world_size": world,
-                        "batches_seen": counter["batches"],
-                        "tokens": tokens_seen + int(metrics.get("tokens", 0)),
-                    }
-                    (Path(d) / STATE).write_text(json.dumps(state))
-                dist.barrier()
-                ray.train.report(report, checkpoint=Checkpoint.from_directory(d))
-            if not last:
-                # The controller keeps a checkpoint only once it has read its report (it reads
-                # every 2 s); a worker dying before that would lose it. A second report waits
-                # until the first is read, so a crash can cost at most one interval.
-                ray.train.report(report)
-        else:
-            ray.train.report(report)
-
-    evaluate = make_eval_fn(
-        config["eval_rows"], config["objective"], config["tokenizer_json"], job, engine.device
+    run_log = RunLog(config, job, rank, resume.start_step)
+    reporter = Reporter(
+        stepper.engine, job.train, job.train.max_steps, world, rank, run_log, data, resume
     )
+    callbacks = [*config.get("callbacks", ()), reporter]
     fit(
-        engine,
-        batches(),
+        stepper.engine,
+        data,
         job.train,
-        evaluate=evaluate,
-        total_steps=total,
+        evaluate=make_eval_fn(
+            config["eval_rows"],
+            config["objective"],
+            config["tokenizer_json"],
+            job,
+            stepper.engine.device,
+        ),
+        total_steps=job.train.max_steps,
         stepper=stepper,
-        start_step=start_step,
-        on_step=on_step,
+        start_step=resume.start_step,
+        on_step=lambda step, metrics: [cb(step, metrics) for cb in callbacks],
         log=(lambda s: print(s, flush=True)) if rank == 0 else None,
         name=f"pretrain {job.name}",
-        device=engine.device,
+        device=stepper.engine.device,
     )
-    if tracker is not None:
-        tracker.finish()
+    run_log.finish()
 
 
 def load_init_weights(model: torch.nn.Module, registry: str, ref: str) -> None:
@@ -289,35 +152,21 @@ def load_init_weights(model: torch.nn.Module, registry: str, ref: str) -> None:
 
     name, version = ref.split("@")
     load_weights(model, Registry(registry).local_path("pretrained", name, version))
+    print(f"[pretrain] weights from pretrained/{ref}", flush=True)
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def consolidated_state_dict(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """fp32 weights from a DeepSpeed checkpoint of any ZeRO stage (shards merged)."""
-    d = Path(checkpoint_dir)
-    if list((d / TAG).glob("*optim_states.pt")) and any(
-        "zero" in p.name for p in (d / TAG).iterdir()
-    ):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return get_fp32_state_dict_from_zero_checkpoint(str(d), tag=TAG)
-    states = torch.load(
-        d / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
-    )
-    return {k: v.float() for k, v in states["module"].items()}
-
-
-def run_pretraining(
-    job: PretrainJobConfig, fail_at_step: int | None = None, fail_marker: str | None = None
-):
+def run_pretraining(job: PretrainJobConfig, callbacks: list | None = None):
+    """Prepare the data and run the `TorchTrainer`. `callbacks`: picklable `(step, metrics)`
+    callables every worker runs at each step (tests inject faults with them)."""
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from lmplatform.prepare import prepare
     from lmplatform.tracking import mlflow_uri
+    from lmplatform.train.trainer import torch_trainer
 
     if importlib.util.find_spec("deepspeed") is None:  # before any work, not in the workers
         raise ConfigError(
@@ -330,48 +179,30 @@ def run_pretraining(
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     fs, _ = storage.arrow_filesystem(files[0])
     train_ds = ray.data.read_parquet([storage.arrow_filesystem(f)[1] for f in files], filesystem=fs)
-    trainer = TorchTrainer(
-        worker_loop,
-        train_loop_config={
-            "job": job.model_dump(mode="json"),
-            "tokenizer_json": prepared.tokenizer_path.read_text(),
-            "run_dir": prepared.run_dir,
-            "vocab_size": prepared.vocab_size,
-            "init_from": prepared.init_from,
-            # absolute: a relative registry path would resolve in the worker's own directory
-            "registry": storage.normalize(job.registry),
-            "tracking_uri": (
-                mlflow_uri(job.tracking, job.output_dir)
-                if job.tracking and job.tracking.backend == "mlflow"
-                else None
-            ),
-            "objective": job.objective,
-            "fail_at_step": fail_at_step,
-            "fail_marker": fail_marker,
-            "eval_rows": eval_rows(files, job.train.eval_batches * job.train.batch_size),
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=(
-                (job.scaling.min_workers, job.scaling.num_workers)
-                if job.scaling.min_workers
-                else job.scaling.num_workers
-            ),
-            elastic_resize_monitor_interval_s=job.scaling.resize_check_s,
-            use_gpu=job.scaling.use_gpu,
-            resources_per_worker={
-                **job.scaling.resources_per_worker,
-                "CPU": job.scaling.cpus_per_worker,
-            },
+    loop_config = {
+        "job": job.model_dump(mode="json"),
+        "tokenizer_json": prepared.tokenizer_path.read_text(),
+        "run_dir": prepared.run_dir,
+        "vocab_size": prepared.vocab_size,
+        "init_from": prepared.init_from,
+        # absolute: a relative registry path would resolve in the worker's own directory
+        "registry": storage.normalize(job.registry),
+        "tracking_uri": (
+            mlflow_uri(job.tracking, job.output_dir)
+            if job.tracking and job.tracking.backend == "mlflow"
+            else None
         ),
-        run_config=RunConfig(
-            name=job.name,
-            **ray_storage(job.output_dir, "ray"),
-            checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=job.scaling.max_failures),
-        ),
-        datasets={"train": train_ds},
-        torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
+        "objective": job.objective,
+        "callbacks": list(callbacks or ()),
+        "eval_rows": eval_rows(files, job.train.eval_batches * job.train.batch_size),
+    }
+    run_config = RunConfig(
+        name=job.name,
+        **ray_storage(job.output_dir, "ray"),
+        checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
+        failure_config=FailureConfig(max_failures=job.scaling.max_failures),
     )
+    trainer = torch_trainer(worker_loop, loop_config, job.scaling, run_config, {"train": train_ds})
     result = trainer.fit()
     return prepared, result
 

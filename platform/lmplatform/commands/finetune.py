@@ -17,8 +17,10 @@ def main() -> None:
         ),
     )
     from lmplatform.config import save_resolved
-    from lmplatform.finetune import format_table, load_task_data, promote, run_search
     from lmplatform.runtime import init_ray
+    from lmplatform.tune.data import load_task_data
+    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.search import format_table, run_search
 
     data = load_task_data(cfg)  # parent model and data problems fail here, before Ray starts
     init_ray()

@@ -1,0 +1,251 @@
+"""The named pieces a Ray Train pretraining worker is composed of (pretrain.worker_loop):
+
+- `Resume`: where a (re)started worker continues: step, tokens, data position, and whether the
+  world size changed since the checkpoint (elastic resize: DeepSpeed cannot re-partition ZeRO
+  optimizer state, so the engine starts from the consolidated fp32 weights instead);
+- `DataPosition`: the worker's shard of the examples as batches, skipping what a resumed run
+  already saw, counting what the loop takes (the next resume position);
+- `RunLog`: rank 0's metrics.jsonl, TensorBoard and tracking run, in a local mirror of the run
+  folder (which may be s3://…) pushed with every report;
+- `Reporter`: reports to Ray Train at most every `report_every_s` (every rank makes the same
+  calls: rank 0's clock decides) and at every checkpoint (every rank saves its DeepSpeed shard,
+  then one report merges them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+STATE = "train_state.json"
+TAG = "state"
+
+
+@dataclass
+class Resume:
+    start_step: int = 0
+    batches_seen: int = 0
+    tokens_seen: int = 0
+    old_world: int = 1
+    world: int = 1
+    resized: bool = False
+    checkpoint: object = None  # ray.train.Checkpoint
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, world: int) -> Resume:
+        if ckpt is None:
+            return cls(world=world, old_world=world)
+        with ckpt.as_directory() as d:
+            state = json.loads((Path(d) / STATE).read_text())
+        old = state.get("world_size", world)
+        # the data position is global: the same number of examples, split over the new world
+        return cls(
+            start_step=state["step"],
+            batches_seen=state["batches_seen"] * old // world,
+            tokens_seen=state["tokens"],
+            old_world=old,
+            world=world,
+            resized=old != world,
+            checkpoint=ckpt,
+        )
+
+    def load_resized_weights(self, model: torch.nn.Module) -> None:
+        """After a resize, the weights come from the consolidated checkpoint (before the engine
+        exists, which then starts fresh optimizer state)."""
+        if self.resized:
+            with self.checkpoint.as_directory() as d:
+                model.load_state_dict(consolidated_state_dict(d), strict=True)
+
+    def restore(self, stepper) -> None:
+        """Engine state (weights, optimizer, schedule) from the checkpoint; after a resize only
+        the schedule, which continues where it was."""
+        if self.checkpoint is not None and not self.resized:
+            with self.checkpoint.as_directory() as d:
+                stepper.engine.load_checkpoint(d, tag=TAG)
+        elif self.resized:
+            for _ in range(self.start_step):
+                stepper.scheduler.step()
+
+    def describe(self) -> str:
+        how = (
+            f"resized {self.old_world} -> {self.world} workers: weights, step and data position "
+            "kept, AdamW moments restarted"
+            if self.resized
+            else f"{self.batches_seen} batches per worker seen"
+        )
+        return f"[pretrain] resumed from checkpoint at step {self.start_step} ({how})"
+
+
+class DataPosition:
+    """Batches of this worker's shard, from the resume position, epoch after epoch."""
+
+    def __init__(self, shard, collate, batch_size: int, skip: int, rank: int):
+        self.shard, self.collate, self.batch_size = shard, collate, batch_size
+        self.skip, self.rank = skip, rank
+        self.seen = skip  # batches the loop has taken: the position a checkpoint records
+
+    def _produce(self):
+        skip = self.skip
+        while True:  # epochs
+            n = 0
+            for raw in self.shard.iter_batches(
+                batch_size=self.batch_size, batch_format="numpy", drop_last=True
+            ):
+                n += 1
+                if skip:  # resume at the same position of the epoch's stream
+                    skip -= 1
+                    continue
+                yield self.collate(raw)
+            if n == 0:
+                raise RuntimeError(
+                    f"worker {self.rank} got no full batch of {self.batch_size} examples: "
+                    "lower train.batch_size"
+                )
+
+    def __iter__(self):
+        from lmplatform.data.pretraining import Prefetcher
+
+        # assembled in a background thread that also starts each next epoch's stream early
+        for batch in Prefetcher(self._produce(), depth=4):
+            self.seen += 1  # counted when the loop takes it
+            yield batch
+
+
+class RunLog:
+    """Rank 0's record of the run; on other ranks every method does nothing."""
+
+    def __init__(self, config: dict, job, rank: int, start_step: int):
+        self.mirror = self.writer = self.tracker = None
+        if rank != 0:
+            return
+        from tensorboardX import SummaryWriter
+
+        from lmplatform import storage
+
+        # a resumed run, on any node, appends to the metrics it had
+        self.mirror = storage.Mirror(config["run_dir"], pull=("metrics.jsonl",), every_s=30)
+        self.writer = SummaryWriter(str(self.mirror.local / "tensorboard"))
+        if job.tracking is not None:
+            from lmplatform.tracking import WorkerRun, flat_params
+
+            self.tracker = WorkerRun(
+                job.tracking,
+                config["tracking_uri"],
+                job.name,
+                flat_params(job.model_dump(mode="json")),
+                {"lmplatform.run_dir": config["run_dir"], "resumed_from_step": str(start_step)},
+            )
+
+    def record(self, step: int, metrics: dict) -> None:
+        if self.writer is None:
+            return
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        for k, v in scalars.items():
+            if k != "step":
+                self.writer.add_scalar(f"train/{k}", v, step)
+        if self.tracker is not None:
+            self.tracker.log(metrics, step)
+        with open(self.mirror.local / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(scalars) + "\n")
+
+    def push(self, force: bool) -> None:
+        if self.mirror is not None:
+            self.writer.flush()
+            self.mirror.push(force=force)  # with every checkpoint, else at most every 30 s
+
+    def finish(self) -> None:
+        if self.tracker is not None:
+            self.tracker.finish()
+
+
+class Reporter:
+    """`on_step` of the loop: log lines to the run log, metric reports to Ray Train (throttled),
+    checkpoints every `checkpoint_every` steps and at the end."""
+
+    def __init__(self, engine, train, total: int, world: int, rank: int, log: RunLog, data, resume):
+        self.engine, self.train, self.total = engine, train, total
+        self.world, self.rank, self.log, self.data, self.resume = world, rank, log, data, resume
+        self.t0 = self.last_report = time.time()
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        metrics["workers"] = self.world
+        last = step == self.total
+        # per log line (and the first step after a (re)start, to show where it resumed), not per
+        # step: per-step writes cost the loop ~5 % of its throughput
+        if (
+            step % self.train.log_every == 0
+            or last
+            or step == self.resume.start_step + 1
+            or any(k.startswith("eval_") for k in metrics)
+        ):
+            self.log.record(step, metrics)
+        checkpointing = step % self.train.checkpoint_every == 0 or last
+        if not checkpointing and (step % self.train.log_every or not self._due()):
+            return
+        self.last_report = time.time()
+        self.log.push(force=checkpointing)
+        report = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        report["elapsed_s"] = time.time() - self.t0
+        if checkpointing:
+            self._checkpoint(step, metrics, report, last)
+        else:
+            import ray.train
+
+            ray.train.report(report)
+
+    def _due(self) -> bool:
+        """Ray Train V2 holds one unread report per worker and reads them every 2 s: reporting
+        faster blocks the loop. Every rank must make the same report calls, so rank 0's clock
+        decides for all (one tiny broadcast per log line)."""
+        due = torch.tensor(
+            [int(time.time() - self.last_report >= self.train.report_every_s)],
+            device=self.engine.device,  # NCCL broadcasts only CUDA tensors
+        )
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(due, src=0)
+        return bool(due.item())
+
+    def _checkpoint(self, step: int, metrics: dict, report: dict, last: bool) -> None:
+        import ray.train
+        import torch.distributed as dist
+
+        with tempfile.TemporaryDirectory() as d:
+            self.engine.save_checkpoint(d, tag=TAG)  # every rank writes its own shard
+            if self.rank == 0:
+                state = {
+                    "step": step,
+                    "world_size": self.world,
+                    "batches_seen": self.data.seen,
+                    "tokens": self.resume.tokens_seen + int(metrics.get("tokens", 0)),
+                }
+                (Path(d) / STATE).write_text(json.dumps(state))
+            dist.barrier()
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
+        if not last:
+            # The controller keeps a checkpoint only once it has read its report (it reads every
+            # 2 s); a worker dying before that would lose it. A second report waits until the
+            # first is read, so a crash can cost at most one interval.
+            ray.train.report(report)
+
+
+def consolidated_state_dict(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """fp32 weights from a DeepSpeed checkpoint of any ZeRO stage (shards merged)."""
+    d = Path(checkpoint_dir)
+    if list((d / TAG).glob("*optim_states.pt")) and any(
+        "zero" in p.name for p in (d / TAG).iterdir()
+    ):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(d), tag=TAG)
+    states = torch.load(
+        d / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
+    return {k: v.float() for k, v in states["module"].items()}

@@ -1,0 +1,121 @@
+"""After a search: the best checkpoint re-scored on the whole dev set, published to the
+registry, and promoted to the task's `best` only if it beats the current one."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lmplatform import storage
+from lmplatform.models.tasks import TaskModel
+from lmplatform.tasks.encoding import TaskEncoder
+from lmplatform.tune.search import SearchResult
+from lmplatform.tune.trial import CKPT, build_model, evaluate
+
+
+def best_checkpoint(results, metric: str, output_dir: str = "."):
+    """The checkpoint with the highest metric over every trial and evaluation."""
+    best = results.get_best_result(metric=metric, mode="max", scope="all")
+    ckpt = best.get_best_checkpoint(metric=metric, mode="max") if best.best_checkpoints else None
+    if ckpt is None:
+        df = best.metrics_dataframe
+        if "checkpoint_path" in df:  # multi-worker trials: Ray Train's checkpoint, path in metrics
+            import ray.train
+
+            row = df.loc[df[metric].idxmax()]
+            # Ray Train's path inside the run storage, on that storage's filesystem
+            fs = storage.arrow_filesystem(storage.join(output_dir, "train"))[0]
+            ckpt = ray.train.Checkpoint(row["checkpoint_path"], filesystem=fs)
+    if ckpt is None:
+        raise RuntimeError(
+            f"search produced no checkpoint (best trial: {best.path}, error: {best.error})"
+        )
+    return best, ckpt
+
+
+def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
+    """The search's best checkpoint as a model, its training state, and its whole-dev metrics."""
+    from tokenizers import Tokenizer
+
+    job, data = sr.job, sr.data
+    _, ckpt = best_checkpoint(sr.results, job.task.metric, job.output_dir)
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
+    model = build_model(data, state["hp"])
+    model.load_state_dict(state["model"])
+    tok = Tokenizer.from_str(data.tokenizer_json)
+    encoder = TaskEncoder(tok, job.task.type, job.task.max_seq_len)
+    return model, state, evaluate(model, data, data.dev_rows, encoder, detail=True)
+
+
+def promote(sr: SearchResult, force: bool = False) -> dict:
+    """Re-evaluate the best checkpoint on the whole dev set, publish it, promote if it wins."""
+    from lmplatform import tracking
+    from lmplatform.config import save_resolved
+    from lmplatform.models.io import save_pretrained
+    from lmplatform.registry import Registry
+
+    job, data = sr.job, sr.data
+    metric = job.task.metric
+    model, state, dev = best_model(sr)
+    hp = state["hp"]
+    value = dev[metric]
+    with tempfile.TemporaryDirectory() as td:
+        out = Path(td) / "export"
+        tok_file = Path(td) / "tokenizer.json"
+        tok_file.write_text(data.tokenizer_json)
+        save_pretrained(
+            model,
+            out,
+            tokenizer=tok_file,
+            extra={
+                "labels": data.label_names,
+                "classes": data.classes,
+                "max_seq_len": job.task.max_seq_len,
+                "task_name": job.task.name,
+            },
+        )
+        save_resolved(job, out)
+        metadata = {
+            "kind": "task",
+            "task": job.task.name,
+            "type": job.task.type,
+            "labels": data.label_names,
+            "classes": data.classes,
+            "metric": metric,
+            "value": value,
+            "per_class": dev["per_class"],
+            "dev": {k: v for k, v in dev.items() if k != "per_class"},
+            "hyperparameters": hp,
+            "parent": data.parent_ref,
+            "tokenizer_hash": data.tokenizer_hash,
+            "data_fingerprint": data.fingerprints,
+            "search": {
+                "name": job.name,
+                "scheduler": job.search.scheduler,
+                "trials": len(sr.table),
+                "experiment": sr.experiment_path,
+                "trial": state.get("trial"),
+                "step": state["step"],
+            },
+        }
+        run = tracking.find_run(
+            job.tracking, job.output_dir, job.name, {"trial_name": str(state.get("trial"))}
+        )
+        if run is not None:
+            metadata["tracking"] = run
+        reg = Registry(job.registry)
+        version = reg.publish("tasks", job.task.name, out, metadata)
+    tracking.tag_run(run, f"tasks/{job.task.name}@{version}", reg.uri)
+    promoted, previous = reg.promote(job.task.name, version, value, force=force)
+    return {
+        "task": job.task.name,
+        "version": version,
+        "metric": metric,
+        "value": value,
+        "promoted": promoted,
+        "previous": previous,
+        "hyperparameters": hp,
+    }

@@ -1,0 +1,209 @@
+"""Running a search with Ray Tune: trials, progress lines, the per-trial table and plot."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from lmplatform import storage
+from lmplatform.jobconfig import SEARCHABLE, FinetuneJobConfig
+from lmplatform.runtime import ray_storage
+from lmplatform.tune.data import TaskData, load_task_data
+from lmplatform.tune.space import make_scheduler, search_space
+from lmplatform.tune.trial import train_driver_trial, tune_trial
+
+
+@dataclass
+class SearchResult:
+    job: FinetuneJobConfig
+    data: TaskData
+    results: object  # ray.tune.ResultGrid
+    table: list[dict]
+    run_dir: str
+    """output_dir/<search name>: a local folder or a URI."""
+    experiment_path: str
+
+
+def progress_callback(name: str, metric: str):
+    """A Tune callback printing one line per trial result, finished trial and failure: a search
+    is never silent while it runs (Tune's own status table is off: verbose=0)."""
+    from ray import tune
+
+    class TrialProgress(tune.Callback):
+        def __init__(self):
+            self.t0, self.best, self.finished = time.time(), None, 0
+
+        def _line(self, trials, text: str) -> None:
+            best = f"best {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
+            mins = (time.time() - self.t0) / 60
+            print(
+                f"[search {name}] {text} | {best} | {self.finished}/{len(trials)} trials "
+                f"finished | {mins:.1f} min",
+                flush=True,
+            )
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = result.get(metric)
+            if isinstance(value, int | float) and (self.best is None or value > self.best[0]):
+                self.best = (value, trial.trial_id)
+            shown = f"{value:.4f}" if isinstance(value, int | float) else "?"
+            loss = result.get("dev_loss")
+            self._line(
+                trials,
+                f"trial {trial.trial_id} step {result.get('step', '?')}: {metric} {shown}"
+                + (f", dev_loss {loss:.4f}" if isinstance(loss, int | float) else ""),
+            )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.finished += 1
+            self._line(trials, f"trial {trial.trial_id} finished")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.finished += 1
+            self._line(trials, f"trial {trial.trial_id} FAILED (see {trial.path})")
+
+    return TrialProgress()
+
+
+def run_search(
+    job: FinetuneJobConfig,
+    data: TaskData | None = None,
+    verbose: int = 0,
+    points: list[dict] | None = None,
+) -> SearchResult:
+    """Run the Tune search for `job`; returns the result grid and a per-trial table.
+    `points`: exact configurations to try first (benchmarks compare schedulers on the same)."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    from lmplatform import tracking
+
+    data = data or load_task_data(job)
+    s = job.search
+    metric = job.task.metric
+    if job.scaling.num_workers > 1:
+        trainable = tune.with_parameters(train_driver_trial, data=data)
+        # the driver itself needs little; its TorchTrainer asks for the workers' resources
+        trainable = tune.with_resources(trainable, {"CPU": 0.01})
+    else:
+        trainable = tune.with_parameters(tune_trial, data=data)
+        trainable = tune.with_resources(
+            trainable,
+            {"CPU": job.scaling.cpus_per_worker, "GPU": 1 if job.scaling.use_gpu else 0},
+        )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(s.space),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="max",
+            scheduler=make_scheduler(job, len(data.train_rows)),
+            num_samples=s.num_samples,
+            time_budget_s=s.max_time_s,
+            reuse_actors=False,
+            # the generator enforces max_concurrent itself: Tune ignores max_concurrent_trials
+            # when a SearchGenerator is passed (it said so, and ran every trial at once)
+            search_alg=BasicVariantGenerator(
+                points_to_evaluate=points, random_state=s.seed, max_concurrent=s.max_concurrent or 0
+            ),
+        ),
+        run_config=tune.RunConfig(
+            name=job.name,
+            **ray_storage(job.output_dir, "tune"),
+            # PBT exploits a donor's *latest* checkpoint: keep the newest few rather than the
+            # best two, which could delete it before another trial copies it
+            checkpoint_config=(
+                tune.CheckpointConfig(num_to_keep=4)
+                if s.scheduler == "pbt"
+                else tune.CheckpointConfig(
+                    num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order="max"
+                )
+            ),
+            verbose=verbose,
+            callbacks=[
+                progress_callback(job.name, metric),
+                *tracking.tune_callbacks(
+                    job.tracking,
+                    job.name,
+                    job.output_dir,
+                    {"task": job.task.name, "parent": data.parent_ref},
+                ),
+            ],
+        ),
+    )
+    results = tuner.fit()
+    run_dir = storage.join(job.output_dir, job.name)  # results written by the driver
+    table = trial_table(results, metric)
+    write_table(table, storage.join(run_dir, "trials.csv"))
+    from lmplatform.plots import trials_plot
+
+    trials_plot(
+        results, metric, storage.join(run_dir, "trials.png"), title=f"{job.name}: {job.task.name}"
+    )
+    return SearchResult(job, data, results, table, run_dir, results.experiment_path)
+
+
+def trial_table(results, metric: str) -> list[dict]:
+    """One row per trial: hyperparameters, best and last metric, evaluations, seconds, status."""
+    rows = []
+    for r in results:
+        df = r.metrics_dataframe
+        if df is None or df.empty or metric not in df:
+            rows.append(
+                {
+                    "trial": r.path.rsplit("/", 1)[-1],
+                    # no error and no result: the time budget ran out before it started
+                    "status": "error" if r.error else "not run (budget)",
+                }
+            )
+            continue
+        row = {"trial": str(df["trial_id"].iloc[-1])}
+        row.update({k: r.config[k] for k in sorted(r.config)})
+        best_eval = df.loc[df[metric].idxmax()]
+        row.update(
+            {
+                f"best_{metric}": float(df[metric].max()),
+                f"last_{metric}": float(df[metric].iloc[-1]),
+                "evaluations": int(df["training_iteration"].max()),
+                "steps": int(df["step"].max()),
+                "trial_seconds": float(df["time_total_s"].max()),
+                "status": "error" if r.error else "done",
+            }
+        )
+        # F1 per class at the trial's best evaluation: which classes a configuration gets right
+        row.update({k: float(best_eval[k]) for k in df.columns if k.startswith("f1/")})
+        rows.append(row)
+    return rows
+
+
+def write_table(rows: list[dict], path: str) -> None:
+    import csv
+    import io
+
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    storage.write_text(path, buf.getvalue())
+
+
+def format_table(rows: list[dict], metric: str) -> str:
+    cols = [
+        "trial",
+        *[k for k in SEARCHABLE if any(k in r for r in rows)],
+        f"best_{metric}",
+        "evaluations",
+        "trial_seconds",
+        "status",
+    ]
+    lines = [" | ".join(cols)]
+    for r in sorted(rows, key=lambda r: -r.get(f"best_{metric}", -1)):
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)

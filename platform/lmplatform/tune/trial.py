@@ -1,0 +1,284 @@
+"""One trial: build the task model, train it with the shared loop, evaluate and report.
+
+- Single-worker trials are function trainables that report a real Tune checkpoint (weights,
+  optimizer, step) at every evaluation, so ASHA can stop them and PBT can copy one trial's
+  checkpoint into another and continue from it with mutated hyperparameters.
+- Multi-worker trials (`scaling.num_workers > 1`) follow Ray Train V2's pattern: the trial is a
+  driver function that runs a `TorchTrainer` (DDP, built like pretraining's) and forwards its
+  reports to Tune with `TuneReportCallback`. Ray's bridge does not support PBT.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmplatform.jobconfig import SEARCHABLE, FinetuneJobConfig
+from lmplatform.models.tasks import TaskModel, build_encoder
+from lmplatform.tasks import task_type
+from lmplatform.tasks.encoding import TaskEncoder
+from lmplatform.tune.data import TaskData, eval_subset
+
+CKPT = "trial.pt"
+
+
+def build_model(data: TaskData, hp: dict) -> TaskModel:
+    from lmplatform.models.io import model_config, task_model_from_pretrained
+
+    t = data.cfg.task
+    n = len(data.label_names)
+    frozen = hp["transfer"] == "frozen"
+    layout = task_type(t.type).layout
+    if not data.parent_ref.startswith("random:"):
+        from lmplatform.registry import Registry
+
+        name, version = data.parent_ref.split("@")
+        path = Registry(data.registry).local_path("pretrained", name, version)  # on this node
+        return task_model_from_pretrained(
+            path, t.type, n, frozen=frozen, dropout=hp["dropout"], layout=layout
+        )
+    encoder = build_encoder(model_config({"model": data.model_config}))
+    return TaskModel(encoder, t.type, n, dropout=hp["dropout"], frozen=frozen, layout=layout)
+
+
+def lr_scale_fn(model: TaskModel, layer_decay: float):
+    """Layer-wise LR decay: the head at the full rate, each layer below it `layer_decay` times
+    the one above (the model says how deep each parameter sits)."""
+    L = model.cfg.num_layers
+    return lambda name: layer_decay ** (L + 1 - model.layer_depth(name))
+
+
+def hyperparameters(job: FinetuneJobConfig, config: dict) -> dict:
+    """Trial hyperparameters: searched values over the job's defaults."""
+    hp = {
+        "lr": job.train.lr,
+        "batch_size": job.train.batch_size,
+        "epochs": job.train.epochs,
+        "warmup_ratio": job.train.warmup_ratio,
+        "weight_decay": job.train.weight_decay,
+        "dropout": 0.1,
+        "layer_decay": job.layer_decay,
+        "transfer": job.transfer,
+    }
+    hp.update({k: v for k, v in config.items() if k in SEARCHABLE})
+    hp["batch_size"] = int(hp["batch_size"])
+    return hp
+
+
+def total_steps(job: FinetuneJobConfig, epochs: float | None, per_epoch: int) -> int:
+    return max(1, round(per_epoch * epochs)) if epochs else job.train.max_steps
+
+
+def steps_per_epoch(n_rows: int, batch_size: int, world: int) -> int:
+    return max(1, n_rows // (batch_size * world))
+
+
+def _batches(
+    rows: list[dict], encoder: TaskEncoder, bs: int, seed: int, start: int, rank=0, world=1
+):
+    """Batches from global step `start` on: a fixed permutation per epoch, so a restored
+    trial (PBT, failure) sees the same stream from where its checkpoint left off."""
+    per = steps_per_epoch(len(rows), bs, world)
+    step = start
+    while True:
+        epoch, k = divmod(step, per)
+        order = np.random.default_rng(seed + epoch).permutation(len(rows))
+        lo = (k * world + rank) * bs
+        yield encoder.collate([rows[i] for i in order[lo : lo + bs]])
+        step += 1
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: TaskData,
+    rows: list[dict],
+    encoder: TaskEncoder,
+    bs: int = 64,
+    detail: bool = False,
+) -> dict:
+    """Dev metrics of `model` on `rows`: the task's metrics, dev_loss, and F1 per class (per
+    entity type for NER) as flat `f1/<label>` values that Tune records for every evaluation.
+    `detail`: also precision, recall, F1 and support per class under `per_class`."""
+    was_training = model.training
+    model.eval()
+    scorer = task_type(data.cfg.task.type).scorer(data.label_names, data.classes)
+    loss_sum, n = 0.0, 0
+    for i in range(0, len(rows), bs):
+        chunk = rows[i : i + bs]
+        batch = encoder.collate(chunk)
+        out = model(**batch)
+        loss_sum += float(out["loss"]) * len(chunk)
+        n += len(chunk)
+        scorer.add(out["logits"].float(), batch, chunk)
+    model.train(was_training)
+    metrics, per = scorer.result()
+    metrics["dev_loss"] = loss_sum / max(n, 1)
+    metrics.update({f"f1/{label}": v["f1"] for label, v in per.items()})
+    if detail:
+        metrics["per_class"] = per
+    return metrics
+
+
+def run_trial(
+    config: dict, data: TaskData, report, checkpoint, make_checkpoint, rank=0, world=1, wrap=None
+) -> None:
+    """Train one configuration; evaluate every `train.eval_every` steps and report each
+    evaluation with a checkpoint. `report` / `checkpoint` / `make_checkpoint` are Tune's (single
+    worker) or Ray Train's (a worker of a multi-worker trial)."""
+    from tokenizers import Tokenizer
+
+    from lmplatform.train.loop import TorchStepper, fit, param_groups
+
+    job = data.cfg
+    hp = hyperparameters(job, config)
+    torch.manual_seed(job.train.seed)
+    model = build_model(data, hp)
+    encoder = TaskEncoder(
+        Tokenizer.from_str(data.tokenizer_json), job.task.type, job.task.max_seq_len
+    )
+    per = steps_per_epoch(len(data.train_rows), hp["batch_size"], world)
+    total = total_steps(job, hp["epochs"], per)
+    cfg = job.train.model_copy(
+        update={
+            "lr": hp["lr"],
+            "batch_size": hp["batch_size"],
+            "warmup_ratio": hp["warmup_ratio"],
+            "weight_decay": hp["weight_decay"],
+            "max_steps": total,
+            "eval_every": min(job.train.eval_every, total),
+        }
+    )
+    groups = param_groups(model, hp["weight_decay"], lr_scale_fn(model, hp["layer_decay"]))
+    stepper = TorchStepper(model, cfg, total, groups)
+    start = 0
+    restored_from = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        stepper.optimizer.load_state_dict(state["optimizer"])
+        start, restored_from = state["step"], state.get("trial")
+        # PBT may have mutated lr / weight decay: the copied optimizer state keeps the old ones
+        from lmplatform.train.loop import lr_lambda
+
+        for g in stepper.optimizer.param_groups:
+            g["initial_lr"] = hp["lr"] * g.get("lr_scale", 1.0)
+            if g["weight_decay"] > 0:
+                g["weight_decay"] = hp["weight_decay"]
+        stepper.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            stepper.optimizer, lr_lambda(cfg, total), last_epoch=start - 1
+        )
+        # LambdaLR(last_epoch=k) does not set the lr for step k: do it
+        for g, base in zip(stepper.optimizer.param_groups, stepper.scheduler.base_lrs):
+            g["lr"] = base * lr_lambda(cfg, total)(start)
+    if start >= total:
+        return
+    trained = wrap(model) if wrap else model
+    dev = eval_subset(data)
+    metric = job.task.metric
+    trial_name = _trial_name()
+    t0 = time.time()
+
+    def on_eval(step: int, ev: dict) -> None:
+        metrics = {
+            metric: ev[metric],
+            "dev_loss": ev["dev_loss"],
+            "step": step,
+            "epoch": step / per,
+            "lr": stepper.lr,
+            "trial_seconds": time.time() - t0,
+            "restored_from_step": start if restored_from is not None else -1,
+            **{k: v for k, v in ev.items() if k.startswith("f1/")},
+        }
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": stepper.optimizer.state_dict(),
+                        "step": step,
+                        "trial": trial_name,
+                        "hp": hp,
+                    },
+                    Path(d) / CKPT,
+                )
+                report(metrics, checkpoint=make_checkpoint(d))
+            else:
+                report(metrics)
+
+    fit(
+        trained,
+        _batches(data.train_rows, encoder, hp["batch_size"], job.train.seed, start, rank, world),
+        cfg,
+        total_steps=total,
+        stepper=stepper,
+        start_step=start,
+        evaluate=lambda m: evaluate(m.module if hasattr(m, "module") else m, data, dev, encoder),
+        on_eval=on_eval,
+        log=None,
+        name=f"trial {trial_name}",
+    )
+
+
+def _trial_name() -> str:
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+    if not _in_tune_session():  # a Train worker of a multi-worker trial, or a direct call
+        return ""
+    from ray import tune
+
+    return tune.get_context().get_trial_name() or ""
+
+
+def tune_trial(config: dict, data: TaskData) -> None:
+    """Function trainable for one single-worker trial (real Tune checkpoints: PBT works)."""
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(data.cfg.scaling.cpus_per_worker)))
+    run_trial(config, data, tune.report, tune.get_checkpoint(), tune.Checkpoint.from_directory)
+
+
+def _train_worker(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    run_trial(
+        loop_config["config"],
+        loop_config["data"],
+        ray.train.report,
+        ray.train.get_checkpoint(),
+        ray.train.Checkpoint.from_directory,
+        rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(),
+        wrap=ray.train.torch.prepare_model,
+    )
+
+
+def train_driver_trial(config: dict, data: TaskData) -> None:
+    """Multi-worker trial: a driver function running a TorchTrainer (Ray Train V2's pattern)."""
+    import ray.train
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lmplatform.runtime import ray_storage
+    from lmplatform.train.trainer import torch_trainer
+
+    job = data.cfg
+    ctx = tune.get_context()
+    run_config = ray.train.RunConfig(
+        name=f"{ctx.get_experiment_name()}-{ctx.get_trial_id()}",
+        **ray_storage(job.output_dir, "train"),
+        callbacks=[TuneReportCallback()],
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute=job.task.metric, checkpoint_score_order="max"
+        ),
+    )
+    loop_config = {"config": config, "data": data}
+    torch_trainer(_train_worker, loop_config, job.scaling, run_config).fit()
