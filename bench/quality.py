@@ -1,6 +1,6 @@
 """Does pretraining pay? Dev metric of the promoted model per task, from each start, equal budgets.
 
-For each task (default: sst2, agnews, conll2003, spam on the shared data) the task's own search
+For each task (default: sst2, agnews, conll2003, spam, srl on the shared data) the task's own search
 runs once per start, with the same configurations (drawn once from the task's space), trial
 count, time budget and data:
 - `random`: the parent's architecture and tokenizer with random weights (no pretraining);
@@ -15,6 +15,7 @@ others are only scored. Every score is on the whole dev set.
     .venv/bin/python bench/quality.py [--tasks sst2 agnews] [--search-minutes 20]
         [--adapt-steps 300] [key=value …]   (overrides for every task config)
 
+Goals (dev, best pretrained start): srl argument F1 >= 70; each is printed as met or not met.
 Last line: `quality <task>=<best pretrained>/<random> …` (points) and `min_gain=<points>`.
 """
 
@@ -35,6 +36,7 @@ from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig  # noqa: E
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPT = ROOT / "jobs" / "configs" / "pretrain" / "adapt-cpu.yaml"
+GOALS = {"srl": 70.0}  # dev points the shipped config should reach
 
 
 def ran(sr) -> int:
@@ -71,7 +73,7 @@ def adapt(job: FinetuneJobConfig, steps: int, out: str) -> tuple[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", nargs="+", default=["sst2", "agnews", "conll2003", "spam"])
+    p.add_argument("--tasks", nargs="+", default=["sst2", "agnews", "conll2003", "spam", "srl"])
     p.add_argument(
         "--search-minutes", type=float, default=None, help="every search's budget (default: config)"
     )
@@ -141,6 +143,11 @@ def main() -> None:
             f"| {task} | {metric} | " + " | ".join(cells) + f" | {gains[task]:+.2f} ({best}) | "
             f"{task}@{version} |"
         )
+    for task, metric, res, *_ in rows:
+        if task in GOALS:
+            got = 100 * max(v["value"] for k, v in res.items() if k != "random")
+            verdict = "met" if got >= GOALS[task] else "NOT met"
+            print(f"goal {task} {metric} >= {GOALS[task]:g}: {verdict} (measured {got:.2f})")
     print(
         "quality "
         + " ".join(
