@@ -20,30 +20,40 @@ from lmplatform.jobconfig import FinetuneJobConfig
 SENTIMENT = ROOT / "jobs" / "configs" / "tasks" / "sentiment-sample.yaml"
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory, sample_dir):
-    from lmplatform.models.bert import BertConfig
+def _publish_parent(root, sample_dir, name: str, model_cfg, tokenizer_kind: str) -> None:
+    """A random-weight pretrained model with a tokenizer trained on the sample, in the registry."""
     from lmplatform.models.io import save_pretrained
     from lmplatform.models.tasks import build_pretraining_model
     from lmplatform.registry import Registry
     from lmplatform.tokenization import TokenizerConfig, tokenizer_hash, train_tokenizer
 
-    root = tmp_path_factory.mktemp("ft")
     lines = (sample_dir / "corpus" / "train.txt").read_text().splitlines()
     tok = train_tokenizer(
-        TokenizerConfig(kind="wordpiece", vocab_size=2000),
+        TokenizerConfig(kind=tokenizer_kind, vocab_size=2000),
         (lines[i : i + 500] for i in range(0, len(lines), 500)),
-        root / "tok",
+        root / f"{name}-tok",
     )
     torch.manual_seed(0)
-    model = build_pretraining_model(BertConfig(size="debug", vocab_size=2000, max_seq_len=128))
-    save_pretrained(model, root / "parent", tokenizer=tok)
-    reg = Registry(root / "registry")
-    reg.publish(
+    save_pretrained(build_pretraining_model(model_cfg), root / name, tokenizer=tok)
+    Registry(root / "registry").publish(
         "pretrained",
-        "tiny-bert",
-        root / "parent",
+        name,
+        root / name,
         {"kind": "pretrained", "lineage": {"tokenizer_hash": tokenizer_hash(tok)}},
+    )
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, sample_dir):
+    from lmplatform.models.bert import BertConfig
+
+    root = tmp_path_factory.mktemp("ft")
+    _publish_parent(
+        root,
+        sample_dir,
+        "tiny-bert",
+        BertConfig(size="debug", vocab_size=2000, max_seq_len=128),
+        "wordpiece",
     )
     return root
 
@@ -382,26 +392,16 @@ def test_a_frozen_bilm_trial_through_tune_moves_only_the_scalar_mix_and_head(
 ):
     """ELMo as the seeds use it: a frozen biLM gives features, and the trial learns the task's
     own scalar mix of its layers (and the head) — the biLM's weights stay as published."""
-    from lmplatform.models.io import from_pretrained, save_pretrained
+    from lmplatform.models.io import from_pretrained
     from lmplatform.models.lstm import LSTMConfig
-    from lmplatform.models.tasks import build_pretraining_model
     from lmplatform.registry import Registry
-    from lmplatform.tokenization import TokenizerConfig, train_tokenizer
     from lmplatform.tune.promotion import promote
     from lmplatform.tune.search import run_search
 
     root = registry
-    lines = (sample_dir / "corpus" / "train.txt").read_text().splitlines()
-    tok = train_tokenizer(
-        TokenizerConfig(kind="bpe", vocab_size=2000),
-        (lines[i : i + 500] for i in range(0, len(lines), 500)),
-        root / "bpe",
-    )
-    torch.manual_seed(0)
-    bilm = build_pretraining_model(LSTMConfig(size="debug", vocab_size=2000, num_layers=2))
-    save_pretrained(bilm, root / "bilm", tokenizer=tok)
+    bilm = LSTMConfig(size="debug", vocab_size=2000, num_layers=2)
+    _publish_parent(root, sample_dir, "tiny-bilm", bilm, "bpe")
     reg = Registry(root / "registry")
-    reg.publish("pretrained", "tiny-bilm", root / "bilm", {"kind": "pretrained"})
     job = _job(
         registry,
         "elmo",
@@ -419,5 +419,5 @@ def test_a_frozen_bilm_trial_through_tune_moves_only_the_scalar_mix_and_head(
     model = from_pretrained(reg.local_path("tasks", "sentiment-elmo", out["version"]))
     assert model.frozen and model.mix is not None
     assert model.mix.weights.abs().max() > 1e-3  # the mix moved off its uniform start
-    published = from_pretrained(root / "bilm").state_dict()
+    published = from_pretrained(root / "tiny-bilm").state_dict()
     assert all(torch.equal(v, published[k]) for k, v in model.encoder.state_dict().items())

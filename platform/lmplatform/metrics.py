@@ -91,15 +91,19 @@ def entity_report(pred: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) 
     """Micro entity P/R/F1 (the `entity_f1` metric) and the same per entity type."""
     if len(pred) != len(gold) or any(len(p) != len(g) for p, g in zip(pred, gold)):
         raise ValueError("predicted and gold tag sequences differ in shape")
-    true_ents, pred_ents = set(get_entities(gold)), set(get_entities(pred))
-    p, r, f = prf(len(true_ents & pred_ents), len(pred_ents), len(true_ents))
-    per = {}
-    for t in sorted({e[0] for e in true_ents | pred_ents}):
-        te = {e for e in true_ents if e[0] == t}
-        pe = {e for e in pred_ents if e[0] == t}
-        pp, rr, ff = prf(len(te & pe), len(pe), len(te))
-        per[t] = {"precision": pp, "recall": rr, "f1": ff, "support": len(te)}
+    p, r, f, per = _set_scores(set(get_entities(gold)), set(get_entities(pred)), lambda e: e[0])
     return {"entity_precision": p, "entity_recall": r, "entity_f1": f, "per_type": per}
+
+
+def _set_scores(gold: set, pred: set, key) -> tuple[float, float, float, dict]:
+    """Micro P/R/F1 of predicted items against gold ones, and the same per `key(item)`."""
+    p, r, f = prf(len(gold & pred), len(pred), len(gold))
+    per = {}
+    for k in sorted({key(x) for x in gold | pred}):
+        g, q = {x for x in gold if key(x) == k}, {x for x in pred if key(x) == k}
+        pp, rr, ff = prf(len(g & q), len(q), len(g))
+        per[k] = {"precision": pp, "recall": rr, "f1": ff, "support": len(g)}
+    return p, r, f, per
 
 
 def entity_f1(pred: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> float:
@@ -129,12 +133,5 @@ def srl_report(
             if lab not in (none, predicate)
         }
 
-    g, p = triples(gold), triples(pred)
-    pr, rc, f = prf(len(g & p), len(p), len(g))
-    per = {}
-    for lab in sorted({t[2] for t in g | p}):
-        gl = {t for t in g if t[2] == lab}
-        pl = {t for t in p if t[2] == lab}
-        a, b, c = prf(len(gl & pl), len(pl), len(gl))
-        per[lab] = {"precision": a, "recall": b, "f1": c, "support": len(gl)}
-    return {"argument_precision": pr, "argument_recall": rc, "argument_f1": f, "per_label": per}
+    p, r, f, per = _set_scores(triples(gold), triples(pred), lambda t: t[2])
+    return {"argument_precision": p, "argument_recall": r, "argument_f1": f, "per_label": per}

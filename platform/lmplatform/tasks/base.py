@@ -38,6 +38,13 @@ def check_text(value, where: str) -> str:
     return value
 
 
+def parse_text(x, where: str, max_len: int) -> tuple[str, bool]:
+    """A checked text, cut where no token could reach the model; whether anything was cut."""
+    t = check_text(x, where)
+    limit = max_len * CHARS_PER_POSITION
+    return t[:limit], bool(t[limit:].strip())
+
+
 @dataclass
 class Item:
     """One validated serving input."""

@@ -10,15 +10,7 @@ import torch
 from pydantic import BaseModel, StrictStr
 
 from lmplatform.metrics import classification_report
-from lmplatform.tasks.base import (
-    CHARS_PER_POSITION,
-    Encoding,
-    InputError,
-    Item,
-    Scorer,
-    TaskType,
-    check_text,
-)
+from lmplatform.tasks.base import Encoding, InputError, Item, Scorer, TaskType, parse_text
 
 
 def label_index(raw: Any, labels: list[str]) -> int | None:
@@ -116,9 +108,8 @@ class Classification(TaskType):
     def parse(self, x, where, max_len, options):
         if not isinstance(x, str):
             raise InputError(f"{where}: expected a string for a classification task")
-        limit = max_len * CHARS_PER_POSITION
-        t = check_text(x, where)
-        return Item(text=t[:limit], cut=bool(t[limit:].strip()))
+        text, cut = parse_text(x, where, max_len)
+        return Item(text=text, cut=cut)
 
     def encode(self, enc, item):
         ids, types, truncated = enc.encode_text(item.text, item.pair)
@@ -152,9 +143,8 @@ class PairClassification(Classification):
     def parse(self, x, where, max_len, options):
         if not isinstance(x, list) or len(x) != 2:
             raise InputError(f"{where}: expected [text_a, text_b] for a pair_classification task")
-        limit = max_len * CHARS_PER_POSITION
-        a, b = check_text(x[0], f"{where}[0]"), check_text(x[1], f"{where}[1]")
-        return Item(text=a[:limit], pair=b[:limit], cut=len(a) > limit or len(b) > limit)
+        (a, cut_a), (b, cut_b) = (parse_text(t, f"{where}[{i}]", max_len) for i, t in enumerate(x))
+        return Item(text=a, pair=b, cut=cut_a or cut_b)
 
 
 CLASSIFICATION = Classification()

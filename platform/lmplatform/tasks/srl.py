@@ -23,11 +23,10 @@ from lmplatform.tasks.base import (
     EMPTY_SCORES,
     Encoding,
     InputError,
-    Scorer,
     TaskType,
     pad_labels,
 )
-from lmplatform.tasks.token_classification import first_subtoken_labels, parse_words
+from lmplatform.tasks.token_classification import WordScorer, first_subtoken_labels, parse_words
 
 NONE, PREDICATE = "O", "V"
 
@@ -59,19 +58,19 @@ class SrlPrediction(BaseModel):
     truncated: bool = False
 
 
-class _Scorer(Scorer):
-    def __init__(self, outputs: list[str], classes: list[str]):
-        self.outputs, self.classes, self.pred, self.gold = outputs, classes, [], []
+class _Scorer(WordScorer):
+    none = NONE
+
+    def first_subtokens(self, batch, j):
+        return batch["word_starts"][j]  # the predicate's own position has no label to mask by
+
+    def gold_labels(self, row):
+        return list(row["tags"])
 
     def add(self, logits, batch, rows):
-        arg = logits.argmax(-1)
-        for j, r in enumerate(rows):
-            keep = batch["word_starts"][j]
-            p = [self.outputs[x] for x in arg[j][keep].tolist()]
-            p += [NONE] * (len(r["tokens"]) - len(p))  # words cut by truncation
+        super().add(logits, batch, rows)
+        for p, r in zip(self.pred[-len(rows) :], rows):
             p[r["predicate"]] = PREDICATE
-            self.pred.append(p)
-            self.gold.append(list(r["tags"]))
 
     def result(self):
         rep = srl_report(self.pred, self.gold)

@@ -85,19 +85,30 @@ def first_subtoken_labels(
     return labels, conf
 
 
-class _Scorer(Scorer):
+class WordScorer(Scorer):
+    """Collects one predicted label per word (read on first sub-tokens; words cut by truncation
+    get `none`) and the gold labels, row by row."""
+
+    none = "O"
+
     def __init__(self, outputs: list[str], classes: list[str]):
         self.outputs, self.classes, self.pred, self.gold = outputs, classes, [], []
+
+    def first_subtokens(self, batch: dict, j: int) -> torch.Tensor:
+        return batch["labels"][j] != -100
+
+    def gold_labels(self, row: dict) -> list[str]:
+        return [self.outputs[x] for x in row["tags"]]
 
     def add(self, logits, batch, rows):
         arg = logits.argmax(-1)
         for j, r in enumerate(rows):
-            keep = batch["labels"][j] != -100
-            p = [self.outputs[x] for x in arg[j][keep].tolist()]
-            p += ["O"] * (len(r["tokens"]) - len(p))  # words cut by truncation
-            self.pred.append(p)
-            self.gold.append([self.outputs[x] for x in r["tags"]])
+            p = [self.outputs[x] for x in arg[j][self.first_subtokens(batch, j)].tolist()]
+            self.pred.append(p + [self.none] * (len(r["tokens"]) - len(p)))
+            self.gold.append(self.gold_labels(r))
 
+
+class _Scorer(WordScorer):
     def result(self):
         rep = entity_report(self.pred, self.gold)
         # every entity type of the task, also those never predicted nor in these rows

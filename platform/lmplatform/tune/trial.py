@@ -125,6 +125,75 @@ def evaluate(
     return metrics
 
 
+def trial_train_config(job: FinetuneJobConfig, hp: dict, total: int):
+    """The loop's config for one trial: the job's, with the searched values."""
+    update = {k: hp[k] for k in ("lr", "batch_size", "warmup_ratio", "weight_decay")}
+    update.update(max_steps=total, eval_every=min(job.train.eval_every, total))
+    return job.train.model_copy(update=update)
+
+
+def restore(checkpoint, model, stepper, cfg, hp: dict, total: int) -> tuple[int, str | None]:
+    """Weights, optimizer and schedule from a trial checkpoint (a failure's own, or PBT's
+    donor's); returns (step to continue after, the donor trial)."""
+    from lmplatform.train.loop import lr_lambda
+
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    stepper.optimizer.load_state_dict(state["optimizer"])
+    start = state["step"]
+    # PBT may have mutated lr / weight decay: the copied optimizer state keeps the old ones
+    for g in stepper.optimizer.param_groups:
+        g["initial_lr"] = hp["lr"] * g.get("lr_scale", 1.0)
+        if g["weight_decay"] > 0:
+            g["weight_decay"] = hp["weight_decay"]
+    schedule = lr_lambda(cfg, total)
+    stepper.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        stepper.optimizer, schedule, last_epoch=start - 1
+    )
+    # LambdaLR(last_epoch=k) does not set the lr for step k: do it
+    for g, base in zip(stepper.optimizer.param_groups, stepper.scheduler.base_lrs):
+        g["lr"] = base * schedule(start)
+    return start, state.get("trial")
+
+
+class TrialReporter:
+    """`on_eval` of a trial: the metrics Tune sees, with a checkpoint from rank 0."""
+
+    def __init__(
+        self, model, stepper, hp, metric, per_epoch, start, restored, report, make_ckpt, rank
+    ):
+        self.model, self.stepper, self.hp, self.metric = model, stepper, hp, metric
+        self.per_epoch, self.start, self.restored = per_epoch, start, restored
+        self.report, self.make_ckpt, self.rank = report, make_ckpt, rank
+        self.name, self.t0 = _trial_name(), time.time()
+
+    def __call__(self, step: int, ev: dict) -> None:
+        metrics = {
+            self.metric: ev[self.metric],
+            "dev_loss": ev["dev_loss"],
+            "step": step,
+            "epoch": step / self.per_epoch,
+            "lr": self.stepper.lr,
+            "trial_seconds": time.time() - self.t0,
+            "restored_from_step": self.start if self.restored is not None else -1,
+            **{k: v for k, v in ev.items() if k.startswith("f1/")},
+        }
+        if self.rank != 0:
+            self.report(metrics)
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.stepper.optimizer.state_dict(),
+            "step": step,
+            "trial": self.name,
+            "hp": self.hp,
+        }
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / CKPT)
+            self.report(metrics, checkpoint=self.make_ckpt(d))
+
+
 def run_trial(
     config: dict, data: TaskData, report, checkpoint, make_checkpoint, rank=0, world=1, wrap=None
 ) -> None:
@@ -139,81 +208,24 @@ def run_trial(
     hp = hyperparameters(job, config)
     torch.manual_seed(job.train.seed)
     model = build_model(data, hp)
-    encoder = TaskEncoder(
-        Tokenizer.from_str(data.tokenizer_json), job.task.type, job.task.max_seq_len
-    )
+    tokenizer = Tokenizer.from_str(data.tokenizer_json)
+    encoder = TaskEncoder(tokenizer, job.task.type, job.task.max_seq_len)
     per = steps_per_epoch(len(data.train_rows), hp["batch_size"], world)
     total = total_steps(job, hp["epochs"], per)
-    cfg = job.train.model_copy(
-        update={
-            "lr": hp["lr"],
-            "batch_size": hp["batch_size"],
-            "warmup_ratio": hp["warmup_ratio"],
-            "weight_decay": hp["weight_decay"],
-            "max_steps": total,
-            "eval_every": min(job.train.eval_every, total),
-        }
-    )
+    cfg = trial_train_config(job, hp, total)
     groups = param_groups(model, hp["weight_decay"], lr_scale_fn(model, hp["layer_decay"]))
     stepper = TorchStepper(model, cfg, total, groups)
-    start = 0
-    restored_from = None
+    start, donor = 0, None
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        stepper.optimizer.load_state_dict(state["optimizer"])
-        start, restored_from = state["step"], state.get("trial")
-        # PBT may have mutated lr / weight decay: the copied optimizer state keeps the old ones
-        from lmplatform.train.loop import lr_lambda
-
-        for g in stepper.optimizer.param_groups:
-            g["initial_lr"] = hp["lr"] * g.get("lr_scale", 1.0)
-            if g["weight_decay"] > 0:
-                g["weight_decay"] = hp["weight_decay"]
-        stepper.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            stepper.optimizer, lr_lambda(cfg, total), last_epoch=start - 1
-        )
-        # LambdaLR(last_epoch=k) does not set the lr for step k: do it
-        for g, base in zip(stepper.optimizer.param_groups, stepper.scheduler.base_lrs):
-            g["lr"] = base * lr_lambda(cfg, total)(start)
+        start, donor = restore(checkpoint, model, stepper, cfg, hp, total)
     if start >= total:
         return
-    trained = wrap(model) if wrap else model
+    on_eval = TrialReporter(
+        model, stepper, hp, job.task.metric, per, start, donor, report, make_checkpoint, rank
+    )
     dev = eval_subset(data)
-    metric = job.task.metric
-    trial_name = _trial_name()
-    t0 = time.time()
-
-    def on_eval(step: int, ev: dict) -> None:
-        metrics = {
-            metric: ev[metric],
-            "dev_loss": ev["dev_loss"],
-            "step": step,
-            "epoch": step / per,
-            "lr": stepper.lr,
-            "trial_seconds": time.time() - t0,
-            "restored_from_step": start if restored_from is not None else -1,
-            **{k: v for k, v in ev.items() if k.startswith("f1/")},
-        }
-        with tempfile.TemporaryDirectory() as d:
-            if rank == 0:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": stepper.optimizer.state_dict(),
-                        "step": step,
-                        "trial": trial_name,
-                        "hp": hp,
-                    },
-                    Path(d) / CKPT,
-                )
-                report(metrics, checkpoint=make_checkpoint(d))
-            else:
-                report(metrics)
-
     fit(
-        trained,
+        wrap(model) if wrap else model,
         _batches(data.train_rows, encoder, hp["batch_size"], job.train.seed, start, rank, world),
         cfg,
         total_steps=total,
@@ -222,7 +234,7 @@ def run_trial(
         evaluate=lambda m: evaluate(m.module if hasattr(m, "module") else m, data, dev, encoder),
         on_eval=on_eval,
         log=None,
-        name=f"trial {trial_name}",
+        name=f"trial {on_eval.name}",
     )
 
 
