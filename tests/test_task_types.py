@@ -55,7 +55,7 @@ def test_a_new_task_type_is_one_class_and_one_table_entry(question_type, tmp_pat
     from lmplatform.models.tasks import TaskModel, build_encoder
     from lmplatform.serving.api import make_app
     from lmplatform.serving.local import LocalBackend
-    from lmplatform.serving.predictors import ModelRef, TaskPredictor
+    from lmplatform.serving.predictors import ModelInfo, TaskPredictor
     from lmplatform.tasks.config import TaskConfig
     from lmplatform.tasks.data import load_labelled
     from lmplatform.tasks.encoding import TaskEncoder
@@ -112,7 +112,7 @@ def test_a_new_task_type_is_one_class_and_one_table_entry(question_type, tmp_pat
         tokenizer=tok_path,
         extra={"labels": data.labels, "max_seq_len": 32},
     )
-    predictor = TaskPredictor(folder, ModelRef("questions", "v0001"))
+    predictor = TaskPredictor(folder, ModelInfo(name="questions", version="v0001"))
     predictor.smoke()
     import uvicorn
 

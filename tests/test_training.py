@@ -188,7 +188,7 @@ def test_compiled_training_and_serving_match_eager(small_tokenizers, tmp_path):
     """`train.compile` / `serve.compile`: torch.compile in place (aot_eager here: CI has no time
     for inductor's C++ builds) computes what eager does, and the state dict keeps its names."""
     from lmplatform.models.io import save_pretrained
-    from lmplatform.serving.predictors import ModelRef, TaskPredictor
+    from lmplatform.serving.predictors import ModelInfo, TaskPredictor
 
     data = [
         torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(i)) for i in range(5)
@@ -214,7 +214,7 @@ def test_compiled_training_and_serving_match_eager(small_tokenizers, tmp_path):
         extra={"labels": ["neg", "pos"], "max_seq_len": 32},
     )
     texts = ["a fine film", "dull and long, far too long", "ok"]
-    eager = TaskPredictor(folder, ModelRef("t", "v1"))
-    compiled = TaskPredictor(folder, ModelRef("t", "v1"), compile="aot_eager")
+    eager = TaskPredictor(folder, ModelInfo(name="t", version="v1"))
+    compiled = TaskPredictor(folder, ModelInfo(name="t", version="v1"), compile="aot_eager")
     for a, b in zip(eager.predict(eager.parse(texts)), compiled.predict(compiled.parse(texts))):
         assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)

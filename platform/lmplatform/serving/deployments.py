@@ -27,7 +27,7 @@ from lmplatform.serving.predictors import (
     FillMaskPredictor,
     GeneratePredictor,
     InputError,
-    ModelRef,
+    ModelInfo,
     SharedEncoder,
     TaskPredictor,
 )
@@ -35,9 +35,10 @@ from lmplatform.serving.predictors import (
 log = logging.getLogger("ray.serve")
 
 
-def _task_ref(reg: Registry, task: str, version: str) -> ModelRef:
+def _task_ref(reg: Registry, task: str, version: str) -> ModelInfo:
     meta = reg.metadata("tasks", task, version)
-    return ModelRef(task, version, meta.get("metric"), meta.get("value"), meta.get("per_class"))
+    evidence = {k: meta.get(k) for k in ("metric", "value", "per_class")}
+    return ModelInfo(name=task, version=version, **evidence)
 
 
 def load_task(
@@ -263,7 +264,7 @@ class FillMaskDeployment:
         reg = Registry(registry)
         name, version = reg.resolve("pretrained", model)
         self.p = FillMaskPredictor(
-            reg.local_path("pretrained", name, version), ModelRef(name, version)
+            reg.local_path("pretrained", name, version), ModelInfo(name=name, version=version)
         )
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -306,7 +307,7 @@ class GenerateDeployment:
         reg = Registry(registry)
         name, version = reg.resolve("pretrained", model)
         self.p = GeneratePredictor(
-            reg.local_path("pretrained", name, version), ModelRef(name, version)
+            reg.local_path("pretrained", name, version), ModelInfo(name=name, version=version)
         )
 
     async def predict(

@@ -12,7 +12,6 @@ each task's head its rows: N frozen-feature tasks from one parent cost one encod
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,27 +19,18 @@ import torch
 from lmplatform.models.io import from_pretrained, read_config
 from lmplatform.models.layers import Encoded
 from lmplatform.models.tasks import TaskModel
+from lmplatform.serving.api import ModelInfo
 from lmplatform.tasks import task_type
 from lmplatform.tasks.base import CHARS_PER_POSITION, Encoding, InputError, Item, check_text
 from lmplatform.tasks.encoding import TaskEncoder, pad
 from lmplatform.tokenization import load_tokenizer, special_tokens
 
-__all__ = ["InputError", "Item", "TaskPredictor", "SharedEncoder", "ModelRef"]
+__all__ = ["InputError", "Item", "ModelInfo", "SharedEncoder", "TaskPredictor"]
 
 
 def device() -> torch.device:
     """A replica given a GPU (replica_gpus) serves on it; otherwise CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass
-class ModelRef:
-    name: str
-    version: str
-    metric: str | None = None
-    value: float | None = None
-    per_class: dict | None = None
-    """Dev precision/recall/F1/support per class (per entity type, per role), from the registry."""
 
 
 def _batch(encodings: list[Encoding], pad_id: int, to: torch.device) -> dict[str, torch.Tensor]:
@@ -58,7 +48,7 @@ class TaskPredictor:
     def __init__(
         self,
         folder: str | Path,
-        ref: ModelRef,
+        ref: ModelInfo,
         model: TaskModel | None = None,
         compile: str | None = None,
     ):
@@ -85,10 +75,8 @@ class TaskPredictor:
 
     def info(self) -> dict:
         """The /v1/tasks entry of this task."""
-        r = self.ref
-        model = {"name": r.name, "version": r.version, "metric": r.metric, "value": r.value}
-        model["per_class"] = r.per_class
-        return {"task": r.name, "type": self.kind, "labels": self.labels, "model": model}
+        model = self.ref.model_dump()
+        return {"task": self.ref.name, "type": self.kind, "labels": self.labels, "model": model}
 
     def smoke(self) -> None:
         """One tiny prediction: a model that cannot answer this must not go live."""
@@ -209,7 +197,7 @@ class _PretrainedPredictor:
     family = ""
     route = ""
 
-    def __init__(self, folder: str | Path, ref: ModelRef):
+    def __init__(self, folder: str | Path, ref: ModelInfo):
         meta = read_config(folder)
         if meta["model"]["family"] != self.family or meta.get("kind") == "task":
             raise ValueError(
