@@ -154,8 +154,6 @@ class SemanticRoleLabelling(TaskType):
             prev = w
         if not positions:  # the predicate was cut off: nothing to learn or predict
             lab = [-100] * len(ids)
-        else:
-            lab = [-100 if w == predicate else t for t, w in zip(lab, word_ids)]
         extra = {"predicate_pos": positions[0] if positions else 0, "labels": lab, "starts": starts}
         return Encoding(ids, types, word_ids, bool(truncated), extra)
 
@@ -196,16 +194,14 @@ class SemanticRoleLabelling(TaskType):
 
     def encode(self, enc, item):
         e = self._encode(enc, item.words, item.predicate)
-        lost = e.extra["predicate_pos"] == 0 and item.predicate not in (e.word_ids or [])
         e.extra = {"predicate_pos": e.extra["predicate_pos"]}
-        e.truncated = bool(e.truncated or item.cut or lost)
+        e.truncated = bool(e.truncated or item.cut or item.predicate not in e.word_ids)
         return e
 
     def decode(self, item, probs, encoding, outputs):
         n, p = len(item.words), item.predicate
-        seen = p in (encoding.word_ids or [])
         labels, conf = first_subtoken_labels(probs, encoding.word_ids, n, outputs, NONE)
-        if not seen:  # the predicate never reached the model: no roles to read
+        if p not in encoding.word_ids:  # the predicate never reached the model: no roles
             labels, conf = [NONE] * n, [1.0] * n
         labels += [NONE] * (item.n_words - n)
         labels[p] = PREDICATE
