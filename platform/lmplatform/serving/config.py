@@ -48,7 +48,7 @@ class ServeConfig(StrictModel):
     """Dynamic batching: longest wait for a batch to fill."""
     compile: CompileBackend | None = None
     """torch.compile each task model with this backend (null: eager); shapes are dynamic, so a
-    replica compiles once per input rank, not per length."""
+    replica does not recompile per input length. Shared-encoder groups run eager."""
     max_inputs: int = Field(64, ge=1)
     """Most inputs per request (413 above)."""
     max_body_bytes: int = Field(1_000_000, ge=1024)
