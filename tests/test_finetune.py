@@ -354,7 +354,11 @@ def test_a_transformers_checkpoint_is_imported_fine_tuned_promoted_and_served(
     from lmplatform.tune.search import run_search
 
     save_bert(
-        tmp_path / "my-bert", registry / "tiny-bert-tok" / "tokenizer.json", 2000, hidden=64, max_len=128
+        tmp_path / "my-bert",
+        registry / "tiny-bert-tok" / "tokenizer.json",
+        2000,
+        hidden=64,
+        max_len=128,
     )
     job = _job(
         registry,
