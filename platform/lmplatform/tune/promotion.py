@@ -12,11 +12,12 @@ from lmplatform import storage
 from lmplatform.models.tasks import TaskModel
 from lmplatform.tasks.encoding import TaskEncoder
 from lmplatform.tune.search import SearchResult
-from lmplatform.tune.trial import CKPT, build_model, evaluate
+from lmplatform.tune.trial import CKPT, SELECTION, build_model, evaluate
 
 
-def best_checkpoint(results, metric: str, output_dir: str = "."):
-    """The checkpoint with the highest metric over every trial and evaluation."""
+def best_checkpoint(results, metric: str = SELECTION, output_dir: str = "."):
+    """The checkpoint with the highest metric over every trial and evaluation (by default the
+    task metric with ties broken by dev loss: `SELECTION`)."""
     best = results.get_best_result(metric=metric, mode="max", scope="all")
     ckpt = best.get_best_checkpoint(metric=metric, mode="max") if best.best_checkpoints else None
     if ckpt is None:
@@ -40,7 +41,7 @@ def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
     from tokenizers import Tokenizer
 
     job, data = sr.job, sr.data
-    _, ckpt = best_checkpoint(sr.results, job.task.metric, job.output_dir)
+    _, ckpt = best_checkpoint(sr.results, SELECTION, job.output_dir)
     with ckpt.as_directory() as d:
         state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
     model = build_model(data, state["hp"])

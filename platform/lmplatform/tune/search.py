@@ -10,7 +10,7 @@ from lmplatform.jobconfig import SEARCHABLE, FinetuneJobConfig
 from lmplatform.runtime import ray_storage
 from lmplatform.tune.data import TaskData, load_task_data
 from lmplatform.tune.space import make_scheduler, search_space
-from lmplatform.tune.trial import train_driver_trial, tune_trial
+from lmplatform.tune.trial import SELECTION, train_driver_trial, tune_trial
 
 
 @dataclass
@@ -116,7 +116,9 @@ def run_search(
                 tune.CheckpointConfig(num_to_keep=4)
                 if s.scheduler == "pbt"
                 else tune.CheckpointConfig(
-                    num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order="max"
+                    num_to_keep=2,
+                    checkpoint_score_attribute=SELECTION,
+                    checkpoint_score_order="max",
                 )
             ),
             verbose=verbose,
