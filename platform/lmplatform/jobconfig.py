@@ -18,7 +18,9 @@ from lmplatform.data.pretraining import ExamplesConfig
 from lmplatform.data.sources import CorpusConfig
 from lmplatform.models import ModelConfig
 from lmplatform.models.families import family
+from lmplatform.models.transformer import TransformerConfig
 from lmplatform.serving.config import AutoscalingConfig, ServeConfig
+from lmplatform.tasks import task_type
 from lmplatform.tasks.config import TaskConfig
 from lmplatform.tokenization import TokenizerConfig
 from lmplatform.tracking import TrackingConfig, mlflow_uri
@@ -74,6 +76,11 @@ class PretrainJobConfig(StrictModel):
         if self.init_from is not None:
             _check_model_ref(self.init_from, "init_from")
         _check_tracking(self.tracking, self.output_dir)
+        if family(self.model).objective == "seq2seq":
+            raise ValueError(
+                f"model.family={self.model.family!r} is an encoder-decoder: it trains on parallel "
+                "text as a seq2seq task (jobs/finetune.py with task.type: seq2seq), not on a corpus"
+            )
         want = family(self.model).tokenizer
         if self.tokenizer.kind != want:
             raise ValueError(
@@ -86,7 +93,7 @@ class PretrainJobConfig(StrictModel):
         return self
 
     @property
-    def objective(self) -> Literal["bert", "causal"]:
+    def objective(self) -> Literal["bert", "causal", "seq2seq"]:
         return family(self.model).objective
 
 
@@ -97,12 +104,19 @@ class FinetuneJobConfig(StrictModel):
     """Where trial results and plots go."""
     registry: str = "registry"
     """Model registry root."""
-    parent: str
+    parent: str | None = None
     """Pretrained registry model 'name[@version]', or a Hugging Face BERT / GPT-2 checkpoint
     'hf:<folder or hub id>' (imported into the registry on first use); 'random:<either>' takes
-    its architecture and tokenizer but random weights (the no-pretraining baseline)."""
+    its architecture and tokenizer but random weights (the no-pretraining baseline). Required,
+    except for seq2seq tasks, which train the encoder-decoder in `model` from scratch."""
     task: TaskConfig
     """What to fine-tune for."""
+    model: TransformerConfig | None = None
+    """seq2seq: the encoder-decoder to train (default: transformer, size mini); its vocab_size
+    and special-token ids are set from the joint tokenizer."""
+    tokenizer: TokenizerConfig | None = None
+    """seq2seq: the joint tokenizer trained over both sides of the training pairs (default:
+    joint_bpe, 8000 tokens)."""
     transfer: Literal["full", "frozen"] = "full"
     """Fine-tune every weight, or train only the head on frozen features."""
     layer_decay: float = Field(1.0, gt=0.0, le=1.0)
@@ -118,7 +132,41 @@ class FinetuneJobConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneJobConfig:
-        _check_model_ref(self.parent.removeprefix("random:"), "parent")
+        if task_type(self.task.type).whole_model:
+            if self.parent is not None:
+                raise ValueError(
+                    f"{self.task.type} tasks train their encoder-decoder from `model`; warm "
+                    "starting it from a parent is not supported: remove `parent`"
+                )
+            if self.transfer == "frozen":
+                raise ValueError(
+                    f"transfer: frozen trains a head on frozen features; a {self.task.type} "
+                    "model has no head and trains in full (transfer: full)"
+                )
+            # (assigning re-runs this validator: only when unset)
+            if self.model is None:
+                self.model = TransformerConfig()
+            if self.tokenizer is None:
+                self.tokenizer = TokenizerConfig(kind="joint_bpe")
+            if self.tokenizer.kind != "joint_bpe":
+                raise ValueError(
+                    f"tokenizer.kind={self.tokenizer.kind!r}: a {self.task.type} model needs "
+                    "'joint_bpe' (one vocabulary over source and target)"
+                )
+            if self.task.max_seq_len > self.model.max_seq_len:
+                raise ValueError(
+                    f"task.max_seq_len={self.task.max_seq_len} exceeds "
+                    f"model.max_seq_len={self.model.max_seq_len}"
+                )
+        else:
+            if self.parent is None:
+                raise ValueError(f"a {self.task.type} task needs `parent` (a pretrained model)")
+            if self.model is not None or self.tokenizer is not None:
+                raise ValueError(
+                    "`model` and `tokenizer` are for seq2seq tasks; a "
+                    f"{self.task.type} task takes both from its parent"
+                )
+            _check_model_ref(self.parent.removeprefix("random:"), "parent")
         _check_tracking(self.tracking, self.output_dir)
         if self.search.scheduler == "pbt" and self.scaling.num_workers > 1:
             raise ValueError(

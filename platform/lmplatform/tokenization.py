@@ -1,4 +1,5 @@
-"""Tokenizers trained with the `tokenizers` library: WordPiece for BERT, byte-level BPE for GPT/LSTM.
+"""Tokenizers trained with the `tokenizers` library: WordPiece for BERT, byte-level BPE for GPT/LSTM,
+and a joint byte-level BPE over both languages for translation (with <pad>, <s>, </s>).
 
 A tokenizer is one `tokenizer.json`; its content hash (`tokenizer_hash`) identifies it and is
 recorded by every shard set and model built on it, so nothing is ever paired with the wrong
@@ -30,11 +31,14 @@ from lmplatform.config import StrictModel, atomic_write_text
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 EOT = "<|endoftext|>"
+SEQ2SEQ_SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2: padding, decoder start, end
 
 
 class TokenizerConfig(StrictModel):
-    kind: Literal["wordpiece", "bpe"] = "wordpiece"
-    """WordPiece (BERT) or byte-level BPE (GPT, LSTM LM)."""
+    kind: Literal["wordpiece", "bpe", "joint_bpe"] = "wordpiece"
+    """WordPiece (BERT), byte-level BPE (GPT, LSTM LM), or byte-level BPE with <pad>, <s>, </s>
+    trained over both sides of parallel text (encoder-decoders: one vocabulary, shared
+    embeddings). Byte-level BPE keeps case and every character, so outputs detokenize exactly."""
     vocab_size: int = Field(8000, ge=300, le=1_000_000)
     """Size of the learned vocabulary, special tokens included."""
     min_frequency: int = Field(2, ge=1)
@@ -55,13 +59,24 @@ class SpecialTokens:
     sep: int | None
     mask: int | None
     eot: int | None
+    bos: int | None = None
+    eos: int | None = None
 
     @property
     def all(self) -> list[int]:
         return sorted(
             {
                 i
-                for i in (self.pad, self.unk, self.cls, self.sep, self.mask, self.eot)
+                for i in (
+                    self.pad,
+                    self.unk,
+                    self.cls,
+                    self.sep,
+                    self.mask,
+                    self.eot,
+                    self.bos,
+                    self.eos,
+                )
                 if i is not None
             }
         )
@@ -91,7 +106,7 @@ def _new_tokenizer(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
-        special_tokens=[EOT],
+        special_tokens=SEQ2SEQ_SPECIALS if cfg.kind == "joint_bpe" else [EOT],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     return tok, trainer
@@ -121,6 +136,13 @@ def train_tokenizer(
     tok.train_from_iterator(texts, trainer=trainer, length=length)
     if cfg.kind == "wordpiece":
         _add_bert_template(tok)
+    elif cfg.kind == "joint_bpe":
+        # encoder inputs end in </s> (as Marian's do): a transformers tokenizer built on this
+        # file then gives the ids our model was trained on
+        eos = tok.token_to_id(SEQ2SEQ_SPECIALS[2])
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", eos)]
+        )
     path = Path(out_dir) / "tokenizer.json"
     atomic_write_text(path, tok.to_str(pretty=False))
     return path
@@ -150,7 +172,7 @@ def tokenizer_hash(tok_or_path: Tokenizer | str | os.PathLike) -> str:
 def special_tokens(tok: Tokenizer) -> SpecialTokens:
     t = tok.token_to_id
     eot = t(EOT)
-    pad = t("[PAD]")
+    pad = t("[PAD]") if t("[PAD]") is not None else t(SEQ2SEQ_SPECIALS[0])
     return SpecialTokens(
         pad=pad if pad is not None else eot,
         unk=t("[UNK]"),
@@ -158,6 +180,8 @@ def special_tokens(tok: Tokenizer) -> SpecialTokens:
         sep=t("[SEP]"),
         mask=t("[MASK]"),
         eot=eot,
+        bos=t(SEQ2SEQ_SPECIALS[1]),
+        eos=t(SEQ2SEQ_SPECIALS[2]),
     )
 
 

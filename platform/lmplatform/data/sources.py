@@ -75,6 +75,11 @@ class DataSource(StrictModel):
     """Column holding the second text, for sentence-pair tasks."""
     label_column: str = "label"
     """Column holding the label."""
+    target_path: str | None = None
+    """Parallel text (seq2seq) in two files: the target side, line i translating line i of
+    `path` (both plain text, or the same globs/folders in the same order)."""
+    target_column: str = "target"
+    """Column holding the target text (seq2seq), in a TSV/CSV/JSONL of pairs."""
     storage_options: dict[str, Any] = Field(default_factory=dict)
     """Passed to fsspec for remote URIs (credentials, endpoint, anon=True, …)."""
 
@@ -84,6 +89,13 @@ class DataSource(StrictModel):
             raise ValueError("set exactly one of path (files or URI) and hub_name (Hub dataset)")
         if not self.header and not self.columns and self.format in ("csv", "tsv"):
             raise ValueError("header: false needs `columns` (the column names in order)")
+        if self.target_path is not None and (
+            self.path is None or self.format not in ("auto", "text")
+        ):
+            raise ValueError(
+                "target_path pairs two plain-text files line by line: it needs `path` (the "
+                "source side) and format auto or text"
+            )
         return self
 
     def describe(self) -> str:
@@ -140,6 +152,8 @@ def resolve_files(source: DataSource) -> list[str]:
 def detect_format(source: DataSource, files: list[str]) -> str:
     if source.format != "auto":
         return source.format
+    if source.target_path is not None:
+        return "text"  # two aligned files: one sentence per line, whatever the extension (.de)
     exts = {os.path.splitext(f.split("?")[0])[1].lower() for f in files}
     fmts = {_EXT.get(e) for e in exts}
     if len(fmts) != 1 or None in fmts:
@@ -178,12 +192,50 @@ def fingerprint(source: DataSource, files: list[str] | None = None) -> str:
 
 
 def checked_fingerprint(source: DataSource) -> str:
-    """Fail on a missing file or unknown format here, not deep inside `datasets`' generator."""
+    """Fail on a missing file, unknown format or misaligned parallel files here, not deep
+    inside `datasets`' generator."""
     files = None
     if not source.hub_name:
         files = resolve_files(source)
         detect_format(source, files)
-    return f"{fingerprint(source, files)}-{_READER_VERSION}"
+    fp = fingerprint(source, files)
+    if source.target_path is not None:
+        target = _target_side(source)
+        target_files = resolve_files(target)
+        _check_aligned(files, target_files, source.storage_options)
+        fp += fingerprint(target, target_files)[:8]
+    return f"{fp}-{_READER_VERSION}"
+
+
+def _target_side(source: DataSource) -> DataSource:
+    return DataSource(
+        path=source.target_path, format="text", storage_options=source.storage_options
+    )
+
+
+def _count_lines(files: list[str], so: dict) -> list[int]:
+    counts = []
+    for f in files:
+        with _open_text(f, so) as fh:
+            counts.append(sum(1 for _ in fh))
+    return counts
+
+
+def _check_aligned(src: list[str], tgt: list[str], so: dict) -> None:
+    """Parallel files must pair up file by file and line by line: a missing or extra line
+    shifts every pair after it, which no per-row check could catch."""
+    if len(src) != len(tgt):
+        raise DataError(
+            f"parallel text: {len(src)} source file(s) but {len(tgt)} target file(s) "
+            f"({', '.join(src[:3])} vs {', '.join(tgt[:3])})"
+        )
+    for a, b, na, nb in zip(src, tgt, _count_lines(src, so), _count_lines(tgt, so)):
+        if na != nb:
+            raise DataError(
+                f"parallel text is misaligned: {a} has {na} lines but {b} has {nb}; line i of "
+                f"one must translate line i of the other (a missing or extra line shifts "
+                f"every pair after it)"
+            )
 
 
 def _open_text(uri: str, storage_options: dict):
@@ -333,6 +385,15 @@ def _iter_conllu(files: list[str], so: dict) -> Iterator[tuple[str, dict | None,
                 yield f"{f}:{start}", {"tokens": words, "columns": extra}, error
 
 
+def _iter_parallel(
+    files: list[str], target_files: list[str], so: dict, column: str, target_column: str
+) -> Iterator[tuple[str, dict | None, str | None]]:
+    for a, b in zip(files, target_files):
+        with _open_text(a, so) as fa, _open_text(b, so) as fb:
+            for n, (x, y) in enumerate(zip(fa, fb), 1):
+                yield f"{a}:{n}", {column: x.rstrip("\r\n"), target_column: y.rstrip("\r\n")}, None
+
+
 def iter_records(source: DataSource) -> Iterator[tuple[str, dict | None, str | None]]:
     if source.hub_name:
         yield from _iter_arrow(source, None)
@@ -340,7 +401,10 @@ def iter_records(source: DataSource) -> Iterator[tuple[str, dict | None, str | N
     files = resolve_files(source)
     fmt = detect_format(source, files)
     so = source.storage_options
-    if fmt == "text":
+    if source.target_path is not None:
+        target = resolve_files(_target_side(source))
+        yield from _iter_parallel(files, target, so, source.text_column, source.target_column)
+    elif fmt == "text":
         yield from _iter_text(files, so)
     elif fmt in ("csv", "tsv"):
         yield from _iter_delimited(
@@ -398,7 +462,10 @@ _REASONS = (
     ("missing column", "missing column"),
     ("missing label", "missing label"),
     ("unknown label", "unknown label"),
+    ("empty source", "empty source side"),
+    ("empty target", "empty target side"),
     ("empty", "empty text"),
+    ("length ratio outlier", "length ratio outlier"),
     ("argument column", "malformed predicate"),
 )
 

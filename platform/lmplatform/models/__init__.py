@@ -9,8 +9,11 @@ from pydantic import Field
 from lmplatform.models.bert import BertConfig
 from lmplatform.models.gpt import GPTConfig
 from lmplatform.models.lstm import LSTMConfig
+from lmplatform.models.transformer import TransformerConfig
 
-ModelConfig = Annotated[BertConfig | GPTConfig | LSTMConfig, Field(discriminator="family")]
+ModelConfig = Annotated[
+    BertConfig | GPTConfig | LSTMConfig | TransformerConfig, Field(discriminator="family")
+]
 """Any family's config, selected by its `family` key."""
 
-__all__ = ["BertConfig", "GPTConfig", "LSTMConfig", "ModelConfig"]
+__all__ = ["BertConfig", "GPTConfig", "LSTMConfig", "ModelConfig", "TransformerConfig"]

@@ -15,6 +15,7 @@ from torch import nn
 from lmplatform.models.bert import BertConfig, BertEncoder, BertForPretraining
 from lmplatform.models.gpt import GPT, GPTConfig
 from lmplatform.models.lstm import BiLM, LSTMConfig
+from lmplatform.models.transformer import Transformer, TransformerConfig
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,12 @@ class Family:
     """The part a task model keeps, built from the config."""
     encoder_of: Callable[[nn.Module], nn.Module]
     """Pretraining model -> its encoder (shared weights, not a copy)."""
-    tokenizer: Literal["wordpiece", "bpe"]
+    tokenizer: Literal["wordpiece", "bpe", "joint_bpe"]
     """The tokenizer kind it is trained with."""
-    objective: Literal["bert", "causal"]
+    objective: Literal["bert", "causal", "seq2seq"]
     """Pretraining examples: sentence pairs for masked LM + NSP, or contiguous blocks for
-    language modelling (the biLM reads blocks in both directions)."""
+    language modelling (the biLM reads blocks in both directions); seq2seq: none — the
+    encoder-decoder trains on parallel text as a seq2seq task (lmplatform.tasks.seq2seq)."""
 
 
 FAMILIES: dict[str, Family] = {
@@ -49,6 +51,15 @@ FAMILIES: dict[str, Family] = {
         ),
         Family("gpt", GPTConfig, GPT, GPT, lambda m: m, "bpe", "causal"),
         Family("lstm", LSTMConfig, BiLM, BiLM, lambda m: m, "bpe", "causal"),
+        Family(
+            "transformer",
+            TransformerConfig,
+            Transformer,
+            Transformer,
+            lambda m: m,
+            "joint_bpe",
+            "seq2seq",
+        ),
     )
 }
 

@@ -28,6 +28,7 @@ from lmplatform.models.bert import BertConfig, BertEncoder, BertForPretraining
 from lmplatform.models.gpt import GPT, GPTConfig
 from lmplatform.models.lstm import BiLM
 from lmplatform.models.tasks import TaskModel, encoder_of
+from lmplatform.models.transformer import Transformer
 
 MEANPOOL_CODE = "modeling_lmplatform.py"  # shipped with mean-pool heads (see hf_modeling.py)
 HF_FAMILIES = {"bert": "bert", "gpt2": "gpt"}  # transformers model_type -> our family
@@ -35,6 +36,15 @@ HF_FAMILIES = {"bert": "bert", "gpt2": "gpt"}  # transformers model_type -> our 
 
 def not_expressible(model: nn.Module) -> str | None:
     """Why transformers cannot load this model with one of its own classes (None: it can)."""
+    if isinstance(model, Transformer):
+        if model.cfg.pre_ln:
+            return (
+                "it is pre-LayerNorm, and MarianMTModel (the paper's layout in transformers) is "
+                "post-LN; train with model.pre_ln: false to export"
+            )
+        if model.cfg.layer_norm_eps != 1e-5:
+            return f"MarianMTModel's LayerNorms use eps 1e-5, this model {model.cfg.layer_norm_eps}"
+        return None
     enc = model.encoder if isinstance(model, TaskModel) else encoder_of(model)
     if isinstance(enc, BiLM):
         return "the ELMo-style biLM has no transformers counterpart"
@@ -131,6 +141,12 @@ def hf_state(model: nn.Module) -> dict[str, torch.Tensor]:
         return s
     if isinstance(model, GPT):
         return _gpt(model, "transformer.")
+    if isinstance(model, Transformer):
+        # our names are MarianMTModel's below `model.` (embed_tokens and lm_head are tied to
+        # `shared`; the sinusoidal positions are not weights)
+        s = {f"model.{k}": v for k, v in model.named_parameters()}
+        s["final_logits_bias"] = model.final_logits_bias.view(1, -1)
+        return s
     if not isinstance(model, TaskModel) or isinstance(model.encoder, BiLM):
         raise ValueError(f"{type(model).__name__} has no transformers layout")
     enc, head = model.encoder, model.head
@@ -160,7 +176,9 @@ _IGNORED = (
     "embeddings.position_ids",
     "cls.predictions.decoder.weight",  # tied to the word embeddings
     "cls.predictions.decoder.bias",  # the same tensor as cls.predictions.bias
-    "lm_head.weight",  # tied to wte
+    "lm_head.weight",  # tied to wte (GPT-2) / shared (Marian)
+    "embed_tokens.weight",  # Marian: tied to shared
+    "embed_positions.weight",  # Marian: sinusoidal, not learned
     ".attn.bias",  # GPT-2's causal-mask buffer
     ".attn.masked_bias",
 )
@@ -224,7 +242,10 @@ def load_hf_state(
 
 
 def hf_config(model: nn.Module, labels: list[str] | None, specials: dict[str, int | None]) -> dict:
-    """config.json for a BERT / GPT model of any kind (architectures, ids, labels)."""
+    """config.json for a BERT / GPT model of any kind (architectures, ids, labels), or a
+    MarianMTModel one for the encoder-decoder."""
+    if isinstance(model, Transformer):
+        return _marian_config(model)
     enc = model.encoder if isinstance(model, TaskModel) else encoder_of(model)
     c = enc.cfg
     pad = specials.get("pad")
@@ -307,6 +328,46 @@ def hf_config(model: nn.Module, labels: list[str] | None, specials: dict[str, in
     return hf
 
 
+def _marian_config(model: Transformer) -> dict:
+    c = model.cfg
+    hf = {
+        "model_type": "marian",
+        "architectures": ["MarianMTModel"],
+        "vocab_size": c.vocab_size,
+        "decoder_vocab_size": c.vocab_size,
+        "d_model": c.hidden_size,
+        "encoder_layers": c.num_encoder_layers,
+        "decoder_layers": c.num_decoder_layers,
+        "encoder_attention_heads": c.num_heads,
+        "decoder_attention_heads": c.num_heads,
+        "encoder_ffn_dim": c.intermediate_size,
+        "decoder_ffn_dim": c.intermediate_size,
+        "activation_function": c.activation,
+        "dropout": c.dropout,
+        "attention_dropout": c.dropout,
+        "activation_dropout": c.dropout,
+        "max_position_embeddings": c.max_seq_len,
+        "scale_embedding": True,
+        "init_std": c.initializer_range,
+        "pad_token_id": c.pad_token_id,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+        "decoder_start_token_id": c.bos_token_id,
+        "forced_eos_token_id": c.eos_token_id,
+        "share_encoder_decoder_embeddings": True,
+        "tie_word_embeddings": True,
+        "is_encoder_decoder": True,
+    }
+    why = not_expressible(model)
+    if why:
+        # the weights keep Marian's names, but no transformers class computes this model: a
+        # model type it does not know makes it refuse, not misread
+        hf["model_type"] = "lmplatform_transformer"
+        hf["architectures"] = ["LmplatformTransformer"]
+        hf["_note"] = f"no transformers class ({why}): load it with lmplatform.models.io"
+    return hf
+
+
 def config_from_hf(hf: dict, source: str) -> BertConfig | GPTConfig:
     """Our config for a transformers BERT or GPT-2 config.json (others refused by name)."""
     kind = hf.get("model_type")
@@ -371,6 +432,11 @@ def tokenizer_files(family: str, max_len: int, specials: dict[str, str | None]) 
             if specials.get(k)
         }
         names = ["input_ids", "token_type_ids", "attention_mask"]
+    elif family == "transformer":
+        tokens = {
+            k: specials[k] for k in ("pad_token", "bos_token", "eos_token") if specials.get(k)
+        }
+        names = ["input_ids", "attention_mask"]
     else:
         eot = specials.get("eos_token")
         tokens = {k: eot for k in ("bos_token", "eos_token", "unk_token", "pad_token") if eot}

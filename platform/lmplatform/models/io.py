@@ -69,6 +69,11 @@ class _AtomicDir:
 
 
 def _describe(model: nn.Module) -> dict:
+    if family(model.cfg).objective == "seq2seq":  # the encoder-decoder is the task model
+        return {
+            "kind": "task",
+            "head": {"type": "seq2seq", "layout": "seq2seq", "num_labels": 0, "frozen": False},
+        }
     if isinstance(model, TaskModel):
         return {
             "kind": "task",
@@ -86,7 +91,13 @@ def _specials(tokenizer_json: Path | None) -> tuple[dict, dict]:
     """(ids, token strings) of the special tokens a tokenizer.json defines."""
     if tokenizer_json is None:
         return {"pad": 0}, {}
-    from lmplatform.tokenization import BERT_SPECIALS, EOT, load_tokenizer, special_tokens
+    from lmplatform.tokenization import (
+        BERT_SPECIALS,
+        EOT,
+        SEQ2SEQ_SPECIALS,
+        load_tokenizer,
+        special_tokens,
+    )
 
     tok = load_tokenizer(tokenizer_json)
     ids = vars(special_tokens(tok))
@@ -95,6 +106,8 @@ def _specials(tokenizer_json: Path | None) -> tuple[dict, dict]:
     strings = {f"{k}_token": v for k, v in names.items() if v in vocab}
     if EOT in vocab:
         strings["eos_token"] = EOT
+    if all(t in vocab for t in SEQ2SEQ_SPECIALS):
+        strings.update(zip(("pad_token", "bos_token", "eos_token"), SEQ2SEQ_SPECIALS))
     return ids, strings
 
 
@@ -126,8 +139,8 @@ def save_pretrained(
         if tok_file is not None:
             shutil.copyfile(tok_file, tmp / "tokenizer.json")
             max_len = int(meta.get("max_seq_len") or cfg.max_seq_len)
-            family = "bert" if cfg.family == "bert" else "gpt"
-            for name, content in hf.tokenizer_files(family, max_len, strings).items():
+            kind = cfg.family if cfg.family in ("bert", "transformer") else "gpt"
+            for name, content in hf.tokenizer_files(kind, max_len, strings).items():
                 (tmp / name).write_text(json.dumps(content, indent=2))
         (tmp / META).write_text(json.dumps(meta, indent=2))
     return Path(out_dir)
@@ -164,7 +177,9 @@ def from_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> nn.Mo
     """Rebuild the saved model (pretraining or task) with its weights."""
     meta = read_config(path)
     cfg = model_config(meta)
-    if meta["kind"] == "task":
+    if meta["kind"] == "task" and h_layout(meta) == "seq2seq":
+        model = build_pretraining_model(cfg)  # the encoder-decoder is the whole task model
+    elif meta["kind"] == "task":
         h = meta["head"]
         model = TaskModel(
             build_encoder(cfg),
@@ -177,6 +192,11 @@ def from_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> nn.Mo
         model = build_pretraining_model(cfg)
     load_weights(model, path, meta, map_location)
     return model
+
+
+def h_layout(meta: dict) -> str | None:
+    h = meta.get("head") or {}
+    return h.get("layout") or LEGACY_LAYOUTS.get(h.get("type"))
 
 
 def load_weights(
@@ -218,7 +238,7 @@ def export_hf(src: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     why = hf.not_expressible(model)
     if why and not hf.uses_mean_pool(model):
         raise ValueError(f"{src}: cannot export to transformers: {why}")
-    keep = ("labels", "classes", "entity_types", "max_seq_len", "task_name")
+    keep = ("labels", "classes", "entity_types", "max_seq_len", "task_name", "decoding")
     tok = Path(src) / "tokenizer.json"
     save_pretrained(
         model,

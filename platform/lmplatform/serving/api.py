@@ -132,6 +132,10 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+OPTIONS = ("is_split_into_words", "num_beams", "max_new_tokens")
+"""Request fields that are options of the prediction, not inputs."""
+
+
 def _union(types: list) -> Any:
     unique = list(dict.fromkeys(types))
     return unique[0] if len(unique) == 1 else Union[tuple(unique)]  # noqa: UP007
@@ -148,9 +152,12 @@ def predict_models() -> tuple[type[BaseModel], type[BaseModel]]:
         __base__=_Strict,
         __doc__="classification: strings; pair_classification: [text_a, text_b]; "
         "token_classification: strings, or lists of words with `is_split_into_words`; srl: "
-        '{"words": [...], "predicate": i} or {"text": "...", "predicate": i}.',
+        '{"words": [...], "predicate": i} or {"text": "...", "predicate": i}; seq2seq: source '
+        "texts, with optional `num_beams` and `max_new_tokens`.",
         inputs=(Annotated[list[inputs], Field(min_length=1)], ...),
         is_split_into_words=(StrictBool, False),
+        num_beams=(StrictInt | None, None),
+        max_new_tokens=(StrictInt | None, None),
     )
     response = create_model(
         "PredictResponse",
@@ -239,7 +246,7 @@ class Backend(Protocol):
 
     async def ready(self) -> bool: ...
     async def tasks(self) -> list[dict]: ...
-    async def predict(self, task: str, inputs: list, is_split_into_words: bool) -> dict: ...
+    async def predict(self, task: str, inputs: list, options: dict) -> dict: ...
     async def fill_mask(self, inputs: list[str], top_k: int) -> dict: ...
     async def generate(self, inputs: list[str], **params) -> dict: ...
 
@@ -350,7 +357,9 @@ def make_app(backend: Backend, max_body_bytes: int, title: str = "lmplatform") -
         inputs = [
             x.model_dump(exclude_none=True) if isinstance(x, BaseModel) else x for x in body.inputs
         ]
-        return await backend.predict(task, inputs, body.is_split_into_words)
+        # options the request set (the task's own type checks that they apply: 422 if not)
+        options = body.model_dump(include=set(OPTIONS), exclude_defaults=True)
+        return await backend.predict(task, inputs, options)
 
     @app.post(
         "/v1/fill-mask",

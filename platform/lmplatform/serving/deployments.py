@@ -129,10 +129,10 @@ class TaskDeployment:
     async def stats(self) -> dict:
         return {"model_calls": self.predictor.calls, "version": self.predictor.ref.version}
 
-    async def predict(self, inputs: list, is_split_into_words: bool = False) -> dict:
+    async def predict(self, inputs: list, options: dict | None = None) -> dict:
         p = self.predictor  # this request is answered by this version, whatever swaps meanwhile
         try:
-            items = p.parse(inputs, is_split_into_words)
+            items = p.parse(inputs, **(options or {}))
         except InputError as e:
             return _error(e)
         preds = await self._batched((p, items))
@@ -218,11 +218,11 @@ class SharedEncoderDeployment:
             "versions": {t: p.ref.version for t, p in self.group.predictors.items()},
         }
 
-    async def predict(self, task: str, inputs: list, is_split_into_words: bool = False) -> dict:
+    async def predict(self, task: str, inputs: list, options: dict | None = None) -> dict:
         group = self.group
         p = group.predictors[task]
         try:
-            items = p.parse(inputs, is_split_into_words)
+            items = p.parse(inputs, **(options or {}))
         except InputError as e:
             return _error(e)
         preds = await self._batched((group, task, items))

@@ -52,15 +52,15 @@ class Ingress:
     async def tasks(self) -> list[dict]:
         return list(await asyncio.gather(*[self._info(t) for t in sorted(self.routes)]))
 
-    async def predict(self, task: str, inputs: list, is_split_into_words: bool) -> dict:
+    async def predict(self, task: str, inputs: list, options: dict) -> dict:
         h = self.routes.get(task)
         if h is None:
             known = ", ".join(sorted(self.routes)) or "none"
             raise ApiError(404, "not_found", f"unknown task {task!r} (served: {known})")
         if task in self.shared:
-            out = await h.predict.remote(task, inputs, is_split_into_words)
+            out = await h.predict.remote(task, inputs, options)
         else:
-            out = await h.predict.remote(inputs, is_split_into_words)
+            out = await h.predict.remote(inputs, options)
         return _raise_error(out)
 
     async def fill_mask(self, inputs: list[str], top_k: int) -> dict:

@@ -20,12 +20,12 @@ class LocalBackend:
     async def tasks(self) -> list[dict]:
         return [p.info() for _, p in sorted(self.predictors.items())]
 
-    async def predict(self, task: str, inputs: list, is_split_into_words: bool) -> dict:
+    async def predict(self, task: str, inputs: list, options: dict) -> dict:
         p = self.predictors.get(task)
         if p is None:
             raise ApiError(404, "not_found", f"unknown task {task!r}")
         try:
-            preds = p.predict(p.parse(inputs, is_split_into_words))
+            preds = p.predict(p.parse(inputs, **options))
         except InputError as e:
             raise ApiError(422, "invalid_input", str(e)) from None
         return {

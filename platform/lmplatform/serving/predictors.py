@@ -23,6 +23,7 @@ from lmplatform.serving.api import ModelInfo
 from lmplatform.tasks import task_type
 from lmplatform.tasks.base import CHARS_PER_POSITION, Encoding, InputError, Item, check_text
 from lmplatform.tasks.encoding import TaskEncoder, pad
+from lmplatform.tasks.seq2seq import DecodingConfig
 from lmplatform.tokenization import load_tokenizer, special_tokens
 
 __all__ = ["InputError", "Item", "ModelInfo", "SharedEncoder", "TaskPredictor"]
@@ -69,6 +70,8 @@ class TaskPredictor:
             self.model.compile(backend=compile, dynamic=True)
         self.tokenizer = load_tokenizer(Path(folder) / "tokenizer.json")
         self.encoder = TaskEncoder(self.tokenizer, self.kind, self.max_len)
+        # seq2seq: beam search and the request limits the task was promoted with
+        self.decoding = DecodingConfig.model_validate(meta.get("decoding") or {})
         self.calls = 0  # model forwards (the batching test reads it)
         self.chunk_size = 16  # most items per forward, after sorting a batch by length
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads
@@ -82,15 +85,28 @@ class TaskPredictor:
         """One tiny prediction: a model that cannot answer this must not go live."""
         self.predict(self.parse([self.task.smoke_input]))
 
-    def parse(self, inputs: list, is_split_into_words: bool = False) -> list[Item]:
-        """Check every input against the task type; the first bad one raises InputError."""
+    def parse(
+        self,
+        inputs: list,
+        is_split_into_words: bool = False,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> list[Item]:
+        """Check every input and option against the task type; the first bad one raises
+        InputError."""
         if not isinstance(inputs, list) or not inputs:
             raise InputError("inputs: expected a non-empty list")
         if is_split_into_words and not self.task.accepts_split_words:
             raise InputError(
                 f"is_split_into_words is only for token_classification tasks (this one is {self.kind})"
             )
-        options = {"is_split_into_words": is_split_into_words}
+        options = {
+            "is_split_into_words": is_split_into_words,
+            "num_beams": num_beams,
+            "max_new_tokens": max_new_tokens,
+            "decoding": self.decoding,
+        }
+        self.task.check_options(options)
         return [
             self.task.parse(x, f"inputs[{i}]", self.max_len, options) for i, x in enumerate(inputs)
         ]
@@ -105,15 +121,31 @@ class TaskPredictor:
         (measured, SST-2 sentences, 32 per batch: 196 ms padded vs ~6 ms/item alone)."""
         encodings = self.encode(items)
         pad_id = special_tokens(self.tokenizer).pad
-        order = sorted(range(len(items)), key=lambda i: len(encodings[i].ids))
+        # items decoded with other options (beams, length) cannot share a generate call
+        order = sorted(
+            range(len(items)),
+            key=lambda i: (sorted(items[i].options.items()), len(encodings[i].ids)),
+        )
         out: list[dict | None] = [None] * len(items)
         with self._lock:
-            for lo in range(0, len(order), self.chunk_size):
-                idx = order[lo : lo + self.chunk_size]
+            lo = 0
+            while lo < len(order):
+                options = items[order[lo]].options
+                idx = [i for i in order[lo : lo + self.chunk_size] if items[i].options == options]
+                lo += len(idx)
                 batch = _batch([encodings[i] for i in idx], pad_id, self.device)
                 self.calls += 1
-                logits = self.model(**batch)["logits"].cpu()
-                preds = self.decode([items[i] for i in idx], logits, [encodings[i] for i in idx])
+                if self.task.whole_model:
+                    preds = self.task.generate(
+                        self.model, batch, self.encoder, self.decoding, options
+                    )
+                    for pr, i in zip(preds, idx):
+                        pr["truncated"] = pr["truncated"] or encodings[i].truncated
+                else:
+                    logits = self.model(**batch)["logits"].cpu()
+                    preds = self.decode(
+                        [items[i] for i in idx], logits, [encodings[i] for i in idx]
+                    )
                 for i, pr in zip(idx, preds):
                     out[i] = pr
         return out  # type: ignore[return-value]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from lmplatform.tasks.base import InputError, Item, TaskType
 from lmplatform.tasks.classification import CLASSIFICATION, PAIR_CLASSIFICATION
+from lmplatform.tasks.seq2seq import SEQ2SEQ
 from lmplatform.tasks.srl import SRL
 from lmplatform.tasks.token_classification import TOKEN_CLASSIFICATION
 
 TASK_TYPES: dict[str, TaskType] = {
-    t.name: t for t in (CLASSIFICATION, PAIR_CLASSIFICATION, TOKEN_CLASSIFICATION, SRL)
+    t.name: t for t in (CLASSIFICATION, PAIR_CLASSIFICATION, TOKEN_CLASSIFICATION, SRL, SEQ2SEQ)
 }
 
 

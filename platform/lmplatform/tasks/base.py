@@ -56,6 +56,7 @@ class Item:
     cut: bool = False  # words or characters dropped before tokenizing
     n_words: int = 0  # words in the input (word tasks): one label each, even past the cut
     predicate: int | None = None  # SRL: the predicate's word index
+    options: dict = field(default_factory=dict)  # seq2seq: num_beams, max_new_tokens
 
 
 @dataclass
@@ -100,6 +101,9 @@ class TaskType:
     """An input any model of the type must answer before it goes live."""
     accepts_split_words: ClassVar[bool] = False
     """Serving takes `is_split_into_words` (inputs as word lists)."""
+    whole_model: ClassVar[bool] = False
+    """The task model is a whole model of its family (the encoder-decoder for seq2seq), not
+    an encoder with a head."""
 
     # ------------------------------------------------------------------ config and data
 
@@ -135,10 +139,29 @@ class TaskType:
     def collate(self, enc, rows: list[dict]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def scorer(self, outputs: list[str], classes: list[str]) -> Scorer:
+    def scorer(
+        self,
+        outputs: list[str],
+        classes: list[str],
+        *,
+        model=None,
+        encoder=None,
+        task=None,
+        final: bool = False,
+    ) -> Scorer:
+        """A scorer for one evaluation. Types that score generated output (seq2seq) decode
+        with `model` and `encoder` (the TaskEncoder) as `task` (its TaskConfig) says; `final`:
+        the promoted score (beam search), not a search's quick one."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ serving
+
+    def check_options(self, options: dict) -> None:
+        """A request's options (num_beams, …) against the type: InputError (422) when one
+        does not apply or is out of bounds."""
+        for name in ("num_beams", "max_new_tokens"):
+            if options.get(name) is not None:
+                raise InputError(f"{name} is only for seq2seq tasks (this one is {self.name})")
 
     def parse(self, x, where: str, max_len: int, options: dict) -> Item:
         raise NotImplementedError

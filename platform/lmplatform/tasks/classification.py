@@ -102,7 +102,7 @@ class Classification(TaskType):
         out["truncated"] = torch.tensor(truncated)
         return out
 
-    def scorer(self, outputs, classes):
+    def scorer(self, outputs, classes, **_):
         return _Scorer(outputs)
 
     def parse(self, x, where, max_len, options):

@@ -7,14 +7,15 @@ from pydantic import Field, model_validator
 from lmplatform.config import Name, StrictModel
 from lmplatform.data.sources import DataSource
 from lmplatform.tasks import TASK_TYPES, task_type
+from lmplatform.tasks.seq2seq import DecodingConfig
 
 
 class TaskConfig(StrictModel):
     name: str = Name
     """Task name: the registry key and the serving route `/v1/predict/<name>`."""
     type: str
-    """A task type: classification, pair_classification, token_classification or srl (the
-    table in lmplatform/tasks/__init__.py)."""
+    """A task type: classification, pair_classification, token_classification, srl or seq2seq
+    (the table in lmplatform/tasks/__init__.py)."""
     train: DataSource
     """Training rows."""
     dev: DataSource
@@ -27,17 +28,25 @@ class TaskConfig(StrictModel):
     metric: str | None = None
     """Metric to maximise (null: the type's first). classification: accuracy, macro_f1, or
     f1/<class>, the F1 of one class (e.g. f1/spam, where the class that matters is rare);
-    token_classification: entity_f1; srl: argument_f1."""
+    token_classification: entity_f1; srl: argument_f1; seq2seq: bleu or chrf."""
     max_seq_len: int = Field(128, ge=8, le=65536)
     """Inputs are truncated to this many tokens."""
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
     """Fail the run if more than this fraction of rows is unusable."""
     max_train_rows: int | None = Field(None, ge=1)
     """Train on a fixed random subset of this many rows (null: all) — for budgeted CPU runs."""
+    decoding: DecodingConfig | None = None
+    """seq2seq only: beam search for the final dev score and serving, and the request limits
+    (null: the defaults)."""
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
         tt = task_type(self.type)  # an unknown type is named with the known ones
+        tt.check_config(self)
+        if self.decoding is not None and not tt.whole_model:
+            raise ValueError(f"`decoding` is for seq2seq tasks, not {self.type}")
+        if self.decoding is None and tt.whole_model:
+            self.decoding = DecodingConfig()  # (assignment re-runs this validator)
         if self.metric is None:
             self.metric = tt.metrics[0]
         if self.label_names is not None:

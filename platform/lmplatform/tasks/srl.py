@@ -157,7 +157,7 @@ class SemanticRoleLabelling(TaskType):
         extra = {"predicate_pos": positions[0] if positions else 0, "labels": lab, "starts": starts}
         return Encoding(ids, types, word_ids, bool(truncated), extra)
 
-    def scorer(self, outputs, classes):
+    def scorer(self, outputs, classes, **_):
         return _Scorer(outputs, classes)
 
     def parse(self, x, where, max_len, options):

@@ -169,7 +169,7 @@ class TokenClassification(TaskType):
         out["truncated"] = torch.tensor(truncated)
         return out
 
-    def scorer(self, outputs, classes):
+    def scorer(self, outputs, classes, **_):
         return _Scorer(outputs, classes)
 
     def parse(self, x, where, max_len, options):

@@ -40,6 +40,7 @@ SEARCHABLE = (
     "warmup_ratio",
     "weight_decay",
     "dropout",
+    "label_smoothing",
     "layer_decay",
     "transfer",
 )

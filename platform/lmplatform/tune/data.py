@@ -1,5 +1,7 @@
 """What every trial of a search needs, resolved once on the driver and shipped by Tune: the
-parent model (registry reference, config, tokenizer), the task's validated rows and labels."""
+parent model (registry reference, config, tokenizer), the task's validated rows and labels.
+A seq2seq task has no parent: its joint tokenizer is trained here, over both sides of the
+training pairs, and its model config is the job's with the tokenizer's vocabulary and ids."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ class TaskData:
 
     job: dict
     registry: str  # absolute URI: trials on other nodes fetch the parent from it themselves
-    parent_ref: str  # "name@version" or "random:name@version"
+    parent_ref: str  # "name@version", "random:name@version", or "scratch" (seq2seq)
     model_config: dict  # parent's model config (architecture for random init)
     tokenizer_json: str
     tokenizer_hash: str
@@ -39,6 +41,8 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
     from lmplatform.models.io import read_config
     from lmplatform.registry import Registry
 
+    if job.parent is None:
+        return _scratch_task_data(job)
     reg = Registry(job.registry)
     random_init = job.parent.startswith("random:")
     ref = job.parent.removeprefix("random:")
@@ -60,6 +64,51 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
         label_names=tt.outputs(train.labels, t.label_names),
         classes=tt.classes(train.labels, t.label_names),
         train_rows=_subset(train.dataset.to_list(), t.max_train_rows),
+        dev_rows=dev.dataset.to_list(),
+        fingerprints={"train": train.fingerprint, "dev": dev.fingerprint},
+    )
+
+
+def _scratch_task_data(job: FinetuneJobConfig) -> TaskData:
+    """seq2seq: rows first, then a joint tokenizer over their source and target sides."""
+    import tempfile
+
+    from tokenizers import Tokenizer
+
+    from lmplatform.registry import Registry
+    from lmplatform.tokenization import special_tokens, tokenizer_hash, train_tokenizer
+
+    t = job.task
+    tt = task_type(t.type)
+    train = load_labelled(t.train, t.type, None, t.max_bad_fraction)
+    dev = load_labelled(t.dev, t.type, None, t.max_bad_fraction)
+    rows = _subset(train.dataset.to_list(), t.max_train_rows)
+    texts = [r["source"] for r in rows] + [r["target"] for r in rows]
+    with tempfile.TemporaryDirectory() as d:
+        path = train_tokenizer(
+            job.tokenizer, (texts[i : i + 1000] for i in range(0, len(texts), 1000)), d
+        )
+        tokenizer_json = path.read_text()
+    tok = Tokenizer.from_str(tokenizer_json)
+    sp = special_tokens(tok)
+    model = job.model.model_copy(
+        update=dict(
+            vocab_size=tok.get_vocab_size(),
+            pad_token_id=sp.pad,
+            bos_token_id=sp.bos,
+            eos_token_id=sp.eos,
+        )
+    )
+    return TaskData(
+        job=job.model_dump(mode="json"),
+        registry=Registry(job.registry).uri,
+        parent_ref="scratch",
+        model_config=model.model_dump(mode="json"),
+        tokenizer_json=tokenizer_json,
+        tokenizer_hash=tokenizer_hash(tok),
+        label_names=tt.outputs([], None),
+        classes=tt.classes([], None),
+        train_rows=rows,
         dev_rows=dev.dataset.to_list(),
         fingerprints={"train": train.fingerprint, "dev": dev.fingerprint},
     )

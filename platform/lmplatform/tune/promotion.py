@@ -76,6 +76,11 @@ def promote(sr: SearchResult, force: bool = False) -> dict:
                 "classes": data.classes,
                 "max_seq_len": job.task.max_seq_len,
                 "task_name": job.task.name,
+                **(
+                    {"decoding": job.task.decoding.model_dump()}
+                    if job.task.decoding is not None
+                    else {}
+                ),
             },
         )
         save_resolved(job, out)

@@ -37,10 +37,17 @@ def selection_score(metric_value: float, dev_loss: float) -> float:
     return metric_value - _LOSS_WEIGHT * dev_loss
 
 
-def build_model(data: TaskData, hp: dict) -> TaskModel:
+def build_model(data: TaskData, hp: dict) -> nn.Module:
     from lmplatform.models.io import model_config, task_model_from_pretrained
 
     t = data.cfg.task
+    if task_type(t.type).whole_model:  # the encoder-decoder itself, from scratch
+        from lmplatform.models.families import family
+
+        cfg = model_config({"model": data.model_config}).model_copy(
+            update={"dropout": hp["dropout"], "label_smoothing": hp["label_smoothing"]}
+        )
+        return family(cfg).pretraining(cfg)
     n = len(data.label_names)
     frozen = hp["transfer"] == "frozen"
     layout = task_type(t.type).layout
@@ -56,11 +63,13 @@ def build_model(data: TaskData, hp: dict) -> TaskModel:
     return TaskModel(encoder, t.type, n, dropout=hp["dropout"], frozen=frozen, layout=layout)
 
 
-def lr_scale_fn(model: TaskModel, layer_decay: float):
-    """Layer-wise LR decay: the head at the full rate, each layer below it `layer_decay` times
-    the one above (the model says how deep each parameter sits)."""
-    L = model.cfg.num_layers
-    return lambda name: layer_decay ** (L + 1 - model.layer_depth(name))
+def lr_scale_fn(model: nn.Module, layer_decay: float):
+    """Layer-wise LR decay: the top (the head) at the full rate, each layer below it
+    `layer_decay` times the one above (the model says how deep each parameter sits)."""
+    if layer_decay == 1.0:
+        return lambda name: 1.0
+    top = max(model.layer_depth(n) for n, _ in model.named_parameters())  # the head: L + 1
+    return lambda name: layer_decay ** (top - model.layer_depth(name))
 
 
 def hyperparameters(job: FinetuneJobConfig, config: dict) -> dict:
@@ -71,7 +80,8 @@ def hyperparameters(job: FinetuneJobConfig, config: dict) -> dict:
         "epochs": job.train.epochs,
         "warmup_ratio": job.train.warmup_ratio,
         "weight_decay": job.train.weight_decay,
-        "dropout": 0.1,
+        "dropout": job.model.dropout if job.model else 0.1,
+        "label_smoothing": job.model.label_smoothing if job.model else 0.0,
         "layer_decay": job.layer_decay,
         "transfer": job.transfer,
     }
@@ -117,7 +127,10 @@ def evaluate(
     `detail`: also precision, recall, F1 and support per class under `per_class`."""
     was_training = model.training
     model.eval()
-    scorer = task_type(data.cfg.task.type).scorer(data.label_names, data.classes)
+    task = data.cfg.task
+    scorer = task_type(task.type).scorer(
+        data.label_names, data.classes, model=model, encoder=encoder, task=task, final=detail
+    )
     loss_sum, n = 0.0, 0
     for i in range(0, len(rows), bs):
         chunk = rows[i : i + bs]

@@ -1,0 +1,166 @@
+"""Translation: the encoder-decoder, its decoding, parallel data, the seq2seq task type through
+search, promotion, serving (HTTP contract and 422s) and export to transformers."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from lmplatform.models.generation import DecodeLimits, beam_search, greedy
+from lmplatform.models.transformer import DecoderCache, Transformer, TransformerConfig
+
+
+def _model(seed: int = 0, **kw) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(size="debug", vocab_size=60, dropout=0.0, **kw)
+    return Transformer(cfg).eval()
+
+
+def _sources(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 60, (6, 11), generator=g)
+    mask = torch.ones_like(ids)
+    for row, n in ((1, 7), (3, 4), (4, 1)):  # right-padded rows of several lengths
+        mask[row, n:] = 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_cached_decoding_equals_uncached_and_one_beam_equals_greedy(pre_ln):
+    model = _model(pre_ln=pre_ln)
+    ids, mask = _sources()
+    # a step of the cache gives the logits of the whole-prefix pass
+    memory, mem_mask = model.encode_source(ids, mask)
+    target = torch.randint(3, 60, (6, 9))
+    with torch.no_grad():
+        full = model.logits(model.decode(target, memory, mem_mask))
+        cache = DecoderCache()
+        steps = [
+            model.logits(model.decode(target[:, i : i + 1], memory, mem_mask, cache))
+            for i in range(9)
+        ]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+    limits = DecodeLimits(max_new_tokens=14)
+    g = greedy(model, ids, mask, limits)
+    assert g.tokens == greedy(model, ids, mask, limits, use_cache=False).tokens
+    assert all(len(t) <= 14 for t in g.tokens) and any(len(t) > 0 for t in g.tokens)
+    b1 = beam_search(model, ids, mask, num_beams=1, limits=limits)
+    assert (b1.tokens, b1.truncated) == (g.tokens, g.truncated)
+    b4 = beam_search(model, ids, mask, num_beams=4, limits=limits)
+    assert b4.tokens == beam_search(model, ids, mask, 4, limits=limits, use_cache=False).tokens
+    # beam search keeps the greedy path among its hypotheses: it never scores worse
+    assert (
+        _score(model, ids, mask, b4.tokens, b4.truncated)
+        >= _score(model, ids, mask, g.tokens, g.truncated) - 1e-4
+    )
+
+
+def _score(model, ids, mask, tokens, truncated) -> float:
+    """Summed length-normalised log-probability of the outputs (as beam search ranks them)."""
+    total = 0.0
+    eos = model.cfg.eos_token_id
+    with torch.no_grad():
+        for i, (toks, cut) in enumerate(zip(tokens, truncated)):
+            seq = toks + ([] if cut else [eos])
+            memory, mm = model.encode_source(ids[i : i + 1, : int(mask[i].sum())])
+            inp = torch.tensor([[model.cfg.bos_token_id] + seq[:-1]])
+            logp = torch.log_softmax(model.logits(model.decode(inp, memory, mm)).float(), -1)
+            total += float(logp[0, torch.arange(len(seq)), torch.tensor(seq)].sum()) / len(seq)
+    return total
+
+
+def test_outputs_stop_at_the_length_guard_relative_to_the_source():
+    model = _model()
+    with torch.no_grad():
+        model.final_logits_bias[model.cfg.eos_token_id] = -1e4  # a model that never ends
+    ids, mask = _sources()
+    limits = DecodeLimits(max_new_tokens=100, length_ratio=1.5, length_offset=2)
+    for out in (greedy(model, ids, mask, limits), beam_search(model, ids, mask, 3, limits=limits)):
+        want = [int(1.5 * n + 0.999) + 2 for n in mask.sum(1).tolist()]
+        assert [len(t) for t in out.tokens] == want
+        assert all(out.truncated)
+    short = greedy(model, ids, mask, DecodeLimits(max_new_tokens=5))
+    assert [len(t) for t in short.tokens] == [5] * 6
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_parallel_files_report_bad_pairs_and_refuse_misaligned_files(tmp_path):
+    from lmplatform.data.sources import DataError, DataSource
+    from lmplatform.tasks.data import load_labelled
+
+    src = ["Ein Hund läuft .", "", "Zwei Männer .", "Ja .", "Eine Frau singt ."]
+    tgt = ["A dog runs .", "Nothing on this side .", "Two men .", "Yes .", "x" * 80]
+    (tmp_path / "a.de").write_text("\n".join(src) + "\n")
+    (tmp_path / "a.en").write_text("\n".join(tgt) + "\n")
+    source = DataSource(path=str(tmp_path / "a.de"), target_path=str(tmp_path / "a.en"))
+    data = load_labelled(source, "seq2seq", None, max_bad_fraction=0.5)
+    rows = data.dataset.to_list()
+    assert [r["source"] for r in rows] == ["Ein Hund läuft .", "Zwei Männer .", "Ja ."]
+    assert rows[0]["target"] == "A dog runs ."
+    assert data.report.bad == 2
+    assert set(data.report.reasons) == {"empty source side", "length ratio outlier"}
+    with pytest.raises(DataError, match="2 of 5 rows"):
+        load_labelled(source, "seq2seq", None, max_bad_fraction=0.1)
+
+    (tmp_path / "b.en").write_text("\n".join(tgt[:4]) + "\n")
+    bad = DataSource(path=str(tmp_path / "a.de"), target_path=str(tmp_path / "b.en"))
+    with pytest.raises(DataError, match=r"misaligned: .*a\.de has 5 lines but .*b\.en has 4"):
+        load_labelled(bad, "seq2seq")
+
+    # one TSV of pairs works the same
+    (tmp_path / "p.tsv").write_text("de\ten\nEin Hund .\tA dog .\nEine Katze .\t\n")
+    tsv = DataSource(path=str(tmp_path / "p.tsv"), text_column="de", target_column="en")
+    data = load_labelled(tsv, "seq2seq", None, max_bad_fraction=0.5)
+    assert data.dataset.to_list() == [{"source": "Ein Hund .", "target": "A dog ."}]
+    assert set(data.report.reasons) == {"empty target side"}
+
+
+def test_seq2seq_config_errors_name_the_problem(tmp_path):
+    from lmplatform.config import ConfigError, load_config
+    from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig
+
+    cfg = tmp_path / "mt.yaml"
+    cfg.write_text(
+        "name: mt\n"
+        "task: {name: mt, type: seq2seq, train: {path: a.de, target_path: a.en}, "
+        "dev: {path: b.de, target_path: b.en}}\n"
+    )
+    job = load_config(FinetuneJobConfig, cfg, [])
+    assert job.model.family == "transformer" and job.tokenizer.kind == "joint_bpe"
+    assert job.task.metric == "bleu" and job.task.decoding.num_beams == 4
+    for override, message in [
+        ("parent=tiny-bert", "warm starting it from a parent is not supported"),
+        ("transfer=frozen", "has no head and trains in full"),
+        ('task.labels=["a"]', "seq2seq tasks have no labels"),
+        ("tokenizer.kind=wordpiece", "needs 'joint_bpe'"),
+        ("task.metric=accuracy", "does not score seq2seq tasks"),
+        ("task.decoding.num_beams=0", "num_beams"),
+        ("task.max_seq_len=1024", "exceeds model.max_seq_len"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(FinetuneJobConfig, cfg, [override])
+    cls = tmp_path / "cls.yaml"
+    cls.write_text(
+        "name: c\nparent: tiny-bert\n"
+        "task: {name: c, type: classification, train: {path: a.tsv}, dev: {path: a.tsv}, "
+        "decoding: {num_beams: 2}}\n"
+    )
+    with pytest.raises(ConfigError, match="`decoding` is for seq2seq tasks"):
+        load_config(FinetuneJobConfig, cls, [])
+    pre = tmp_path / "pre.yaml"
+    pre.write_text(
+        "name: p\ncorpus: {source: {path: c.txt}}\ntokenizer: {kind: joint_bpe}\n"
+        "model: {family: transformer, size: debug}\n"
+    )
+    with pytest.raises(ConfigError, match="encoder-decoder: it trains on parallel text"):
+        load_config(PretrainJobConfig, pre, [])
