@@ -193,7 +193,9 @@ def load_hf_state(
     returned (a BertForMaskedLM checkpoint has no NSP head, say)."""
     targets = hf_state(model)
     prefixes = ("bert.", "transformer.")
-    if not any(k.startswith(prefixes) for k in state):
+    if any(t.startswith(prefixes) for t in targets) and not any(
+        k.startswith(prefixes) for k in state
+    ):
         state = {
             (p + k): v
             for k, v in state.items()
