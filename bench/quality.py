@@ -12,10 +12,15 @@ count, time budget and data:
 The best pretrained start's winner is published and promoted (as `jobs/finetune.py` would); the
 others are only scored. Every score is on the whole dev set.
 
+A seq2seq task (`--tasks multi30k-de-en`) has no pretrained start: its config's own run is
+timed and scored (BLEU, beam search, whole dev set), with its greedy BLEU-vs-minutes curve
+(`bleu_curve.png` next to the run) and the goal BLEU >= 30 within 30 minutes of training.
+
     .venv/bin/python bench/quality.py [--tasks sst2 agnews] [--search-minutes 20]
         [--adapt-steps 300] [key=value …]   (overrides for every task config)
 
-Goals (dev, best pretrained start): srl argument F1 >= 70; each is printed as met or not met.
+Goals (dev, best pretrained start): srl argument F1 >= 70, multi30k-de-en BLEU >= 30; each is
+printed as met or not met.
 Last line: `quality <task>=<best pretrained>/<random> …` (points) and `min_gain=<points>`.
 """
 
@@ -36,7 +41,33 @@ from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig  # noqa: E
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPT = ROOT / "jobs" / "configs" / "pretrain" / "adapt-cpu.yaml"
-GOALS = {"srl": 70.0}  # dev points the shipped config should reach
+GOALS = {"srl": 70.0, "multi30k-de-en": 30.0}  # dev points the shipped config should reach
+TRAIN_MINUTES = {"multi30k-de-en": 30.0}  # ... within this much training
+
+
+def points(metric: str, value: float) -> float:
+    """Scores in points: fractions x 100; BLEU and chrF already are (sacrebleu's scale)."""
+    return value if metric in ("bleu", "chrf") else 100 * value
+
+
+def translation_row(task: str, job: FinetuneJobConfig) -> dict:
+    """A seq2seq task's own run: promoted BLEU (beam, whole dev set), minutes of training, and
+    the greedy BLEU-vs-minutes curve of its evaluations (also in the run's trials.png)."""
+    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.search import run_search
+
+    sr = run_search(job, verbose=0)
+    out = promote(sr, force=True)
+    df = sr.results[0].metrics_dataframe
+    minutes = float(df["trial_seconds"].max()) / 60
+    print(f"[quality] {task}: greedy BLEU ({job.search.eval_rows or 'all'} dev pairs) by minute:")
+    for m, b in zip(df["trial_seconds"] / 60, df["bleu"]):
+        print(f"[quality]   {m:5.1f} min  {b:5.2f}")
+    print(
+        f"[quality] {task}: BLEU {out['value']:.2f} (beam) after {minutes:.1f} min; "
+        f"plots: {sr.run_dir}/trials.png"
+    )
+    return {"value": out["value"], "minutes": minutes, "version": out["version"]}
 
 
 def ran(sr) -> int:
@@ -103,10 +134,14 @@ def main() -> None:
         for task in args.tasks
     }
     for job in jobs.values():  # before any work: on a fresh checkout, say what to build
-        require_model(job.registry, "pretrained", job.parent)
+        if job.parent is not None:
+            require_model(job.registry, "pretrained", job.parent)
     init_ray(quiet=True)
-    rows = []
+    rows, translation = [], {}
     for task, job in jobs.items():
+        if job.parent is None:  # seq2seq: trained from scratch, no start to compare
+            translation[task] = translation_row(task, job)
+            continue
         starts = {"random": (f"random:{job.parent}", 0.0), "general": (job.parent, 0.0)}
         if args.adapt_steps:
             starts["adapted"] = adapt(job, args.adapt_steps, out)
@@ -128,6 +163,19 @@ def main() -> None:
         rows.append((task, job.task.metric, res, starts, best, promoted["version"]))
 
     print()
+    for task, r in translation.items():
+        verdict = (
+            "met"
+            if r["value"] >= GOALS[task] and r["minutes"] <= TRAIN_MINUTES[task]
+            else "NOT met"
+        )
+        print(
+            f"goal {task} bleu >= {GOALS[task]:g} within {TRAIN_MINUTES[task]:g} min: {verdict} "
+            f"(measured BLEU {r['value']:.2f}, beam 4, after {r['minutes']:.1f} min; "
+            f"promoted {task}@{r['version']})"
+        )
+    if not rows:
+        return
     adapted = bool(args.adapt_steps)
     head = "| task | metric | random init | general | " + ("adapted | " if adapted else "")
     print(head + "gain (best − random) | promoted |")

@@ -123,4 +123,52 @@ def build_registry(root: Path, sample_dir: Path) -> Path:
     publish_task(reg, root, "srl", enc, "srl", SRL_LABELS, wp)
     publish_task(reg, root, "topic-a", enc, "classification", ["a", "b", "c"], wp, frozen=True)
     publish_task(reg, root, "topic-b", enc, "classification", ["x", "y"], wp, frozen=True, seed=1)
+    publish_translator(reg, root, sample_dir)
     return root / "registry"
+
+
+def publish_translator(reg, root: Path, sample_dir: Path) -> str:
+    """A seq2seq task "translate": a random debug encoder-decoder on a joint BPE (its outputs
+    are nonsense; the contract, limits and batching are what the tests check)."""
+    from lmplatform.models.io import save_pretrained
+    from lmplatform.models.transformer import Transformer, TransformerConfig
+    from lmplatform.tokenization import TokenizerConfig, special_tokens, train_tokenizer
+
+    lines = (sample_dir / "corpus" / "train.txt").read_text().splitlines()[:2000]
+    tok_file = train_tokenizer(
+        TokenizerConfig(kind="joint_bpe", vocab_size=500), [lines], root / "joint"
+    )
+    from lmplatform.tokenization import load_tokenizer
+
+    tok = load_tokenizer(tok_file)
+    sp = special_tokens(tok)
+    torch.manual_seed(0)
+    model = Transformer(
+        TransformerConfig(
+            size="debug",
+            vocab_size=tok.get_vocab_size(),
+            max_seq_len=64,
+            pad_token_id=sp.pad,
+            bos_token_id=sp.bos,
+            eos_token_id=sp.eos,
+        )
+    )
+    save_pretrained(
+        model,
+        root / "translate",
+        tokenizer=tok_file,
+        extra={
+            "labels": [],
+            "max_seq_len": 32,
+            "task_name": "translate",
+            "decoding": {"num_beams": 2, "max_new_tokens": 12, "max_beams": 4},
+        },
+    )
+    version = reg.publish(
+        "tasks",
+        "translate",
+        root / "translate",
+        {"kind": "task", "metric": "bleu", "value": 1.0, "labels": [], "per_class": {}},
+    )
+    reg.promote("translate", version, 1.0, force=True)
+    return version

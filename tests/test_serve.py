@@ -74,7 +74,8 @@ def test_health_tasks_and_openapi(served):
     assert (r.status_code, r.json()) == (200, {"status": "ok"})
     tasks = requests.get(served["url"] + "/v1/tasks", timeout=10).json()["tasks"]
     by = {t["task"]: t for t in tasks}
-    assert set(by) == {"sentiment", "pairs", "ner", "srl", "topic-a", "topic-b"}
+    assert set(by) == {"sentiment", "pairs", "ner", "srl", "topic-a", "topic-b", "translate"}
+    assert by["translate"]["type"] == "seq2seq"
     assert by["sentiment"]["type"] == "classification"
     assert by["pairs"]["type"] == "pair_classification"
     assert by["ner"]["type"] == "token_classification"
@@ -407,6 +408,34 @@ def test_32_concurrent_requests_take_fewer_than_32_model_calls(served):
     # batching does not mix answers up: each reply is the one-request answer for its text
     single = _post(served, "/v1/predict/sentiment", {"inputs": ["text 7"]}).json()["predictions"][0]
     assert abs(rs[7].json()["predictions"][0]["score"] - single["score"]) < 1e-4
+
+
+def test_translation_requests_are_batched_across_clients_within_their_limits(served):
+    before = _stats("task-translate")["model_calls"]
+    bodies = [
+        {"inputs": [f"The river runs past house {i} ."], "num_beams": 1 + i % 2} for i in range(16)
+    ]
+    rs = _concurrent(served, "/v1/predict/translate", bodies)
+    assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200][:3]
+    calls = _stats("task-translate")["model_calls"] - before
+    assert 1 <= calls < 16, calls  # two decoding settings, batched across clients
+    for r in rs:
+        (p,) = r.json()["predictions"]
+        assert set(p) == {"text", "tokens", "truncated"}
+        assert 0 <= p["tokens"] <= 12 and isinstance(p["text"], str)
+    # batching does not mix answers up: each reply is the one-request answer for its input
+    alone = _post(served, "/v1/predict/translate", bodies[5]).json()["predictions"][0]
+    assert alone == rs[5].json()["predictions"][0]
+    # the task's limits (decoding.max_beams 4, max_new_tokens 12): 422 naming the bound
+    for body, message in [
+        ({"inputs": ["x"], "num_beams": 5}, "num_beams=5: allowed 1..4"),
+        ({"inputs": ["x"], "max_new_tokens": 13}, "max_new_tokens=13: allowed 1..12"),
+        ({"inputs": ["x"], "num_beams": 1.5}, "num_beams"),
+    ]:
+        r = _post(served, "/v1/predict/translate", body)
+        assert r.status_code == 422 and message in r.text, (body, r.text)
+    r = _post(served, "/v1/predict/sentiment", {"inputs": ["x"], "num_beams": 2})
+    assert r.status_code == 422 and "only for seq2seq tasks" in r.text
 
 
 def test_shared_encoder_group_runs_one_encoder_forward_for_both_tasks(served):

@@ -17,6 +17,9 @@ class TrainConfig(StrictModel):
 
     batch_size: int = Field(32, ge=1, le=65536)
     """Examples per step per worker (before gradient accumulation)."""
+    group_by_length: bool = False
+    """Fine-tuning: batch rows of similar length together (sorted within windows of 50
+    batches, the batches then shuffled). Less padding: translation pairs train ~1.5x faster."""
     grad_accum_steps: int = Field(1, ge=1, le=4096)
     """Micro-batches whose gradients are summed before one optimizer step."""
     max_steps: int = Field(1000, ge=1)

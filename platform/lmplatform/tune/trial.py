@@ -98,16 +98,52 @@ def steps_per_epoch(n_rows: int, batch_size: int, world: int) -> int:
     return max(1, n_rows // (batch_size * world))
 
 
+def _row_length(row: dict) -> int:
+    """Characters in a row's texts: a cheap stand-in for its token count."""
+    n = 0
+    for v in row.values():
+        if isinstance(v, str):
+            n += len(v)
+        elif isinstance(v, list) and v and isinstance(v[0], str):
+            n += sum(map(len, v))
+    return n
+
+
+def _grouped(order: np.ndarray, lengths: np.ndarray, block: int, rng) -> np.ndarray:
+    """`order` with rows of similar length in the same batch (`block` rows): sorted within
+    windows of 50 batches, then the batches shuffled so lengths do not rise through an epoch."""
+    window = block * 50
+    parts = [
+        w[np.argsort(lengths[w], kind="stable")]
+        for w in np.split(order, range(window, len(order), window))
+    ]
+    flat = np.concatenate(parts)
+    n = len(flat) // block * block
+    batches = flat[:n].reshape(-1, block)
+    return np.concatenate([batches[rng.permutation(len(batches))].reshape(-1), flat[n:]])
+
+
 def _batches(
-    rows: list[dict], encoder: TaskEncoder, bs: int, seed: int, start: int, rank=0, world=1
+    rows: list[dict],
+    encoder: TaskEncoder,
+    bs: int,
+    seed: int,
+    start: int,
+    rank=0,
+    world=1,
+    group_by_length: bool = False,
 ):
     """Batches from global step `start` on: a fixed permutation per epoch, so a restored
     trial (PBT, failure) sees the same stream from where its checkpoint left off."""
     per = steps_per_epoch(len(rows), bs, world)
+    lengths = np.array([_row_length(r) for r in rows]) if group_by_length else None
     step = start
     while True:
         epoch, k = divmod(step, per)
-        order = np.random.default_rng(seed + epoch).permutation(len(rows))
+        rng = np.random.default_rng(seed + epoch)
+        order = rng.permutation(len(rows))
+        if lengths is not None:
+            order = _grouped(order, lengths, bs * world, rng)
         lo = (k * world + rank) * bs
         yield encoder.collate([rows[i] for i in order[lo : lo + bs]])
         step += 1
@@ -250,7 +286,16 @@ def run_trial(
     dev = eval_subset(data)
     fit(
         wrap(model) if wrap else model,
-        _batches(data.train_rows, encoder, hp["batch_size"], job.train.seed, start, rank, world),
+        _batches(
+            data.train_rows,
+            encoder,
+            hp["batch_size"],
+            job.train.seed,
+            start,
+            rank,
+            world,
+            job.train.group_by_length,
+        ),
         cfg,
         total_steps=total,
         stepper=stepper,
