@@ -2,14 +2,19 @@
 
 The API contract does not depend on accuracy, so no training runs here: a classification, a
 pair-classification, a token-classification and a semantic-role task (full fine-tuning), two
-frozen-feature
-tasks from the same parent (a shared-encoder group), a pretrained BERT (fill-mask) and a
-pretrained GPT (generate).
+frozen-feature tasks from the same parent (a shared-encoder group), a seq2seq task (a random
+encoder-decoder), a pretrained BERT (fill-mask) and a pretrained GPT (generate). Also: the
+HTTP API over in-process predictors (`local_server`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -172,3 +177,35 @@ def publish_translator(reg, root: Path, sample_dir: Path) -> str:
     )
     reg.promote("translate", version, 1.0, force=True)
     return version
+
+
+@contextlib.contextmanager
+def local_server(predictors: dict) -> Iterator[str]:
+    """The HTTP API over in-process predictors (no Ray), uvicorn on a free 127.0.0.1 port;
+    yields its URL and stops it afterwards."""
+    import uvicorn
+
+    from lmplatform.serving.api import make_app
+    from lmplatform.serving.local import LocalBackend
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            make_app(LocalBackend(predictors), 100_000),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -6,9 +6,6 @@ module."""
 from __future__ import annotations
 
 import random
-import socket
-import threading
-import time
 
 import pytest
 import requests
@@ -17,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr
 
 from lmplatform.tasks import TASK_TYPES, InputError
 from lmplatform.tasks.classification import Classification
+from serving_fixtures import local_server
 
 
 class QuestionInput(BaseModel):
@@ -42,19 +40,11 @@ def question_type(monkeypatch):
     monkeypatch.setitem(TASK_TYPES, "question", Question())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_new_task_type_is_one_class_and_one_table_entry(question_type, tmp_path):
     from lmplatform.data.sources import DataSource
     from lmplatform.models import BertConfig
     from lmplatform.models.io import save_pretrained
     from lmplatform.models.tasks import TaskModel, build_encoder
-    from lmplatform.serving.api import make_app
-    from lmplatform.serving.local import LocalBackend
     from lmplatform.serving.predictors import ModelInfo, TaskPredictor
     from lmplatform.tasks.config import TaskConfig
     from lmplatform.tasks.data import load_labelled
@@ -114,29 +104,10 @@ def test_a_new_task_type_is_one_class_and_one_table_entry(question_type, tmp_pat
     )
     predictor = TaskPredictor(folder, ModelInfo(name="questions", version="v0001"))
     predictor.smoke()
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            make_app(LocalBackend({"questions": predictor}), 100_000),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}/v1/predict/questions"
+    with local_server({"questions": predictor}) as base:
+        url = f"{base}/v1/predict/questions"
         r = requests.post(url, json={"inputs": [{"question": "why is the sky here ?"}]}, timeout=10)
         assert r.status_code == 200, r.text
         assert r.json()["predictions"][0]["label"] == "why"
         r = requests.post(url, json={"inputs": ["a plain string"]}, timeout=10)
         assert r.status_code == 422 and '{"question": "..."}' in r.json()["error"]["message"]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

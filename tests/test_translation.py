@@ -4,9 +4,6 @@ search, promotion, serving (HTTP contract and 422s) and export to transformers."
 from __future__ import annotations
 
 import random
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ import torch
 
 from lmplatform.models.generation import DecodeLimits, beam_search, greedy
 from lmplatform.models.transformer import DecoderCache, Transformer, TransformerConfig
+from serving_fixtures import local_server
 
 
 def _model(seed: int = 0, **kw) -> Transformer:
@@ -192,12 +190,6 @@ def _write_pairs(folder: Path, split: str, pairs) -> dict:
     return {"path": str(folder / f"{split}.src"), "target_path": str(folder / f"{split}.tgt")}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def toy_translator(ray_local, tmp_path_factory):
     """A debug encoder-decoder searched, trained and promoted on the toy language."""
@@ -251,11 +243,7 @@ def toy_translator(ray_local, tmp_path_factory):
 
 
 def test_a_toy_language_is_learnt_to_bleu_90_promoted_and_served(toy_translator, tmp_path):
-    import uvicorn
-
     from lmplatform.registry import Registry
-    from lmplatform.serving.api import make_app
-    from lmplatform.serving.local import LocalBackend
     from lmplatform.serving.predictors import ModelInfo, TaskPredictor
 
     sr, out = toy_translator
@@ -267,22 +255,7 @@ def test_a_toy_language_is_learnt_to_bleu_90_promoted_and_served(toy_translator,
     predictor = TaskPredictor(folder, ModelInfo(name="toy-mt", version=out["version"]))
     predictor.smoke()
 
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            make_app(LocalBackend({"toy-mt": predictor}), 100_000),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
+    with local_server({"toy-mt": predictor}) as url:
         tasks = requests.get(f"{url}/v1/tasks", timeout=10).json()["tasks"]
         assert [(t["task"], t["type"]) for t in tasks] == [("toy-mt", "seq2seq")]
         # sentences of our own, beam 4 and greedy in one request each
@@ -317,9 +290,6 @@ def test_a_toy_language_is_learnt_to_bleu_90_promoted_and_served(toy_translator,
             assert message in r.json()["error"]["message"], (bad, r.text)
         r = requests.post(f"{url}/v1/predict/toy-mt", json={"inputs": ["ka"], "num_beams": "4"})
         assert r.status_code == 422  # typed: a string is not a beam count
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_the_translator_exports_to_marian_with_equal_greedy_outputs(toy_translator, tmp_path):

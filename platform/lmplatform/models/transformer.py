@@ -24,7 +24,7 @@ from torch import nn
 
 from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
-from lmplatform.models.layers import Dropout, Encoded, dropout, init_weights
+from lmplatform.models.layers import Dropout, Encoded, dropout, init_weights, padding_mask
 
 PRESETS: dict[str, dict] = {
     "debug": dict(
@@ -328,7 +328,7 @@ class Transformer(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(memory (B, S, H), memory mask (B, 1, 1, S) bool or None when nothing is padded)."""
-        mask = _padding_mask(attention_mask)
+        mask = padding_mask(attention_mask)
         x = self._embed(input_ids)
         for layer in self.encoder.layers:
             x = layer(x, mask)
@@ -429,11 +429,3 @@ class Transformer(nn.Module):
         attn = 12 * (c.num_encoder_layers + 2 * c.num_decoder_layers) * h * seq_len
         return 6 * (enc + dec + h * c.vocab_size) + attn
 
-
-def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    if attention_mask is None:
-        return None
-    m = attention_mask.bool()
-    if bool(m.all()):
-        return None
-    return m[:, None, None, :]
