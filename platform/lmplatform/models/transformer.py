@@ -428,4 +428,3 @@ class Transformer(nn.Module):
         dec = c.num_decoder_layers * (8 * h * h + 2 * h * f)
         attn = 12 * (c.num_encoder_layers + 2 * c.num_decoder_layers) * h * seq_len
         return 6 * (enc + dec + h * c.vocab_size) + attn
-

@@ -67,31 +67,18 @@ def _limits(d: DecodingConfig, max_new_tokens: int | None = None):
 class Seq2SeqScorer(Scorer):
     """Decodes each batch's sources and scores the outputs against the references."""
 
-    def __init__(self, model, encoder, decoding: DecodingConfig, num_beams: int):
-        self.model, self.encoder, self.decoding, self.num_beams = (
-            model,
-            encoder,
-            decoding,
-            num_beams,
-        )
+    def __init__(self, task: Seq2Seq, model, encoder, decoding: DecodingConfig, num_beams: int):
+        self.task, self.model, self.encoder, self.decoding = task, model, encoder, decoding
+        self.options = {"num_beams": num_beams, "max_new_tokens": decoding.max_new_tokens}
         self.hyps: list[str] = []
         self.refs: list[str] = []
         self.cut = 0
 
     def add(self, logits: torch.Tensor, batch: dict, rows: list[dict]) -> None:
-        from lmplatform.models.generation import generate
-
-        out = generate(
-            self.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            num_beams=self.num_beams,
-            length_penalty=self.decoding.length_penalty,
-            limits=_limits(self.decoding),
-        )
-        self.hyps += self.encoder.tok.decode_batch(out.tokens)
+        preds = self.task.generate(self.model, batch, self.encoder, self.decoding, self.options)
+        self.hyps += [p["text"] for p in preds]
         self.refs += [r["target"] for r in rows]
-        self.cut += sum(out.truncated)
+        self.cut += sum(p["truncated"] for p in preds)
 
     def result(self) -> tuple[dict[str, float], dict[str, dict]]:
         import sacrebleu
@@ -174,7 +161,7 @@ class Seq2Seq(TaskType):
 
     def scorer(self, outputs, classes, *, model=None, encoder=None, task=None, final=False):
         decoding = task.decoding or DecodingConfig()
-        return Seq2SeqScorer(model, encoder, decoding, decoding.num_beams if final else 1)
+        return Seq2SeqScorer(self, model, encoder, decoding, decoding.num_beams if final else 1)
 
     # ------------------------------------------------------------------ serving
 
