@@ -3,6 +3,7 @@ search, promotion, serving (HTTP contract and 422s) and export to transformers."
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -137,7 +138,8 @@ def test_seq2seq_config_errors_name_the_problem(tmp_path):
     assert job.model.family == "transformer" and job.tokenizer.kind == "joint_bpe"
     assert job.task.metric == "bleu" and job.task.decoding.num_beams == 4
     for override, message in [
-        ("parent=tiny-bert", "warm starting it from a parent is not supported"),
+        ("parent=random:tiny-bert", "random weights; a seq2seq model without pretrained"),
+        ("warm_start=encoder", "warm_start needs `parent`"),
         ("transfer=frozen", "has no head and trains in full"),
         ('task.labels=["a"]', "seq2seq tasks have no labels"),
         ("tokenizer.kind=wordpiece", "needs 'joint_bpe'"),
@@ -147,6 +149,8 @@ def test_seq2seq_config_errors_name_the_problem(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(FinetuneJobConfig, cfg, [override])
+    with pytest.raises(ConfigError, match="takes its architecture and tokenizer from `parent`"):
+        load_config(FinetuneJobConfig, cfg, ["parent=tiny-bert", "model.size=debug"])
     cls = tmp_path / "cls.yaml"
     cls.write_text(
         "name: c\nparent: tiny-bert\n"
@@ -320,3 +324,126 @@ def test_the_translator_exports_to_marian_with_equal_greedy_outputs(toy_translat
     saved = save_pretrained(pre, tmp_path / "pre", tokenizer=folder / "tokenizer.json")
     with pytest.raises(ValueError, match="pre-LayerNorm.*MarianMTModel.*post-LN"):
         export_hf(saved, tmp_path / "pre-hf")
+
+
+# --------------------------------------------------------------------------- warm start
+
+
+def test_warm_started_sides_compute_what_the_parent_computes():
+    """BERT fills the encoder (its outputs equal BERT's) and the decoder; GPT fills a pre-LN
+    decoder (with cross-attention silenced, its states equal GPT's)."""
+    from lmplatform.models.bert import BertConfig, BertForPretraining
+    from lmplatform.models.gpt import GPT, GPTConfig
+    from lmplatform.models.warm_start import check_part, warm_start, warm_start_config
+
+    torch.manual_seed(0)
+    ids, mask = _sources()
+    bert = BertForPretraining(BertConfig(size="debug", vocab_size=60, dropout=0.0)).eval()
+    model = Transformer(warm_start_config(bert.cfg, pad=0, bos=2, eos=3)).eval()
+    warm_start(model, bert.bert, "both")
+    memory, _ = model.encode_source(ids, mask)
+    keep = mask.bool()
+    assert torch.allclose(memory[keep], bert.bert(ids, mask)[keep], atol=1e-5)
+    layer = model.decoder.layers[1]
+    assert torch.equal(layer.fc1.weight, bert.bert.layers[1].ffn_in.weight)
+    assert torch.equal(layer.self_attn.v_proj.bias, bert.bert.layers[1].attn.qkv.bias[128:])
+
+    gpt = GPT(GPTConfig(size="debug", vocab_size=60)).eval()
+    model = Transformer(warm_start_config(gpt.cfg, pad=0, bos=0, eos=0)).eval()
+    warm_start(model, gpt, check_part("gpt", None, "parent"))
+    assert model.cfg.pre_ln and model.cfg.activation == "gelu_tanh"
+    for layer in model.decoder.layers:
+        torch.nn.init.zeros_(layer.encoder_attn.out_proj.weight)
+        torch.nn.init.zeros_(layer.encoder_attn.out_proj.bias)
+    memory, memory_mask = model.encode_source(ids, mask)
+    assert torch.allclose(model.decode(ids, memory, memory_mask), gpt.hidden(ids), atol=1e-5)
+    with pytest.raises(ValueError, match="warm_start='encoder' from a gpt parent"):
+        check_part("gpt", "encoder", "parent")
+    with pytest.raises(ValueError, match="lstm model cannot warm-start"):
+        check_part("lstm", None, "parent")
+
+
+def test_a_translator_warm_started_from_bert_learns_and_serves(ray_local, tmp_path):
+    """BERT2BERT on the toy language: parent resolved and checked on the driver, the trial
+    starts from its weights, the promoted model keeps its tokenizer and lineage and translates."""
+    import yaml
+
+    from lmplatform.config import ConfigError, load_config
+    from lmplatform.jobconfig import FinetuneJobConfig
+    from lmplatform.models.bert import BertConfig, BertForPretraining
+    from lmplatform.models.io import from_pretrained, save_pretrained
+    from lmplatform.registry import Registry
+    from lmplatform.serving.predictors import ModelInfo, TaskPredictor
+    from lmplatform.tokenization import TokenizerConfig, train_tokenizer
+    from lmplatform.tune.data import load_task_data
+    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.search import run_search
+    from lmplatform.tune.trial import build_model, hyperparameters
+
+    rng = random.Random(1)
+    train, dev = _toy_pairs(3000, rng), _toy_pairs(150, rng)
+    texts = [s for pair in train for s in pair]
+    tok = train_tokenizer(
+        TokenizerConfig(kind="wordpiece", vocab_size=300), iter([texts]), tmp_path
+    )
+    vocab = len(json.loads(tok.read_text())["model"]["vocab"])
+    torch.manual_seed(0)
+    bert = BertForPretraining(BertConfig(size="debug", vocab_size=vocab, max_seq_len=64))
+    reg = Registry(tmp_path / "registry")
+    reg.publish(
+        "pretrained", "toy-bert", save_pretrained(bert, tmp_path / "bert", tokenizer=tok), {}
+    )
+    cfg = tmp_path / "warm.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "warm-mt",
+                "parent": "toy-bert",
+                "output_dir": str(tmp_path / "runs"),
+                "registry": str(tmp_path / "registry"),
+                "task": {
+                    "name": "warm-mt",
+                    "type": "seq2seq",
+                    "train": _write_pairs(tmp_path, "train", train),
+                    "dev": _write_pairs(tmp_path, "dev", dev),
+                    "max_seq_len": 32,
+                },
+                "train": {"lr": 1e-3, "batch_size": 32, "epochs": 6, "eval_every": 250},
+                "search": {"num_samples": 1, "scheduler": "fifo", "space": {}},
+            }
+        )
+    )
+    job = load_config(FinetuneJobConfig, cfg, [])
+    data = load_task_data(job)
+    assert data.cfg.warm_start == "both" and data.parent_ref == "toy-bert@v0001"
+    model = build_model(data, hyperparameters(data.cfg, {}))
+    assert torch.equal(model.shared.weight, bert.bert.tok_emb.weight)
+    assert torch.equal(model.encoder.layers[0].fc2.weight, bert.bert.layers[0].ffn_out.weight)
+    for override, message in [
+        ("warm_start=decoder", None),
+        ("task.max_seq_len=100", "exceeds parent toy-bert@v0001's max_seq_len=64"),
+    ]:
+        job2 = load_config(FinetuneJobConfig, cfg, [override])
+        if message is None:
+            assert load_task_data(job2).cfg.warm_start == "decoder"
+        else:
+            with pytest.raises(ValueError, match=message):
+                load_task_data(job2)
+    with pytest.raises(ConfigError, match="warm_start is for seq2seq tasks"):
+        load_config(
+            FinetuneJobConfig,
+            cfg,
+            ["task.type=classification", "task.metric=accuracy", "warm_start=encoder"],
+        )
+
+    sr = run_search(job, verbose=0)
+    out = promote(sr)
+    assert out["value"] >= 80, (out, sr.table)
+    folder = reg.local_path("tasks", "warm-mt", out["version"])
+    meta = reg.metadata("tasks", "warm-mt", out["version"])
+    assert meta["parent"] == "toy-bert@v0001"
+    assert (folder / "tokenizer.json").read_text() == tok.read_text()
+    assert from_pretrained(folder).cfg.embedding_layer_norm
+    predictor = TaskPredictor(folder, ModelInfo(name="warm-mt", version=out["version"]))
+    preds = predictor.predict(predictor.parse(["ka mo ti", "sa fe go da"], num_beams=4))
+    assert [p["text"] for p in preds] == ["cat blue red", "eat sit run sea"]

@@ -108,7 +108,12 @@ class FinetuneJobConfig(StrictModel):
     """Pretrained registry model 'name[@version]', or a Hugging Face BERT / GPT-2 checkpoint
     'hf:<folder or hub id>' (imported into the registry on first use); 'random:<either>' takes
     its architecture and tokenizer but random weights (the no-pretraining baseline). Required,
-    except for seq2seq tasks, which train the encoder-decoder in `model` from scratch."""
+    except for seq2seq tasks: without one they train the encoder-decoder in `model` from
+    scratch; with a BERT or GPT parent they warm-start it from its weights (`warm_start`)."""
+    warm_start: Literal["encoder", "decoder", "both"] | None = None
+    """seq2seq with a parent: which side its weights fill (BERT: both (default), encoder or
+    decoder; GPT: decoder). The architecture and the tokenizer (source and target) are the
+    parent's; cross-attention, and a side not warm-started, start from scratch."""
     task: TaskConfig
     """What to fine-tune for."""
     model: TransformerConfig | None = None
@@ -133,16 +138,16 @@ class FinetuneJobConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> FinetuneJobConfig:
         if task_type(self.task.type).whole_model:
-            if self.parent is not None:
-                raise ValueError(
-                    f"{self.task.type} tasks train their encoder-decoder from `model`; warm "
-                    "starting it from a parent is not supported: remove `parent`"
-                )
             if self.transfer == "frozen":
                 raise ValueError(
                     f"transfer: frozen trains a head on frozen features; a {self.task.type} "
                     "model has no head and trains in full (transfer: full)"
                 )
+            if self.parent is not None:
+                self._check_warm_start()
+                return self._check_common()
+            if self.warm_start is not None:
+                raise ValueError("warm_start needs `parent` (the BERT or GPT model to start from)")
             # (assigning re-runs this validator: only when unset)
             if self.model is None:
                 self.model = TransformerConfig()
@@ -166,7 +171,31 @@ class FinetuneJobConfig(StrictModel):
                     "`model` and `tokenizer` are for seq2seq tasks; a "
                     f"{self.task.type} task takes both from its parent"
                 )
+            if self.warm_start is not None:
+                raise ValueError(
+                    f"warm_start is for seq2seq tasks; a {self.task.type} task always starts "
+                    "from its parent's encoder"
+                )
             _check_model_ref(self.parent.removeprefix("random:"), "parent")
+        return self._check_common()
+
+    def _check_warm_start(self) -> None:
+        """seq2seq with a parent: everything but the weights' fit (checked against the
+        registry before any trial starts, lmplatform.tune.data)."""
+        if self.parent.startswith("random:"):
+            raise ValueError(
+                "parent: random:… gives random weights; a seq2seq model without pretrained "
+                "weights trains from scratch: remove `parent` (and describe it in `model`)"
+            )
+        if self.model is not None or self.tokenizer is not None:
+            raise ValueError(
+                "a warm-started seq2seq model takes its architecture and tokenizer from "
+                f"`parent` ({self.parent}): remove `model` / `tokenizer` (dropout and "
+                "label_smoothing can be searched)"
+            )
+        _check_model_ref(self.parent, "parent")
+
+    def _check_common(self) -> FinetuneJobConfig:
         _check_tracking(self.tracking, self.output_dir)
         if self.search.scheduler == "pbt" and self.scaling.num_workers > 1:
             raise ValueError(

@@ -180,9 +180,15 @@ def special_tokens(tok: Tokenizer) -> SpecialTokens:
         sep=t("[SEP]"),
         mask=t("[MASK]"),
         eot=eot,
-        bos=t(SEQ2SEQ_SPECIALS[1]),
-        eos=t(SEQ2SEQ_SPECIALS[2]),
+        # a seq2seq model warm-started from BERT (GPT) starts and ends with [CLS] / [SEP]
+        # (end-of-text)
+        bos=_first(t(SEQ2SEQ_SPECIALS[1]), t("[CLS]"), eot),
+        eos=_first(t(SEQ2SEQ_SPECIALS[2]), t("[SEP]"), eot),
     )
+
+
+def _first(*ids: int | None) -> int | None:
+    return next((i for i in ids if i is not None), None)
 
 
 def continuation_mask(tok: Tokenizer) -> list[bool]:

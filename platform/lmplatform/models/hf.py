@@ -42,6 +42,12 @@ def not_expressible(model: nn.Module) -> str | None:
                 "it is pre-LayerNorm, and MarianMTModel (the paper's layout in transformers) is "
                 "post-LN; train with model.pre_ln: false to export"
             )
+        c = model.cfg
+        if c.positions != "sinusoidal" or c.embedding_layer_norm or not c.scale_embedding:
+            return (
+                "it has BERT/GPT-style embeddings (learned positions, no sqrt(d) scaling or an "
+                "embedding LayerNorm: a warm-started model), and MarianMTModel has the paper's"
+            )
         if model.cfg.layer_norm_eps != 1e-5:
             return f"MarianMTModel's LayerNorms use eps 1e-5, this model {model.cfg.layer_norm_eps}"
         return None
@@ -344,7 +350,7 @@ def _marian_config(model: Transformer) -> dict:
         "decoder_attention_heads": c.num_heads,
         "encoder_ffn_dim": c.intermediate_size,
         "decoder_ffn_dim": c.intermediate_size,
-        "activation_function": c.activation,
+        "activation_function": {"gelu_tanh": "gelu_new"}.get(c.activation, c.activation),
         "dropout": c.dropout,
         "attention_dropout": c.dropout,
         "activation_dropout": c.dropout,

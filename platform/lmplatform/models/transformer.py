@@ -80,8 +80,15 @@ class TransformerConfig(StrictModel):
     """Width of the feed-forward layer (d_ff)."""
     max_seq_len: int = Field(256, ge=8, le=65536)
     """Longest source or target, in tokens."""
-    activation: Literal["relu", "gelu"] = "relu"
-    """Feed-forward activation (the paper's ReLU; GELU as in BERT)."""
+    activation: Literal["relu", "gelu", "gelu_tanh"] = "relu"
+    """Feed-forward activation (the paper's ReLU; GELU as in BERT; GPT-2's tanh GELU)."""
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    """The paper's fixed sinusoids (one table for both sides), or a learned table per side
+    (BERT's and GPT's: what a warm start from them takes)."""
+    embedding_layer_norm: bool = False
+    """A LayerNorm on each side's embeddings (BERT's; BART's `layernorm_embedding`)."""
+    scale_embedding: bool = True
+    """Token embeddings times sqrt(d_model), as in the paper (BERT and GPT do not scale)."""
     pre_ln: bool = False
     """LayerNorm before each sublayer (plus a final one) instead of after it. Post-LN is the
     paper's and Marian's layout (exports to Hugging Face); pre-LN tolerates higher learning
@@ -106,7 +113,7 @@ class TransformerConfig(StrictModel):
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
             )
-        if self.hidden_size % 2:
+        if self.positions == "sinusoidal" and self.hidden_size % 2:
             raise ValueError(f"hidden_size={self.hidden_size} must be even (sinusoidal positions)")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             if getattr(self, name) >= self.vocab_size:
@@ -210,13 +217,20 @@ class Attention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+_ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
 class FeedForward(nn.Module):
     """fc2(dropout(act(fc1(x)))); mixed into the layers so parameter names match Marian's."""
 
     def _init_ffn(self, cfg: TransformerConfig) -> None:
         self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.act = F.relu if cfg.activation == "relu" else F.gelu
+        self.act = _ACTIVATIONS[cfg.activation]
         self.drop = Dropout(cfg.dropout)
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,10 +287,16 @@ class DecoderLayer(FeedForward, nn.Module):
 
 class Stack(nn.Module):
     """The encoder's or decoder's layers; pre-LN stacks end in a LayerNorm (their residual
-    stream is otherwise unnormalised)."""
+    stream is otherwise unnormalised). With learned positions each side has its own table and,
+    optionally, a LayerNorm on its embeddings (BART's names)."""
 
     def __init__(self, cfg: TransformerConfig, layer: type[nn.Module], n: int):
         super().__init__()
+        h, eps = cfg.hidden_size, cfg.layer_norm_eps
+        self.embed_positions = (
+            nn.Embedding(cfg.max_seq_len, h) if cfg.positions == "learned" else None
+        )
+        self.layernorm_embedding = nn.LayerNorm(h, eps=eps) if cfg.embedding_layer_norm else None
         self.layers = nn.ModuleList(layer(cfg) for _ in range(n))
         self.layer_norm = (
             nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.pre_ln else None
@@ -291,10 +311,11 @@ class Transformer(nn.Module):
         self.cfg = cfg
         h = cfg.hidden_size
         self.shared = nn.Embedding(cfg.vocab_size, h)
-        self.register_buffer(
-            "positions", sinusoidal_positions(cfg.max_seq_len, h), persistent=False
-        )
-        self.embed_scale = math.sqrt(h)
+        if cfg.positions == "sinusoidal":
+            self.register_buffer(
+                "positions", sinusoidal_positions(cfg.max_seq_len, h), persistent=False
+            )
+        self.embed_scale = math.sqrt(h) if cfg.scale_embedding else 1.0
         self.drop = Dropout(cfg.dropout)
         self.encoder = Stack(cfg, EncoderLayer, cfg.num_encoder_layers)
         self.decoder = Stack(cfg, DecoderLayer, cfg.num_decoder_layers)
@@ -303,9 +324,10 @@ class Transformer(nn.Module):
 
     def _init(self) -> None:
         self.apply(lambda m: init_weights(m, self.cfg.initializer_range))
-        # scaled by sqrt(d) on the way in, tied to the output layer on the way out: N(0, d^-1/2)
-        # gives unit-variance inputs and logits of order one (the paper's / fairseq's choice)
-        nn.init.normal_(self.shared.weight, mean=0.0, std=self.cfg.hidden_size**-0.5)
+        if self.cfg.scale_embedding:
+            # scaled by sqrt(d) on the way in, tied to the output layer on the way out: N(0,
+            # d^-1/2) gives unit-variance inputs and logits of order one (the paper's / fairseq's)
+            nn.init.normal_(self.shared.weight, mean=0.0, std=self.cfg.hidden_size**-0.5)
         with torch.no_grad():
             self.shared.weight[self.cfg.pad_token_id].zero_()
 
@@ -313,13 +335,19 @@ class Transformer(nn.Module):
     def hidden_size(self) -> int:
         return self.cfg.hidden_size
 
-    def _embed(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def _embed(self, ids: torch.Tensor, side: Stack, start: int = 0) -> torch.Tensor:
         T = ids.shape[1]
         if start + T > self.cfg.max_seq_len:
             raise ValueError(
                 f"sequence of {start + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}"
             )
-        x = self.shared(ids) * self.embed_scale + self.positions[start : start + T]
+        if side.embed_positions is not None:
+            pos = side.embed_positions.weight[start : start + T]
+        else:
+            pos = self.positions[start : start + T]
+        x = self.shared(ids) * self.embed_scale + pos
+        if side.layernorm_embedding is not None:
+            x = side.layernorm_embedding(x)
         return self.drop(x)
 
     # ------------------------------------------------------------------ encoder / decoder
@@ -329,7 +357,7 @@ class Transformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(memory (B, S, H), memory mask (B, 1, 1, S) bool or None when nothing is padded)."""
         mask = padding_mask(attention_mask)
-        x = self._embed(input_ids)
+        x = self._embed(input_ids, self.encoder)
         for layer in self.encoder.layers:
             x = layer(x, mask)
         if self.encoder.layer_norm is not None:
@@ -348,7 +376,7 @@ class Transformer(nn.Module):
         start = cache.length if cache is not None else 0
         if cache is not None and not cache.layers:
             cache.layers = [LayerCache() for _ in self.decoder.layers]
-        x = self._embed(decoder_input_ids, start)
+        x = self._embed(decoder_input_ids, self.decoder, start)
         for i, layer in enumerate(self.decoder.layers):
             x = layer(x, memory, memory_mask, cache.layers[i] if cache is not None else None)
         if self.decoder.layer_norm is not None:
@@ -410,7 +438,7 @@ class Transformer(nn.Module):
         """Depth for layer-wise LR decay: 0 embeddings, encoder then decoder layers above."""
         parts = name.split(".")
         n_enc = self.cfg.num_encoder_layers
-        if parts[0] == "shared":
+        if parts[0] == "shared" or parts[1] in ("embed_positions", "layernorm_embedding"):
             return 0
         if parts[:2] == ["encoder", "layers"]:
             return int(parts[2]) + 1

@@ -1,7 +1,8 @@
 """What every trial of a search needs, resolved once on the driver and shipped by Tune: the
 parent model (registry reference, config, tokenizer), the task's validated rows and labels.
-A seq2seq task has no parent: its joint tokenizer is trained here, over both sides of the
-training pairs, and its model config is the job's with the tokenizer's vocabulary and ids."""
+A seq2seq task from scratch has no parent: its joint tokenizer is trained here, over both sides
+of the training pairs, and its model config is the job's with the tokenizer's vocabulary and
+ids; a warm-started one takes the parent's tokenizer and the architecture its weights fit."""
 
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
     from lmplatform.models.io import read_config
     from lmplatform.registry import Registry
 
-    if job.parent is None:
-        return _scratch_task_data(job)
+    if task_type(job.task.type).whole_model:
+        return _seq2seq_task_data(job)
     reg = Registry(job.registry)
     random_init = job.parent.startswith("random:")
     ref = job.parent.removeprefix("random:")
@@ -69,40 +70,40 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
     )
 
 
-def _scratch_task_data(job: FinetuneJobConfig) -> TaskData:
-    """seq2seq: rows first, then a joint tokenizer over their source and target sides."""
-    import tempfile
-
+def _seq2seq_task_data(job: FinetuneJobConfig) -> TaskData:
+    """seq2seq: rows first; then, from scratch, a joint tokenizer trained over their source and
+    target sides and the job's model with its vocabulary and ids, or, warm-started, the
+    parent's tokenizer and the encoder-decoder its weights fit."""
     from tokenizers import Tokenizer
 
     from lmplatform.registry import Registry
-    from lmplatform.tokenization import special_tokens, tokenizer_hash, train_tokenizer
+    from lmplatform.tokenization import special_tokens, tokenizer_hash
 
     t = job.task
     tt = task_type(t.type)
     train = load_labelled(t.train, t.type, None, t.max_bad_fraction)
     dev = load_labelled(t.dev, t.type, None, t.max_bad_fraction)
     rows = _subset(train.dataset.to_list(), t.max_train_rows)
-    texts = [r["source"] for r in rows] + [r["target"] for r in rows]
-    with tempfile.TemporaryDirectory() as d:
-        path = train_tokenizer(
-            job.tokenizer, (texts[i : i + 1000] for i in range(0, len(texts), 1000)), d
+    if job.parent is None:
+        parent_ref, tokenizer_json = "scratch", _joint_tokenizer(job, rows)
+        tok = Tokenizer.from_str(tokenizer_json)
+        sp = special_tokens(tok)
+        model = job.model.model_copy(
+            update=dict(
+                vocab_size=tok.get_vocab_size(),
+                pad_token_id=sp.pad,
+                bos_token_id=sp.bos,
+                eos_token_id=sp.eos,
+            )
         )
-        tokenizer_json = path.read_text()
-    tok = Tokenizer.from_str(tokenizer_json)
-    sp = special_tokens(tok)
-    model = job.model.model_copy(
-        update=dict(
-            vocab_size=tok.get_vocab_size(),
-            pad_token_id=sp.pad,
-            bos_token_id=sp.bos,
-            eos_token_id=sp.eos,
-        )
-    )
+    else:
+        parent_ref, tokenizer_json, model, part = _warm_start_parent(job)
+        job = job.model_copy(update={"warm_start": part})
+        tok = Tokenizer.from_str(tokenizer_json)
     return TaskData(
         job=job.model_dump(mode="json"),
         registry=Registry(job.registry).uri,
-        parent_ref="scratch",
+        parent_ref=parent_ref,
         model_config=model.model_dump(mode="json"),
         tokenizer_json=tokenizer_json,
         tokenizer_hash=tokenizer_hash(tok),
@@ -112,6 +113,47 @@ def _scratch_task_data(job: FinetuneJobConfig) -> TaskData:
         dev_rows=dev.dataset.to_list(),
         fingerprints={"train": train.fingerprint, "dev": dev.fingerprint},
     )
+
+
+def _joint_tokenizer(job: FinetuneJobConfig, rows: list[dict]) -> str:
+    import tempfile
+
+    from lmplatform.tokenization import train_tokenizer
+
+    texts = [r["source"] for r in rows] + [r["target"] for r in rows]
+    with tempfile.TemporaryDirectory() as d:
+        path = train_tokenizer(
+            job.tokenizer, (texts[i : i + 1000] for i in range(0, len(texts), 1000)), d
+        )
+        return path.read_text()
+
+
+def _warm_start_parent(job: FinetuneJobConfig):
+    """(parent ref, its tokenizer, the encoder-decoder its weights fit, the part to fill),
+    checked here on the driver so that a parent that cannot warm-start fails before any trial."""
+    from tokenizers import Tokenizer
+
+    from lmplatform.hfimport import resolve_pretrained
+    from lmplatform.models.io import model_config, read_config
+    from lmplatform.models.warm_start import check_part, warm_start_config
+    from lmplatform.registry import Registry
+    from lmplatform.tokenization import special_tokens
+
+    reg = Registry(job.registry)
+    name, version = resolve_pretrained(reg, job.parent)
+    path = reg.local_path("pretrained", name, version)
+    parent = model_config(read_config(path))
+    where = f"parent {name}@{version}"
+    part = check_part(parent.family, job.warm_start, where)
+    tokenizer_json = (path / "tokenizer.json").read_text()
+    sp = special_tokens(Tokenizer.from_str(tokenizer_json))
+    if job.task.max_seq_len > parent.max_seq_len:
+        raise ValueError(
+            f"task.max_seq_len={job.task.max_seq_len} exceeds {where}'s max_seq_len="
+            f"{parent.max_seq_len} (its learned positions)"
+        )
+    model = warm_start_config(parent, sp.pad, sp.bos, sp.eos)
+    return f"{name}@{version}", tokenizer_json, model, part
 
 
 def _subset(rows: list[dict], cap: int | None) -> list[dict]:

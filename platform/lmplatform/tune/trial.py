@@ -41,13 +41,16 @@ def build_model(data: TaskData, hp: dict) -> nn.Module:
     from lmplatform.models.io import model_config, task_model_from_pretrained
 
     t = data.cfg.task
-    if task_type(t.type).whole_model:  # the encoder-decoder itself, from scratch
+    if task_type(t.type).whole_model:  # the encoder-decoder itself: from scratch or warm
         from lmplatform.models.families import family
 
         cfg = model_config({"model": data.model_config}).model_copy(
             update={"dropout": hp["dropout"], "label_smoothing": hp["label_smoothing"]}
         )
-        return family(cfg).pretraining(cfg)
+        model = family(cfg).pretraining(cfg)
+        if data.parent_ref != "scratch":
+            _warm_start(model, data)
+        return model
     n = len(data.label_names)
     frozen = hp["transfer"] == "frozen"
     layout = task_type(t.type).layout
@@ -61,6 +64,17 @@ def build_model(data: TaskData, hp: dict) -> nn.Module:
         )
     encoder = build_encoder(model_config({"model": data.model_config}))
     return TaskModel(encoder, t.type, n, dropout=hp["dropout"], frozen=frozen, layout=layout)
+
+
+def _warm_start(model: nn.Module, data: TaskData) -> None:
+    from lmplatform.models.io import from_pretrained
+    from lmplatform.models.tasks import encoder_of
+    from lmplatform.models.warm_start import warm_start
+    from lmplatform.registry import Registry
+
+    name, version = data.parent_ref.split("@")
+    path = Registry(data.registry).local_path("pretrained", name, version)  # on this node
+    warm_start(model, encoder_of(from_pretrained(path)), data.cfg.warm_start)
 
 
 def lr_scale_fn(model: nn.Module, layer_decay: float):
@@ -81,7 +95,7 @@ def hyperparameters(job: FinetuneJobConfig, config: dict) -> dict:
         "warmup_ratio": job.train.warmup_ratio,
         "weight_decay": job.train.weight_decay,
         "dropout": job.model.dropout if job.model else 0.1,
-        "label_smoothing": job.model.label_smoothing if job.model else 0.0,
+        "label_smoothing": job.model.label_smoothing if job.model else 0.1,
         "layer_decay": job.layer_decay,
         "transfer": job.transfer,
     }
