@@ -364,8 +364,10 @@ def test_warm_started_sides_compute_what_the_parent_computes():
 
 
 def test_a_translator_warm_started_from_bert_learns_and_serves(ray_local, tmp_path):
-    """BERT2BERT on the toy language: parent resolved and checked on the driver, the trial
-    starts from its weights, the promoted model keeps its tokenizer and lineage and translates."""
+    """BERT2BERT on the toy language, trained by two Ray Train workers under DeepSpeed ZeRO-2:
+    parent resolved and checked on the driver, the trial starts from its weights, checkpoints
+    are the ranks' shards, the promoted model keeps the parent's tokenizer and lineage and
+    translates."""
     import yaml
 
     from lmplatform.config import ConfigError, load_config
@@ -376,7 +378,7 @@ def test_a_translator_warm_started_from_bert_learns_and_serves(ray_local, tmp_pa
     from lmplatform.serving.predictors import ModelInfo, TaskPredictor
     from lmplatform.tokenization import TokenizerConfig, train_tokenizer
     from lmplatform.tune.data import load_task_data
-    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.promotion import best_checkpoint, promote
     from lmplatform.tune.search import run_search
     from lmplatform.tune.trial import build_model, hyperparameters
 
@@ -408,8 +410,10 @@ def test_a_translator_warm_started_from_bert_learns_and_serves(ray_local, tmp_pa
                     "dev": _write_pairs(tmp_path, "dev", dev),
                     "max_seq_len": 32,
                 },
-                "train": {"lr": 1e-3, "batch_size": 32, "epochs": 6, "eval_every": 250},
+                "train": {"lr": 1e-3, "batch_size": 32, "epochs": 10, "eval_every": 200},
                 "search": {"num_samples": 1, "scheduler": "fifo", "space": {}},
+                # two DDP ranks under DeepSpeed ZeRO-2, as a GPU cluster would run it
+                "scaling": {"num_workers": 2, "cpus_per_worker": 0.5, "zero_stage": 2},
             }
         )
     )
@@ -437,6 +441,11 @@ def test_a_translator_warm_started_from_bert_learns_and_serves(ray_local, tmp_pa
         )
 
     sr = run_search(job, verbose=0)
+    (row,) = sr.table
+    assert row["status"] == "done" and row["steps"] == 10 * (3000 // (32 * 2))
+    _, ckpt = best_checkpoint(sr.results, output_dir=job.output_dir)
+    with ckpt.as_directory() as d:  # one ZeRO optimizer partition per rank
+        assert len(list(Path(d, "state").glob("*optim_states.pt"))) == 2
     out = promote(sr)
     assert out["value"] >= 80, (out, sr.table)
     folder = reg.local_path("tasks", "warm-mt", out["version"])

@@ -179,6 +179,12 @@ class FinetuneJobConfig(StrictModel):
             _check_model_ref(self.parent.removeprefix("random:"), "parent")
         return self._check_common()
 
+    @property
+    def trials_on_ray_train(self) -> bool:
+        """Trials with several workers or ZeRO (which needs a process group, even for one
+        worker) run a TorchTrainer each; others are plain Tune function trials."""
+        return self.scaling.num_workers > 1 or self.scaling.zero_stage > 0
+
     def _check_warm_start(self) -> None:
         """seq2seq with a parent: everything but the weights' fit (checked against the
         registry before any trial starts, lmplatform.tune.data)."""
@@ -197,9 +203,10 @@ class FinetuneJobConfig(StrictModel):
 
     def _check_common(self) -> FinetuneJobConfig:
         _check_tracking(self.tracking, self.output_dir)
-        if self.search.scheduler == "pbt" and self.scaling.num_workers > 1:
+        if self.search.scheduler == "pbt" and self.trials_on_ray_train:
             raise ValueError(
-                "search.scheduler=pbt needs single-worker trials (scaling.num_workers=1): "
+                "search.scheduler=pbt needs single-worker trials without DeepSpeed "
+                "(scaling.num_workers=1, scaling.zero_stage=0): "
                 "Ray Train's Tune bridge cannot restore one trial from another's checkpoint"
             )
         if self.search.scheduler == "pbt" and not any(

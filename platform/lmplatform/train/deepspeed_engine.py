@@ -66,18 +66,21 @@ class DeepSpeedStepper:
         scaling: ScalingConfig,
         world_size: int,
         total_steps: int,
+        groups: list[dict] | None = None,
     ):
         import deepspeed
 
         config = deepspeed_config(train, scaling, world_size)
         optimizer = None
-        groups = param_groups(model, train.weight_decay)
+        groups = groups or param_groups(model, train.weight_decay)
+        for g in groups:  # layer-wise decay scales each group's peak (and so its schedule)
+            g["lr"] = train.lr * g.get("lr_scale", 1.0)
         if "optimizer" not in config:
-            for g in groups:
-                g["lr"] = train.lr
             optimizer = torch.optim.AdamW(
                 groups, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay
             )
+
+        self._lr_scale = groups[0].get("lr_scale", 1.0)
 
         def scheduler(opt):
             return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train, total_steps))
@@ -100,4 +103,5 @@ class DeepSpeedStepper:
 
     @property
     def lr(self) -> float:
-        return self.engine.get_lr()[0]
+        """The peak-relative schedule's current rate (group 0's, undoing its layer scale)."""
+        return self.engine.get_lr()[0] / self._lr_scale

@@ -11,6 +11,7 @@ import torch
 from lmplatform import storage
 from lmplatform.models.tasks import TaskModel
 from lmplatform.tasks.encoding import TaskEncoder
+from lmplatform.train.worker_parts import consolidated_state_dict
 from lmplatform.tune.search import SearchResult
 from lmplatform.tune.trial import CKPT, SELECTION, build_model, evaluate
 
@@ -44,8 +45,10 @@ def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
     _, ckpt = best_checkpoint(sr.results, SELECTION, job.output_dir)
     with ckpt.as_directory() as d:
         state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
+        # a DeepSpeed trial's weights are in its ZeRO shards: their fp32 copy, merged
+        weights = state["model"] if "model" in state else consolidated_state_dict(d)
     model = build_model(data, state["hp"])
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     tok = Tokenizer.from_str(data.tokenizer_json)
     encoder = TaskEncoder(tok, job.task.type, job.task.max_seq_len)
     return model, state, evaluate(model, data, data.dev_rows, encoder, detail=True)

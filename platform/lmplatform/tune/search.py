@@ -81,7 +81,7 @@ def run_search(
     data = data or load_task_data(job)
     s = job.search
     metric = job.task.metric
-    if job.scaling.num_workers > 1:
+    if job.trials_on_ray_train:
         trainable = tune.with_parameters(train_driver_trial, data=data)
         # the driver itself needs little; its TorchTrainer asks for the workers' resources
         trainable = tune.with_resources(trainable, {"CPU": 0.01})

@@ -3,9 +3,11 @@
 - Single-worker trials are function trainables that report a real Tune checkpoint (weights,
   optimizer, step) at every evaluation, so ASHA can stop them and PBT can copy one trial's
   checkpoint into another and continue from it with mutated hyperparameters.
-- Multi-worker trials (`scaling.num_workers > 1`) follow Ray Train V2's pattern: the trial is a
-  driver function that runs a `TorchTrainer` (DDP, built like pretraining's) and forwards its
-  reports to Tune with `TuneReportCallback`. Ray's bridge does not support PBT.
+- Multi-worker trials (`scaling.num_workers > 1`) and DeepSpeed trials (`scaling.zero_stage`
+  1-3, any number of workers: ZeRO needs a process group) follow Ray Train V2's pattern: the
+  trial is a driver function that runs a `TorchTrainer` (DDP or a DeepSpeed engine, built like
+  pretraining's) and forwards its reports to Tune with `TuneReportCallback`. A DeepSpeed trial's
+  checkpoint is every rank's ZeRO shard. Ray's bridge does not support PBT.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from lmplatform.jobconfig import SEARCHABLE, FinetuneJobConfig
 from lmplatform.models.tasks import TaskModel, build_encoder
 from lmplatform.tasks import task_type
 from lmplatform.tasks.encoding import TaskEncoder
+from lmplatform.train.loop import to_device
+from lmplatform.train.worker_parts import TAG
 from lmplatform.tune.data import TaskData, eval_subset
 
 CKPT = "trial.pt"
@@ -181,10 +185,11 @@ def evaluate(
     scorer = task_type(task.type).scorer(
         data.label_names, data.classes, model=model, encoder=encoder, task=task, final=detail
     )
+    device = next(model.parameters()).device
     loss_sum, n = 0.0, 0
     for i in range(0, len(rows), bs):
         chunk = rows[i : i + bs]
-        batch = encoder.collate(chunk)
+        batch = to_device(encoder.collate(chunk), device)
         out = model(**batch)
         loss_sum += float(out["loss"]) * len(chunk)
         n += len(chunk)
@@ -212,6 +217,9 @@ def restore(checkpoint, model, stepper, cfg, hp: dict, total: int) -> tuple[int,
 
     with checkpoint.as_directory() as d:
         state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
+        if "model" not in state:  # DeepSpeed: every rank loads its shard
+            stepper.engine.load_checkpoint(d, tag=TAG)
+            return state["step"], state.get("trial")
     model.load_state_dict(state["model"])
     stepper.optimizer.load_state_dict(state["optimizer"])
     start = state["step"]
@@ -237,6 +245,7 @@ class TrialReporter:
         self, model, stepper, hp, metric, per_epoch, start, restored, report, make_ckpt, rank
     ):
         self.model, self.stepper, self.hp, self.metric = model, stepper, hp, metric
+        self.engine = getattr(stepper, "engine", None)  # DeepSpeed
         self.per_epoch, self.start, self.restored = per_epoch, start, restored
         self.report, self.make_ckpt, self.rank = report, make_ckpt, rank
         self.name, self.t0 = _trial_name(), time.time()
@@ -253,6 +262,9 @@ class TrialReporter:
             "restored_from_step": self.start if self.restored is not None else -1,
             **{k: v for k, v in ev.items() if k.startswith("f1/")},
         }
+        if self.engine is not None:
+            self._deepspeed_checkpoint(step, metrics)
+            return
         if self.rank != 0:
             self.report(metrics)
             return
@@ -267,13 +279,35 @@ class TrialReporter:
             torch.save(state, Path(d) / CKPT)
             self.report(metrics, checkpoint=self.make_ckpt(d))
 
+    def _deepspeed_checkpoint(self, step: int, metrics: dict) -> None:
+        """Every rank saves its ZeRO shard (weights, optimizer, schedule) and reports its
+        folder; Ray Train merges them into one checkpoint. Rank 0 adds the trial's step and
+        hyperparameters (promotion consolidates the fp32 weights from the shards)."""
+        import torch.distributed as dist
+
+        with tempfile.TemporaryDirectory() as d:
+            self.engine.save_checkpoint(d, tag=TAG)
+            if self.rank == 0:
+                torch.save({"step": step, "trial": self.name, "hp": self.hp}, Path(d) / CKPT)
+            dist.barrier()
+            self.report(metrics, checkpoint=self.make_ckpt(d))
+
 
 def run_trial(
-    config: dict, data: TaskData, report, checkpoint, make_checkpoint, rank=0, world=1, wrap=None
+    config: dict,
+    data: TaskData,
+    report,
+    checkpoint,
+    make_checkpoint,
+    rank=0,
+    world=1,
+    wrap=None,
+    device: str | torch.device = "cpu",
 ) -> None:
     """Train one configuration; evaluate every `train.eval_every` steps and report each
     evaluation with a checkpoint. `report` / `checkpoint` / `make_checkpoint` are Tune's (single
-    worker) or Ray Train's (a worker of a multi-worker trial)."""
+    worker) or Ray Train's (a worker of a multi-worker or DeepSpeed trial); `wrap` makes the
+    model data-parallel (DDP; a DeepSpeed engine is its own wrapper)."""
     from tokenizers import Tokenizer
 
     from lmplatform.train.loop import TorchStepper, fit, param_groups
@@ -281,14 +315,21 @@ def run_trial(
     job = data.cfg
     hp = hyperparameters(job, config)
     torch.manual_seed(job.train.seed)
-    model = build_model(data, hp)
+    model = build_model(data, hp).to(device)
     tokenizer = Tokenizer.from_str(data.tokenizer_json)
     encoder = TaskEncoder(tokenizer, job.task.type, job.task.max_seq_len)
     per = steps_per_epoch(len(data.train_rows), hp["batch_size"], world)
     total = total_steps(job, hp["epochs"], per)
     cfg = trial_train_config(job, hp, total)
     groups = param_groups(model, hp["weight_decay"], lr_scale_fn(model, hp["layer_decay"]))
-    stepper = TorchStepper(model, cfg, total, groups)
+    if job.scaling.zero_stage > 0:
+        from lmplatform.train.deepspeed_engine import DeepSpeedStepper
+
+        stepper = DeepSpeedStepper(model, cfg, job.scaling, world, total, groups)
+        trained = stepper.engine
+    else:
+        stepper = TorchStepper(model, cfg, total, groups)
+        trained = wrap(model) if wrap else model
     start, donor = 0, None
     if checkpoint is not None:
         start, donor = restore(checkpoint, model, stepper, cfg, hp, total)
@@ -299,7 +340,7 @@ def run_trial(
     )
     dev = eval_subset(data)
     fit(
-        wrap(model) if wrap else model,
+        trained,
         _batches(
             data.train_rows,
             encoder,
@@ -316,6 +357,7 @@ def run_trial(
         start_step=start,
         evaluate=lambda m: evaluate(m.module if hasattr(m, "module") else m, data, dev, encoder),
         on_eval=on_eval,
+        device=device,
         log=None,
         name=f"trial {on_eval.name}",
     )
@@ -336,7 +378,14 @@ def tune_trial(config: dict, data: TaskData) -> None:
     from ray import tune
 
     torch.set_num_threads(max(1, int(data.cfg.scaling.cpus_per_worker)))
-    run_trial(config, data, tune.report, tune.get_checkpoint(), tune.Checkpoint.from_directory)
+    run_trial(
+        config,
+        data,
+        tune.report,
+        tune.get_checkpoint(),
+        tune.Checkpoint.from_directory,
+        device="cuda" if data.cfg.scaling.use_gpu else "cpu",  # Tune sets CUDA_VISIBLE_DEVICES
+    )
 
 
 def _train_worker(loop_config: dict) -> None:
@@ -353,6 +402,7 @@ def _train_worker(loop_config: dict) -> None:
         rank=ctx.get_world_rank(),
         world=ctx.get_world_size(),
         wrap=ray.train.torch.prepare_model,
+        device=ray.train.torch.get_device(),
     )
 
 
