@@ -428,17 +428,40 @@ def test_a_frozen_bilm_trial_through_tune_moves_only_the_scalar_mix_and_head(
     assert all(torch.equal(v, published[k]) for k, v in model.encoder.state_dict().items())
 
 
-def test_a_deepspeed_trial_checkpoints_its_shards_and_resumes_at_its_step(registry, tmp_path):
-    """scaling.zero_stage=2: the trial trains on a DeepSpeed engine (in-process here, a
+@pytest.fixture(scope="module")
+def one_rank_group():
+    """A one-rank gloo process group in this process (DeepSpeed needs one; it caches its
+    groups, so the group lives as long as the module's tests)."""
+    import torch.distributed as dist
+
+    from conftest import _free_port
+
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_deepspeed_trial_checkpoints_its_shards_and_resumes_at_its_step(
+    registry, tmp_path, stage, one_rank_group
+):
+    """scaling.zero_stage 2 / 3: the trial trains on a DeepSpeed engine (in-process here, a
     one-rank gloo group), checkpoints its ZeRO shard, and a trial restored from its first
     checkpoint continues at the next step exactly as the uninterrupted trial did."""
     import shutil
 
-    import torch.distributed as dist
     from ray.train import Checkpoint
     from tokenizers import Tokenizer
 
-    from conftest import _free_port
     from lmplatform.tasks.encoding import TaskEncoder
     from lmplatform.train.worker_parts import consolidated_state_dict
     from lmplatform.tune.data import eval_subset, load_task_data
@@ -447,7 +470,7 @@ def test_a_deepspeed_trial_checkpoints_its_shards_and_resumes_at_its_step(regist
     job = _job(
         registry,
         "zero",
-        "scaling.zero_stage=2",
+        f"scaling.zero_stage={stage}",
         "train.epochs=null",
         "train.max_steps=24",
         "train.eval_every=12",
@@ -455,45 +478,33 @@ def test_a_deepspeed_trial_checkpoints_its_shards_and_resumes_at_its_step(regist
     )
     assert job.trials_on_ray_train  # ZeRO needs a process group: a TorchTrainer per trial
     data = load_task_data(job)
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
 
-        def run(checkpoint, tag):
-            reports = []
+    def run(checkpoint, tag):
+        reports = []
 
-            def keep(d):  # the reporter's folder is temporary: keep a copy
-                dest = tmp_path / f"{tag}-{len(reports)}"
-                shutil.copytree(d, dest)
-                return Checkpoint.from_directory(str(dest))
+        def keep(d):  # the reporter's folder is temporary: keep a copy
+            dest = tmp_path / f"{tag}-{len(reports)}"
+            shutil.copytree(d, dest)
+            return Checkpoint.from_directory(str(dest))
 
-            run_trial(
-                {}, data, lambda m, checkpoint: reports.append((m, checkpoint)), checkpoint, keep
-            )
-            return reports
+        run_trial({}, data, lambda m, checkpoint: reports.append((m, checkpoint)), checkpoint, keep)
+        return reports
 
-        full = run(None, "full")
-        assert [m["step"] for m, _ in full] == [12, 24]
-        first = full[0][1]
-        shards = {p.name for p in Path(first.path, "state").iterdir()}
-        assert any("optim_states" in s for s in shards), shards  # ZeRO's partitioned state
-        assert "model" not in torch.load(Path(first.path, CKPT), weights_only=False)
-        resumed = run(first, "resumed")
-        assert [m["step"] for m, _ in resumed] == [24]
-        assert resumed[0][0]["restored_from_step"] == 12
-        assert resumed[0][0]["dev_loss"] == pytest.approx(full[1][0]["dev_loss"], rel=1e-4)
-        # promotion reads the fp32 weights merged from the shards: the same model as trained
-        model = build_model(data, hyperparameters(job, {}))
-        model.load_state_dict(consolidated_state_dict(first.path))
-        encoder = TaskEncoder(
-            Tokenizer.from_str(data.tokenizer_json), job.task.type, job.task.max_seq_len
-        )
-        dev = evaluate(model, data, eval_subset(data), encoder)
-        assert dev["dev_loss"] == pytest.approx(full[0][0]["dev_loss"], rel=1e-4)
-    finally:
-        dist.destroy_process_group()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    full = run(None, "full")
+    assert [m["step"] for m, _ in full] == [12, 24]
+    first = full[0][1]
+    shards = {p.name for p in Path(first.path, "state").iterdir()}
+    assert any("optim_states" in s for s in shards), shards  # ZeRO's partitioned state
+    assert "model" not in torch.load(Path(first.path, CKPT), weights_only=False)
+    resumed = run(first, "resumed")
+    assert [m["step"] for m, _ in resumed] == [24]
+    assert resumed[0][0]["restored_from_step"] == 12
+    assert resumed[0][0]["dev_loss"] == pytest.approx(full[1][0]["dev_loss"], rel=1e-4)
+    # promotion reads the fp32 weights merged from the shards: the same model as trained
+    model = build_model(data, hyperparameters(job, {}))
+    model.load_state_dict(consolidated_state_dict(first.path))
+    encoder = TaskEncoder(
+        Tokenizer.from_str(data.tokenizer_json), job.task.type, job.task.max_seq_len
+    )
+    dev = evaluate(model, data, eval_subset(data), encoder)
+    assert dev["dev_loss"] == pytest.approx(full[0][0]["dev_loss"], rel=1e-4)
