@@ -92,28 +92,40 @@ def warm_start(model: Transformer, parent: nn.Module, part: str) -> None:
         raise TypeError(f"cannot warm-start from {type(parent).__name__}")
 
 
+# our layer's modules <- the parent block's, besides the attention projections
+_BERT_LAYER = {
+    "self_attn_layer_norm": "attn_ln",
+    "fc1": "ffn_in",
+    "fc2": "ffn_out",
+    "final_layer_norm": "ffn_ln",
+}
+_GPT_LAYER = {
+    "self_attn_layer_norm": "ln_1",
+    "fc1": "fc",
+    "fc2": "proj",
+    "final_layer_norm": "ln_2",
+}
+
+
 def _bert_into(stack: Stack, bert: BertEncoder) -> None:
     n = stack.embed_positions.num_embeddings
     stack.embed_positions.weight.copy_(bert.pos_emb.weight[:n] + bert.type_emb.weight[0])
     stack.layernorm_embedding.load_state_dict(bert.emb_ln.state_dict())
-    for ours, theirs in zip(stack.layers, bert.layers, strict=True):
-        _attention(ours.self_attn, theirs.attn)
-        ours.self_attn_layer_norm.load_state_dict(theirs.attn_ln.state_dict())
-        ours.fc1.load_state_dict(theirs.ffn_in.state_dict())
-        ours.fc2.load_state_dict(theirs.ffn_out.state_dict())
-        ours.final_layer_norm.load_state_dict(theirs.ffn_ln.state_dict())
+    _layers_into(stack, bert.layers, _BERT_LAYER)
 
 
 def _gpt_into(stack: Stack, gpt: GPT) -> None:
     n = stack.embed_positions.num_embeddings
     stack.embed_positions.weight.copy_(gpt.pos_emb.weight[:n])
-    for ours, theirs in zip(stack.layers, gpt.blocks, strict=True):
-        _attention(ours.self_attn, theirs.attn)
-        ours.self_attn_layer_norm.load_state_dict(theirs.ln_1.state_dict())
-        ours.fc1.load_state_dict(theirs.fc.state_dict())
-        ours.fc2.load_state_dict(theirs.proj.state_dict())
-        ours.final_layer_norm.load_state_dict(theirs.ln_2.state_dict())
+    _layers_into(stack, gpt.blocks, _GPT_LAYER)
     stack.layer_norm.load_state_dict(gpt.ln_f.state_dict())
+
+
+def _layers_into(stack: Stack, blocks: nn.ModuleList, names: dict[str, str]) -> None:
+    for ours, theirs in zip(stack.layers, blocks, strict=True):
+        _attention(ours.self_attn, theirs.attn)
+        for mine, parents in names.items():
+            getattr(ours, mine).load_state_dict(getattr(theirs, parents).state_dict())
 
 
 def _attention(ours: Attention, theirs: SelfAttention) -> None:
