@@ -243,13 +243,15 @@ def fit(
     on_step: Callable[[int, dict], None] | None = None,
     on_eval: Callable[[int, dict], None] | None = None,
     log: Callable[[str], None] | None = print,
+    log_evals: bool = True,
     name: str = "train",
 ) -> FitResult:
     """Run optimizer steps `start_step + 1 … total_steps`, each over `grad_accum_steps` batches.
 
     `batches` is any iterable of dicts of tensors (re-iterated when exhausted); the model returns
     a dict with `loss` and any scalar metrics (mlm_acc, nsp_acc, ppl…), which are averaged over
-    the micro-batches and logged. `on_step` / `on_eval` let a caller report or checkpoint.
+    the micro-batches and logged. `on_step` / `on_eval` let a caller report or checkpoint;
+    `log_evals=False` leaves printing evaluations to the caller.
     """
     device = torch.device(device)
     stepper = stepper or TorchStepper(model, cfg, total_steps)
@@ -275,7 +277,7 @@ def fit(
             ev = _evaluate(model, evaluate, cfg, device, step)
             result.evals.append(ev)
             metrics.update({k: v for k, v in ev.items() if k != "step"})
-            if log:
+            if log and log_evals:
                 shown = ", ".join(
                     f"{k} {v:.4g}"
                     for k, v in ev.items()

@@ -358,8 +358,11 @@ def run_trial(
         evaluate=lambda m: evaluate(m.module if hasattr(m, "module") else m, data, dev, encoder),
         on_eval=on_eval,
         device=device,
-        log=None,
-        name=f"trial {on_eval.name}",
+        # step, loss, throughput and ETA every `train.log_every` steps (evaluations are
+        # printed by the search's progress callback)
+        log=(lambda line: print(line, flush=True)) if rank == 0 else None,
+        log_evals=False,
+        name=f"trial {on_eval.name}".strip(),
     )
 
 
