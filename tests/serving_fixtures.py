@@ -180,9 +180,9 @@ def publish_translator(reg, root: Path, sample_dir: Path) -> str:
 
 
 @contextlib.contextmanager
-def local_server(predictors: dict) -> Iterator[str]:
+def local_server(predictors: dict, **app_options) -> Iterator[str]:
     """The HTTP API over in-process predictors (no Ray), uvicorn on a free 127.0.0.1 port;
-    yields its URL and stops it afterwards."""
+    yields its URL and stops it afterwards. `app_options`: make_app's (auth, cors_origins)."""
     import uvicorn
 
     from lmplatform.serving.api import make_app
@@ -193,7 +193,7 @@ def local_server(predictors: dict) -> Iterator[str]:
         port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            make_app(LocalBackend(predictors), 100_000),
+            make_app(LocalBackend(predictors), 100_000, **app_options),
             host="127.0.0.1",
             port=port,
             log_level="warning",

@@ -57,6 +57,7 @@ def served(ray_local, tmp_path_factory, sample_dir):
 
 def _post(served, path, body, **kw):
     data = body if isinstance(body, bytes | str) else json.dumps(body)
+    kw.setdefault("headers", {"Content-Type": "application/json"})
     return requests.post(served["url"] + path, data=data, timeout=30, **kw)
 
 
@@ -245,6 +246,8 @@ def test_fill_mask_and_generate(served):
         ("/v1/fill-mask", {"inputs": ["[MASK]"], "top_k": 0}, 422),
         ("/v1/generate", {"inputs": ["x"], "max_new_tokens": "ten"}, 422),
         ("/v1/generate", {"inputs": ["x"], "temperature": -1}, 422),
+        ("/v1/generate", {"inputs": ["x"], "temperature": 1e-40}, 422),  # was NaN, a 500
+        ("/v1/predict/sentiment", '{"inputs": ["x"], "num_beams": ' + "9" * 4400 + "}", 400),
     ],
 )
 def test_error_codes(served, path, body, status):
@@ -254,13 +257,30 @@ def test_error_codes(served, path, body, status):
     assert set(err) == {"type", "message"} and err["message"]
 
 
-def test_wrong_method_and_body_without_content_type(served):
+def test_wrong_method_and_posts_that_are_not_json_get_415(served):
     r = requests.get(served["url"] + "/v1/predict/sentiment", timeout=10)
     assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
-    r = requests.post(
-        served["url"] + "/v1/predict/sentiment", data=b'{"inputs": ["ok"]}', timeout=10
+    for headers in (
+        {},
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    ):
+        # what a web page can send cross-site without a preflight: refused before parsing
+        r = requests.post(
+            served["url"] + "/v1/predict/sentiment",
+            data=b'{"inputs": ["ok"]}',
+            headers=headers,
+            timeout=10,
+        )
+        assert r.status_code == 415, (headers, r.text)
+        assert r.json()["error"]["type"] == "unsupported_media_type"
+    r = _post(
+        served,
+        "/v1/predict/sentiment",
+        b'{"inputs": ["ok"]}',
+        headers={"Content-Type": "application/json; charset=utf-8"},
     )
-    assert r.status_code == 200  # no Content-Type: still parsed as JSON
+    assert r.status_code == 200
 
 
 def _hostile_bodies(n: int, seed: int = 0) -> list[tuple[str, bytes]]:

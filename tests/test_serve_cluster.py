@@ -86,7 +86,8 @@ DRIVER = textwrap.dedent(
     print(json.dumps({"event": "running", "gpu_nodes": gpu_nodes(), "s": time.time() - t0}), flush=True)
     import urllib.request
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict/sentiment",
-                                 data=b'{"inputs": ["on a gpu node"]}', method="POST")
+                                 data=b'{"inputs": ["on a gpu node"]}', method="POST",
+                                 headers={"Content-Type": "application/json"})
     print(json.dumps({"event": "answer", "status": urllib.request.urlopen(req, timeout=30).status}), flush=True)
     serve.delete("gpu")
     t1 = time.time()

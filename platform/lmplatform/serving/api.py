@@ -4,9 +4,12 @@
 predictors in-process for the plain-FastAPI comparison of `bench/serve_load.py`) does the work.
 Every error is `{"error": {"type", "message"}}`:
 
-- 400 `malformed_json`: the body is not JSON (or not UTF-8);
+- 400 `malformed_json`: the body is not JSON (or not UTF-8, or has an integer of more than
+  4,300 digits);
+- 401 `unauthorized`: API keys are configured and the request has none or a wrong one;
 - 404 `not_found`: unknown task or route (405 `method_not_allowed` for a known route);
 - 413 `too_large`: more than `max_inputs` inputs, or a body over `max_body_bytes`;
+- 415 `unsupported_media_type`: a POST whose Content-Type is not `application/json`;
 - 422 `invalid_input`: wrong types, missing or unknown fields, empty input, wrong shape for
   the task. Nothing a client sends is answered with a 5xx.
 """
@@ -29,9 +32,11 @@ from pydantic import (
     StrictStr,
     ValidationError,
     create_model,
+    field_validator,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lmplatform.serving.security import AuthConfig, Guard, KeyRing
 from lmplatform.tasks import TASK_TYPES
 
 M = TypeVar("M", bound=BaseModel)
@@ -50,12 +55,22 @@ class FillMaskRequest(_Strict):
     top_k: Annotated[StrictInt, Field(ge=1, le=100)] = 5
 
 
+MIN_TEMPERATURE = 1e-3
+
+
 class GenerateRequest(_Strict):
     inputs: Annotated[list[StrictStr], Field(min_length=1)]
     max_new_tokens: Annotated[StrictInt, Field(ge=1, le=512)] = 32
     temperature: Annotated[StrictFloat | StrictInt, Field(ge=0, le=10)] = 0.0
-    """0: greedy."""
+    """0: greedy; otherwise at least 0.001 (below it the softmax overflows to NaN)."""
     top_k: Annotated[StrictInt, Field(ge=1)] | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _not_tiny(cls, t: float) -> float:
+        if 0 < t < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return t
 
 
 # ----------------------------------------------------------------------------- responses
@@ -183,6 +198,7 @@ def error_response(status: int, type_: str, message: str) -> JSONResponse:
 
 _STATUS_TYPES = {
     400: "malformed_json",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",
@@ -255,15 +271,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in {
         400: "Malformed JSON",
+        401: "Missing or wrong API key (when keys are configured)",
         404: "Unknown task or route",
         413: "Too many inputs or too large a body",
+        415: "Content-Type is not application/json",
         422: "Wrong types, empty input, or wrong shape for the task",
     }.items()
 }
 
 
 def _request_body(model: type[BaseModel]) -> dict:
-    """OpenAPI requestBody for a route that parses its own body (strictly, any content type)."""
+    """OpenAPI requestBody for a route that parses its own body (strictly)."""
     return {
         "requestBody": {
             "required": True,
@@ -273,8 +291,8 @@ def _request_body(model: type[BaseModel]) -> dict:
 
 
 async def parse_body(request: Request, model: type[M]) -> M:
-    """Body bytes -> model: 400 if not UTF-8 JSON (whatever the Content-Type says), 422 if the
-    JSON does not fit the model."""
+    """Body bytes -> model: 400 if not UTF-8 JSON, 422 if the JSON does not fit the model (the
+    Content-Type was checked by `Guard`)."""
     raw = await request.body()
     try:
         data = json.loads(raw.decode("utf-8"))
@@ -286,6 +304,10 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
     except RecursionError:
         raise ApiError(400, "malformed_json", "the body's JSON is nested too deeply") from None
+    except ValueError as e:  # an integer beyond Python's digit limit (4,300)
+        raise ApiError(
+            400, "malformed_json", f"the body's JSON has a number too large: {e}"
+        ) from None
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -303,8 +325,15 @@ def describe_errors(errors: list) -> str:
     return "; ".join(parts) + more
 
 
-def make_app(backend: Backend, max_body_bytes: int, title: str = "lmplatform") -> FastAPI:
-    """The API over a backend (the Serve ingress, or in-process predictors)."""
+def make_app(
+    backend: Backend,
+    max_body_bytes: int,
+    title: str = "lmplatform",
+    auth: AuthConfig | None = None,
+    cors_origins: list[str] | None = None,
+) -> FastAPI:
+    """The API over a backend (the Serve ingress, or in-process predictors); `auth` and
+    `cors_origins` as in ServeConfig (serving/security.py)."""
     PredictRequest, PredictResponse = predict_models()
     app = FastAPI(
         title=title,
@@ -388,5 +417,17 @@ def make_app(backend: Backend, max_body_bytes: int, title: str = "lmplatform") -
             top_k=body.top_k,
         )
 
+    # outermost last: CORS (answers preflights), then keys and Content-Type, then the body limit
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    keys = KeyRing(auth) if auth is not None and auth.enabled else None
+    app.add_middleware(Guard, keys=keys, error_response=error_response)
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     return app

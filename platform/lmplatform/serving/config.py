@@ -5,7 +5,10 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from lmplatform.config import StrictModel
+from lmplatform.serving.security import AuthConfig
 from lmplatform.train.config import CompileBackend
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class AutoscalingConfig(StrictModel):
@@ -33,7 +36,12 @@ class ServeConfig(StrictModel):
     registry: str = "registry"
     """Model registry root the deployments load from."""
     host: str = "127.0.0.1"
-    """HTTP bind address."""
+    """HTTP bind address. Anything but loopback needs `auth` keys (or
+    `auth.allow_unauthenticated`)."""
+    auth: AuthConfig = AuthConfig()
+    """API keys for every route but /healthz (serving/security.py)."""
+    cors_origins: list[str] = []
+    """Browser origins allowed to call the API (CORS); empty: none."""
     port: int = Field(8000, ge=1, le=65535)
     """HTTP port."""
     tasks: list[str] | None = None
@@ -78,6 +86,13 @@ class ServeConfig(StrictModel):
     @model_validator(mode="after")
     def _groups(self) -> ServeConfig:
         from lmplatform.registry import check_name, check_ref
+
+        if self.host not in LOOPBACK and not (self.auth.enabled or self.auth.allow_unauthenticated):
+            raise ValueError(
+                f"host={self.host} serves the API beyond this machine with no authentication: "
+                "set auth.api_keys_file or auth.api_keys_env, or auth.allow_unauthenticated: "
+                "true if a gateway in front authenticates"
+            )
 
         # every name becomes a registry path: no traversal through a served name
         for t in [*(self.tasks or []), *(t for g in self.shared_encoder_groups for t in g)]:

@@ -401,7 +401,16 @@ def build(cfg: ServeConfig) -> serve.Application:
         ).bind(cfg.registry, cfg.generate_model)
     return Ingress.options(
         autoscaling_config=autoscaling, ray_actor_options={"num_cpus": cfg.ingress_cpus}
-    ).bind(routes, shared, fill, gen, cfg.max_inputs, cfg.max_body_bytes)
+    ).bind(
+        routes,
+        shared,
+        fill,
+        gen,
+        cfg.max_inputs,
+        cfg.max_body_bytes,
+        cfg.auth.model_dump(),
+        cfg.cors_origins,
+    )
 
 
 def read_serve_config(path, overrides: list[str] = ()) -> ServeConfig:

@@ -11,6 +11,7 @@ import asyncio
 from ray import serve
 
 from lmplatform.serving.api import ApiError, make_app
+from lmplatform.serving.security import AuthConfig
 
 
 @serve.deployment(max_ongoing_requests=512)
@@ -24,7 +25,11 @@ class Ingress:
         generate=None,
         max_inputs: int = 64,
         max_body_bytes: int = 1_000_000,
+        auth: dict | None = None,
+        cors_origins: list[str] | None = None,
     ):
+        self.auth = AuthConfig.model_validate(auth or {})
+        self.cors_origins = cors_origins or []
         self.routes = routes
         self.shared = set(shared)
         self.fill = fill_mask
@@ -34,7 +39,7 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         # built in the replica, after __init__: the routes call this instance's methods
-        return make_app(self, self.max_body_bytes)
+        return make_app(self, self.max_body_bytes, auth=self.auth, cors_origins=self.cors_origins)
 
     async def ready(self) -> bool:
         try:
