@@ -283,6 +283,51 @@ def test_wrong_method_and_posts_that_are_not_json_get_415(served):
     assert r.status_code == 200
 
 
+def test_overload_gets_503_at_once_and_slow_answers_504(served):
+    """A second application with a bound of 2 requests in progress and a 2 s timeout, on a
+    task whose batches wait 3 s to fill: a burst of 12 gets two 504s after ~2 s and ten 503s
+    with Retry-After right away; then the app answers again."""
+    from ray import serve
+
+    from lmplatform.jobconfig import ServeConfig
+    from lmplatform.serving.deployments import build
+
+    cfg = ServeConfig(
+        registry=str(served["registry"]),
+        tasks=["sentiment"],
+        max_batch_size=64,
+        batch_wait_timeout_s=3.0,
+        max_queued_requests=2,
+        request_timeout_s=2.0,
+        retry_after_s=5,
+        replica_cpus=0,
+        autoscaling={"min_replicas": 1, "max_replicas": 1},
+    )
+    serve.run(build(cfg), name="limited", route_prefix="/limited")
+    url = served["url"] + "/limited/v1/predict/sentiment"
+    try:
+
+        def call(i):
+            if i:  # the first two are admitted before the burst
+                time.sleep(0.3)
+            t0 = time.time()
+            r = requests.post(url, json={"inputs": [f"text {i}"]}, timeout=30)
+            return r.status_code, time.time() - t0, r.headers.get("Retry-After"), r.json()
+
+        with ThreadPoolExecutor(12) as ex:
+            results = list(ex.map(call, [0, 0] + list(range(1, 11))))
+        codes = sorted(c for c, *_ in results)
+        assert codes == [503] * 10 + [504] * 2, results
+        for code, seconds, retry, body in results:
+            if code == 503:
+                assert seconds < 1.0 and retry == "5" and body["error"]["type"] == "overloaded"
+            else:
+                assert 1.9 < seconds < 3.0 and body["error"]["type"] == "timeout"
+        assert requests.get(served["url"] + "/limited/healthz", timeout=10).status_code == 200
+    finally:
+        serve.delete("limited")
+
+
 def _hostile_bodies(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
     """(path, body) pairs that are all invalid by construction: each is a 4xx."""
     rng = random.Random(seed)

@@ -10,6 +10,9 @@ Every error is `{"error": {"type", "message"}}`:
 - 404 `not_found`: unknown task or route (405 `method_not_allowed` for a known route);
 - 413 `too_large`: more than `max_inputs` inputs, or a body over `max_body_bytes`;
 - 415 `unsupported_media_type`: a POST whose Content-Type is not `application/json`;
+- 503 `overloaded` (with Retry-After): `max_queued_requests` POSTs already in progress;
+  503 `unavailable`: models not loaded (healthz);
+- 504 `timeout`: no answer within `request_timeout_s`;
 - 422 `invalid_input`: wrong types, missing or unknown fields, empty input, wrong shape for
   the task. Nothing a client sends is answered with a 5xx.
 """
@@ -36,7 +39,7 @@ from pydantic import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmplatform.serving.security import AuthConfig, Guard, KeyRing
+from lmplatform.serving.security import Admission, AuthConfig, Guard, KeyRing
 from lmplatform.tasks import TASK_TYPES
 
 M = TypeVar("M", bound=BaseModel)
@@ -145,6 +148,14 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+class Limits(BaseModel):
+    """How much an API instance takes on at once (ServeConfig's fields of the same names)."""
+
+    max_queued_requests: int = 256
+    request_timeout_s: float = 30.0
+    retry_after_s: int = 1
 
 
 OPTIONS = ("is_split_into_words", "num_beams", "max_new_tokens")
@@ -275,6 +286,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         404: "Unknown task or route",
         413: "Too many inputs or too large a body",
         415: "Content-Type is not application/json",
+        503: "Overloaded: too many requests in progress (Retry-After)",
+        504: "No answer within request_timeout_s",
         422: "Wrong types, empty input, or wrong shape for the task",
     }.items()
 }
@@ -331,9 +344,10 @@ def make_app(
     title: str = "lmplatform",
     auth: AuthConfig | None = None,
     cors_origins: list[str] | None = None,
+    limits: Limits | None = None,
 ) -> FastAPI:
-    """The API over a backend (the Serve ingress, or in-process predictors); `auth` and
-    `cors_origins` as in ServeConfig (serving/security.py)."""
+    """The API over a backend (the Serve ingress, or in-process predictors); `auth`,
+    `cors_origins` and `limits` as in ServeConfig (serving/security.py)."""
     PredictRequest, PredictResponse = predict_models()
     app = FastAPI(
         title=title,
@@ -417,8 +431,17 @@ def make_app(
             top_k=body.top_k,
         )
 
-    # outermost last: CORS (answers preflights), then keys and Content-Type, then the body limit
+    # outermost last: CORS (answers preflights), keys and Content-Type, admission (bound and
+    # timeout), then the body limit
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    limits = limits or Limits()
+    app.add_middleware(
+        Admission,
+        max_pending=limits.max_queued_requests,
+        timeout_s=limits.request_timeout_s,
+        retry_after_s=limits.retry_after_s,
+        error_response=error_response,
+    )
     keys = KeyRing(auth) if auth is not None and auth.enabled else None
     app.add_middleware(Guard, keys=keys, error_response=error_response)
     if cors_origins:

@@ -61,6 +61,13 @@ class ServeConfig(StrictModel):
     """Most inputs per request (413 above)."""
     max_body_bytes: int = Field(1_000_000, ge=1024)
     """Largest request body (413 above)."""
+    max_queued_requests: int = Field(256, ge=1, le=100_000)
+    """POSTs in progress per ingress replica; more get an immediate 503 `overloaded` with
+    Retry-After instead of waiting."""
+    request_timeout_s: float = Field(30.0, gt=0, le=3600)
+    """A POST not answered in this time gets 504 `timeout` (its work is cancelled)."""
+    retry_after_s: int = Field(1, ge=0, le=3600)
+    """The Retry-After of an `overloaded` 503."""
     autoscaling: AutoscalingConfig = AutoscalingConfig()
     """Replica autoscaling per deployment."""
     shared_encoder_groups: list[list[str]] = Field(default_factory=list)

@@ -399,8 +399,14 @@ def build(cfg: ServeConfig) -> serve.Application:
         gen = GenerateDeployment.options(
             autoscaling_config=autoscaling, ray_actor_options=actor
         ).bind(cfg.registry, cfg.generate_model)
+    limits = {
+        k: getattr(cfg, k) for k in ("max_queued_requests", "request_timeout_s", "retry_after_s")
+    }
     return Ingress.options(
-        autoscaling_config=autoscaling, ray_actor_options={"num_cpus": cfg.ingress_cpus}
+        autoscaling_config=autoscaling,
+        ray_actor_options={"num_cpus": cfg.ingress_cpus},
+        # Serve hands the ingress more than it admits: the bound is ours, with our envelope
+        max_ongoing_requests=cfg.max_queued_requests + 64,
     ).bind(
         routes,
         shared,
@@ -410,6 +416,7 @@ def build(cfg: ServeConfig) -> serve.Application:
         cfg.max_body_bytes,
         cfg.auth.model_dump(),
         cfg.cors_origins,
+        limits,
     )
 
 

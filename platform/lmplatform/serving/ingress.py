@@ -10,7 +10,7 @@ import asyncio
 
 from ray import serve
 
-from lmplatform.serving.api import ApiError, make_app
+from lmplatform.serving.api import ApiError, Limits, make_app
 from lmplatform.serving.security import AuthConfig
 
 
@@ -27,9 +27,11 @@ class Ingress:
         max_body_bytes: int = 1_000_000,
         auth: dict | None = None,
         cors_origins: list[str] | None = None,
+        limits: dict | None = None,
     ):
         self.auth = AuthConfig.model_validate(auth or {})
         self.cors_origins = cors_origins or []
+        self.limits = Limits.model_validate(limits or {})
         self.routes = routes
         self.shared = set(shared)
         self.fill = fill_mask
@@ -39,7 +41,13 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         # built in the replica, after __init__: the routes call this instance's methods
-        return make_app(self, self.max_body_bytes, auth=self.auth, cors_origins=self.cors_origins)
+        return make_app(
+            self,
+            self.max_body_bytes,
+            auth=self.auth,
+            cors_origins=self.cors_origins,
+            limits=self.limits,
+        )
 
     async def ready(self) -> bool:
         try:

@@ -1,4 +1,5 @@
-"""Who may call the HTTP API and how: API keys, JSON-only POSTs, CORS.
+"""Who may call the HTTP API and how: API keys, JSON-only POSTs, CORS, and how much at once
+(`Admission`: a bound on requests in progress and a per-request timeout).
 
 - **API keys** (optional): `Authorization: Bearer <key>` on every route but `/healthz` (load
   balancers probe it without credentials). Keys come from a file (one per line, `#` comments;
@@ -18,6 +19,7 @@ unless `allow_unauthenticated` says a gateway in front authenticates (serving/co
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -135,3 +137,46 @@ class Guard:
                 resp = self.error(415, "unsupported_media_type", f"{said}: send 'application/json'")
                 return await resp(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+class Admission:
+    """ASGI middleware on POSTs: at most `max_pending` in progress (more get an immediate 503
+    `overloaded` with Retry-After: shedding load beats queueing it into every client's
+    latency), and each answered within `timeout_s` (504 `timeout` otherwise; the work is
+    cancelled)."""
+
+    def __init__(self, app, max_pending: int, timeout_s: float, retry_after_s: int, error_response):
+        self.app, self.max_pending, self.timeout_s = app, max_pending, timeout_s
+        self.retry_after_s, self.error = retry_after_s, error_response
+        self.pending = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        if self.pending >= self.max_pending:
+            resp = self.error(
+                503,
+                "overloaded",
+                f"{self.pending} requests in progress (at most {self.max_pending}): retry "
+                f"after {self.retry_after_s} s",
+            )
+            resp.headers["Retry-After"] = str(self.retry_after_s)
+            return await resp(scope, receive, send)
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        self.pending += 1
+        try:
+            await asyncio.wait_for(self.app(scope, receive, tracked_send), self.timeout_s)
+        except TimeoutError:
+            if not started:
+                resp = self.error(
+                    504, "timeout", f"no answer within {self.timeout_s:g} s (request_timeout_s)"
+                )
+                await resp(scope, receive, send)
+        finally:
+            self.pending -= 1
