@@ -328,6 +328,49 @@ def test_overload_gets_503_at_once_and_slow_answers_504(served):
         serve.delete("limited")
 
 
+def _prometheus(name: str, **labels) -> list[float]:
+    """Values of metric `name` whose labels include `labels`, from this node's metrics agent."""
+    import re
+
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out = []
+    for m in re.finditer(rf"^{name}\{{(.*)\}} (\S+)$", text, re.M):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if all(have.get(k) == v for k, v in labels.items()):
+            out.append(float(m.group(2)))
+    return out
+
+
+def test_prometheus_metrics_per_task_and_version(served):
+    version = next(
+        t["model"]["version"]
+        for t in requests.get(served["url"] + "/v1/tasks", timeout=10).json()["tasks"]
+        if t["task"] == "sentiment"
+    )
+    for text in ("a fine film", "dull", "moving", "flat", "great"):
+        assert _post(served, "/v1/predict/sentiment", {"inputs": [text]}).status_code == 200
+    assert _post(served, "/v1/predict/sentiment", {"inputs": [""]}).status_code == 422
+    tags = {"task": "sentiment", "version": version}
+    deadline = time.time() + 40  # Ray exports metrics every few seconds
+    while True:
+        ok = _prometheus("ray_lmplatform_requests_total", **tags, outcome="ok")
+        bad = _prometheus("ray_lmplatform_requests_total", **tags, outcome="invalid")
+        calls = _prometheus("ray_lmplatform_batch_inputs_count", **tags)
+        latency = _prometheus("ray_lmplatform_request_latency_ms_count", **tags)
+        live = _prometheus("ray_lmplatform_model_version", **tags)
+        if (
+            sum(ok) >= 5 and sum(bad) >= 1 and calls and latency and live
+        ) or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert sum(ok) >= 5 and sum(bad) >= 1, (ok, bad)
+    assert 1 <= sum(calls) <= sum(ok) and sum(latency) >= sum(ok) + sum(bad) - 0.5
+    assert max(live) == 1.0
+
+
 def _hostile_bodies(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
     """(path, body) pairs that are all invalid by construction: each is a 4xx."""
     rng = random.Random(seed)

@@ -31,6 +31,7 @@ from lmplatform.serving.predictors import (
     SharedEncoder,
     TaskPredictor,
 )
+from lmplatform.serving.telemetry import ServingMetrics
 
 log = logging.getLogger("ray.serve")
 
@@ -102,6 +103,8 @@ class TaskDeployment:
         self.task = task
         self.compile = compile
         self.predictor = load_task(self.reg, task, compile=compile)
+        self.metrics = ServingMetrics()
+        self.metrics.serving(task, self.predictor.ref.version)
         self._swap_lock = threading.Lock()
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -115,6 +118,7 @@ class TaskDeployment:
             new = load_task(self.reg, self.task, version, self.compile)  # smoke-tested first
             old = self.predictor.ref.version
             self.predictor = new  # one assignment: requests see the old or the new model
+            self.metrics.serving(self.task, version, replaced=old)
             log.info("task %s: swapped %s -> %s", self.task, old, version)
 
     def reconfigure(self, user_config: dict) -> None:
@@ -130,12 +134,15 @@ class TaskDeployment:
         return {"model_calls": self.predictor.calls, "version": self.predictor.ref.version}
 
     async def predict(self, inputs: list, options: dict | None = None) -> dict:
+        t0 = time.perf_counter()
         p = self.predictor  # this request is answered by this version, whatever swaps meanwhile
         try:
             items = p.parse(inputs, **(options or {}))
         except InputError as e:
+            self.metrics.answered(self.task, p.ref.version, False, t0)
             return _error(e)
         preds = await self._batched((p, items))
+        self.metrics.answered(self.task, p.ref.version, True, t0)
         return {
             "task": self.task,
             "model": {"name": p.ref.name, "version": p.ref.version},
@@ -152,6 +159,7 @@ class TaskDeployment:
         for idx in groups.values():
             p = requests[idx[0]][0]
             flat = [it for i in idx for it in requests[i][1]]
+            self.metrics.model_call(self.task, p.ref.version, len(flat))
             preds = await asyncio.to_thread(p.predict, flat)
             k = 0
             for i in idx:
@@ -179,6 +187,9 @@ class SharedEncoderDeployment:
         self.reg = Registry(registry)
         self.tasks = list(tasks)
         self.group = self._load({t: self.reg.best(t) for t in self.tasks})
+        self.metrics = ServingMetrics()
+        for t, p in self.group.predictors.items():
+            self.metrics.serving(t, p.ref.version)
         self._swap_lock = threading.Lock()
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -202,6 +213,8 @@ class SharedEncoderDeployment:
                 return
             merged = {t: (wanted[t] or have[t]) for t in self.tasks}
             self.group = self._load(merged)  # raises (and keeps the old group) if not shareable
+            for t, v in merged.items():
+                self.metrics.serving(t, v, replaced=have[t] if have[t] != v else None)
             log.info("shared encoder group %s: now %s", self.tasks, merged)
 
     def reconfigure(self, user_config: dict) -> None:
@@ -219,13 +232,16 @@ class SharedEncoderDeployment:
         }
 
     async def predict(self, task: str, inputs: list, options: dict | None = None) -> dict:
+        t0 = time.perf_counter()
         group = self.group
         p = group.predictors[task]
         try:
             items = p.parse(inputs, **(options or {}))
         except InputError as e:
+            self.metrics.answered(task, p.ref.version, False, t0)
             return _error(e)
         preds = await self._batched((group, task, items))
+        self.metrics.answered(task, p.ref.version, True, t0)
         return {
             "task": task,
             "model": {"name": p.ref.name, "version": p.ref.version},
@@ -240,6 +256,11 @@ class SharedEncoderDeployment:
         out: list[list[dict]] = [[] for _ in requests]
         for idx in groups.values():
             g = requests[idx[0]][0]
+            per_task: dict[str, int] = {}
+            for i in idx:  # one encoder forward; each task's share of its inputs
+                per_task[requests[i][1]] = per_task.get(requests[i][1], 0) + len(requests[i][2])
+            for t, n in per_task.items():
+                self.metrics.model_call(t, g.predictors[t].ref.version, n)
             res = await asyncio.to_thread(
                 g.predict, [(requests[i][1], requests[i][2]) for i in idx]
             )
@@ -266,15 +287,20 @@ class FillMaskDeployment:
         self.p = FillMaskPredictor(
             reg.local_path("pretrained", name, version), ModelInfo(name=name, version=version)
         )
+        self.metrics = ServingMetrics()
+        self.metrics.serving("fill-mask", f"{name}@{version}")
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     async def predict(self, inputs: list[str], top_k: int) -> dict:
+        t0, version = time.perf_counter(), f"{self.p.ref.name}@{self.p.ref.version}"
         try:
             items = self.p.parse(inputs)
         except InputError as e:
+            self.metrics.answered("fill-mask", version, False, t0)
             return _error(e)
         preds = await self._batched((items, top_k))
+        self.metrics.answered("fill-mask", version, True, t0)
         return {
             "model": {"name": self.p.ref.name, "version": self.p.ref.version},
             "predictions": preds,
@@ -283,6 +309,7 @@ class FillMaskDeployment:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _batched(self, requests: list[tuple[list, int]]) -> list[list[dict]]:
         flat = [it for items, _ in requests for it in items]
+        self.metrics.model_call("fill-mask", f"{self.p.ref.name}@{self.p.ref.version}", len(flat))
         k = max(t for _, t in requests)  # one top-k for the batch, cut per request below
         preds = await asyncio.to_thread(self.p.predict, flat, k)
         out, i = [], 0
@@ -309,15 +336,22 @@ class GenerateDeployment:
         self.p = GeneratePredictor(
             reg.local_path("pretrained", name, version), ModelInfo(name=name, version=version)
         )
+        self.version = f"{name}@{version}"
+        self.metrics = ServingMetrics()
+        self.metrics.serving("generate", self.version)
 
     async def predict(
         self, inputs: list[str], max_new_tokens: int, temperature: float, top_k: int | None
     ) -> dict:
+        t0 = time.perf_counter()
         try:
             items = self.p.parse(inputs)
         except InputError as e:
+            self.metrics.answered("generate", self.version, False, t0)
             return _error(e)
+        self.metrics.model_call("generate", self.version, len(items))
         preds = await asyncio.to_thread(self.p.predict, items, max_new_tokens, temperature, top_k)
+        self.metrics.answered("generate", self.version, True, t0)
         return {
             "model": {"name": self.p.ref.name, "version": self.p.ref.version},
             "predictions": preds,
