@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 
@@ -131,7 +132,11 @@ class TaskDeployment:
         return self.predictor.info()
 
     async def stats(self) -> dict:
-        return {"model_calls": self.predictor.calls, "version": self.predictor.ref.version}
+        return {
+            "model_calls": self.predictor.calls,
+            "version": self.predictor.ref.version,
+            "pid": os.getpid(),  # which replica answered (operators, the fault test)
+        }
 
     async def predict(self, inputs: list, options: dict | None = None) -> dict:
         t0 = time.perf_counter()

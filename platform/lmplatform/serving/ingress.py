@@ -71,9 +71,9 @@ class Ingress:
             known = ", ".join(sorted(self.routes)) or "none"
             raise ApiError(404, "not_found", f"unknown task {task!r} (served: {known})")
         if task in self.shared:
-            out = await h.predict.remote(task, inputs, options)
+            out = await _call(lambda: h.predict.remote(task, inputs, options), task)
         else:
-            out = await h.predict.remote(inputs, options)
+            out = await _call(lambda: h.predict.remote(inputs, options), task)
         return _raise_error(out)
 
     async def fill_mask(self, inputs: list[str], top_k: int) -> dict:
@@ -81,20 +81,49 @@ class Ingress:
             raise ApiError(
                 404, "not_found", "no fill-mask model is deployed (serve.fill_mask_model)"
             )
-        return _raise_error(await self.fill.predict.remote(inputs, top_k))
+        return _raise_error(
+            await _call(lambda: self.fill.predict.remote(inputs, top_k), "fill-mask")
+        )
 
     async def generate(self, inputs: list[str], **params) -> dict:
         if self.gen is None:
             raise ApiError(
                 404, "not_found", "no generation model is deployed (serve.generate_model)"
             )
-        return _raise_error(await self.gen.predict.remote(inputs, **params))
+        return _raise_error(
+            await _call(lambda: self.gen.predict.remote(inputs, **params), "generate")
+        )
 
     async def stats(self) -> dict:
         out = {}
         for t, h in self.routes.items():
             out[t] = await h.stats.remote()
         return out
+
+
+RETRIES = 3  # attempts after the first when a replica dies under a request
+RETRY_WAIT_S = 0.2
+
+
+async def _call(request, what: str):
+    """A model deployment's answer. A replica that dies (or is unreachable) under a request is
+    not the client's problem: predictions have no side effects, so the request is sent again
+    (Serve's router picks a live replica); if every attempt fails, 503 `unavailable`. Errors
+    raised by our own code are not retried."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import DeploymentUnavailableError
+
+    for attempt in range(RETRIES + 1):
+        try:
+            return await request()
+        except (RayActorError, ActorUnavailableError, DeploymentUnavailableError) as e:
+            if attempt == RETRIES:
+                raise ApiError(
+                    503,
+                    "unavailable",
+                    f"{what}: no replica could answer ({type(e).__name__}); retry",
+                ) from None
+            await asyncio.sleep(RETRY_WAIT_S * (attempt + 1))
 
 
 def _raise_error(out: dict) -> dict:
