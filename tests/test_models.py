@@ -76,6 +76,25 @@ def test_generate_greedy_temperature_top_k():
     assert len(samples) > 1
 
 
+def test_cached_generation_equals_the_full_recompute():
+    """The KV cache changes the cost, not the tokens: greedy and seeded sampling, a batch, and a
+    run that slides past max_seq_len (32 here) where the window is rebuilt."""
+    torch.manual_seed(0)
+    model = build_pretraining_model(GPTConfig(size="debug", vocab_size=V, max_seq_len=32)).eval()
+    prompt = _ids(B=3, T=9)
+    for kw in ({}, {"temperature": 0.8, "top_k": 20}):
+        for n in (5, 60):  # inside the window; past it (9 + 60 > 32)
+            outs = []
+            for use_cache in (True, False):
+                g = torch.Generator().manual_seed(3)
+                outs.append(model.generate(prompt, n, generator=g, use_cache=use_cache, **kw))
+            assert outs[0].shape == (3, 9 + n) and torch.equal(outs[0], outs[1]), (kw, n)
+    long_prompt = _ids(B=2, T=40)  # longer than the window from the start
+    assert torch.equal(
+        model.generate(long_prompt, 4), model.generate(long_prompt, 4, use_cache=False)
+    )
+
+
 @pytest.mark.parametrize(
     "cfg",
     [

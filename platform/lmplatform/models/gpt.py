@@ -19,6 +19,7 @@ from lmplatform.models._preset import fill_from_preset
 from lmplatform.models.layers import (
     Dropout,
     Encoded,
+    KVCache,
     SelfAttention,
     init_weights,
     last_token,
@@ -92,8 +93,8 @@ class GPTBlock(nn.Module):
         self.proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x), causal=True))  # (B, T, C)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), causal=True, cache=cache))  # (B, T, C)
         return x + self.drop(self.proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh")))
 
 
@@ -120,15 +121,25 @@ class GPT(nn.Module):
     def hidden_size(self) -> int:
         return self.cfg.hidden_size
 
-    def hidden(self, input_ids: torch.Tensor, all_layers: bool = False):
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        all_layers: bool = False,
+        cache: list[KVCache] | None = None,
+    ):
+        """Final hidden states (B, T, C). With `cache` (one KVCache per block), input_ids are
+        the positions after the cached ones and the caches grow."""
         B, T = input_ids.shape
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
-        pos = torch.arange(T, device=input_ids.device)
+        start = cache[0].length if cache else 0
+        if start + T > self.cfg.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}"
+            )
+        pos = torch.arange(start, start + T, device=input_ids.device)
         x = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))  # (B, T, C)
         outs = [x]
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache[i] if cache else None)
             if all_layers:
                 outs.append(x)
         x = self.ln_f(x)
@@ -173,13 +184,26 @@ class GPT(nn.Module):
         top_k: int | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
-        """Greedy (temperature 0), or sampling with temperature and optional top-k."""
+        """Greedy (temperature 0), or sampling with temperature and optional top-k.
+
+        Incremental: each block keeps the keys and values of the positions so far, so a step
+        computes one position, not the whole prefix (`use_cache=False`: the full recompute,
+        kept as the reference the tests compare with). Past `max_seq_len` the context slides as
+        without a cache: the window of the newest max_seq_len tokens is recomputed each step."""
         out = input_ids
         done = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
+        cache: list[KVCache] | None = None
         for _ in range(max_new_tokens):
-            ctx = out[:, -self.cfg.max_seq_len :]
-            logits = F.linear(self.hidden(ctx)[:, -1], self.tok_emb.weight).float()  # (B, V)
+            if not use_cache:
+                h = self.hidden(out[:, -self.cfg.max_seq_len :])
+            elif cache is None or cache[0].length >= self.cfg.max_seq_len:
+                cache = [KVCache() for _ in self.blocks]  # the prompt, or a slid window
+                h = self.hidden(out[:, -self.cfg.max_seq_len :], cache=cache)
+            else:
+                h = self.hidden(out[:, -1:], cache=cache)
+            logits = F.linear(h[:, -1], self.tok_emb.weight).float()  # (B, V)
             if temperature <= 0:
                 nxt = logits.argmax(-1, keepdim=True)
             else:

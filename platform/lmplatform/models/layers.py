@@ -59,6 +59,18 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+@dataclass
+class KVCache:
+    """One layer's keys and values of the positions seen so far (incremental decoding)."""
+
+    k: torch.Tensor | None = None  # (B, nh, t, hs)
+    v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused QKV projection and SDPA's fused kernels."""
 
@@ -69,12 +81,27 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(hidden, hidden, bias=bias)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+    ):
+        """`cache` (causal decoding, no padding mask): x holds the positions after the cached
+        ones — the whole prompt first, then one token at a time — and the cache grows."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=-1)  # 3 x (B, T, C)
         q, k, v = (
             t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v)
         )  # (B, nh, T, hs)
+        if cache is not None:
+            if cache.k is not None:
+                if T != 1:
+                    raise ValueError("after the prompt, a cached step takes one position")
+                k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
+                causal = False  # one new position attends to every cached one
+            cache.k, cache.v = k, v
         if self.training and self.dropout > 0 and x.device.type == "cpu":
             # SDPA has no fused CPU kernel with dropout (it falls back to this same math, with
             # the slow dropout); spelled out here so attention dropout uses the fast one
