@@ -10,11 +10,13 @@ Every error is `{"error": {"type", "message"}}`:
 - 404 `not_found`: unknown task or route (405 `method_not_allowed` for a known route);
 - 413 `too_large`: more than `max_inputs` inputs, or a body over `max_body_bytes`;
 - 415 `unsupported_media_type`: a POST whose Content-Type is not `application/json`;
-- 503 `overloaded` (with Retry-After): `max_queued_requests` POSTs already in progress;
-  503 `unavailable`: models not loaded (healthz);
-- 504 `timeout`: no answer within `request_timeout_s`;
 - 422 `invalid_input`: wrong types, missing or unknown fields, empty input, wrong shape for
-  the task. Nothing a client sends is answered with a 5xx.
+  the task;
+- 503 `overloaded` (with Retry-After): `max_queued_requests` POSTs already in progress;
+  503 `unavailable`: models not loaded (healthz), or no replica could answer;
+- 504 `timeout`: no answer within `request_timeout_s`.
+
+Nothing a client sends is answered with a 500; 503/504 say the server is busy or slow.
 """
 
 from __future__ import annotations
