@@ -30,7 +30,7 @@ def served(ray_local, tmp_path_factory, sample_dir):
     from ray import serve
 
     from lmplatform.jobconfig import ServeConfig
-    from lmplatform.serving.deployments import build
+    from lmplatform.serving.deployments import deploy
 
     root = tmp_path_factory.mktemp("serve")
     registry = build_registry(root, sample_dir)
@@ -49,8 +49,9 @@ def served(ray_local, tmp_path_factory, sample_dir):
         replica_cpus=0,
         refresh_s=0.5,
         autoscaling={"min_replicas": 1, "max_replicas": 1},
+        app_name=APP,
     )
-    serve.run(build(cfg), name=APP, route_prefix="/")
+    deploy(cfg)  # one hop: an application per task besides `lm` (topic-a/b share the ingress)
     yield {"url": f"http://127.0.0.1:{port}", "registry": registry, "root": root, "cfg": cfg}
     serve.shutdown()
 
@@ -62,9 +63,11 @@ def _post(served, path, body, **kw):
 
 
 def _stats(deployment: str) -> dict:
+    """A deployment's stats; a task's own deployment lives in its own application."""
     from ray import serve
 
-    return serve.get_deployment_handle(deployment, app_name=APP).stats.remote().result()
+    app = f"{APP}-{deployment[len('task-') :]}" if deployment.startswith("task-") else APP
+    return serve.get_deployment_handle(deployment, app_name=app).stats.remote().result()
 
 
 # ----------------------------------------------------------------------------- routes
@@ -287,14 +290,15 @@ def test_overload_gets_503_at_once_and_slow_answers_504(served):
     """A second application with a bound of 2 requests in progress and a 2 s timeout, on a
     task whose batches wait 3 s to fill: a burst of 12 gets two 504s after ~2 s and ten 503s
     with Retry-After right away; then the app answers again."""
-    from ray import serve
 
     from lmplatform.jobconfig import ServeConfig
-    from lmplatform.serving.deployments import build
+    from lmplatform.serving.deployments import delete, deploy
 
     cfg = ServeConfig(
         registry=str(served["registry"]),
         tasks=["sentiment"],
+        app_name="limited",
+        route_prefix="/limited",
         max_batch_size=64,
         batch_wait_timeout_s=3.0,
         max_queued_requests=2,
@@ -303,7 +307,7 @@ def test_overload_gets_503_at_once_and_slow_answers_504(served):
         replica_cpus=0,
         autoscaling={"min_replicas": 1, "max_replicas": 1},
     )
-    serve.run(build(cfg), name="limited", route_prefix="/limited")
+    deploy(cfg)
     url = served["url"] + "/limited/v1/predict/sentiment"
     try:
 
@@ -325,7 +329,7 @@ def test_overload_gets_503_at_once_and_slow_answers_504(served):
                 assert 1.9 < seconds < 3.0 and body["error"]["type"] == "timeout"
         assert requests.get(served["url"] + "/limited/healthz", timeout=10).status_code == 200
     finally:
-        serve.delete("limited")
+        delete(cfg)
 
 
 def test_a_replica_killed_under_load_costs_under_one_percent(served):
@@ -338,17 +342,19 @@ def test_a_replica_killed_under_load_costs_under_one_percent(served):
     from ray import serve
 
     from lmplatform.jobconfig import ServeConfig
-    from lmplatform.serving.deployments import build
+    from lmplatform.serving.deployments import delete, deploy, task_app_name
 
     cfg = ServeConfig(
         registry=str(served["registry"]),
         tasks=["sentiment"],
+        app_name="faulty",
+        route_prefix="/faulty",
         replica_cpus=0,
         refresh_s=0,
         autoscaling={"min_replicas": 2, "max_replicas": 2},
     )
-    serve.run(build(cfg), name="faulty", route_prefix="/faulty")
-    handle = serve.get_deployment_handle("task-sentiment", app_name="faulty")
+    deploy(cfg)
+    handle = serve.get_deployment_handle("task-sentiment", app_name=task_app_name(cfg, "sentiment"))
     pids = set()
     deadline = time.time() + 30
     while len(pids) < 2 and time.time() < deadline:
@@ -380,7 +386,7 @@ def test_a_replica_killed_under_load_costs_under_one_percent(served):
         for code, text in failed:
             assert code == 503 and json.loads(text)["error"]["type"] == "unavailable", text
     finally:
-        serve.delete("faulty")
+        delete(cfg)
 
 
 def _prometheus(name: str, **labels) -> list[float]:
@@ -710,9 +716,8 @@ def _running_replicas(app: str, deployment: str) -> int:
 
 
 def test_replicas_scale_up_under_load_and_back_down(served):
-    from ray import serve
 
-    from lmplatform.serving.deployments import build
+    from lmplatform.serving.deployments import delete, deploy
 
     cfg = served["cfg"].model_copy(
         update={
@@ -721,6 +726,7 @@ def test_replicas_scale_up_under_load_and_back_down(served):
             "fill_mask_model": None,
             "generate_model": None,
             "app_name": "scale",
+            "route_prefix": "/scale",
             "batch_wait_timeout_s": 0.0,
             "max_batch_size": 1,
         }
@@ -734,9 +740,9 @@ def test_replicas_scale_up_under_load_and_back_down(served):
             "downscale_delay_s": 2,
         }
     )
-    serve.run(build(cfg), name="scale", route_prefix="/scale")
+    deploy(cfg)
     try:
-        assert _running_replicas("scale", "task-sentiment") == 1
+        assert _running_replicas("scale-sentiment", "task-sentiment") == 1
         stop = threading.Event()
         errors = []
 
@@ -758,7 +764,7 @@ def test_replicas_scale_up_under_load_and_back_down(served):
         try:
             while time.time() < deadline and peak < 2:
                 time.sleep(1)
-                peak = max(peak, _running_replicas("scale", "task-sentiment"))
+                peak = max(peak, _running_replicas("scale-sentiment", "task-sentiment"))
         finally:
             stop.set()
             for t in threads:
@@ -766,20 +772,22 @@ def test_replicas_scale_up_under_load_and_back_down(served):
         assert not errors
         assert peak >= 2, "sustained load did not add a replica"
         deadline = time.time() + 90
-        while time.time() < deadline and _running_replicas("scale", "task-sentiment") > 1:
+        while time.time() < deadline and _running_replicas("scale-sentiment", "task-sentiment") > 1:
             time.sleep(1)
-        assert _running_replicas("scale", "task-sentiment") == 1, "replicas did not fall back"
+        assert _running_replicas("scale-sentiment", "task-sentiment") == 1, (
+            "replicas did not fall back"
+        )
     finally:
-        serve.delete("scale")
+        delete(cfg)
 
 
 # ----------------------------------------------------------------------------- health
 
 
 def test_health_check_fails_when_the_model_is_not_usable(served):
-    from lmplatform.serving.deployments import TaskDeployment
+    from lmplatform.serving.deployments import TaskReplica
 
-    replica = TaskDeployment.func_or_class(str(served["registry"]), "sentiment", refresh_s=0)
+    replica = TaskReplica(str(served["registry"]), "sentiment", refresh_s=0)
     replica.check_health()  # a loaded model passes
 
     class Broken(type(replica.predictor.model.head)):
@@ -822,12 +830,11 @@ def test_app_config_validates_and_builds(served, tmp_path):
 def test_refresh_token_swaps_without_polling(served):
     """refresh_s=0 (no polling): a new best is served only after a redeploy with a new
     refresh_token (what `jobs/deploy.py --refresh` does), and then without a restart."""
-    from ray import serve
 
     from lmplatform.models.io import from_pretrained
     from lmplatform.models.tasks import encoder_of
     from lmplatform.registry import Registry
-    from lmplatform.serving.deployments import build
+    from lmplatform.serving.deployments import delete, deploy
 
     reg = Registry(served["registry"])
     cfg = served["cfg"].model_copy(
@@ -837,10 +844,11 @@ def test_refresh_token_swaps_without_polling(served):
             "fill_mask_model": None,
             "generate_model": None,
             "app_name": "refresh",
+            "route_prefix": "/refresh",
             "refresh_s": 0,
         }
     )
-    serve.run(build(cfg), name="refresh", route_prefix="/refresh")
+    deploy(cfg)
     try:
         url = served["url"] + "/refresh/v1/predict/pairs"
         body = {"inputs": [["a", "b"]]}
@@ -853,14 +861,10 @@ def test_refresh_token_swaps_without_polling(served):
         )
         time.sleep(2)
         assert requests.post(url, json=body, timeout=30).json()["model"]["version"] == before
-        serve.run(
-            build(cfg.model_copy(update={"refresh_token": "now"})),
-            name="refresh",
-            route_prefix="/refresh",
-        )
+        deploy(cfg.model_copy(update={"refresh_token": "now"}))
         assert requests.post(url, json=body, timeout=30).json()["model"]["version"] == new
     finally:
-        serve.delete("refresh")
+        delete(cfg)
 
 
 def test_length_sorted_chunks_keep_each_answer_with_its_input(served):
@@ -869,7 +873,7 @@ def test_length_sorted_chunks_keep_each_answer_with_its_input(served):
     from lmplatform.serving.deployments import load_task
 
     p = load_task(Registry(served["registry"]), "ner")
-    p.chunk_size = 3
+    p.max_tokens = 40  # several chunks of a few rows
     texts = [" ".join(["w"] * n) + " Paris" for n in (9, 1, 30, 4, 17, 2, 11)]
     batch = p.predict(p.parse(texts))
     for t, got in zip(texts, batch):

@@ -69,7 +69,7 @@ DRIVER = textwrap.dedent(
     import ray
     from ray import serve
     from lmplatform.jobconfig import ServeConfig
-    from lmplatform.serving.deployments import build
+    from lmplatform.serving.deployments import delete, deploy
 
     registry, port = sys.argv[1], int(sys.argv[2])
     ray.init(address="auto", logging_level="ERROR")
@@ -80,16 +80,16 @@ DRIVER = textwrap.dedent(
     print(json.dumps({"event": "start", "gpu_nodes": gpu_nodes()}), flush=True)
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     cfg = ServeConfig(registry=registry, tasks=["sentiment"], replica_cpus=0, replica_gpus=1,
-                      autoscaling={"min_replicas": 2, "max_replicas": 2})
+                      autoscaling={"min_replicas": 2, "max_replicas": 2}, app_name="gpu")
     t0 = time.time()
-    serve.run(build(cfg), name="gpu", route_prefix="/")
+    deploy(cfg)
     print(json.dumps({"event": "running", "gpu_nodes": gpu_nodes(), "s": time.time() - t0}), flush=True)
     import urllib.request
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict/sentiment",
                                  data=b'{"inputs": ["on a gpu node"]}', method="POST",
                                  headers={"Content-Type": "application/json"})
     print(json.dumps({"event": "answer", "status": urllib.request.urlopen(req, timeout=30).status}), flush=True)
-    serve.delete("gpu")
+    delete(cfg)
     t1 = time.time()
     while time.time() - t1 < 120 and gpu_nodes() > 0:
         time.sleep(1)

@@ -85,6 +85,12 @@ class ServeConfig(StrictModel):
     """Any new value makes running replicas check the registry now (jobs/deploy.py --refresh)."""
     health_check_period_s: float = Field(10.0, gt=0)
     """Seconds between Serve health checks of model replicas."""
+    one_hop: bool = True
+    """Each task's model replica answers its HTTP route itself: a Serve application per task
+    at `<route_prefix>/v1/predict/<task>` (named `<app_name>-<task>`), so a request crosses
+    no replica-to-replica hop. `false`: every task behind the one ingress (one application,
+    what a single `serve deploy` entry can hold; a hop more per request). Shared-encoder
+    groups always sit behind the ingress."""
     app_name: str = "lmplatform"
     """Serve application name."""
     route_prefix: str = "/"

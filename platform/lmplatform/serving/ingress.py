@@ -32,7 +32,13 @@ class Ingress:
         self.auth = AuthConfig.model_validate(auth or {})
         self.cors_origins = cors_origins or []
         self.limits = Limits.model_validate(limits or {})
-        self.routes = routes
+        # a task with its own application (one hop) comes as (app, deployment) names
+        self.routes = {
+            t: serve.get_deployment_handle(h[1], app_name=h[0])
+            if isinstance(h, tuple | list)
+            else h
+            for t, h in routes.items()
+        }
         self.shared = set(shared)
         self.fill = fill_mask
         self.gen = generate
@@ -74,14 +80,14 @@ class Ingress:
             out = await _call(lambda: h.predict.remote(task, inputs, options), task)
         else:
             out = await _call(lambda: h.predict.remote(inputs, options), task)
-        return _raise_error(out)
+        return raise_error(out)
 
     async def fill_mask(self, inputs: list[str], top_k: int) -> dict:
         if self.fill is None:
             raise ApiError(
                 404, "not_found", "no fill-mask model is deployed (serve.fill_mask_model)"
             )
-        return _raise_error(
+        return raise_error(
             await _call(lambda: self.fill.predict.remote(inputs, top_k), "fill-mask")
         )
 
@@ -90,7 +96,7 @@ class Ingress:
             raise ApiError(
                 404, "not_found", "no generation model is deployed (serve.generate_model)"
             )
-        return _raise_error(
+        return raise_error(
             await _call(lambda: self.gen.predict.remote(inputs, **params), "generate")
         )
 
@@ -126,7 +132,7 @@ async def _call(request, what: str):
             await asyncio.sleep(RETRY_WAIT_S * (attempt + 1))
 
 
-def _raise_error(out: dict) -> dict:
+def raise_error(out: dict) -> dict:
     if "error" in out:
         e = out["error"]
         raise ApiError(
