@@ -201,9 +201,57 @@ def test_fill_mask_and_generate(served):
     )
     assert r.status_code == 200, r.text
     gens = r.json()["predictions"]
-    assert len(gens) == 2 and all(set(g) == {"text", "tokens", "truncated"} for g in gens)
+    assert len(gens) == 2 and all(
+        set(g) == {"text", "tokens", "truncated", "finish_reason"} for g in gens
+    )
     assert all(0 <= g["tokens"] <= 4 for g in gens)
     assert _post(served, "/v1/fill-mask", {"inputs": ["no mask here"]}).status_code == 422
+
+
+def _sse(served, body) -> list[dict]:
+    """The events of a streamed /v1/generate, parsed as they arrive."""
+    with requests.post(
+        served["url"] + "/v1/generate", json={**body, "stream": True}, timeout=30, stream=True
+    ) as r:
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/event-stream")
+        return [json.loads(line[len("data: ") :]) for line in r.iter_lines() if line]
+
+
+def test_generation_streams_stops_and_batches_across_requests(served):
+    """Streamed events add up to the non-streamed text; a stop sequence ends the text before
+    it (streamed or not); concurrent requests share generate calls."""
+    body = {"inputs": ["once upon a time"], "max_new_tokens": 12}
+    whole = _post(served, "/v1/generate", body).json()["predictions"][0]
+    events = _sse(served, {**body, "inputs": body["inputs"]})
+    *deltas, last = events
+    assert last["done"] is True and all(set(e) == {"text"} for e in deltas)
+    assert "".join(e["text"] for e in deltas) == last["text"] == whole["text"]
+    assert last["tokens"] == whole["tokens"] and len(deltas) >= 2
+    text = whole["text"]
+    assert len(text) >= 6, whole  # the tiny model writes something to cut
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    cut = text[: text.find(stop)]
+    stopped = _post(served, "/v1/generate", {**body, "stop": [stop, "never-said"]}).json()
+    assert stopped["predictions"][0]["text"] == cut
+    assert stopped["predictions"][0]["finish_reason"] == "stop"
+    *deltas, last = _sse(served, {**body, "stop": [stop]})
+    assert "".join(e["text"] for e in deltas) == last["text"] == cut
+    assert last["finish_reason"] == "stop"
+    for bad in (
+        {**body, "inputs": ["a", "b"], "stream": True},
+        {**body, "stop": ["a", "b", "c", "d", "e"]},
+        {**body, "stop": [""]},
+        {**body, "stream": "yes"},
+    ):
+        r = _post(served, "/v1/generate", bad)
+        assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_input", r.text
+
+    before = _stats("GenerateDeployment")["model_calls"]
+    with ThreadPoolExecutor(8) as ex:
+        answers = list(ex.map(lambda _: _post(served, "/v1/generate", body).json(), range(8)))
+    assert all(a["predictions"][0]["text"] == text for a in answers)  # greedy: the same
+    assert _stats("GenerateDeployment")["model_calls"] - before < 8
 
 
 # ----------------------------------------------------------------------------- errors

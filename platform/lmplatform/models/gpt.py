@@ -7,6 +7,7 @@ torch.distributed.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -186,7 +187,25 @@ class GPT(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
     ) -> torch.Tensor:
-        """Greedy (temperature 0), or sampling with temperature and optional top-k.
+        """Greedy (temperature 0), or sampling with temperature and optional top-k: the prompt
+        and its continuation, (B, T + new). Rows that ended (eos_id) are filled with eos_id."""
+        steps = self.generate_steps(
+            input_ids, max_new_tokens, temperature, top_k, eos_id, generator, use_cache
+        )
+        return torch.cat([input_ids, *steps], dim=1)
+
+    def generate_steps(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[torch.Tensor]:
+        """The next token of every row, (B, 1), one step at a time (streaming reads them as
+        they come); stops when every row has produced eos_id or after max_new_tokens.
 
         Incremental: each block keeps the keys and values of the positions so far, so a step
         computes one position, not the whole prefix (`use_cache=False`: the full recompute,
@@ -216,9 +235,9 @@ class GPT(nn.Module):
                 nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
                 done |= nxt[:, 0] == eos_id
             out = torch.cat([out, nxt], dim=1)
+            yield nxt
             if eos_id is not None and bool(done.all()):
-                break
-        return out
+                return
 
     def flops_per_token(self, seq_len: int) -> float:
         c = self.cfg

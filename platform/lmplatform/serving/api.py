@@ -22,11 +22,12 @@ Nothing a client sends is answered with a 500; 503/504 say the server is busy or
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, Protocol, TypeVar, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -69,6 +70,13 @@ class GenerateRequest(_Strict):
     temperature: Annotated[StrictFloat | StrictInt, Field(ge=0, le=10)] = 0.0
     """0: greedy; otherwise at least 0.001 (below it the softmax overflows to NaN)."""
     top_k: Annotated[StrictInt, Field(ge=1)] | None = None
+    stop: Annotated[
+        list[Annotated[StrictStr, Field(min_length=1, max_length=64)]], Field(max_length=4)
+    ] = []
+    """Up to 4 strings; the text ends before the first one produced (not included)."""
+    stream: StrictBool = False
+    """Server-sent events (one input only): `{"text": <new text>}` as tokens come, then the
+    final `{"text", "tokens", "truncated", "finish_reason", "done": true}`."""
 
     @field_validator("temperature")
     @classmethod
@@ -132,6 +140,8 @@ class Generation(BaseModel):
     text: str
     tokens: int
     truncated: bool = False
+    finish_reason: Literal["eos", "stop", "length"] = "length"
+    """End of text, a stop sequence, or max_new_tokens."""
 
 
 class GenerateResponse(BaseModel):
@@ -278,6 +288,7 @@ class Backend(Protocol):
     async def predict(self, task: str, inputs: list, options: dict) -> dict: ...
     async def fill_mask(self, inputs: list[str], top_k: int) -> dict: ...
     async def generate(self, inputs: list[str], **params) -> dict: ...
+    async def generate_stream(self, text: str, **params) -> AsyncIterator[dict]: ...
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -426,11 +437,26 @@ def make_app(
     async def generate(request: Request):
         body = await parse_body(request, GenerateRequest)
         _check_count(len(body.inputs))
-        return await backend.generate(
-            body.inputs,
-            max_new_tokens=body.max_new_tokens,
-            temperature=float(body.temperature),
-            top_k=body.top_k,
+        params = {
+            "max_new_tokens": body.max_new_tokens,
+            "temperature": float(body.temperature),
+            "top_k": body.top_k,
+            "stop": body.stop,
+        }
+        if not body.stream:
+            return await backend.generate(body.inputs, **params)
+        if len(body.inputs) != 1:
+            raise ApiError(
+                422, "invalid_input", f"stream: one input per request ({len(body.inputs)} given)"
+            )
+        events = await backend.generate_stream(body.inputs[0], **params)
+
+        async def sse():
+            async for event in events:
+                yield f"data: {json.dumps(event)}\n\n"
+
+        return StreamingResponse(
+            sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
     # outermost last: CORS (answers preflights), keys and Content-Type, admission (bound and

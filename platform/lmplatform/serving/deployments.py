@@ -247,6 +247,9 @@ class _OneTask:
     async def generate(self, inputs: list[str], **params) -> dict:
         raise ApiError(404, "not_found", "no such route (see /docs)")
 
+    async def generate_stream(self, text: str, **params):
+        raise ApiError(404, "not_found", "no such route (see /docs)")
+
 
 @serve.deployment(max_ongoing_requests=256)
 class SharedEncoderDeployment:
@@ -404,7 +407,16 @@ class FillMaskDeployment:
 
 @serve.deployment(max_ongoing_requests=64)
 class GenerateDeployment:
-    def __init__(self, registry: str, model: str):
+    """A pretrained GPT: continuations batched across requests that ask the same (length,
+    temperature, top-k, stop), or one streamed token by token."""
+
+    def __init__(
+        self,
+        registry: str,
+        model: str,
+        max_batch_size: int = 16,
+        batch_wait_timeout_s: float = 0.01,
+    ):
         reg = Registry(registry)
         name, version = reg.resolve("pretrained", model)
         self.p = GeneratePredictor(
@@ -413,9 +425,16 @@ class GenerateDeployment:
         self.version = f"{name}@{version}"
         self.metrics = ServingMetrics()
         self.metrics.serving("generate", self.version)
+        self._batched.set_max_batch_size(max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     async def predict(
-        self, inputs: list[str], max_new_tokens: int, temperature: float, top_k: int | None
+        self,
+        inputs: list[str],
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        stop: list[str] | None = None,
     ) -> dict:
         t0 = time.perf_counter()
         try:
@@ -423,13 +442,55 @@ class GenerateDeployment:
         except InputError as e:
             self.metrics.answered("generate", self.version, False, t0)
             return _error(e)
-        self.metrics.model_call("generate", self.version, len(items))
-        preds = await asyncio.to_thread(self.p.predict, items, max_new_tokens, temperature, top_k)
+        params = (max_new_tokens, temperature, top_k, tuple(stop or ()))
+        preds = await self._batched((items, params))
         self.metrics.answered("generate", self.version, True, t0)
         return {
             "model": {"name": self.p.ref.name, "version": self.p.ref.version},
             "predictions": preds,
         }
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _batched(self, requests: list[tuple[list, tuple]]) -> list[list[dict]]:
+        groups: dict[tuple, list[int]] = {}  # one generate call per set of parameters
+        for i, (_, params) in enumerate(requests):
+            groups.setdefault(params, []).append(i)
+        out: list[list[dict]] = [[] for _ in requests]
+        for (n, temperature, top_k, stop), idx in groups.items():
+            flat = [it for i in idx for it in requests[i][0]]
+            self.metrics.model_call("generate", self.version, len(flat))
+            preds = await _run(True, self.p.predict, flat, n, temperature, top_k, None, list(stop))
+            k = 0
+            for i in idx:
+                out[i] = preds[k : k + len(requests[i][0])]
+                k += len(requests[i][0])
+        return out
+
+    async def stream(
+        self,
+        text: str,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        stop: list[str] | None = None,
+    ):
+        """Events of one streamed continuation (an `error` event first if the input is bad)."""
+        t0 = time.perf_counter()
+        try:
+            items = self.p.parse([text])
+        except InputError as e:
+            self.metrics.answered("generate", self.version, False, t0)
+            yield _error(e)
+            return
+        self.metrics.model_call("generate", self.version, 1)
+        steps = self.p.stream(items[0], max_new_tokens, temperature, top_k, stop)
+        try:
+            # each step in a thread: the loop keeps serving other requests between tokens
+            while (event := await asyncio.to_thread(next, steps, None)) is not None:
+                yield event
+        finally:
+            steps.close()
+        self.metrics.answered("generate", self.version, True, t0)
 
     async def stats(self) -> dict:
         return {"model_calls": self.p.calls}
@@ -567,7 +628,9 @@ def build(cfg: ServeConfig) -> serve.Application:
             cfg.registry, cfg.fill_mask_model, **batch
         )
     if cfg.generate_model:
-        gen = GenerateDeployment.options(**opts).bind(cfg.registry, cfg.generate_model)
+        gen = GenerateDeployment.options(max_ongoing_requests=ongoing, **opts).bind(
+            cfg.registry, cfg.generate_model, **batch
+        )
     http = _http(cfg)
     return Ingress.options(
         autoscaling_config=opts["autoscaling_config"],

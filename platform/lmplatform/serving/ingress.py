@@ -100,6 +100,23 @@ class Ingress:
             await _call(lambda: self.gen.predict.remote(inputs, **params), "generate")
         )
 
+    async def generate_stream(self, text: str, **params):
+        """The model's events for one streamed input; a bad input is an ApiError before any
+        event is sent. (A replica dying mid-stream ends the stream: it is not re-sent.)"""
+        if self.gen is None:
+            raise ApiError(
+                404, "not_found", "no generation model is deployed (serve.generate_model)"
+            )
+        events = self.gen.options(stream=True).stream.remote(text, **params)
+        first = raise_error(await events.__anext__())
+
+        async def all_events():
+            yield first
+            async for event in events:
+                yield event
+
+        return all_events()
+
     async def stats(self) -> dict:
         out = {}
         for t, h in self.routes.items():

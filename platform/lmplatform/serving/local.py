@@ -39,3 +39,6 @@ class LocalBackend:
 
     async def generate(self, inputs: list[str], **params) -> dict:
         raise ApiError(404, "not_found", "no generation model in this server")
+
+    async def generate_stream(self, text: str, **params):
+        raise ApiError(404, "not_found", "no generation model in this server")

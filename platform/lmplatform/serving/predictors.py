@@ -12,6 +12,7 @@ each task's head its rows: N frozen-feature tasks from one parent cost one encod
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -326,6 +327,13 @@ class GeneratePredictor(_PretrainedPredictor):
             for i, x in enumerate(inputs)
         ]
 
+    def _prompt(self, it: Item, max_new_tokens: int) -> tuple[list[int], bool]:
+        """The prompt's ids (its newest part when prompt + continuation exceed the context)
+        and whether anything was cut."""
+        e = self.tokenizer.encode(it.text, add_special_tokens=False).ids or [self.sp.eot]
+        keep = max(1, self.max_len - max_new_tokens)
+        return e[-keep:], len(e) > keep or it.cut
+
     @torch.no_grad()
     def predict(
         self,
@@ -334,36 +342,106 @@ class GeneratePredictor(_PretrainedPredictor):
         temperature: float,
         top_k: int | None,
         seed: int | None = None,
+        stop: list[str] | None = None,
     ) -> list[dict]:
-        prompts = []
-        for it in items:
-            e = self.tokenizer.encode(it.text, add_special_tokens=False).ids or [self.sp.eot]
-            keep = max(1, self.max_len - max_new_tokens)
-            prompts.append((e[-keep:], len(e) > keep or it.cut))
+        """Continuations of a batch; prompts of one length share each step (GPT has no padding
+        mask, so different lengths run as separate calls)."""
+        prompts = [self._prompt(it, max_new_tokens) for it in items]
         gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         out: list[dict | None] = [None] * len(items)
         groups: dict[int, list[int]] = {}
-        for k, (p, _) in enumerate(prompts):  # no padding in GPT: one call per prompt length
+        for k, (p, _) in enumerate(prompts):
             groups.setdefault(len(p), []).append(k)
         with self._lock:
             for _, ks in sorted(groups.items()):
                 self.calls += 1
                 x = torch.tensor([prompts[k][0] for k in ks], device=self.device)
-                y = self.model.generate(
-                    x,
-                    max_new_tokens,
-                    temperature=temperature,
-                    top_k=top_k,
-                    eos_id=self.sp.eot,
-                    generator=gen,
+                rows = [Continuation(self.tokenizer, self.sp.eot, stop) for _ in ks]
+                steps = self.model.generate_steps(
+                    x, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen
                 )
-                for row, k in zip(y.tolist(), ks):
-                    new = row[len(prompts[k][0]) :]
-                    if self.sp.eot in new:
-                        new = new[: new.index(self.sp.eot)]
-                    out[k] = {
-                        "text": self.tokenizer.decode(new),
-                        "tokens": len(new),
-                        "truncated": prompts[k][1],
-                    }
+                for nxt in steps:
+                    for row, t in zip(rows, nxt[:, 0].tolist()):
+                        row.add(t)
+                    if all(r.finish for r in rows):  # end of text or a stop sequence each
+                        break
+                for row, k in zip(rows, ks):
+                    out[k] = row.result(prompts[k][1])
         return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def stream(
+        self,
+        item: Item,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        stop: list[str] | None = None,
+    ) -> Iterator[dict]:
+        """One continuation as it is produced: `{"text": <new text>}` per token (held back
+        while it may be the start of a stop sequence), then the final answer with
+        `"done": true` (the same fields as predict's)."""
+        ids, cut = self._prompt(item, max_new_tokens)
+        row = Continuation(self.tokenizer, self.sp.eot, stop)
+        x = torch.tensor([ids], device=self.device)
+        with self._lock:
+            self.calls += 1
+            for nxt in self.model.generate_steps(x, max_new_tokens, temperature, top_k):
+                delta = row.add(int(nxt[0, 0]))
+                if delta:
+                    yield {"text": delta}
+                if row.finish:
+                    break
+        rest = row.flush()
+        if rest:
+            yield {"text": rest}
+        yield {**row.result(cut), "done": True}
+
+
+class Continuation:
+    """One row's generated text: tokens until end of text, a stop sequence (cut before it) or
+    the length limit; what of it can be streamed already."""
+
+    def __init__(self, tokenizer, eot: int, stop: list[str] | None):
+        self.tokenizer, self.eot, self.stop = tokenizer, eot, [s for s in stop or [] if s]
+        self.tokens: list[int] = []
+        self.text = ""
+        self.sent = 0  # characters of text already streamed
+        self.finish: str | None = None  # "eos" | "stop"; "length" when the steps ran out
+
+    def add(self, token: int) -> str:
+        """Take the next token (ignored once finished); the text now safe to stream."""
+        if self.finish:
+            return ""
+        if token == self.eot:
+            self.finish = "eos"
+            return self.flush()
+        self.tokens.append(token)
+        self.text = self.tokenizer.decode(self.tokens)
+        cuts = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
+        if cuts:
+            self.text, self.finish = self.text[: min(cuts)], "stop"
+            return self.flush()
+        # hold back what may begin a stop sequence, and a half-decoded character
+        hold = max((len(s) - 1 for s in self.stop), default=0)
+        safe = len(self.text) - hold
+        while safe > self.sent and self.text[safe - 1] == "\ufffd":
+            safe -= 1
+        return self._emit(safe)
+
+    def flush(self) -> str:
+        return self._emit(len(self.text))
+
+    def _emit(self, upto: int) -> str:
+        if upto <= self.sent:
+            return ""
+        delta, self.sent = self.text[self.sent : upto], upto
+        return delta
+
+    def result(self, cut: bool) -> dict:
+        return {
+            "text": self.text,
+            "tokens": len(self.tokens),
+            "truncated": cut,
+            "finish_reason": self.finish or "length",
+        }
