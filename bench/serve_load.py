@@ -156,6 +156,7 @@ def main() -> None:
     if args.proxy == "haproxy":  # read when Serve starts: before Ray is
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response")
 
     from lmplatform.cli import require_model
     from lmplatform.registry import Registry
