@@ -380,10 +380,13 @@ def test_overload_gets_503_at_once_and_slow_answers_504(served):
         delete(cfg)
 
 
-def test_a_replica_killed_under_load_costs_under_one_percent(served):
+@pytest.mark.parametrize("one_hop", [False, True], ids=["two-hops", "one-hop"])
+def test_a_replica_killed_under_load_costs_under_one_percent(served, one_hop):
     """Two sentiment replicas in their own application; 8 clients for ~8 s; one replica is
-    SIGKILLed after 2 s. Requests in flight on it are sent again to the live one: < 1 % fail,
-    and any failure is a 503 in the envelope, not a dropped connection."""
+    SIGKILLed after 2 s: < 1 % fail. Behind the ingress (two hops) requests in flight on it are
+    sent again to the live one and any failure is a 503 in the envelope. With one hop nothing
+    of ours sits between the HTTP front and the dead replica: Serve's proxy answers those in
+    flight with its own 500 (measured 0-3 of ~1,050; README)."""
     import os
     import signal
 
@@ -397,12 +400,14 @@ def test_a_replica_killed_under_load_costs_under_one_percent(served):
         tasks=["sentiment"],
         app_name="faulty",
         route_prefix="/faulty",
+        one_hop=one_hop,
         replica_cpus=0,
         refresh_s=0,
         autoscaling={"min_replicas": 2, "max_replicas": 2},
     )
     deploy(cfg)
-    handle = serve.get_deployment_handle("task-sentiment", app_name=task_app_name(cfg, "sentiment"))
+    app = task_app_name(cfg, "sentiment") if one_hop else "faulty"
+    handle = serve.get_deployment_handle("task-sentiment", app_name=app)
     pids = set()
     deadline = time.time() + 30
     while len(pids) < 2 and time.time() < deadline:
@@ -429,9 +434,9 @@ def test_a_replica_killed_under_load_costs_under_one_percent(served):
             for f in futures:
                 f.result()
         failed = [r for r in results if r[0] != 200]
-        print(f"replica kill: {len(results)} requests, {len(failed)} failed")
+        print(f"replica kill ({one_hop=}): {len(results)} requests, {len(failed)} failed")
         assert len(results) > 100 and len(failed) < 0.01 * len(results), (len(results), failed[:5])
-        for code, text in failed:
+        for code, text in failed if not one_hop else ():
             assert code == 503 and json.loads(text)["error"]["type"] == "unavailable", text
     finally:
         delete(cfg)
@@ -894,6 +899,7 @@ def test_refresh_token_swaps_without_polling(served):
             "app_name": "refresh",
             "route_prefix": "/refresh",
             "refresh_s": 0,
+            "one_hop": False,  # the two-hop layout (every task behind the ingress) works too
         }
     )
     deploy(cfg)

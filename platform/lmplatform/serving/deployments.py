@@ -219,8 +219,10 @@ class TaskReplica:
         self.predictor.smoke()
 
 
-# the HTTP ingress of its own application with one hop; a handle's target otherwise
-TaskDeployment = serve.deployment(max_ongoing_requests=256)(serve.ingress()(TaskReplica))
+# behind the ingress (a handle's target), or, with one hop, the HTTP ingress of its own
+# application (Serve allows one ASGI deployment per application: two classes)
+TaskDeployment = serve.deployment(max_ongoing_requests=256)(TaskReplica)
+TaskIngress = serve.deployment(max_ongoing_requests=256)(serve.ingress()(TaskReplica))
 
 
 class _OneTask:
@@ -563,7 +565,7 @@ def _task_deployment(cfg: ServeConfig, task: str, http: dict | None) -> serve.Ap
     ongoing = max(4 * cfg.max_batch_size, 32)  # batches must be able to fill
     if http is not None:  # it faces HTTP: Serve hands it more than it admits (our own 503)
         ongoing = max(ongoing, cfg.max_queued_requests + 64)
-    return TaskDeployment.options(
+    return (TaskDeployment if http is None else TaskIngress).options(
         name=f"task-{task}",
         max_ongoing_requests=ongoing,
         user_config={"refresh_token": cfg.refresh_token},
