@@ -565,19 +565,23 @@ def _task_deployment(cfg: ServeConfig, task: str, http: dict | None) -> serve.Ap
     ongoing = max(4 * cfg.max_batch_size, 32)  # batches must be able to fill
     if http is not None:  # it faces HTTP: Serve hands it more than it admits (our own 503)
         ongoing = max(ongoing, cfg.max_queued_requests + 64)
-    return (TaskDeployment if http is None else TaskIngress).options(
-        name=f"task-{task}",
-        max_ongoing_requests=ongoing,
-        user_config={"refresh_token": cfg.refresh_token},
-        health_check_period_s=cfg.health_check_period_s,
-        **_options(cfg),
-    ).bind(
-        cfg.registry,
-        task,
-        refresh_s=cfg.refresh_s,
-        compile=cfg.compile,
-        http=http,
-        **_batching(cfg),
+    return (
+        (TaskDeployment if http is None else TaskIngress)
+        .options(
+            name=f"task-{task}",
+            max_ongoing_requests=ongoing,
+            user_config={"refresh_token": cfg.refresh_token},
+            health_check_period_s=cfg.health_check_period_s,
+            **_options(cfg),
+        )
+        .bind(
+            cfg.registry,
+            task,
+            refresh_s=cfg.refresh_s,
+            compile=cfg.compile,
+            http=http,
+            **_batching(cfg),
+        )
     )
 
 
