@@ -6,14 +6,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
-
 from lmplatform import storage
 from lmplatform.models.tasks import TaskModel
 from lmplatform.tasks.encoding import TaskEncoder
 from lmplatform.train.worker_parts import consolidated_state_dict
 from lmplatform.tune.search import SearchResult
-from lmplatform.tune.trial import CKPT, SELECTION, build_model, evaluate
+from lmplatform.tune.trial import SELECTION, build_model, evaluate, load_trial_state
 
 
 def best_checkpoint(results, metric: str = SELECTION, output_dir: str = "."):
@@ -44,7 +42,7 @@ def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
     job, data = sr.job, sr.data
     _, ckpt = best_checkpoint(sr.results, SELECTION, job.output_dir)
     with ckpt.as_directory() as d:
-        state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
+        state = load_trial_state(d)
         # a DeepSpeed trial's weights are in its ZeRO shards: their fp32 copy, merged
         weights = state["model"] if "model" in state else consolidated_state_dict(d)
     model = build_model(data, state["hp"])

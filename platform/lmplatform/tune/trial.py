@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,23 @@ from lmplatform.train.worker_parts import TAG
 from lmplatform.tune.data import TaskData, eval_subset
 
 CKPT = "trial.pt"
+
+
+def load_trial_state(folder: str | Path) -> dict:
+    """A trial checkpoint's `trial.pt`: tensors and plain values only (`weights_only`), so a
+    file planted in the run storage cannot run code on the driver or the workers."""
+    path = Path(folder) / CKPT
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is advice on loading it anyway; keep only what it found
+        found = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
+        what = f" ({found[0].split(' was not')[0]})" if found else ""
+        raise ValueError(
+            f"{path}: refused, it holds more than tensors and plain values{what}"
+        ) from None
+
+
 # What checkpoints are kept and the best one chosen by: the task metric, ties broken by dev loss.
 # An easy dev set saturates the metric (macro F1 1.0 after a few hundred steps in several
 # trials); without the tie-break the first checkpoint to reach it won, often the least trained
@@ -216,7 +234,7 @@ def restore(checkpoint, model, stepper, cfg, hp: dict, total: int) -> tuple[int,
     from lmplatform.train.loop import lr_lambda
 
     with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / CKPT, map_location="cpu", weights_only=False)
+        state = load_trial_state(d)
         if "model" not in state:  # DeepSpeed: every rank loads its shard
             stepper.engine.load_checkpoint(d, tag=TAG)
             return state["step"], state.get("trial")
