@@ -30,6 +30,9 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        # nan passes every bound check (all comparisons are false) and inf passes lower
+        # bounds: neither is a usable setting anywhere in a config
+        allow_inf_nan=False,
         use_attribute_docstrings=True,
         validate_assignment=True,
         protected_namespaces=(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
 from lmplatform.config import Name, StrictModel
 from lmplatform.data.pretraining import ExamplesConfig
@@ -25,7 +25,7 @@ from lmplatform.tasks.config import TaskConfig
 from lmplatform.tokenization import TokenizerConfig
 from lmplatform.tracking import TrackingConfig, mlflow_uri
 from lmplatform.train.config import ScalingConfig, TrainConfig
-from lmplatform.tune.config import SEARCHABLE, SearchConfig, SearchDim
+from lmplatform.tune.config import SEARCHABLE, LayerDecay, SearchConfig, SearchDim, Transfer
 
 
 def _check_tracking(tracking: TrackingConfig | None, output_dir: str) -> None:
@@ -122,9 +122,9 @@ class FinetuneJobConfig(StrictModel):
     tokenizer: TokenizerConfig | None = None
     """seq2seq: the joint tokenizer trained over both sides of the training pairs (default:
     joint_bpe, 8000 tokens)."""
-    transfer: Literal["full", "frozen"] = "full"
+    transfer: Transfer = "full"
     """Fine-tune every weight, or train only the head on frozen features."""
-    layer_decay: float = Field(1.0, gt=0.0, le=1.0)
+    layer_decay: LayerDecay = 1.0
     """Layer-wise learning-rate decay (1.0: none)."""
     train: TrainConfig = TrainConfig(lr=5e-5, epochs=3, eval_every=50, checkpoint_every=50)
     """Optimisation defaults for each trial (searched fields are overridden)."""

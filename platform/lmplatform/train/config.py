@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from lmplatform.config import StrictModel
+
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+"""An Adam moment decay: 1 or more never forgets (or diverges)."""
 
 CompileBackend = Literal["inductor", "aot_eager", "cudagraphs"]
 """torch.compile backends a config may name."""
@@ -36,7 +39,7 @@ class TrainConfig(StrictModel):
     """Fraction of steps spent warming up linearly from 0."""
     weight_decay: float = Field(0.01, ge=0.0, le=1.0)
     """AdamW decoupled weight decay (not applied to biases and norms)."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     """AdamW betas."""
     clip_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm to this value (null: no clipping)."""

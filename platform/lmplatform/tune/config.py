@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, field_validator, ValidationError, model_validator
 
 from lmplatform.config import StrictModel
+
+Transfer = Literal["full", "frozen"]
+"""Fine-tune every weight, or train only the head on frozen features."""
+LayerDecay = Annotated[float, Field(gt=0.0, le=1.0)]
+"""Layer-wise learning-rate decay (1.0: none)."""
 
 
 class SearchDim(StrictModel):
@@ -80,3 +86,63 @@ class SearchConfig(StrictModel):
                 f"space has unknown hyperparameter(s) {unknown} (allowed: {', '.join(SEARCHABLE)})"
             )
         return self
+
+    @field_validator("space")
+    @classmethod
+    def _dimensions(cls, space: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        for name, dim in space.items():
+            if name in SEARCHABLE:
+                check_dimension(name, dim)
+        return space
+
+
+def _field_types() -> dict[str, Any]:
+    """Each searchable hyperparameter's type and bounds, taken from the field a fixed value
+    sets: a searched value passes exactly the checks a fixed one does."""
+    from lmplatform.models.transformer import TransformerConfig
+    from lmplatform.train.config import TrainConfig
+
+    def of(model, name):
+        f = model.model_fields[name]
+        return Annotated[(f.annotation, *f.metadata)]
+
+    return {
+        **{
+            k: of(TrainConfig, k)
+            for k in ("lr", "batch_size", "epochs", "warmup_ratio", "weight_decay")
+        },
+        # every model family bounds these the same way: [0, 1)
+        "dropout": of(TransformerConfig, "dropout"),
+        "label_smoothing": of(TransformerConfig, "label_smoothing"),
+        "layer_decay": LayerDecay,
+        "transfer": Transfer,
+    }
+
+
+def check_dimension(name: str, dim: SearchDim) -> None:
+    """Fail on a dimension that could draw a value its field refuses, naming it: a bad space
+    fails when the config loads, not inside trials on the cluster."""
+    adapter = TypeAdapter(_field_types()[name])
+
+    def check(what: str, value) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}: {what}={value} is not a finite number")
+        try:
+            adapter.validate_python(value)
+        except ValidationError as e:
+            why = "; ".join(err["msg"] for err in e.errors())
+            raise ValueError(f"{name}: {what}={value!r} is not a valid {name} ({why})") from None
+
+    if dim.kind in ("choice", "grid"):
+        for i, v in enumerate(dim.values):
+            check(f"values[{i}]", v)
+        return
+    if name == "transfer":
+        raise ValueError(f"{name}: kind {dim.kind} draws numbers; use choice or grid")
+    check("low", dim.low)
+    if dim.kind == "randint":
+        if dim.low != int(dim.low) or dim.high != int(dim.high):
+            raise ValueError(f"{name}: randint needs whole-number low and high")
+        check("high - 1", int(dim.high) - 1)  # randint's high is exclusive
+    else:
+        check("high", dim.high)
