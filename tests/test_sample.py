@@ -32,6 +32,7 @@ def test_sample_files_load_without_bad_rows(sample_dir):
             "classification",
             ["negative", "positive"],
             0.0,
+            labels_are_indices=True,
         )
         assert len(s.dataset) == n and s.report.bad == 0
         t = load_labelled(
@@ -62,6 +63,7 @@ def test_sample_labels_are_balanced_and_learnable(sample_dir):
         "classification",
         ["negative", "positive"],
         0.0,
+        labels_are_indices=True,
     )
     labels = s.dataset["label"]
     assert 0.4 < sum(labels) / len(labels) < 0.6
@@ -75,6 +77,7 @@ def test_sample_labels_are_balanced_and_learnable(sample_dir):
         "classification",
         ["negative", "positive"],
         0.0,
+        labels_are_indices=True,
     )
     right = 0
     for text, y in zip(dev.dataset["text"], dev.dataset["label"]):

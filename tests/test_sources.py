@@ -63,7 +63,7 @@ def test_unknown_conll_tag_is_a_bad_row(tmp_path):
 
 def test_sst2_tsv_with_header(shared_data):
     src = DataSource(path=str(shared_data / "sst2" / "dev.tsv"), text_column="sentence")
-    data = load_labelled(src, "classification", ["negative", "positive"])
+    data = load_labelled(src, "classification", ["negative", "positive"], labels_are_indices=True)
     assert len(data.dataset) == 6735 and data.report.bad == 0
     assert set(data.dataset["label"]) == {0, 1}
 
@@ -86,7 +86,9 @@ def test_bad_rows_are_counted_by_reason_with_file_and_line(tmp_path):
         "sentence\tlabel\ngood one\t1\n\t0\nno label\t\nweird\t7\nfine\t0\ntoo\tmany\tcols\n"
     )
     src = DataSource(path=str(path), text_column="sentence")
-    data = load_labelled(src, "classification", ["neg", "pos"], max_bad_fraction=1.0)
+    data = load_labelled(
+        src, "classification", ["neg", "pos"], max_bad_fraction=1.0, labels_are_indices=True
+    )
     assert len(data.dataset) == 2
     assert data.report.total == 6 and data.report.bad == 4
     assert data.report.reasons == {
@@ -97,7 +99,9 @@ def test_bad_rows_are_counted_by_reason_with_file_and_line(tmp_path):
     }
     assert any(e.startswith(f"{path}:5: unknown label '7'") for e in data.report.examples)
     with pytest.raises(DataError, match="too many bad rows"):
-        load_labelled(src, "classification", ["neg", "pos"], max_bad_fraction=0.5)
+        load_labelled(
+            src, "classification", ["neg", "pos"], max_bad_fraction=0.5, labels_are_indices=True
+        )
 
 
 def test_csv_jsonl_parquet_and_pairs(tmp_path):

@@ -181,11 +181,15 @@ def test_task_data_from_s3_reports_bad_rows_like_local_files(s3_bucket, tmp_path
     uri = f"{s3_bucket}/data/s.tsv"
     storage.write_text(uri, text)
     src = DataSource(path=uri, text_column="sentence")
-    data = load_labelled(src, "classification", ["neg", "pos"], max_bad_fraction=1.0)
+    data = load_labelled(
+        src, "classification", ["neg", "pos"], max_bad_fraction=1.0, labels_are_indices=True
+    )
     assert len(data.dataset) == 2 and data.report.bad == 4
     assert any(e.startswith(f"{uri}:5: unknown label '7'") for e in data.report.examples)
     with pytest.raises(DataError, match="too many bad rows"):
-        load_labelled(src, "classification", ["neg", "pos"], max_bad_fraction=0.5)
+        load_labelled(
+            src, "classification", ["neg", "pos"], max_bad_fraction=0.5, labels_are_indices=True
+        )
 
 
 def test_preflight_names_unreadable_data_and_passes_readable(ray_local, s3_bucket, tmp_path):

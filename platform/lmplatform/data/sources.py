@@ -116,6 +116,8 @@ class CorpusConfig(StrictModel):
     ('blank_line'), or WikiText articles that start at ' = Title = ' lines ('wikitext')."""
     min_chars: int = Field(20, ge=0)
     """Documents shorter than this are dropped."""
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    """Fail if more than this fraction of records (lines, rows, sentences) is unreadable."""
 
 
 # --------------------------------------------------------------------------- files
@@ -149,19 +151,100 @@ def resolve_files(source: DataSource) -> list[str]:
     return files
 
 
-def detect_format(source: DataSource, files: list[str]) -> str:
+# Formats a file's first lines can prove; "text" proves nothing (any file is text).
+_STRONG = ("parquet", "jsonl", "conllu", "conll", "tsv", "csv")
+_IOB_TAG = re.compile(r"O|[BIES]-\S+")
+_CONLLU_ID = re.compile(r"\d+(?:[-.]\d+)?")
+_SNIFF_BYTES = 65536
+
+
+def _head(uri: str, so: dict) -> bytes:
+    with fsspec.open(uri, "rb", **so) as fh:
+        return fh.read(_SNIFF_BYTES)
+
+
+def _fits(fmt: str, head: bytes, lines: list[str]) -> bool:
+    """Whether the first lines of a file read as `fmt` (lines: non-blank, at most 200)."""
+    if fmt == "parquet":
+        return head.startswith(b"PAR1")
+    if not lines or head.startswith(b"PAR1"):
+        return False
+    if fmt == "jsonl":
+        try:
+            return all(isinstance(json.loads(ln), dict) for ln in lines[:20])
+        except json.JSONDecodeError:
+            return False
+    if fmt == "conllu":
+        words = [ln.split("\t") for ln in lines if not ln.startswith("#")]
+        return bool(words) and all(len(w) >= 10 and _CONLLU_ID.fullmatch(w[0]) for w in words)
+    if fmt == "conll":
+        if lines[0].startswith("-DOCSTART-"):
+            return True
+        fields = [ln.split() for ln in lines]
+        tagged = sum(bool(_IOB_TAG.fullmatch(f[-1])) for f in fields if len(f) >= 2)
+        return all(2 <= len(f) <= 12 for f in fields) and tagged >= 0.9 * len(fields)
+    if fmt == "tsv":
+        tabs = {ln.count("\t") for ln in lines}
+        return len(tabs) == 1 and tabs != {0}
+    if fmt == "csv":
+        try:
+            widths = {len(row) for row in csv.reader(lines)}
+        except csv.Error:
+            return False
+        return len(widths) == 1 and widths != {1}
+    return True  # text
+
+
+def _sample_lines(head: bytes) -> list[str]:
+    text = head.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    lines = text.splitlines()
+    if len(head) == _SNIFF_BYTES:
+        lines = lines[:-1]  # the last one is cut
+    return [ln for ln in lines if ln.strip()][:200]
+
+
+def detect_format(
+    source: DataSource, files: list[str], default: str | None = None
+) -> tuple[str, str]:
+    """(format, how it was decided). An explicit format is taken as it is. For `auto`, the
+    first file's first lines decide between what the extension says and what they prove:
+    the extension when they fit it, else the format they do fit (a CoNLL file named .txt, a
+    JSON-lines file named .json); `default` (the task's usual format) when they prove nothing
+    and the extension says nothing either."""
     if source.format != "auto":
-        return source.format
+        return source.format, "set in the config"
     if source.target_path is not None:
-        return "text"  # two aligned files: one sentence per line, whatever the extension (.de)
-    exts = {os.path.splitext(f.split("?")[0])[1].lower() for f in files}
-    fmts = {_EXT.get(e) for e in exts}
-    if len(fmts) != 1 or None in fmts:
+        return "text", "two aligned files, one sentence per line"
+    exts = sorted({os.path.splitext(f.split("?")[0])[1].lower() for f in files})
+    by_ext = {_EXT.get(e) for e in exts} - {None, "text"}
+    if len(by_ext) > 1:
         raise DataError(
-            f"{source.path}: cannot tell the format from extensions {sorted(exts)}; "
-            f"set format to one of text, csv, tsv, jsonl, parquet, conll, conllu"
+            f"{source.path}: files of different formats ({', '.join(exts)}); point `path` at "
+            "one format, or set `format`"
         )
-    return fmts.pop()
+    ext_fmt = by_ext.pop() if by_ext else None
+    head = _head(files[0], source.storage_options)
+    lines = _sample_lines(head)
+    if lines and lines[0].lstrip().startswith("[") and ext_fmt in (None, "jsonl"):
+        raise DataError(
+            f"{files[0]}: a JSON array; write one JSON object per line (JSON lines) instead"
+        )
+    ext_name = f"the {exts[0]} extension" if len(exts) == 1 else f"the {'/'.join(exts)} extensions"
+    if ext_fmt is not None and _fits(ext_fmt, head, lines):
+        return ext_fmt, f"{ext_name}; the content agrees"
+    content = next((f for f in _STRONG if _fits(f, head, lines)), None)
+    if content is not None:
+        if ext_fmt is None:
+            return content, f"the content ({files[0]} reads as {content})"
+        return content, f"the content: {files[0]} reads as {content}, not as {ext_name} says"
+    if ext_fmt is not None:
+        return ext_fmt, f"{ext_name} (the first lines prove no format)"
+    if default is not None:
+        return default, f"the task's usual format (neither {ext_name} nor the content tell)"
+    raise DataError(
+        f"{source.path}: cannot tell the format from {ext_name} or the content; set format to "
+        "one of text, csv, tsv, jsonl, parquet, conll, conllu"
+    )
 
 
 def fingerprint(source: DataSource, files: list[str] | None = None) -> str:
@@ -191,20 +274,67 @@ def fingerprint(source: DataSource, files: list[str] | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def checked_fingerprint(source: DataSource) -> str:
-    """Fail on a missing file, unknown format or misaligned parallel files here, not deep
-    inside `datasets`' generator."""
-    files = None
-    if not source.hub_name:
-        files = resolve_files(source)
-        detect_format(source, files)
-    fp = fingerprint(source, files)
+@dataclass
+class Checked:
+    """A data source checked before any row is read: the format decided (and how), the files,
+    and the fingerprint that keys cached rows."""
+
+    source: DataSource
+    """The source with `format` decided (readers never guess again)."""
+    files: list[str]
+    how: str
+    """How the format was decided, for the log and the data report."""
+    fingerprint: str
+    notes: list[str] = field(default_factory=list)
+    """What the user should know about the files (a byte-order mark dropped, …)."""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "source": self.source.model_dump(mode="json"),
+                "files": self.files,
+                "how": self.how,
+                "fingerprint": self.fingerprint,
+                "notes": self.notes,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Checked:
+        d = json.loads(text)
+        return cls(DataSource.model_validate(d.pop("source")), **d)
+
+    def describe(self) -> str:
+        if self.source.hub_name:
+            return f"{self.source.describe()} (Hub dataset)"
+        n = len(self.files)
+        files = self.files[0] if n == 1 else f"{n} files ({self.files[0]}, …)"
+        notes = "".join(f"; {n}" for n in self.notes)
+        return f"{files}: format {self.source.format} (from {self.how}){notes}"
+
+
+def check_source(source: DataSource, default_format: str | None = None) -> Checked:
+    """Fail on a missing or empty file, an unknown format or misaligned parallel files here,
+    before any compute, not deep inside `datasets`' generator."""
+    if source.hub_name:
+        return Checked(source, [], "the Hub", f"{fingerprint(source)}-{_READER_VERSION}")
+    files = resolve_files(source)
+    fs, _, _ = fsspec.get_fs_token_paths(files[0], storage_options=source.storage_options)
+    for f in files:
+        if fs.size(f) == 0:
+            raise DataError(f"{f}: the file is empty")
+    fmt, how = detect_format(source, files, default_format)
+    notes = []
+    if fmt != "parquet" and _head(files[0], source.storage_options).startswith(b"\xef\xbb\xbf"):
+        notes.append(f"{files[0]} starts with a UTF-8 byte-order mark (Excel writes one): dropped")
+    decided = source.model_copy(update={"format": fmt})
+    fp = fingerprint(decided, files)
     if source.target_path is not None:
         target = _target_side(source)
         target_files = resolve_files(target)
         _check_aligned(files, target_files, source.storage_options)
         fp += fingerprint(target, target_files)[:8]
-    return f"{fp}-{_READER_VERSION}"
+    return Checked(decided, files, how, f"{fp}-{_READER_VERSION}", notes)
 
 
 def _target_side(source: DataSource) -> DataSource:
@@ -216,7 +346,7 @@ def _target_side(source: DataSource) -> DataSource:
 def _count_lines(files: list[str], so: dict) -> list[int]:
     counts = []
     for f in files:
-        with _open_text(f, so) as fh:
+        with fsspec.open(f, "rb", **so) as fh:
             counts.append(sum(1 for _ in fh))
     return counts
 
@@ -238,20 +368,37 @@ def _check_aligned(src: list[str], tgt: list[str], so: dict) -> None:
             )
 
 
-def _open_text(uri: str, storage_options: dict):
-    return fsspec.open(uri, "rt", encoding="utf-8", errors="strict", newline="", **storage_options)
+def _lines(uri: str, so: dict) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, line with its end, None or why it is unusable) for each physical line.
+
+    Lines are decoded one by one so that bytes that are not UTF-8 are reported at their own
+    line (a text stream fails at a buffer boundary, without a line, and ends the file); a
+    UTF-8 byte-order mark (Excel writes one) is dropped."""
+    with fsspec.open(uri, "rb", **so) as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line, err = raw.decode("utf-8"), None
+            except UnicodeDecodeError as e:
+                line = raw.decode("utf-8", errors="replace")
+                err = (
+                    f"not UTF-8: byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line "
+                    "(re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8)"
+                )
+            if n == 1:
+                line = line.removeprefix("\ufeff")
+            yield n, line, err
 
 
 # --------------------------------------------------------------------------- records
 # A record reader yields (where, record, error): `where` is "file:line" (or "name row N"),
-# `record` a dict of columns, `error` None or why the row is unusable.
+# `record` a dict of columns, `error` None or why the row is unusable. A file that cannot be
+# read at all (header-only, an unreadable header) raises DataError naming it.
 
 
 def _iter_text(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, str | None]]:
     for f in files:
-        with _open_text(f, so) as fh:
-            for n, line in enumerate(fh, 1):
-                yield f"{f}:{n}", {"text": line.rstrip("\r\n")}, None
+        for n, line, err in _lines(f, so):
+            yield f"{f}:{n}", None if err else {"text": line.rstrip("\r\n")}, err
 
 
 def _iter_delimited(
@@ -260,43 +407,84 @@ def _iter_delimited(
     # TSV files in NLP (SST-2, AG News) are not quoted: a '"' is part of the text.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     for f in files:
-        with _open_text(f, so) as fh:
-            reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
-            names = columns
-            if header:
-                try:
-                    names = [c.strip() for c in next(reader)]
-                except StopIteration:
-                    continue
-            for row in reader:
-                where = f"{f}:{reader.line_num}"
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # blank line
-                if len(row) != len(names):
-                    yield (
-                        where,
-                        None,
-                        f"expected {len(names)} columns ({', '.join(names)}), found {len(row)}",
-                    )
-                    continue
-                yield where, dict(zip(names, row)), None
+        undecodable: dict[int, str] = {}
+
+        def text(f=f, undecodable=undecodable):
+            for n, line, err in _lines(f, so):
+                if err:
+                    undecodable[n] = err
+                yield line
+
+        reader = csv.reader(text(), delimiter=delimiter, quoting=quoting)
+        names = columns
+        if header:
+            names = [c.strip() for c in next(reader, [])]
+            if undecodable or not any(names):
+                raise DataError(f"{f}:1: no readable header ({undecodable.get(1, 'blank')})")
+            if len(set(names)) != len(names):
+                raise DataError(f"{f}:1: repeated column names in the header {names}")
+        rows, end = 0, reader.line_num
+        while True:
+            start = end + 1
+            try:
+                row = next(reader, None)
+            except csv.Error as e:  # e.g. a quote left open at the end of the file
+                yield f"{f}:{start}", None, f"line {start}: {e} (an unclosed quote?)"
+                end = reader.line_num
+                continue
+            if row is None:
+                break
+            end = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            rows += 1
+            where = f"{f}:{start}"
+            if end > start:
+                # a quote opened and closed lines later: everything between became one field
+                # (600 rows silently merged into one, if it were counted as one row)
+                yield (
+                    where,
+                    None,
+                    f"a quoted field runs over lines {start}-{end} (a stray or unclosed "
+                    "quote, or a line break inside a field)",
+                )
+                for n in range(start + 1, end + 1):
+                    yield f"{f}:{n}", None, f"swallowed by the quoted field opened at line {start}"
+                continue
+            if start in undecodable:
+                yield where, None, undecodable.pop(start)
+                continue
+            if len(row) != len(names):
+                yield (
+                    where,
+                    None,
+                    f"expected {len(names)} columns ({', '.join(names)}), found {len(row)}",
+                )
+                continue
+            yield where, dict(zip(names, row)), None
+        if rows == 0:
+            raise DataError(
+                f"{f}: a header and no rows" if header else f"{f}: no rows (only blank lines)"
+            )
 
 
 def _iter_jsonl(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, str | None]]:
     for f in files:
-        with _open_text(f, so) as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield f"{f}:{n}", None, f"invalid JSON ({e.msg})"
-                    continue
-                if not isinstance(rec, dict):
-                    yield f"{f}:{n}", None, "not a JSON object"
-                    continue
-                yield f"{f}:{n}", rec, None
+        for n, line, err in _lines(f, so):
+            if err:
+                yield f"{f}:{n}", None, err
+                continue
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield f"{f}:{n}", None, f"invalid JSON ({e.msg})"
+                continue
+            if not isinstance(rec, dict):
+                yield f"{f}:{n}", None, "not a JSON object"
+                continue
+            yield f"{f}:{n}", rec, None
 
 
 def _iter_arrow(
@@ -323,33 +511,34 @@ def _iter_arrow(
 
 
 def _iter_conll(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, str | None]]:
-    """Sentences from `word … tag` lines; a blank line ends a sentence; -DOCSTART- is skipped."""
+    """Sentences from `word … tag` lines; a blank line ends a sentence; -DOCSTART- is skipped.
+    A sentence with a malformed or undecodable line is one bad row, reported at that line."""
     for f in files:
-        with _open_text(f, so) as fh:
-            tokens: list[str] = []
-            tags: list[str] = []
-            start = 0
-            error: str | None = None
-            for n, line in enumerate(fh, 1):
-                parts = line.split()
-                if not parts:
-                    if tokens or error:
-                        yield f"{f}:{start}", {"tokens": tokens, "tags": tags}, error
-                    tokens, tags, error = [], [], None
-                    continue
-                if parts[0] == "-DOCSTART-":
-                    continue
-                if not tokens and error is None:
+        tokens: list[str] = []
+        tags: list[str] = []
+        start, error = 0, None
+        for n, line, bad in _lines(f, so):
+            parts = line.split()
+            if not parts:
+                if tokens or error:
+                    yield f"{f}:{start}", {"tokens": tokens, "tags": tags}, error
+                tokens, tags, error = [], [], None
+                continue
+            if parts[0] == "-DOCSTART-":
+                continue
+            if not tokens and error is None:
+                start = n
+            if bad or len(parts) < 2:
+                if error is None:
+                    error = f"line {n}: " + (
+                        bad or f"expected 'word … tag', found {line.strip()!r}"
+                    )
                     start = n
-                if len(parts) < 2:
-                    if error is None:
-                        error = f"line {n}: expected 'word … tag', found {line.strip()!r}"
-                        start = n
-                    continue
-                tokens.append(parts[0])
-                tags.append(parts[-1])
-            if tokens or error:
-                yield f"{f}:{start}", {"tokens": tokens, "tags": tags}, error
+                continue
+            tokens.append(parts[0])
+            tags.append(parts[-1])
+        if tokens or error:
+            yield f"{f}:{start}", {"tokens": tokens, "tags": tags}, error
 
 
 def _iter_conllu(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, str | None]]:
@@ -357,49 +546,53 @@ def _iter_conllu(files: list[str], so: dict) -> Iterator[tuple[str, dict | None,
     (Universal Propositions: the predicate sense, then one argument column per predicate).
     Comment lines, multiword-token ranges (`1-2`) and empty nodes (`8.1`) are skipped."""
     for f in files:
-        with _open_text(f, so) as fh:
-            words: list[str] = []
-            extra: list[list[str]] = []
-            start, error = 0, None
-            for n, line in enumerate(fh, 1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    if words or error:
-                        yield f"{f}:{start}", {"tokens": words, "columns": extra}, error
-                    words, extra, error = [], [], None
-                    continue
-                if line.startswith("#"):
-                    continue
-                if not words and error is None:
-                    start = n
-                parts = line.split("\t")
-                if len(parts) < 10:
-                    if error is None:
-                        error = f"line {n}: expected 10 or more tab-separated columns, found {len(parts)}"
-                    continue
-                if "-" in parts[0] or "." in parts[0]:
-                    continue
-                words.append(parts[1])
-                extra.append(parts[10:])
-            if words or error:
-                yield f"{f}:{start}", {"tokens": words, "columns": extra}, error
+        words: list[str] = []
+        extra: list[list[str]] = []
+        start, error = 0, None
+        for n, line, bad in _lines(f, so):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                if words or error:
+                    yield f"{f}:{start}", {"tokens": words, "columns": extra}, error
+                words, extra, error = [], [], None
+                continue
+            if line.startswith("#") and not bad:
+                continue
+            if not words and error is None:
+                start = n
+            parts = line.split("\t")
+            if bad or len(parts) < 10:
+                if error is None:
+                    error = f"line {n}: " + (
+                        bad or f"expected 10 or more tab-separated columns, found {len(parts)}"
+                    )
+                continue
+            if "-" in parts[0] or "." in parts[0]:
+                continue
+            words.append(parts[1])
+            extra.append(parts[10:])
+        if words or error:
+            yield f"{f}:{start}", {"tokens": words, "columns": extra}, error
 
 
 def _iter_parallel(
     files: list[str], target_files: list[str], so: dict, column: str, target_column: str
 ) -> Iterator[tuple[str, dict | None, str | None]]:
     for a, b in zip(files, target_files):
-        with _open_text(a, so) as fa, _open_text(b, so) as fb:
-            for n, (x, y) in enumerate(zip(fa, fb), 1):
-                yield f"{a}:{n}", {column: x.rstrip("\r\n"), target_column: y.rstrip("\r\n")}, None
+        for (n, x, bad_x), (_, y, bad_y) in zip(_lines(a, so), _lines(b, so)):
+            if bad_x or bad_y:
+                yield f"{a}:{n}", None, bad_x or f"{b}:{n}: {bad_y}"
+                continue
+            yield f"{a}:{n}", {column: x.rstrip("\r\n"), target_column: y.rstrip("\r\n")}, None
 
 
-def iter_records(source: DataSource) -> Iterator[tuple[str, dict | None, str | None]]:
+def iter_records(checked: Checked) -> Iterator[tuple[str, dict | None, str | None]]:
+    """Every record of a checked source (its format decided), in file and line order."""
+    source, files = checked.source, checked.files
     if source.hub_name:
         yield from _iter_arrow(source, None)
         return
-    files = resolve_files(source)
-    fmt = detect_format(source, files)
+    fmt = source.format
     so = source.storage_options
     if source.target_path is not None:
         target = resolve_files(_target_side(source))
@@ -455,7 +648,11 @@ class BadRows:
 
 
 _REASONS = (
+    ("not UTF-8", "not UTF-8"),
     ("line ", "malformed line"),
+    ("a quoted field", "quoted field over several lines"),
+    ("swallowed by", "quoted field over several lines"),
+    ("tokens and tags", "tokens and tags differ in length"),
     ("expected ", "wrong number of columns"),
     ("invalid JSON", "invalid JSON"),
     ("not a JSON", "invalid JSON"),
@@ -471,18 +668,21 @@ _REASONS = (
 
 
 def _reason(err: str) -> str:
+    if "not UTF-8" in err:  # also inside a sentence ("line 12: not UTF-8 …")
+        return "not UTF-8"
     return next((name for prefix, name in _REASONS if err.startswith(prefix)), "bad row")
 
 
-def report_bad_rows(ds: datasets.Dataset, source: str) -> BadRows:
-    """Bad-row report of a dataset with `_where` and `_error` columns."""
-    rep = BadRows(source=source, total=len(ds))
-    for where, err in zip(ds["_where"], ds["_error"]):
-        if err:
-            rep.bad += 1
-            rep.reasons[_reason(err)] += 1
-            if len(rep.examples) < 20:
-                rep.examples.append(f"{where}: {err}")
+def report_bad_rows(ds: datasets.Dataset, source: str, total: int | None = None) -> BadRows:
+    """Bad-row report of a dataset with `_where` and `_error` columns (`total`: rows read,
+    when a dataset row can stand for several)."""
+    rep = BadRows(source=source, total=len(ds) if total is None else total)
+    bad = ds.filter(lambda e: e is not None, input_columns="_error")
+    for where, err in zip(bad["_where"], bad["_error"]):
+        rep.bad += 1
+        rep.reasons[_reason(err)] += 1
+        if len(rep.examples) < 20:
+            rep.examples.append(f"{where}: {err}")
     return rep
 
 
@@ -492,26 +692,36 @@ def report_bad_rows(ds: datasets.Dataset, source: str) -> BadRows:
 _TITLE = re.compile(r"^ = [^=].* = $")
 
 
-def _documents(source_json: str, document_split: str, min_chars: int, fingerprint: str):
-    """Generator for `Dataset.from_generator`; `fingerprint` is only there to key the cache."""
-    source = DataSource.model_validate_json(source_json)
+def _documents(checked_json: str, document_split: str, min_chars: int):
+    """Generator for `Dataset.from_generator`: documents, and one row per bad record; `_rows`
+    counts the records each row stands for (lines merged into a document, short ones dropped),
+    so that the bad fraction is of records read, not of documents."""
+    checked = Checked.from_json(checked_json)
+    source = checked.source
     buf: list[str] = []
+    pending = 0
+
+    def row(text: str = "", where: str = "", error: str | None = None) -> dict:
+        nonlocal pending
+        out = {"text": text, "_where": where, "_error": error, "_rows": pending}
+        pending = 0
+        return out
 
     def flush():
         text = "\n".join(buf).strip()
         buf.clear()
-        if len(text) >= min_chars:
-            return {"text": text}
-        return None
+        return row(text) if len(text) >= min_chars else None
 
     current_file = None
-    for where, rec, err in iter_records(source):
+    for where, rec, err in iter_records(checked):
+        pending += 1
         file = where.rsplit(":", 1)[0]
         if file != current_file:
             current_file = file
             if buf and (doc := flush()):
                 yield doc  # a document never spans two files
         if err or rec is None:
+            yield row(where=where, error=err or "unreadable record")
             continue
         if source.text_column not in rec and "tokens" in rec:  # CoNLL: a sentence's words
             line = " ".join(rec["tokens"])
@@ -520,7 +730,7 @@ def _documents(source_json: str, document_split: str, min_chars: int, fingerprin
             line = "" if line is None else str(line)
         if document_split == "line":
             if len(line.strip()) >= max(min_chars, 1):
-                yield {"text": line.strip()}
+                yield row(line.strip())
             continue
         if document_split == "blank_line":
             if line.strip():
@@ -536,22 +746,54 @@ def _documents(source_json: str, document_split: str, min_chars: int, fingerprin
             buf.append(line.strip())
     if buf and (doc := flush()):
         yield doc
+    if pending:
+        yield row()
+
+
+def generate(gen, gen_kwargs: dict, features: datasets.Features) -> datasets.Dataset:
+    """`Dataset.from_generator` (rows written to Arrow on disk, cached by `gen_kwargs`), with a
+    DataError from a reader (a file that cannot be read at all) raised as itself: `datasets`
+    wraps it in a DatasetGenerationError that names no file."""
+    import datasets
+
+    try:
+        return datasets.Dataset.from_generator(gen, gen_kwargs=gen_kwargs, features=features)
+    except datasets.exceptions.DatasetGenerationError as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def load_corpus(cfg: CorpusConfig) -> datasets.Dataset:
-    """Documents as a `datasets.Dataset` with one column, `text` (Arrow on disk, not in memory)."""
+    """Documents as a `datasets.Dataset` with one column, `text` (Arrow on disk, not in memory);
+    fails above `max_bad_fraction` unreadable records."""
     import datasets
 
-    fp = checked_fingerprint(cfg.source)
-    ds = datasets.Dataset.from_generator(
+    checked = check_source(cfg.source, default_format="text")
+    print(f"[data] corpus {checked.describe()}", flush=True)
+    raw = generate(
         _documents,
-        gen_kwargs=dict(
-            source_json=cfg.source.model_dump_json(),
+        dict(
+            checked_json=checked.to_json(),
             document_split=cfg.document_split,
             min_chars=cfg.min_chars,
-            fingerprint=fp,
+        ),
+        datasets.Features(
+            {
+                "text": datasets.Value("string"),
+                "_where": datasets.Value("string"),
+                "_error": datasets.Value("string"),
+                "_rows": datasets.Value("int64"),
+            }
         ),
     )
+    report = report_bad_rows(raw, cfg.source.describe(), total=sum(raw["_rows"]))
+    report.check(cfg.max_bad_fraction)
+    ds = raw.filter(lambda t, e: e is None and t != "", input_columns=["text", "_error"])
+    ds = ds.select_columns(["text"])
     if len(ds) == 0:
         raise DataError(
             f"{cfg.source.describe()}: no documents of at least {cfg.min_chars} characters"

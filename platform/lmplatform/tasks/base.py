@@ -90,7 +90,8 @@ class TaskType:
     class_metric: ClassVar[bool] = False
     """'f1/<class>' may be the selection metric."""
     file_format: ClassVar[str | None] = None
-    """The file format 'auto' means for it (None: from the extension)."""
+    """The format `auto` falls back to when neither the extension nor the first lines tell
+    (a .txt file; None: the user is asked to set one)."""
     columns: ClassVar[dict[str, str]]
     """Row columns: 'string', 'strings', 'int' (the dataset's schema)."""
     input_schema: ClassVar[Any]
@@ -111,9 +112,7 @@ class TaskType:
         """Raise ValueError when the task config does not fit the type."""
 
     def check_source(self, source):
-        """The data source to read (a format for 'auto', say); DataError if unusable."""
-        if self.file_format and source.format == "auto" and not source.hub_name:
-            return source.model_copy(update={"format": self.file_format})
+        """The data source as this type reads it; DataError if unusable."""
         return source
 
     def rows(

@@ -3,7 +3,6 @@ input, a pooled head, accuracy / macro F1 / the F1 of one class."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -14,12 +13,10 @@ from lmplatform.tasks.base import Encoding, InputError, Item, Scorer, TaskType, 
 
 
 def label_index(raw: Any, labels: list[str]) -> int | None:
+    """A label's position in `labels`, or None. Never read as an index: with labels '1'..'5',
+    '0' is unknown (task.labels_are_indices maps indices to labels when the data holds them)."""
     s = str(raw).strip()
-    if s in labels:
-        return labels.index(s)
-    if re.fullmatch(r"-?\d+", s) and 0 <= int(s) < len(labels):
-        return int(s)
-    return None
+    return labels.index(s) if s in labels else None
 
 
 def _label_order(s: str):

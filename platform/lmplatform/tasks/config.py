@@ -23,6 +23,10 @@ class TaskConfig(StrictModel):
     labels: list[str] | None = None
     """Label names (classification), entity types (token classification) or semantic roles
     (srl; roles outside the list are not learned); null: every one found in the training data."""
+    labels_are_indices: bool = False
+    """Classification: the label column holds 0-based positions in `labels` ('0' is labels[0])
+    rather than the labels themselves. Off, a label not in `labels` is a bad row, never read as
+    an index."""
     label_names: list[str] | None = None
     """Display names for the labels, in the order of `labels` (e.g. '0','1' -> negative, positive)."""
     metric: str | None = None
@@ -49,6 +53,10 @@ class TaskConfig(StrictModel):
             self.decoding = DecodingConfig()  # (assignment re-runs this validator)
         if self.metric is None:
             self.metric = tt.metrics[0]
+        if self.labels_are_indices and (not tt.class_metric or self.labels is None):
+            raise ValueError(
+                "labels_are_indices needs a classification task with `labels` (what each index means)"
+            )
         if self.label_names is not None:
             if self.labels is None or len(self.label_names) != len(self.labels):
                 raise ValueError("label_names needs `labels`, one display name per label")

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 
 import datasets
 
-from lmplatform.data.sources import DataSource, checked_fingerprint, iter_records, report_bad_rows
+from lmplatform.data.sources import (
+    BadRows,
+    Checked,
+    DataError,
+    DataSource,
+    check_source,
+    generate,
+    iter_records,
+    report_bad_rows,
+)
 from lmplatform.tasks import task_type
 from lmplatform.tasks.base import TaskType
 
@@ -27,8 +36,10 @@ class LabelledData:
 
     dataset: datasets.Dataset
     labels: list[str]
-    report: object  # data.sources.BadRows
+    report: BadRows
     fingerprint: str
+    checked: Checked
+    """The files read and their format (and how it was decided)."""
 
 
 def _code_version(tt: TaskType) -> str:
@@ -39,18 +50,31 @@ def _code_version(tt: TaskType) -> str:
     return h.hexdigest()[:12]
 
 
-def _task_rows(source_json: str, type_name: str, labels_json: str, fingerprint: str):
-    """Generator for `Dataset.from_generator`; `fingerprint` is only there to key the cache."""
-    source = DataSource.model_validate_json(source_json)
+def _task_rows(checked_json: str, type_name: str, labels_json: str, index_labels: bool):
+    """Generator for `Dataset.from_generator` (cached by these arguments: the checked source
+    carries the data's and the code's fingerprint)."""
+    checked = Checked.from_json(checked_json)
+    source = checked.source
     tt = task_type(type_name)
     labels = json.loads(labels_json)
     empty = {c: _FEATURES[kind][1] for c, kind in tt.columns.items()}
-    for where, rec, err in iter_records(source):
+    for where, rec, err in iter_records(checked):
         if rec is None or err:  # unreadable: one bad row, whatever the task type would make
             yield {"_where": where, "_error": err or "unreadable record", **empty}
             continue
+        if index_labels:
+            rec = _label_from_index(rec, source.label_column, labels)
         for row, row_err in tt.rows(rec, source, labels):
             yield {"_where": where, "_error": row_err, **empty, **row}
+
+
+def _label_from_index(rec: dict, column: str, labels: list[str]) -> dict:
+    """`labels_are_indices`: '2' means labels[2]. Only when the config says so: guessing would
+    read the label '0' of labels '1'..'5' as the index of '1'."""
+    raw = str(rec.get(column, "")).strip()
+    if raw.isdigit() and int(raw) < len(labels):
+        return {**rec, column: labels[int(raw)]}
+    return rec  # not an index: reported as an unknown label
 
 
 def load_labelled(
@@ -58,6 +82,7 @@ def load_labelled(
     task: str | TaskType,
     labels: list[str] | None = None,
     max_bad_fraction: float = 0.01,
+    labels_are_indices: bool = False,
 ) -> LabelledData:
     """Read a task's rows, count and report bad ones, fail above `max_bad_fraction`, encode labels.
 
@@ -66,23 +91,27 @@ def load_labelled(
     """
     tt = task_type(task) if isinstance(task, str) else task
     source = tt.check_source(source)
-    fp = f"{checked_fingerprint(source)}-{_code_version(tt)}"
+    checked = check_source(source, tt.file_format)
+    checked.fingerprint = f"{checked.fingerprint}-{_code_version(tt)}"
+    print(f"[data] {checked.describe()}", flush=True)
     features = {c: _FEATURES[kind][0] for c, kind in tt.columns.items()}
-    raw = datasets.Dataset.from_generator(
+    raw = generate(
         _task_rows,
         # lists in gen_kwargs would be split into shards by `datasets`: pass JSON strings
-        gen_kwargs=dict(
-            source_json=source.model_dump_json(),
+        dict(
+            checked_json=checked.to_json(),
             type_name=tt.name,
             labels_json=json.dumps(labels),
-            fingerprint=fp,
+            index_labels=labels_are_indices,
         ),
-        features=datasets.Features(
+        datasets.Features(
             {"_where": datasets.Value("string"), "_error": datasets.Value("string"), **features}
         ),
     )
     report = report_bad_rows(raw, source.describe())
     report.check(max_bad_fraction)
     good = raw.filter(lambda e: e is None, input_columns="_error")
+    if len(good) == 0:
+        raise DataError(f"no usable rows: {report.summary()}")
     ds, labels = tt.finish(good.remove_columns(["_where", "_error"]), labels)
-    return LabelledData(dataset=ds, labels=list(labels), report=report, fingerprint=fp)
+    return LabelledData(ds, list(labels), report, checked.fingerprint, checked)

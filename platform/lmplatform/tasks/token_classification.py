@@ -116,6 +116,10 @@ class _Scorer(WordScorer):
         return {"entity_f1": rep["entity_f1"]}, per
 
 
+def _strings(x) -> bool:
+    return isinstance(x, list) and all(isinstance(t, str) for t in x)
+
+
 class TokenClassification(TaskType):
     name = "token_classification"
     layout = "token"
@@ -131,8 +135,15 @@ class TokenClassification(TaskType):
         tokens, tags = rec.get("tokens", []), rec.get("tags", [])
         error = None
         allowed = bio_tags(labels) if labels else None
+        if not _strings(tokens) or not _strings(tags):
+            yield {"tokens": [], "tags": []}, "tokens and tags must be lists of strings"
+            return
         if not tokens:
             error = "empty sentence"
+        elif len(tokens) != len(tags):
+            # (JSON lines; a CoNLL line always holds both) one tag per word, or every tag
+            # after the gap would label the wrong word
+            error = f"tokens and tags differ in length: {len(tokens)} tokens, {len(tags)} tags"
         elif allowed is not None:
             bad = [t for t in tags if t not in allowed]
             if bad:

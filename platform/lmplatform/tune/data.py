@@ -52,8 +52,8 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
     meta = reg.metadata("pretrained", name, version)
     cfg = read_config(path)
     t = job.task
-    train = load_labelled(t.train, t.type, t.labels, t.max_bad_fraction)
-    dev = load_labelled(t.dev, t.type, train.labels, t.max_bad_fraction)
+    train = load_labelled(t.train, t.type, t.labels, t.max_bad_fraction, t.labels_are_indices)
+    dev = load_labelled(t.dev, t.type, train.labels, t.max_bad_fraction, t.labels_are_indices)
     tt = task_type(t.type)
     return TaskData(
         job=job.model_dump(mode="json"),
