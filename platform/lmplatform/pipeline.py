@@ -307,6 +307,9 @@ def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) 
                     per = {}
                 if per:
                     parts.append(_per_class_table(task, s["version"], per))
+                report_json = storage.join(s["run_dir"], "data_report.json")
+                if storage.exists(report_json):
+                    parts.append(_data_section(task, json.loads(storage.read_text(report_json))))
                 src = copy(storage.join(s["run_dir"], "trials.png"), f"trials_{task}.png")
                 if src:
                     parts.append(
@@ -328,6 +331,51 @@ def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) 
     path = storage.join(out, "report.html")
     storage.write_text(path, "\n".join(parts))
     return path
+
+
+def _data_section(task: str, report: dict) -> str:
+    """The data a task was trained and selected on: rows read and dropped (why, where), the
+    label distribution, token lengths and the share `max_seq_len` cuts, per split."""
+    e = html.escape
+    out = [f"<h3>{e(task)}: data</h3><table><tr><th></th>"]
+    splits = [k for k in ("train", "dev") if k in report]
+    out.append("".join(f"<th>{k}</th>" for k in splits) + "</tr>")
+
+    def line(name: str, cell) -> None:
+        out.append(
+            f"<tr><td>{e(name)}</td>"
+            + "".join(f"<td>{cell(report[k])}</td>" for k in splits)
+            + "</tr>"
+        )
+
+    line("files", lambda r: e(f"{r['source']} ({r['format']}, from {r['format_from']})"))
+    line("rows read", lambda r: r["rows_read"])
+    line(
+        "rows dropped",
+        lambda r: (
+            f"{r['rows_dropped']}"
+            + "".join(f"<br>{e(k)}: {v}" for k, v in r["dropped_by_reason"].items())
+        ),
+    )
+    line("labels", lambda r: "<br>".join(f"{e(k)}: {v}" for k, v in r["labels"].items()) or "–")
+    for side in ("input", "source", "target"):
+        if all(f"{side}_tokens" in report[k] for k in splits):
+            line(
+                f"{side} tokens (p50 / p95 / p99 / max)",
+                lambda r, s=side: " / ".join(
+                    str(r[f"{s}_tokens"][q]) for q in ("p50", "p95", "p99", "max")
+                ),
+            )
+    line("over max_seq_len", lambda r: f"{r['truncated_fraction']:.2%} (of {r['max_seq_len']})")
+    out.append("</table>")
+    for k in splits:
+        if report[k]["first_dropped"]:
+            out.append(
+                f"<p>{k}: first dropped rows</p><pre>"
+                + e("\n".join(report[k]["first_dropped"]))
+                + "</pre>"
+            )
+    return "".join(out)
 
 
 def _per_class_table(task: str, version: str, per: dict) -> str:

@@ -27,7 +27,10 @@ def main() -> None:
     sr = run_search(cfg, data)
     save_resolved(cfg, sr.run_dir)
     print(format_table(sr.table, cfg.task.metric))
-    print(f"trials: {sr.run_dir}/trials.csv  plot: {sr.run_dir}/trials.png")
+    print(
+        f"trials: {sr.run_dir}/trials.csv  plot: {sr.run_dir}/trials.png  "
+        f"data: {sr.run_dir}/data_report.json"
+    )
     out = promote(sr, force=args.force)
     verdict = (
         "promoted to best"

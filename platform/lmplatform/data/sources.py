@@ -212,7 +212,7 @@ def detect_format(
     JSON-lines file named .json); `default` (the task's usual format) when they prove nothing
     and the extension says nothing either."""
     if source.format != "auto":
-        return source.format, "set in the config"
+        return source.format, "the config"
     if source.target_path is not None:
         return "text", "two aligned files, one sentence per line"
     exts = sorted({os.path.splitext(f.split("?")[0])[1].lower() for f in files})
@@ -235,12 +235,14 @@ def detect_format(
     content = next((f for f in _STRONG if _fits(f, head, lines)), None)
     if content is not None:
         if ext_fmt is None:
-            return content, f"the content ({files[0]} reads as {content})"
-        return content, f"the content: {files[0]} reads as {content}, not as {ext_name} says"
+            return content, f"its content: the first lines read as {content}"
+        return content, (
+            f"its content: the first lines read as {content}, not {ext_fmt} as {ext_name} says"
+        )
     if ext_fmt is not None:
-        return ext_fmt, f"{ext_name} (the first lines prove no format)"
+        return ext_fmt, f"{ext_name}; the first lines prove no format"
     if default is not None:
-        return default, f"the task's usual format (neither {ext_name} nor the content tell)"
+        return default, f"the task's usual format; neither {ext_name} nor the content tell"
     raise DataError(
         f"{source.path}: cannot tell the format from {ext_name} or the content; set format to "
         "one of text, csv, tsv, jsonl, parquet, conll, conllu"

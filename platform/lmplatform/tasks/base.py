@@ -125,6 +125,11 @@ class TaskType:
         """Good rows -> (rows with encoded labels, the label set)."""
         raise NotImplementedError
 
+    def label_counts(self, ds, outputs: list[str]) -> dict[str, int]:
+        """How often each label occurs in encoded rows (what the data report shows; {}: the
+        type has no labels)."""
+        return {}
+
     def outputs(self, labels: list[str], label_names: list[str] | None) -> list[str]:
         """Names of the head's outputs."""
         return list(label_names or labels)

@@ -3,6 +3,7 @@ input, a pooled head, accuracy / macro F1 / the F1 of one class."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import torch
@@ -84,6 +85,10 @@ class Classification(TaskType):
         ds = ds.map(lambda lab: {"label_id": label_index(lab, labels)}, input_columns="label")
         ds = ds.remove_columns("label").rename_column("label_id", "label")
         return ds, labels
+
+    def label_counts(self, ds, outputs):
+        counts = Counter(ds["label"])
+        return {name: counts[i] for i, name in enumerate(outputs)}
 
     def collate(self, enc, rows):
         ids, types, truncated = [], [], []

@@ -115,3 +115,85 @@ def load_labelled(
         raise DataError(f"no usable rows: {report.summary()}")
     ds, labels = tt.finish(good.remove_columns(["_where", "_error"]), labels)
     return LabelledData(ds, list(labels), report, checked.fingerprint, checked)
+
+
+# --------------------------------------------------------------------------- data report
+
+LENGTH_SAMPLE = 20_000
+"""Rows tokenized for the length figures (a fixed sample: exact enough, fast on any size)."""
+
+
+def data_report(
+    part: LabelledData, tt: TaskType, tokenizer, max_seq_len: int, outputs: list[str]
+) -> dict:
+    """What a person checks before trusting a model trained on these rows: where they came
+    from and in which format, rows read and dropped (by reason, with the first few), the label
+    distribution, token lengths and how many rows `max_seq_len` cuts."""
+    import numpy as np
+
+    from lmplatform.tasks.encoding import TaskEncoder
+
+    rep = part.report
+    out = {
+        "source": rep.source,
+        "files": part.checked.files[:20],
+        "n_files": len(part.checked.files),
+        "format": part.checked.source.format,
+        "format_from": part.checked.how,
+        "notes": part.checked.notes,
+        "rows_read": rep.total,
+        "rows_dropped": rep.bad,
+        "dropped_by_reason": dict(rep.reasons.most_common()),
+        "first_dropped": rep.examples[:10],
+        "rows_used": len(part.dataset),
+        "labels": tt.label_counts(part.dataset, outputs),
+    }
+    ds = part.dataset
+    if len(ds) > LENGTH_SAMPLE:
+        ds = ds.shuffle(seed=0).select(range(LENGTH_SAMPLE))
+    enc = TaskEncoder(tokenizer, tt.name, 10**9)  # no cut: the lengths as written
+    sides = _token_lengths(enc, ds)
+    for side, lengths in sides.items():
+        a = np.asarray(lengths)
+        out[f"{side}_tokens"] = {
+            "mean": round(float(a.mean()), 1),
+            **{f"p{q}": int(np.percentile(a, q)) for q in (50, 90, 95, 99)},
+            "max": int(a.max()),
+        }
+    longest = np.max(np.stack([np.asarray(v) for v in sides.values()]), axis=0)
+    out["max_seq_len"] = max_seq_len
+    out["truncated_fraction"] = round(float((longest > max_seq_len).mean()), 5)
+    out["length_rows"] = len(ds)
+    return out
+
+
+def _token_lengths(enc, ds) -> dict[str, list[int]]:
+    """Tokens per row as the task encodes it (specials included); seq2seq: per side."""
+    cols = ds.column_names
+    if "source" in cols:
+        tok = enc.tok
+        return {
+            side: [len(e.ids) + 1 for e in tok.encode_batch(ds[side], add_special_tokens=False)]
+            for side in ("source", "target")  # + EOS
+        }
+    if "tokens" in cols:
+        return {"input": [len(enc.encode_words(w)[0]) for w in ds["tokens"]]}
+    pairs = ds["text_pair"] if "text_pair" in cols else [None] * len(ds)
+    return {"input": [len(enc.encode_text(t, p)[0]) for t, p in zip(ds["text"], pairs)]}
+
+
+def describe_report(split: str, r: dict) -> str:
+    """One console line of a data report."""
+    dropped = ", ".join(f"{k} {v}" for k, v in r["dropped_by_reason"].items())
+    labels = ", ".join(f"{k} {v}" for k, v in list(r["labels"].items())[:8])
+    lengths = "; ".join(
+        f"{k.removesuffix('_tokens')} tokens p50 {v['p50']} p95 {v['p95']} max {v['max']}"
+        for k, v in r.items()
+        if k.endswith("_tokens")
+    )
+    return (
+        f"[data] {split}: {r['rows_read']} rows read, {r['rows_dropped']} dropped"
+        + (f" ({dropped})" if dropped else "")
+        + (f"; labels: {labels}" if labels else "")
+        + f"; {lengths}; {r['truncated_fraction']:.2%} over max_seq_len={r['max_seq_len']}"
+    )

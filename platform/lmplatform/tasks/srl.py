@@ -15,6 +15,8 @@ predicate of a sentence, the role (`ARG0`, `ARG1`, `ARGM-TMP`, …) of each argu
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
@@ -114,6 +116,11 @@ class SemanticRoleLabelling(TaskType):
             lambda tags: {"tag_ids": [index.get(t, -100) for t in tags]}, input_columns="tags"
         )
         return ds, list(labels)
+
+    def label_counts(self, ds, outputs):
+        # argument words per role (roles outside `labels` included: they are in the data)
+        counts = Counter(t for tags in ds["tags"] for t in tags if t not in (NONE, PREDICATE))
+        return dict(counts.most_common())
 
     def outputs(self, labels, label_names):
         return [NONE, *labels]

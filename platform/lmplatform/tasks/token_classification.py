@@ -4,6 +4,7 @@ computes it, entities with character offsets (string input) or word indices (wor
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import torch
 from pydantic import BaseModel, StrictStr
@@ -159,6 +160,13 @@ class TokenClassification(TaskType):
         index = {t: i for i, t in enumerate(bio_tags(labels))}
         ds = ds.map(lambda tags: {"tag_ids": [index[t] for t in tags]}, input_columns="tags")
         return ds.remove_columns("tags").rename_column("tag_ids", "tags"), list(labels)
+
+    def label_counts(self, ds, outputs):
+        # entities, counted at their first word
+        counts = Counter(
+            outputs[t][2:] for tags in ds["tags"] for t in tags if outputs[t][0] == "B"
+        )
+        return {e: counts[e] for e in dict.fromkeys(o[2:] for o in outputs if o != "O")}
 
     def outputs(self, labels, label_names):
         return bio_tags(labels)

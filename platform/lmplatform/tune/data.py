@@ -12,7 +12,7 @@ import numpy as np
 
 from lmplatform.jobconfig import FinetuneJobConfig
 from lmplatform.tasks import task_type
-from lmplatform.tasks.data import load_labelled
+from lmplatform.tasks.data import data_report, describe_report, load_labelled
 
 
 @dataclass
@@ -30,6 +30,8 @@ class TaskData:
     train_rows: list[dict]
     dev_rows: list[dict]
     fingerprints: dict = field(default_factory=dict)
+    data_report: dict = field(default_factory=dict)
+    """data_report.json: per split, rows read and dropped, labels, token lengths, truncation."""
 
     @property
     def cfg(self) -> FinetuneJobConfig:
@@ -55,18 +57,21 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
     train = load_labelled(t.train, t.type, t.labels, t.max_bad_fraction, t.labels_are_indices)
     dev = load_labelled(t.dev, t.type, train.labels, t.max_bad_fraction, t.labels_are_indices)
     tt = task_type(t.type)
+    label_names = tt.outputs(train.labels, t.label_names)
+    tokenizer_json = (path / "tokenizer.json").read_text()
     return TaskData(
         job=job.model_dump(mode="json"),
         registry=reg.uri,
         parent_ref=("random:" if random_init else "") + f"{name}@{version}",
         model_config=cfg["model"],
-        tokenizer_json=(path / "tokenizer.json").read_text(),
+        tokenizer_json=tokenizer_json,
         tokenizer_hash=meta.get("lineage", {}).get("tokenizer_hash", ""),
-        label_names=tt.outputs(train.labels, t.label_names),
+        label_names=label_names,
         classes=tt.classes(train.labels, t.label_names),
         train_rows=_subset(train.dataset.to_list(), t.max_train_rows),
         dev_rows=dev.dataset.to_list(),
         fingerprints={"train": train.fingerprint, "dev": dev.fingerprint},
+        data_report=_data_report(job, train, dev, tokenizer_json, label_names),
     )
 
 
@@ -112,7 +117,23 @@ def _seq2seq_task_data(job: FinetuneJobConfig) -> TaskData:
         train_rows=rows,
         dev_rows=dev.dataset.to_list(),
         fingerprints={"train": train.fingerprint, "dev": dev.fingerprint},
+        data_report=_data_report(job, train, dev, tokenizer_json, []),
     )
+
+
+def _data_report(job: FinetuneJobConfig, train, dev, tokenizer_json: str, outputs) -> dict:
+    """Both splits' data reports, printed one line each as well."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    tt, t = task_type(job.task.type), job.task
+    out = {}
+    for split, part in (("train", train), ("dev", dev)):
+        out[split] = data_report(part, tt, tok, t.max_seq_len, outputs)
+        print(describe_report(split, out[split]), flush=True)
+    if t.max_train_rows is not None:
+        out["train"]["rows_trained_on"] = min(t.max_train_rows, len(train.dataset))
+    return out
 
 
 def _joint_tokenizer(job: FinetuneJobConfig, rows: list[dict]) -> str:

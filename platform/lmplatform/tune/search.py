@@ -79,6 +79,9 @@ def run_search(
     from lmplatform import tracking
 
     data = data or load_task_data(job)
+    run_dir = storage.join(job.output_dir, job.name)  # results written by the driver
+    # before any trial: the data a failed search ran on is worth reading too
+    storage.write_json(storage.join(run_dir, "data_report.json"), data.data_report)
     s = job.search
     metric = job.task.metric
     if job.trials_on_ray_train:
@@ -134,7 +137,6 @@ def run_search(
         ),
     )
     results = tuner.fit()
-    run_dir = storage.join(job.output_dir, job.name)  # results written by the driver
     table = trial_table(results, metric)
     write_table(table, storage.join(run_dir, "trials.csv"))
     from lmplatform.plots import trials_plot
