@@ -6,6 +6,11 @@ and world size come from `TrainConfig` / `ScalingConfig`, so they always agree.
 
 from __future__ import annotations
 
+import os
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -49,6 +54,40 @@ def deepspeed_config(train: TrainConfig, scaling: ScalingConfig, world_size: int
             },
         }
     return cfg
+
+
+def _checkpoint_classes() -> list:
+    """The DeepSpeed classes its ZeRO checkpoints hold besides tensors and plain values (found
+    with torch.serialization.get_unsafe_globals_in_checkpoint over stages 0-3, fp32 and bf16)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextmanager
+def weights_only_loads(where: str) -> Iterator[None]:
+    """Every `torch.load` inside reads tensors, plain values and the allow-listed DeepSpeed
+    classes only: DeepSpeed's own loads pass weights_only=False (pickle, which runs code from
+    whoever can write the checkpoint folder); torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides
+    that per call. Anything else in the files is refused, naming `where`."""
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(_checkpoint_classes()):
+            yield
+    except pickle.UnpicklingError as e:
+        why = str(e).split("\n\n")[1] if "\n\n" in str(e) else str(e)
+        raise ValueError(
+            f"{where}: refused, a DeepSpeed checkpoint file holds more than tensors and plain "
+            f"values ({why.strip()[:300]})"
+        ) from None
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
 
 
 class DeepSpeedStepper:

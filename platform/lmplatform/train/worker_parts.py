@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from lmplatform.train.deepspeed_engine import weights_only_loads
+
 STATE = "train_state.json"
 TAG = "state"
 
@@ -66,7 +68,7 @@ class Resume:
         """Engine state (weights, optimizer, schedule) from the checkpoint; after a resize only
         the schedule, which continues where it was."""
         if self.checkpoint is not None and not self.resized:
-            with self.checkpoint.as_directory() as d:
+            with self.checkpoint.as_directory() as d, weights_only_loads(str(d)):
                 stepper.engine.load_checkpoint(d, tag=TAG)
         elif self.resized:
             for _ in range(self.start_step):
@@ -244,8 +246,8 @@ def consolidated_state_dict(checkpoint_dir: str | os.PathLike) -> dict[str, torc
     ):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(d), tag=TAG)
-    states = torch.load(
-        d / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
-    )
+        with weights_only_loads(str(d)):
+            return get_fp32_state_dict_from_zero_checkpoint(str(d), tag=TAG)
+    with weights_only_loads(str(d)):
+        states = torch.load(d / TAG / "mp_rank_00_model_states.pt", map_location="cpu")
     return {k: v.float() for k, v in states["module"].items()}

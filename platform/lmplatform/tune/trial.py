@@ -236,7 +236,10 @@ def restore(checkpoint, model, stepper, cfg, hp: dict, total: int) -> tuple[int,
     with checkpoint.as_directory() as d:
         state = load_trial_state(d)
         if "model" not in state:  # DeepSpeed: every rank loads its shard
-            stepper.engine.load_checkpoint(d, tag=TAG)
+            from lmplatform.train.deepspeed_engine import weights_only_loads
+
+            with weights_only_loads(str(d)):
+                stepper.engine.load_checkpoint(d, tag=TAG)
             return state["step"], state.get("trial")
     model.load_state_dict(state["model"])
     stepper.optimizer.load_state_dict(state["optimizer"])
