@@ -177,3 +177,77 @@ def test_the_loop_and_the_ingress_import_no_data_libraries(module, baseline):
         env={"PYTHONPATH": str(ROOT / "platform"), "PATH": "/usr/bin:/bin"},
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+TASK = ROOT / "jobs" / "configs" / "tasks" / "sentiment-sample.yaml"
+
+
+@pytest.mark.parametrize(
+    "override, must_contain",
+    [
+        ("search.space.batch_size={kind: choice, values: [0, -3]}", ["batch_size: values[0]=0"]),
+        (
+            "search.space.dropout={kind: choice, values: [5]}",
+            ["dropout: values[0]=5", "less than 1"],
+        ),
+        (
+            "search.space.lr={kind: uniform, low: 5, high: 10}",
+            ["lr: low=5.0", "less than or equal to 1"],
+        ),
+        ("search.space.epochs={kind: choice, values: [.inf]}", ["epochs: values[0]=inf", "finite"]),
+        ("search.space.epochs={kind: uniform, low: 1, high: .nan}", ["search.space.epochs.high"]),
+        (
+            "search.space.transfer={kind: choice, values: [bogus]}",
+            ["transfer: values[0]='bogus'", "'full' or 'frozen'"],
+        ),
+        (
+            "search.space.transfer={kind: uniform, low: 0, high: 1}",
+            ["transfer: kind uniform draws numbers"],
+        ),
+        (
+            "search.space.batch_size={kind: randint, low: 8, high: 100000}",
+            ["batch_size: high - 1=99999"],
+        ),
+        (
+            "search.space.epochs={kind: randint, low: 1.5, high: 8}",
+            ["epochs: randint needs whole-number low and high"],
+        ),
+        (
+            "search.space.warmup_ratio={kind: grid, values: [0.1, -0.2]}",
+            ["warmup_ratio: values[1]=-0.2"],
+        ),
+        (
+            "search.space.layer_decay={kind: uniform, low: 0.5, high: 1.5}",
+            ["layer_decay: high=1.5"],
+        ),
+        (
+            "search.space.label_smoothing={kind: choice, values: [1.0]}",
+            ["label_smoothing: values[0]=1.0"],
+        ),
+        ("train.betas=[.nan, 2]", ["train.betas.0=nan", "finite", "train.betas.1=2"]),
+        ("train.lr=.inf", ["train.lr=inf", "finite"]),
+    ],
+)
+def test_every_invalid_search_dimension_is_one_line_naming_it(override, must_contain):
+    """A search space is checked with each field's own validator when the config loads: it
+    fails here, before Ray starts, not inside trials on the cluster."""
+    with pytest.raises(ConfigError) as e:
+        load_config(FinetuneJobConfig, TASK, [override])
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in must_contain:
+        assert part in msg, msg
+
+
+def test_a_valid_space_loads_with_the_values_it_was_given():
+    cfg = load_config(
+        FinetuneJobConfig,
+        TASK,
+        [
+            "search.space={lr: {kind: loguniform, low: 1e-5, high: 1e-3}, "
+            "batch_size: {kind: choice, values: [16, 32]}, transfer: {kind: grid, values: [full, frozen]}, "
+            "dropout: {kind: uniform, low: 0.0, high: 0.3}}"
+        ],
+    )
+    assert cfg.search.space["batch_size"].values == [16, 32]
+    assert cfg.search.space["transfer"].values == ["full", "frozen"]

@@ -153,6 +153,7 @@ def resolve_files(source: DataSource) -> list[str]:
 
 # Formats a file's first lines can prove; "text" proves nothing (any file is text).
 _STRONG = ("parquet", "jsonl", "conllu", "conll", "tsv", "csv")
+_SPECIFIC = ("parquet", "jsonl", "conllu")
 _IOB_TAG = re.compile(r"O|[BIES]-\S+")
 _CONLLU_ID = re.compile(r"\d+(?:[-.]\d+)?")
 _SNIFF_BYTES = 65536
@@ -230,10 +231,14 @@ def detect_format(
             f"{files[0]}: a JSON array; write one JSON object per line (JSON lines) instead"
         )
     ext_name = f"the {exts[0]} extension" if len(exts) == 1 else f"the {'/'.join(exts)} extensions"
-    if ext_fmt is not None and _fits(ext_fmt, head, lines):
-        return ext_fmt, f"{ext_name}; the content agrees"
+    # formats the first lines prove beyond doubt come first: a JSON object per line is JSON
+    # lines even in a file named .csv (where it would also split into a consistent 2 fields)
     content = next((f for f in _STRONG if _fits(f, head, lines)), None)
+    if ext_fmt is not None and _fits(ext_fmt, head, lines) and content not in _SPECIFIC:
+        return ext_fmt, f"{ext_name}; the content agrees"
     if content is not None:
+        if content == ext_fmt:
+            return ext_fmt, f"{ext_name}; the content agrees"
         if ext_fmt is None:
             return content, f"its content: the first lines read as {content}"
         return content, (
@@ -242,7 +247,7 @@ def detect_format(
     if ext_fmt is not None:
         return ext_fmt, f"{ext_name}; the first lines prove no format"
     if default is not None:
-        return default, f"the task's usual format; neither {ext_name} nor the content tell"
+        return default, f"the default here ({default}); neither {ext_name} nor the content tell"
     raise DataError(
         f"{source.path}: cannot tell the format from {ext_name} or the content; set format to "
         "one of text, csv, tsv, jsonl, parquet, conll, conllu"
@@ -654,7 +659,8 @@ _REASONS = (
     ("line ", "malformed line"),
     ("a quoted field", "quoted field over several lines"),
     ("swallowed by", "quoted field over several lines"),
-    ("tokens and tags", "tokens and tags differ in length"),
+    ("tokens and tags differ", "tokens and tags differ in length"),
+    ("tokens and tags must", "tokens or tags not word lists"),
     ("expected ", "wrong number of columns"),
     ("invalid JSON", "invalid JSON"),
     ("not a JSON", "invalid JSON"),

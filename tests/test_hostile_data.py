@@ -1,0 +1,240 @@
+"""Hostile input files, generated here, each against the documented outcome: a bad-row count
+with `file:line: reason`, or one DataError line naming the file. Nothing passes silently."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmplatform.data.sources import CorpusConfig, DataError, DataSource, load_corpus
+from lmplatform.tasks.data import load_labelled
+
+ROWS = 1000
+
+
+def _tsv_rows(n: int = ROWS) -> list[str]:
+    return [f"sentence number {i}\t{['neg', 'pos'][i % 2]}\n" for i in range(n)]
+
+
+def _load(path, task="classification", labels=("neg", "pos"), limit=0.01, **source):
+    return load_labelled(
+        DataSource(path=str(path), **source),
+        task,
+        list(labels) if labels else None,
+        max_bad_fraction=limit,
+    )
+
+
+# ----------------------------------------------------------------------------- line spans
+
+
+def test_a_stray_quote_swallowing_600_lines_fails_the_run_at_its_line(tmp_path):
+    """The issue's case: a leading '"' on row 100 of a 1,000-row CSV made 600 lines one
+    15 KB row and the file loaded as 400 rows with none bad. Every swallowed line is bad."""
+    rows = [f"sentence number {i},{['neg', 'pos'][i % 2]}\n" for i in range(ROWS)]
+    rows[99] = '"' + rows[99]
+    rows[699] = 'a "quoted" word,pos\n'  # the next quote closes the runaway field
+    path = tmp_path / "runaway.csv"
+    path.write_text("text,label\n" + "".join(rows))
+    with pytest.raises(DataError) as e:
+        _load(path)
+    msg = str(e.value)
+    assert "too many bad rows" in msg and "quoted field over several lines: 601" in msg
+    assert f"{path}:101: a quoted field runs over lines 101-701" in msg
+    data = _load(path, limit=1.0)
+    assert data.report.bad == 601 and len(data.dataset) == ROWS - 601
+    assert max(len(t) for t in data.dataset["text"]) < 40  # no merged monster row
+
+
+def test_quoted_commas_on_one_line_are_fine(tmp_path):
+    path = tmp_path / "quoted.csv"
+    path.write_text('text,label\n"one, two",pos\n"three ""quoted""",neg\n')
+    data = _load(path, limit=0.0)
+    assert data.dataset["text"] == ["one, two", 'three "quoted"']
+
+
+# ----------------------------------------------------------------------------- encodings
+
+
+def test_a_byte_order_mark_is_dropped_and_said(tmp_path, capsys):
+    path = tmp_path / "excel.tsv"
+    path.write_bytes(b"\xef\xbb\xbftext\tlabel\n" + "".join(_tsv_rows()).encode())
+    data = _load(path, limit=0.0)  # the header's first column is `text`, not '\ufefftext'
+    assert len(data.dataset) == ROWS
+    assert "byte-order mark" in capsys.readouterr().out
+    assert any("byte-order mark" in n for n in data.checked.notes)
+
+
+def test_latin1_bytes_are_bad_rows_at_their_line(tmp_path):
+    rows = _tsv_rows()
+    rows[500] = "caf\xe9 au lait\tpos\n"
+    path = tmp_path / "one-latin1-line.tsv"
+    path.write_bytes(("text\tlabel\n" + "".join(rows)).encode("latin-1"))
+    data = _load(path)  # 1 of 1,000: under the 1% limit, counted and shown
+    assert data.report.reasons == {"not UTF-8": 1}
+    assert data.report.examples[0].startswith(f"{path}:502: not UTF-8: byte 0xe9")
+
+    whole = tmp_path / "latin1.tsv"
+    whole.write_bytes(
+        ("text\tlabel\n" + "".join(f"r\xe9sum\xe9 {i}\tpos\n" for i in range(50))).encode("latin-1")
+    )
+    with pytest.raises(DataError, match=r"50 of 50 rows bad .*not UTF-8: 50.*iconv"):
+        _load(whole)
+
+
+def test_latin1_inside_a_conll_sentence_and_a_corpus(tmp_path):
+    conll = tmp_path / "ner.conll"
+    conll.write_bytes("Ann B-PER\nwent O\n\nJos\xe9 B-PER\nstayed O\n\n".encode("latin-1"))
+    data = _load(conll, "token_classification", ["PER"], limit=1.0)
+    assert (
+        data.report.reasons == {"not UTF-8": 1}
+        and f"{conll}:4: line 4: not UTF-8" in (data.report.examples[0])
+    )
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"A first line of text.\n\xff\xfe broken bytes here\nAnother line.\n")
+    with pytest.raises(DataError, match=r"1 of 3 rows bad .*corpus.txt:2: not UTF-8"):
+        load_corpus(CorpusConfig(source=DataSource(path=str(corpus)), document_split="line"))
+
+
+# ----------------------------------------------------------------------------- whole files
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.tsv", "", "empty.tsv: the file is empty"),
+        ("header-only.tsv", "text\tlabel\n", "header-only.tsv: a header and no rows"),
+        ("header-only.csv", "text,label\n\n\n", "header-only.csv: a header and no rows"),
+        ("blank-header.tsv", "\n\nx\t1\n", "blank-header.tsv:1: no readable header"),
+        ("twice.tsv", "text\ttext\nx\ty\n", "twice.tsv:1: repeated column names"),
+        ("array.json", '[{"text": "a", "label": "pos"}]\n', "array.json: a JSON array"),
+        ("prose.txt", "just some prose\nmore prose\n", "cannot tell the format"),
+    ],
+)
+def test_unreadable_files_are_one_line_naming_the_file(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError) as e:
+        _load(tmp_path / name)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert type(e.value) is DataError  # not datasets' DatasetGenerationError
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def test_wrong_column_counts_empty_text_and_unknown_labels(tmp_path):
+    path = tmp_path / "rows.tsv"
+    path.write_text(
+        "text\tlabel\ngood\tpos\nmissing a column\n\tneg\ntoo\tmany\tcols\nodd\tmaybe\nfine\tneg\n"
+    )
+    data = _load(path, limit=1.0)
+    assert data.report.total == 6 and len(data.dataset) == 2
+    assert data.report.reasons == {
+        "wrong number of columns": 2,
+        "empty text": 1,
+        "unknown label": 1,
+    }
+    assert f"{path}:3: expected 2 columns (text, label), found 1" in data.report.examples
+    assert f"{path}:6: unknown label 'maybe' (allowed: neg, pos)" in data.report.examples
+
+
+def test_numeric_labels_are_never_guessed_as_indices(tmp_path):
+    """Labels '1'..'5' (star ratings): a row labelled '0' is unknown, not read as index 0."""
+    path = tmp_path / "stars.tsv"
+    path.write_text(
+        "text\tlabel\n" + "".join(f"review {i}\t{1 + i % 5}\n" for i in range(50)) + "odd\t0\n"
+    )
+    data = _load(path, labels=[str(i) for i in range(1, 6)], limit=1.0)
+    assert data.report.reasons == {"unknown label": 1}
+    assert data.report.examples == [f"{path}:52: unknown label '0' (allowed: 1, 2, 3, 4, 5)"]
+    assert sorted(set(data.dataset["label"])) == [0, 1, 2, 3, 4]
+
+    # the data holds indices and the config says so: '0' is labels[0]
+    indexed = tmp_path / "indexed.tsv"
+    indexed.write_text("text\tlabel\ngood film\t1\nbad film\t0\nwhat\t2\n")
+    data = load_labelled(DataSource(path=str(indexed)), "classification", ["neg", "pos"], 1.0, True)
+    assert data.dataset["label"] == [1, 0] and data.report.reasons == {"unknown label": 1}
+
+
+def test_tokens_and_tags_of_different_lengths_are_bad_rows(tmp_path):
+    path = tmp_path / "ner.jsonl"
+    good = {"tokens": ["Ann", "went", "home"], "tags": ["B-PER", "O", "O"]}
+    path.write_text(
+        "".join(json.dumps(good) + "\n" for _ in range(20))
+        + json.dumps({"tokens": ["Bob", "ran"], "tags": ["B-PER"]})
+        + "\n"
+        + json.dumps({"tokens": "Bob ran", "tags": ["B-PER", "O"]})
+        + "\n"
+    )
+    data = _load(path, "token_classification", ["PER"], limit=1.0)
+    assert len(data.dataset) == 20
+    assert data.report.reasons == {
+        "tokens and tags differ in length": 1,
+        "tokens or tags not word lists": 1,
+    }
+    assert f"{path}:21: tokens and tags differ in length: 2 tokens, 1 tags" in (
+        data.report.examples
+    )
+    assert f"{path}:22: tokens and tags must be lists of strings" in data.report.examples
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def test_format_auto_reads_content_and_extension_and_says_which(tmp_path, capsys):
+    ner = {"tokens": ["Ann", "went"], "tags": ["B-PER", "O"]}
+    # NER JSON lines: the extension and the content agree (it was read as CoNLL before)
+    (tmp_path / "ner.jsonl").write_text(json.dumps(ner) + "\n")
+    data = _load(tmp_path / "ner.jsonl", "token_classification", ["PER"], limit=0.0)
+    assert data.checked.source.format == "jsonl" and data.dataset["tokens"] == [["Ann", "went"]]
+    assert "format jsonl (from the .jsonl extension; the content agrees)" in capsys.readouterr().out
+
+    # CoNLL named .txt: the content decides
+    (tmp_path / "ner.txt").write_text("Ann B-PER\nwent O\n\n")
+    data = _load(tmp_path / "ner.txt", "token_classification", ["PER"], limit=0.0)
+    assert data.checked.source.format == "conll"
+    assert data.checked.how == "its content: the first lines read as conll"
+
+    # JSON lines named .csv: the content wins, and the message says so
+    (tmp_path / "rows.csv").write_text(json.dumps({"text": "a film", "label": "pos"}) + "\n")
+    data = _load(tmp_path / "rows.csv", limit=0.0)
+    assert data.checked.source.format == "jsonl"
+    assert "not csv as the .csv extension says" in data.checked.how
+
+    # a folder mixing formats is refused, naming the extensions
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.csv").write_text("text,label\na,pos\n")
+    (mixed / "b.jsonl").write_text(json.dumps({"text": "b", "label": "neg"}) + "\n")
+    with pytest.raises(DataError, match=r"files of different formats \(\.csv, \.jsonl\)"):
+        _load(mixed)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def test_data_report_counts_rows_labels_lengths_and_truncation(tmp_path, wordpiece_8k):
+    from tokenizers import Tokenizer
+
+    from lmplatform.tasks import task_type
+    from lmplatform.tasks.data import data_report, describe_report
+
+    rows = _tsv_rows(200)
+    rows[10] = "\tpos\n"
+    rows[20] = " ".join(["word"] * 300) + "\tneg\n"  # longer than max_seq_len
+    path = tmp_path / "r.tsv"
+    path.write_text("text\tlabel\n" + "".join(rows))
+    data = _load(path, limit=0.05)
+    tok = Tokenizer.from_file(str(wordpiece_8k))
+    rep = data_report(data, task_type("classification"), tok, 64, ["negative", "positive"])
+    assert rep["rows_read"] == 200 and rep["rows_dropped"] == 1 and rep["rows_used"] == 199
+    assert rep["dropped_by_reason"] == {"empty text": 1}
+    assert rep["first_dropped"] == [f"{path}:12: empty text"]
+    assert rep["labels"] == {"negative": 99, "positive": 100}
+    assert rep["format"] == "tsv" and "extension" in rep["format_from"]
+    t = rep["input_tokens"]
+    assert 4 <= t["p50"] <= 8 and t["max"] >= 300  # [CLS] sentence number N [SEP]
+    assert rep["truncated_fraction"] == pytest.approx(1 / 199, abs=1e-4)
+    line = describe_report("train", rep)
+    assert "200 rows read, 1 dropped (empty text 1)" in line and "0.50% over max_seq_len=64" in line
