@@ -211,6 +211,9 @@ def test_pipeline_job_runs_end_to_end_then_skips_finished_stages(head, tmp_path)
     images = re.findall(r"<img src='([^']+)'", page)
     assert len(images) >= 4  # pretraining curve + one trials plot per task
     assert page.count("dev scores per class") == 3  # per class / entity type, every task
+    # the data each task was trained on: rows read and dropped, labels, lengths, truncation
+    assert page.count(": data</h3>") == 3 and page.count("over max_seq_len") == 3
+    assert "<td>rows read</td><td>3000</td><td>500</td>" in page
     assert all((report.parent / src).is_file() for src in images)
 
     second = _submit(head, out, port)
