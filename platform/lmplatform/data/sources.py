@@ -435,8 +435,9 @@ def _iter_delimited(
             start = end + 1
             try:
                 row = next(reader, None)
-            except csv.Error as e:  # e.g. a quote left open at the end of the file
-                yield f"{f}:{start}", None, f"line {start}: {e} (an unclosed quote?)"
+            except csv.Error as e:  # e.g. a carriage return inside an unquoted field
+                why = str(e).split(" - ")[0]
+                yield f"{f}:{start}", None, f"line {start}: not valid CSV ({why})"
                 end = reader.line_num
                 continue
             if row is None:
