@@ -238,3 +238,21 @@ def test_data_report_counts_rows_labels_lengths_and_truncation(tmp_path, wordpie
     assert rep["truncated_fraction"] == pytest.approx(1 / 199, abs=1e-4)
     line = describe_report("train", rep)
     assert "200 rows read, 1 dropped (empty text 1)" in line and "0.50% over max_seq_len=64" in line
+
+
+def test_a_corpus_counts_records_not_documents(tmp_path):
+    """Corpus lines merge into documents; the bad fraction is of lines read."""
+    from lmplatform.data.sources import read_corpus
+
+    lines = [f"Line {i} of a document about nothing much." for i in range(300)]
+    text = "\n\n".join("\n".join(lines[i : i + 3]) for i in range(0, 300, 3)).encode()
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(text + b"\n\nA final line with a bad byte \xff here.\n")
+    corpus = read_corpus(CorpusConfig(source=DataSource(path=str(path))))
+    rep = corpus.data_report()
+    assert rep["documents"] == 100 and rep["format"] == "text"
+    assert rep["rows_read"] == 300 + 99 + 2 and rep["rows_dropped"] == 1  # lines, blank ones too
+    assert rep["first_dropped"] == [
+        f"{path}:401: not UTF-8: byte 0xff at byte 30 of the line (re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8)"
+    ]
+    assert rep["document_chars"]["p50"] > 100

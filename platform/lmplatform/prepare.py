@@ -17,7 +17,7 @@ from pathlib import Path
 from lmplatform import storage
 from lmplatform.config import save_resolved
 from lmplatform.data.pretraining import build_examples
-from lmplatform.data.sources import fingerprint, load_corpus
+from lmplatform.data.sources import fingerprint, read_corpus
 from lmplatform.jobconfig import PretrainJobConfig
 from lmplatform.tokenization import TokenizerConfig, load_tokenizer, tokenizer_hash, train_tokenizer
 
@@ -132,10 +132,14 @@ def prepare(cfg: PretrainJobConfig) -> Prepared:
     run_dir = storage.join(cfg.output_dir, cfg.name)
     save_resolved(cfg, run_dir)
     t0 = time.time()
-    corpus = load_corpus(cfg.corpus)
+    read = read_corpus(cfg.corpus)
+    corpus = read.dataset
+    storage.write_json(storage.join(run_dir, "data_report.json"), read.data_report())
     corpus_fp = fingerprint(cfg.corpus.source)
     _log(
-        f"corpus: {len(corpus)} documents from {cfg.corpus.source.describe()} [{corpus_fp}] in {time.time() - t0:.1f}s"
+        f"corpus: {len(corpus)} documents from {cfg.corpus.source.describe()} [{corpus_fp}] in "
+        f"{time.time() - t0:.1f}s; {read.report.total} records read, {read.report.bad} dropped "
+        f"(unreadable) -> {run_dir}/data_report.json"
     )
     init_from = None
     if cfg.init_from:

@@ -246,8 +246,10 @@ def detect_format(
         )
     if ext_fmt is not None:
         return ext_fmt, f"{ext_name}; the first lines prove no format"
+    if default == "text" and "text" in {_EXT.get(e) for e in exts}:
+        return "text", ext_name  # a corpus in .txt files
     if default is not None:
-        return default, f"the default here ({default}); neither {ext_name} nor the content tell"
+        return default, f"the task's default ({default}); neither {ext_name} nor the content tell"
     raise DataError(
         f"{source.path}: cannot tell the format from {ext_name} or the content; set format to "
         "one of text, csv, tsv, jsonl, parquet, conll, conllu"
@@ -776,9 +778,48 @@ def generate(gen, gen_kwargs: dict, features: datasets.Features) -> datasets.Dat
         raise cause from None
 
 
+@dataclass
+class Corpus:
+    dataset: datasets.Dataset
+    """Documents, one column `text`."""
+    report: BadRows
+    checked: Checked
+
+    def data_report(self) -> dict:
+        """data_report.json of a prepared corpus: where the text came from, records read and
+        dropped (by reason, the first ten), documents and their lengths in characters."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        chars = pc.utf8_length(self.dataset.data.column("text")).to_numpy()
+        return {
+            "source": self.report.source,
+            "files": self.checked.files[:20],
+            "n_files": len(self.checked.files),
+            "format": self.checked.source.format,
+            "format_from": self.checked.how,
+            "notes": self.checked.notes,
+            "rows_read": self.report.total,
+            "rows_dropped": self.report.bad,
+            "dropped_by_reason": dict(self.report.reasons.most_common()),
+            "first_dropped": self.report.examples[:10],
+            "documents": len(self.dataset),
+            "document_chars": {
+                **{f"p{q}": int(np.percentile(chars, q)) for q in (50, 90, 99)},
+                "max": int(chars.max()),
+                "total": int(chars.sum()),
+            },
+        }
+
+
 def load_corpus(cfg: CorpusConfig) -> datasets.Dataset:
-    """Documents as a `datasets.Dataset` with one column, `text` (Arrow on disk, not in memory);
-    fails above `max_bad_fraction` unreadable records."""
+    """Documents as a `datasets.Dataset` with one column, `text` (Arrow on disk, not in memory)."""
+    return read_corpus(cfg).dataset
+
+
+def read_corpus(cfg: CorpusConfig) -> Corpus:
+    """The corpus's documents with its bad-record report; fails above `max_bad_fraction`
+    unreadable records."""
     import datasets
 
     checked = check_source(cfg.source, default_format="text")
@@ -807,4 +848,4 @@ def load_corpus(cfg: CorpusConfig) -> datasets.Dataset:
         raise DataError(
             f"{cfg.source.describe()}: no documents of at least {cfg.min_chars} characters"
         )
-    return ds
+    return Corpus(ds, report, checked)
