@@ -153,6 +153,7 @@ def test_feature_extraction_leaves_the_encoder_bit_identical(frozen, sample_dir,
         DataSource(path="sample://sentiment/train.tsv", text_column="sentence"),
         "classification",
         ["negative", "positive"],
+        labels_are_indices=True,  # the sample's labels are 0 and 1
     )
     enc = TaskEncoder(tok, "classification", 64)
     rows = data.dataset.select(range(256)).to_dict()
