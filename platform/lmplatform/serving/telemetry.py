@@ -29,6 +29,7 @@ class ServingMetrics:
         from ray.serve import metrics
 
         tags = ("task", "version")
+        self._version_set: dict[str, float] = {}  # task -> when its version gauge was last set
         self.requests = metrics.Counter(
             "lmplatform_requests_total",
             description="Requests answered, by task, model version and outcome (ok, invalid).",
@@ -56,6 +57,12 @@ class ServingMetrics:
         tags = {"task": task, "version": version}
         self.requests.inc(1, tags={**tags, "outcome": "ok" if ok else "invalid"})
         self.latency.observe(1000 * (time.perf_counter() - since), tags=tags)
+        # a gauge set only while the replica starts was never exported (seen with Ray 2.60
+        # when no swap followed): set it again now and then while the replica answers
+        now = time.monotonic()
+        if now - self._version_set.get(task, 0.0) > 5.0:
+            self.version.set(1, tags=tags)
+            self._version_set[task] = now
 
     def model_call(self, task: str, version: str, inputs: int) -> None:
         self.batch.observe(inputs, tags={"task": task, "version": version})
