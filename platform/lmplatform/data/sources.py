@@ -692,7 +692,8 @@ def report_bad_rows(ds: datasets.Dataset, source: str, total: int | None = None)
     for where, err in zip(bad["_where"], bad["_error"]):
         rep.bad += 1
         rep.reasons[_reason(err)] += 1
-        if len(rep.examples) < 20:
+        # the lines a runaway quote swallowed are counted; the row that opened it is shown
+        if len(rep.examples) < 20 and not err.startswith("swallowed by"):
             rep.examples.append(f"{where}: {err}")
     return rep
 
