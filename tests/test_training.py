@@ -91,9 +91,10 @@ def test_loss_falls_within_200_steps_on_the_shared_corpus(
     assert len(losses) == 200 and all(math.isfinite(x) for x in losses)
     assert last < first - 0.5  # nats: far beyond noise (a stalled run moves < 0.05)
     if family == "bert":
-        # one step's accuracy is noisy (tokenizer training is not bit-deterministic): average
+        # one step's accuracy is noisy (tokenizer training is not bit-deterministic): average.
+        # Measured 0.050-0.058 over the last 20 steps (0.0499 on one CI run); chance is ~1/8000
         acc = sum(h["mlm_acc"] for h in res.history[-20:]) / 20
-        assert acc > 0.05 and "nsp_acc" in res.history[-1]
+        assert acc > 0.03 and "nsp_acc" in res.history[-1]
 
 
 def test_gradient_accumulation_equals_a_bigger_batch():
