@@ -59,14 +59,6 @@ print("ROUND TRIP OK", sorted(os.listdir(os.path.join(d, TAG))))
 """
 
 
-class _PlantedInOptimizer:
-    def __init__(self, path: str):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_deepspeed_checkpoints_load_without_pickle_and_refuse_a_planted_object(tmp_path):
     """DeepSpeed loads with weights_only=False itself; ours force weights_only with an
     allow-list of the DeepSpeed classes ZeRO checkpoints hold: a real ZeRO-2 checkpoint
@@ -95,7 +87,7 @@ def test_deepspeed_checkpoints_load_without_pickle_and_refuse_a_planted_object(t
     with weights_only_loads(str(ckpt)):
         state = torch.load(shard, map_location="cpu")
     marker = tmp_path / "code-ran"
-    state["planted"] = _PlantedInOptimizer(str(marker))
+    state["planted"] = _Planted(str(marker))
     torch.save(state, shard)
     with pytest.raises(ValueError, match=r"ckpt: refused, a DeepSpeed checkpoint file holds"):
         with weights_only_loads(str(ckpt)):
