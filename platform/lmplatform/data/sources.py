@@ -205,7 +205,7 @@ def _sample_lines(head: bytes) -> list[str]:
 
 
 def detect_format(
-    source: DataSource, files: list[str], default: str | None = None
+    source: DataSource, files: list[str], default: str | None = None, head: bytes | None = None
 ) -> tuple[str, str]:
     """(format, how it was decided). An explicit format is taken as it is. For `auto`, the
     first file's first lines decide between what the extension says and what they prove:
@@ -224,7 +224,8 @@ def detect_format(
             "one format, or set `format`"
         )
     ext_fmt = by_ext.pop() if by_ext else None
-    head = _head(files[0], source.storage_options)
+    if head is None:
+        head = _head(files[0], source.storage_options)
     lines = _sample_lines(head)
     if lines and lines[0].lstrip().startswith("[") and ext_fmt in (None, "jsonl"):
         raise DataError(
@@ -332,9 +333,10 @@ def check_source(source: DataSource, default_format: str | None = None) -> Check
     for f in files:
         if fs.size(f) == 0:
             raise DataError(f"{f}: the file is empty")
-    fmt, how = detect_format(source, files, default_format)
+    head = _head(files[0], source.storage_options)  # read once: format and byte-order mark
+    fmt, how = detect_format(source, files, default_format, head)
     notes = []
-    if fmt != "parquet" and _head(files[0], source.storage_options).startswith(b"\xef\xbb\xbf"):
+    if fmt != "parquet" and head.startswith(b"\xef\xbb\xbf"):
         notes.append(f"{files[0]} starts with a UTF-8 byte-order mark (Excel writes one): dropped")
     decided = source.model_copy(update={"format": fmt})
     fp = fingerprint(decided, files)
