@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,15 @@ _CACHE = Path(tempfile.mkdtemp(prefix="lmplatform-tests-"))
 os.environ["LMPLATFORM_CACHE"] = str(_CACHE / "lmplatform")
 os.environ["HF_DATASETS_CACHE"] = str(_CACHE / "hf-datasets")
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+# Token authentication on for every Ray the tests start or join, with this session's own token
+# (never ~/.ray/auth_token): heads, joining nodes, `ray job submit` and drivers inherit it, so
+# nothing depends on a token an earlier run left in the home directory.
+_TOKEN = _CACHE / "ray_auth_token"
+_TOKEN.write_text(secrets.token_hex(32))
+_TOKEN.chmod(0o600)
+os.environ.pop("RAY_AUTH_TOKEN", None)
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(_TOKEN))
 
 
 def _free_port() -> int:

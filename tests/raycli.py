@@ -19,7 +19,8 @@ BIN = Path(sys.executable).parent
 
 
 def cli_env() -> dict:
-    """This environment's `ray`/`python` first; a local Ray stays on loopback."""
+    """This environment's `ray`/`python` first; a local Ray stays on loopback; the session's
+    Ray token (conftest) comes with os.environ."""
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",  # the job's `python` is this environment's
@@ -84,7 +85,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def job_submit(dashboard: int, args: list[str], timeout: float) -> subprocess.CompletedProcess:
     """`ray job submit` of the project (working dir and runtime_env as the README says), with
-    the token the head asks for."""
+    the session's token (the head asks for it)."""
     return subprocess.run(
         [
             str(BIN / "ray"),
@@ -101,7 +102,7 @@ def job_submit(dashboard: int, args: list[str], timeout: float) -> subprocess.Co
             *args,
         ],
         cwd=ROOT,
-        env={**cli_env(), "RAY_AUTH_MODE": "token"},
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

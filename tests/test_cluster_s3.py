@@ -40,7 +40,7 @@ def cluster(s3_server):
     """Head (1 CPU) + worker node (1 CPU) on 127.0.0.1; both see the S3 endpoint and credentials
     through the environment, as cluster nodes would through theirs."""
     head = start_head(6411, DASHBOARD, agent_port=52381, num_cpus=1)
-    client = {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_ADDRESS": "127.0.0.1:6411"}
+    client = {**cli_env(), "RAY_ADDRESS": "127.0.0.1:6411"}
     temp = tempfile.mkdtemp(prefix="c3w", dir="/tmp")  # the second node's own temp dir
     node = subprocess.Popen(
         [
@@ -53,7 +53,7 @@ def cluster(s3_server):
             "--metrics-export-port=52383",
             f"--temp-dir={temp}",
         ],
-        env={**cli_env(), "RAY_AUTH_MODE": "token"},
+        env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -139,7 +139,7 @@ def test_gpu_replicas_launch_fake_gpu_nodes_which_go_away_when_idle(tmp_path, sa
         port = 18000 + os.getpid() % 1000
         driver = subprocess.run(
             [sys.executable, "-c", DRIVER, str(registry), str(port)],
-            env={**env, "RAY_ADDRESS": f"127.0.0.1:{GCS_PORT}", "RAY_AUTH_MODE": "token"},
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{GCS_PORT}"},
             capture_output=True,
             text=True,
             timeout=300,

@@ -313,8 +313,9 @@ def check_auth(address: str | None) -> list[Problem]:
                 "start it (ray up cluster.yaml) or forward the dashboard port (ray dashboard cluster.yaml)",
             )
         ]
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+    from lmplatform.runtime import token_location
+
+    if token_location():
         if os.environ.get("RAY_AUTH_MODE") != "token":
             return [
                 Problem(

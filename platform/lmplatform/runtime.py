@@ -1,28 +1,88 @@
-"""Connecting to Ray: a cluster when there is one, else a local instance bound to 127.0.0.1."""
+"""Connecting to Ray: a cluster when there is one, else a local instance bound to 127.0.0.1,
+with token authentication on either way.
+
+python -m lmplatform.runtime ensure-token   # make sure a Ray token exists; print where it is
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
+import sys
+from pathlib import Path
 
 # Ray resolves "127.0.0.1" to the machine's routable address and listens on every interface;
 # with this switch off (read when `ray` is imported) a local instance stays on loopback.
 # A job submitted to a real cluster connects to it through RAY_ADDRESS and is unaffected.
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
+AUTH_MODE = "RAY_AUTH_MODE"
+
+
+def token_location() -> str | None:
+    """Where Ray will read its auth token from, in Ray's own order (the RAY_AUTH_TOKEN
+    variable, the file RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token); None if there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "the RAY_AUTH_TOKEN variable"
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if named:
+        # Ray takes a named file over the default one, and fails if it is missing or empty
+        return named if _non_empty(Path(named)) else None
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if _non_empty(default) else None
+
+
+def _non_empty(path: Path) -> bool:
+    try:
+        return bool(path.read_text().strip())
+    except OSError:
+        return False
+
+
+def ensure_token() -> tuple[str, bool]:
+    """A token where Ray looks for one: the existing one, else a new ~/.ray/auth_token (or the
+    file RAY_AUTH_TOKEN_PATH names), readable by this user only. Returns (where, created)."""
+    found = token_location()
+    if found:
+        return found, False
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes: 256 bits
+    os.replace(tmp, path)  # whole or absent: a concurrent reader never sees half a token
+    return str(path), True
+
+
+def use_token_auth(starting_local: bool) -> None:
+    """Token authentication unless RAY_AUTH_MODE says otherwise. A local instance gets a token
+    made for it; a cluster joined through RAY_ADDRESS is asked with the token when one exists
+    (Ray itself turns token mode on for an explicit address only when told to)."""
+    if os.environ.get(AUTH_MODE):
+        return
+    if starting_local:
+        ensure_token()
+    elif token_location() is None:
+        return  # a cluster without auth, or a token we cannot see: Ray's own error names it
+    os.environ[AUTH_MODE] = "token"
+
 
 def init_ray(
     num_cpus: int | None = None, quiet: bool = False, resources: dict[str, float] | None = None
 ):
     """Join the cluster this process runs in (ray job submit / RAY_ADDRESS) or start a local one."""
-    if "RAY_ADDRESS" not in os.environ:
+    joining = "RAY_ADDRESS" in os.environ
+    if not joining:
         for k, v in LOCAL_ONLY_ENV.items():
             os.environ.setdefault(k, v)
+    use_token_auth(starting_local=not joining)
     import ray
 
     if ray.is_initialized():
         return ray
     kwargs = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
-    if "RAY_ADDRESS" in os.environ:
+    if joining:
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
         ray.init(
@@ -49,3 +109,16 @@ def ray_storage(output_dir: str, *parts: str) -> dict:
         return {"storage_path": uri}
     fs, path = storage.arrow_filesystem(uri)
     return {"storage_path": path, "storage_filesystem": fs}
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["ensure-token"]:
+        print("usage: python -m lmplatform.runtime ensure-token", file=sys.stderr)
+        return 2
+    where, created = ensure_token()
+    print(f"Ray token authentication: {'created' if created else 'using'} the token in {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
