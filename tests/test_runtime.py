@@ -41,7 +41,9 @@ def test_ensure_token_creates_a_private_token_in_an_empty_home_once(empty_home):
     value = token.read_text()
     assert len(value) == 64 and int(value, 16) >= 0  # 256 bits, as Ray's own generator
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
-    assert _ensure_token(dict(os.environ)) == f"Ray token authentication: using the token in {token}"
+    assert (
+        _ensure_token(dict(os.environ)) == f"Ray token authentication: using the token in {token}"
+    )
     assert token.read_text() == value
     assert runtime.token_location() == str(token)
 

@@ -31,6 +31,9 @@ def parse(
 
 def run(main: Callable[[], object]) -> None:
     """Run a job's main; a config or data problem is one line on stderr and exit code 2."""
+    from lmplatform.runtime import setup_process
+
+    setup_process()  # before main imports Ray or datasets, which read it on import
     try:
         main()
     except (ConfigError, DataError, RegistryError, FileNotFoundError) as e:

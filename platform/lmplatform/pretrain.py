@@ -87,10 +87,12 @@ def worker_loop(config: dict) -> None:
     each step's reporting (tests inject faults with them)."""
     import ray.train
 
+    from lmplatform.console import quiet_ray_train_logger
     from lmplatform.train.deepspeed_engine import DeepSpeedStepper
     from lmplatform.train.loop import fit
     from lmplatform.train.worker_parts import DataPosition, Reporter, Resume, RunLog
 
+    quiet_ray_train_logger()
     job = PretrainJobConfig.model_validate(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

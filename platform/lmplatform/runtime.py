@@ -68,20 +68,38 @@ def use_token_auth(starting_local: bool) -> None:
     os.environ[AUTH_MODE] = "token"
 
 
+def setup_process() -> None:
+    """What must be in the environment before `ray` is imported (Ray reads it then): a Ray on
+    this machine stays on loopback, token authentication, the job's console settings. Job entry
+    points call it first (`cli.run`); `init_ray` again, for scripts that do not go through them."""
+    from lmplatform import console
+
+    address = os.environ.get("RAY_ADDRESS")
+    if address is None or _on_loopback(address):
+        for k, v in LOCAL_ONLY_ENV.items():
+            os.environ.setdefault(k, v)
+    use_token_auth(starting_local=address is None)
+    console.setup_process()
+
+
 def init_ray(
     num_cpus: int | None = None, quiet: bool = False, resources: dict[str, float] | None = None
 ):
     """Join the cluster this process runs in (ray job submit / RAY_ADDRESS) or start a local one."""
+    from lmplatform import console
+
     joining = "RAY_ADDRESS" in os.environ
-    if not joining:
-        for k, v in LOCAL_ONLY_ENV.items():
-            os.environ.setdefault(k, v)
-    use_token_auth(starting_local=not joining)
+    setup_process()
     import ray
 
     if ray.is_initialized():
         return ray
-    kwargs = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
+    kwargs = dict(
+        log_to_driver=not quiet,
+        configure_logging=True,
+        logging_level="WARNING",
+        runtime_env={"env_vars": console.worker_env_vars()},  # every worker's console settings
+    )
     if joining:
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
@@ -91,11 +109,21 @@ def init_ray(
             address="local",
             num_cpus=num_cpus,
             resources=resources,
-            include_dashboard=False,
+            # the dashboard serves Ray's State API, which Ray Train's placement-group cleaner
+            # polls: without it the cleaner warned every second of every training run
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
             **kwargs,
         )
     return ray
+
+
+def _on_loopback(address: str) -> bool:
+    """RAY_ADDRESS names a Ray on this machine's loopback (127.0.0.1:6379, localhost:6379):
+    without the local-only switch Ray would look for it at the machine's routable address."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def ray_storage(output_dir: str, *parts: str) -> dict:

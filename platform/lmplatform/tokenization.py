@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,10 @@ class SpecialTokens:
         )
 
 
+# the trainers' progress bar redraws in a terminal; in a job's log it is only blank lines
+_SHOW_PROGRESS = sys.stderr.isatty()
+
+
 def _new_tokenizer(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
     if cfg.kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
@@ -96,6 +101,7 @@ def _new_tokenizer(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
             min_frequency=cfg.min_frequency,
             special_tokens=BERT_SPECIALS,
             continuing_subword_prefix="##",
+            show_progress=_SHOW_PROGRESS,
         )
         return tok, trainer
     tok = Tokenizer(models.BPE())
@@ -108,6 +114,7 @@ def _new_tokenizer(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
         min_frequency=cfg.min_frequency,
         special_tokens=SEQ2SEQ_SPECIALS if cfg.kind == "joint_bpe" else [EOT],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=_SHOW_PROGRESS,
     )
     return tok, trainer
 

@@ -300,7 +300,12 @@ def build_examples(
     batches = (len(corpus) + cfg.docs_per_batch - 1) // cfg.docs_per_batch
     actors = num_actors or max(1, min(cpus, batches))
     # one block per batch of documents, so every actor gets work and shards can be cut evenly
-    source = ray.data.from_huggingface(corpus, override_num_blocks=min(batches, 4096))
+    # from_arrow, not from_huggingface: that one first asks the Hugging Face Hub whether the
+    # dataset is a public one it could stream (`load_dataset("generator")`: ~25 s of retries
+    # on a node without internet, every fresh cache)
+    source = ray.data.from_arrow(
+        corpus.with_format("arrow")[:], override_num_blocks=min(batches, 4096)
+    )
     ds = source.map_batches(
         builder,
         fn_constructor_kwargs={"tokenizer_json": tok_json, "cfg": cfg.model_dump()},

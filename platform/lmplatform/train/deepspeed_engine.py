@@ -107,6 +107,7 @@ class DeepSpeedStepper:
         total_steps: int,
         groups: list[dict] | None = None,
     ):
+        name_the_accelerator()
         import deepspeed
 
         config = deepspeed_config(train, scaling, world_size)
@@ -124,13 +125,16 @@ class DeepSpeedStepper:
         def scheduler(opt):
             return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train, total_steps))
 
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model,
-            model_parameters=groups if optimizer is None else None,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
-            config=config,
-        )
+        from lmplatform.console import library_output
+
+        with library_output("DeepSpeed start"):  # it prints each communication op it builds
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model,
+                model_parameters=groups if optimizer is None else None,
+                optimizer=optimizer,
+                lr_scheduler=scheduler,
+                config=config,
+            )
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)
@@ -144,3 +148,10 @@ class DeepSpeedStepper:
     def lr(self) -> float:
         """The peak-relative schedule's current rate (group 0's, undoing its layer scale)."""
         return self.engine.get_lr()[0] / self._lr_scale
+
+
+def name_the_accelerator() -> None:
+    """Tell DeepSpeed it runs on the CPU when no GPU is visible: left to detect it, it warns
+    "Setting accelerator to CPU" in every process, every time."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")

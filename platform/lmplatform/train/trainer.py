@@ -16,8 +16,17 @@ def torch_trainer(
     run_config,
     datasets: dict | None = None,
 ):
+    import dataclasses
+
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from lmplatform import console
+
+    # Ray Train's per-report, per-checkpoint and worker-group lines are INFO: off the console
+    # unless LMPLATFORM_VERBOSE=1 (its log files under the Ray session keep them)
+    logging = ray.train.LoggingConfig(log_level=console.train_log_level())
+    run_config = dataclasses.replace(run_config, logging_config=logging)
 
     workers = (
         (scaling.min_workers, scaling.num_workers) if scaling.min_workers else scaling.num_workers

@@ -244,9 +244,13 @@ def consolidated_state_dict(checkpoint_dir: str | os.PathLike) -> dict[str, torc
     if list((d / TAG).glob("*optim_states.pt")) and any(
         "zero" in p.name for p in (d / TAG).iterdir()
     ):
+        from lmplatform.console import library_output
+        from lmplatform.train.deepspeed_engine import name_the_accelerator
+
+        name_the_accelerator()  # before DeepSpeed is imported: it looks for one then
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        with weights_only_loads(str(d)):
+        with weights_only_loads(str(d)), library_output("merging ZeRO shards"):
             return get_fp32_state_dict_from_zero_checkpoint(str(d), tag=TAG)
     with weights_only_loads(str(d)):
         states = torch.load(d / TAG / "mp_rank_00_model_states.pt", map_location="cpu")

@@ -401,6 +401,9 @@ def tune_trial(config: dict, data: TaskData) -> None:
     """Function trainable for one single-worker trial (real Tune checkpoints: PBT works)."""
     from ray import tune
 
+    from lmplatform import console
+
+    console.quiet_ray_train_logger()  # its storage layer logs every checkpoint at INFO
     torch.set_num_threads(max(1, int(data.cfg.scaling.cpus_per_worker)))
     run_trial(
         config,
@@ -416,6 +419,9 @@ def _train_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from lmplatform import console
+
+    console.quiet_ray_train_logger()
     ctx = ray.train.get_context()
     run_trial(
         loop_config["config"],
