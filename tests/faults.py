@@ -22,6 +22,26 @@ class KillOnce:
         os.kill(os.getpid(), 9)
 
 
+class HoldUntilGrown:
+    """From `step` on, while the run has one worker, wait (up to `seconds`) instead of training:
+    the elastic resize then always comes mid-run, however fast the CPU trains the steps left
+    (the resize restarts the worker group, which ends this wait)."""
+
+    def __init__(self, step: int, seconds: float):
+        self.step, self.seconds = step, seconds
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        import time
+
+        import ray.train
+
+        if step < self.step or ray.train.get_context().get_world_size() > 1:
+            return
+        deadline = time.time() + self.seconds
+        while time.time() < deadline:
+            time.sleep(0.5)
+
+
 def picklable_by_value() -> None:
     """Ray workers need not have tests/ on their path: ship this module inside the pickle."""
     import sys

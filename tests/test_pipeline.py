@@ -198,13 +198,16 @@ def test_pipeline_job_runs_end_to_end_then_skips_finished_stages(head, tmp_path)
     assert all(re.fullmatch(r"v\d{4}", v) for v in names.values())
     # the demo models answer a newcomer's own sentences (tests/probes.yaml, written by hand)
     probe = score(http_predict(f"http://127.0.0.1:{port}"))
-    # the demo's debug-size models vary run to run on sentences outside the sample's own
-    # (sentiment measured 0.85, 0.90 and 0.95 over three runs, each with dev accuracy ~0.95):
-    # every task well above chance, and 90 % right over all of them
+    # the demo's debug-size models vary run to run (and CPU to CPU) on sentences outside the
+    # sample's own: sentiment measured 0.85, 0.90 and 0.95 over three runs, each with dev
+    # accuracy ~0.95. A bound at a measured value fails often (a model right 90 % of the time
+    # gets under 17 of 20 in 13 % of runs); these hold unless a model is much worse than
+    # measured (< 0.3 % of runs at 90 %) and are far above chance (1/2, 1/4, ~0 for exact NER)
     rights = {t: r["right"] for t, r in probe.items()}
+    print("probes right:", rights)
     for task, result in probe.items():
-        assert result["right"] >= 0.85, (task, result)
-    assert sum(rights.values()) / len(rights) >= 0.9, probe
+        assert result["right"] >= 0.7, (task, result)
+    assert sum(rights.values()) / len(rights) >= 0.8, probe
     # the run report and every image it references
     report = out / "demo" / "report.html"
     page = report.read_text()

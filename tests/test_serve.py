@@ -336,8 +336,10 @@ def test_wrong_method_and_posts_that_are_not_json_get_415(served):
 
 def test_overload_gets_503_at_once_and_slow_answers_504(served):
     """A second application with a bound of 2 requests in progress and a 2 s timeout, on a
-    task whose batches wait 3 s to fill: a burst of 12 gets two 504s after ~2 s and ten 503s
-    with Retry-After right away; then the app answers again."""
+    task whose batches wait 10 s to fill: a burst of 12 gets two 504s after ~2 s and ten 503s
+    with Retry-After before any timeout; then the app answers again. (The bounds are the
+    configured times, with room for a loaded machine: a 503 comes before the 2 s timeout, a 504
+    after it and long before the 10 s batch would have answered.)"""
 
     from lmplatform.jobconfig import ServeConfig
     from lmplatform.serving.deployments import delete, deploy
@@ -348,7 +350,7 @@ def test_overload_gets_503_at_once_and_slow_answers_504(served):
         app_name="limited",
         route_prefix="/limited",
         max_batch_size=64,
-        batch_wait_timeout_s=3.0,
+        batch_wait_timeout_s=10.0,
         max_queued_requests=2,
         request_timeout_s=2.0,
         retry_after_s=5,
@@ -372,21 +374,24 @@ def test_overload_gets_503_at_once_and_slow_answers_504(served):
         assert codes == [503] * 10 + [504] * 2, results
         for code, seconds, retry, body in results:
             if code == 503:
-                assert seconds < 1.0 and retry == "5" and body["error"]["type"] == "overloaded"
+                assert seconds < 1.9 and retry == "5" and body["error"]["type"] == "overloaded"
             else:
-                assert 1.9 < seconds < 3.0 and body["error"]["type"] == "timeout"
+                assert 1.9 < seconds < 8.0 and body["error"]["type"] == "timeout"
         assert requests.get(served["url"] + "/limited/healthz", timeout=10).status_code == 200
     finally:
         delete(cfg)
 
 
 @pytest.mark.parametrize("one_hop", [False, True], ids=["two-hops", "one-hop"])
-def test_a_replica_killed_under_load_costs_under_one_percent(served, one_hop):
+def test_a_replica_killed_under_load_loses_at_most_the_requests_in_flight(served, one_hop):
     """Two sentiment replicas in their own application; 8 clients for ~8 s; one replica is
-    SIGKILLed after 2 s: < 1 % fail. Behind the ingress (two hops) requests in flight on it are
-    sent again to the live one and any failure is a 503 in the envelope. With one hop nothing
-    of ours sits between the HTTP front and the dead replica: Serve's proxy answers those in
-    flight with its own 500 (measured 0-3 of ~1,050; README)."""
+    SIGKILLed after 2 s. Behind the ingress (two hops) requests in flight on it are sent again
+    to the live one and any failure is a 503 in the envelope. With one hop nothing of ours sits
+    between the HTTP front and the dead replica: Serve's proxy answers those in flight with its
+    own 500 (measured 0-5 of 1,029-1,155; docs/serving.md). What can fail is what was in
+    flight when it died, whatever the machine's speed: each client has one request at a time,
+    so one hop may lose about one per client (bound: two, for requests routed before Serve
+    noticed), two hops none that the ingress's retries do not absorb (bound: one per client)."""
     import os
     import signal
 
@@ -435,7 +440,8 @@ def test_a_replica_killed_under_load_costs_under_one_percent(served, one_hop):
                 f.result()
         failed = [r for r in results if r[0] != 200]
         print(f"replica kill ({one_hop=}): {len(results)} requests, {len(failed)} failed")
-        assert len(results) > 100 and len(failed) < 0.01 * len(results), (len(results), failed[:5])
+        assert len(results) - len(failed) >= 100, (len(results), failed[:5])
+        assert len(failed) <= (16 if one_hop else 8), (len(results), failed[:5])
         for code, text in failed if not one_hop else ():
             assert code == 503 and json.loads(text)["error"]["type"] == "unavailable", text
     finally:
@@ -468,7 +474,7 @@ def test_prometheus_metrics_per_task_and_version(served):
         assert _post(served, "/v1/predict/sentiment", {"inputs": [text]}).status_code == 200
     assert _post(served, "/v1/predict/sentiment", {"inputs": [""]}).status_code == 422
     tags = {"task": "sentiment", "version": version}
-    deadline = time.time() + 60  # Ray exports metrics every few seconds
+    deadline = time.time() + 180  # Ray exports metrics every few seconds (slower when loaded)
     while True:
         ok = _prometheus("ray_lmplatform_requests_total", **tags, outcome="ok")
         bad = _prometheus("ray_lmplatform_requests_total", **tags, outcome="invalid")

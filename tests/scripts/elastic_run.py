@@ -17,9 +17,11 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "platform"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fault hooks
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
+import faults  # noqa: E402
 from lmplatform.config import load_config  # noqa: E402
 from lmplatform.jobconfig import PretrainJobConfig  # noqa: E402
 
@@ -42,12 +44,17 @@ def main() -> None:
 
     job = load_config(PretrainJobConfig, config, overrides)
     metrics = Path(workdir) / job.name / "metrics.jsonl"
+    grow_by = 3 * job.train.checkpoint_every  # the node joins once the run is past this step
+    # one worker waits a checkpoint interval later until the resize comes (a fast CPU would
+    # otherwise finish every step before Ray notices the node)
+    faults.picklable_by_value()
+    hold = faults.HoldUntilGrown(grow_by + job.train.checkpoint_every + 1, seconds=300)
 
     out: dict = {}
 
     def train():  # in a thread: Ray adds nodes only from the main thread
         try:
-            out["result"] = run_pretraining(job)[1]
+            out["result"] = run_pretraining(job, callbacks=[hold])[1]
         except BaseException as e:  # noqa: BLE001 - reported below
             out["error"] = e
 
@@ -58,7 +65,7 @@ def main() -> None:
         if metrics.exists() and any(
             # past the third checkpoint: a resize from the first one came before the loss had
             # moved far enough for the test to tell carried-over weights from fresh ones
-            json.loads(line)["step"] > 3 * job.train.checkpoint_every
+            json.loads(line)["step"] > grow_by
             for line in metrics.read_text().splitlines()
         ):
             break
