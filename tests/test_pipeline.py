@@ -120,6 +120,31 @@ def test_preflight_reports_planted_problems_with_fixes(ray_local, tmp_path):
     )
 
 
+def test_a_deploy_stage_that_cannot_fit_is_refused_before_any_work(ray_local, tmp_path):
+    """shared-cpu.yaml once asked for five replicas of 0.5 CPU on a 2-CPU head: it trained for
+    80 minutes, then Serve waited for CPUs forever. Now preflight names the sum and the fix,
+    and the shipped pipeline fits the 2 CPUs it is written for."""
+    from lmplatform import preflight
+    from lmplatform.config import read_yaml
+    from lmplatform.pipeline import PipelineConfig, resolve
+
+    cfg = PipelineConfig.model_validate(
+        {
+            **read_yaml(ROOT / "jobs" / "configs" / "pipeline" / "shared-cpu.yaml"),
+            "registry": str(tmp_path / "reg"),
+        }
+    )
+    _, _, serve = resolve(cfg)
+    assert ray_local.cluster_resources()["CPU"] == 2
+    assert preflight.check_serving(serve, serve.tasks) == []  # as shipped
+    (problem,) = preflight.check_serving(
+        serve.model_copy(update={"replica_cpus": 0.5}), serve.tasks
+    )
+    assert problem.check == "serving"
+    assert "needs 2.5 CPUs" in problem.message and "5 model deployment(s)" in problem.message
+    assert "the cluster has 2" in problem.message and "replica_cpus=0.4" in problem.fix
+
+
 def test_preflight_cli_prints_one_line_per_problem(tmp_path):
     work = tmp_path / "w"
     work.mkdir()

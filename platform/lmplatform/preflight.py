@@ -255,19 +255,12 @@ def check_imports(modules: tuple[str, ...] = ("torch", "deepspeed")) -> list[Pro
 
 
 def _autoscaled_gpu_types() -> list[str]:
-    """GPU node types the cluster launcher may add (its bootstrap config on the head)."""
-    import yaml
+    """GPU node types the cluster launcher may add."""
+    from lmplatform.runtime import launcher_node_types
 
-    p = Path.home() / "ray_bootstrap_config.yaml"
-    if not p.is_file():
-        return []
-    try:
-        cfg = yaml.safe_load(p.read_text()) or {}
-    except Exception:
-        return []
     return [
         name
-        for name, t in (cfg.get("available_node_types") or {}).items()
+        for name, t in launcher_node_types().items()
         if (t.get("resources") or {}).get("GPU", 0) > 0 and t.get("max_workers", 0) > 0
     ]
 
@@ -290,6 +283,25 @@ def check_gpus(wants: dict[str, float]) -> list[Problem]:
         )
         for what in wants
     ]
+
+
+def check_serving(serve, tasks: list[str] | None) -> list[Problem]:
+    """The deploy stage's replicas fit the cluster (or the launcher may add nodes): found now,
+    not after an hour of training, when Serve would wait for CPUs that never come."""
+    import ray
+
+    from lmplatform.runtime import cluster_can_grow
+    from lmplatform.serving.deployments import fit_problem, serve_tasks
+
+    if serve is None or cluster_can_grow():
+        return []
+    if tasks is None:
+        try:
+            tasks = serve_tasks(serve)  # every task with a promoted best
+        except Exception:  # noqa: BLE001 - a registry problem is check_storage's to report
+            return []
+    problem = fit_problem(serve, tasks, ray.cluster_resources())
+    return [Problem("serving", *problem)] if problem else []
 
 
 def check_auth(address: str | None) -> list[Problem]:
@@ -362,6 +374,7 @@ def run_checks(
     storage: dict[str, str] | None = None,
     data: dict[str, object] | None = None,
     gpus: dict[str, float] | None = None,
+    serve=None,
     address: str | None = None,
     cluster: bool = True,
     pretraining: bool = True,
@@ -377,6 +390,7 @@ def run_checks(
         problems += check_data(data, cluster)
     if cluster:
         problems += check_gpus(gpus or {})
+        problems += check_serving(serve, serve.tasks if serve is not None else None)
         # DeepSpeed (the `pretrain` extra) only where a pretraining stage will run
         problems += check_imports(("torch", "deepspeed") if pretraining else ("torch",))
     return problems

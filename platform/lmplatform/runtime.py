@@ -126,6 +126,23 @@ def _on_loopback(address: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def launcher_node_types() -> dict[str, dict]:
+    """The node types the cluster launcher may add (its bootstrap config, on the head); empty
+    on a cluster it does not manage."""
+    import yaml
+
+    p = Path.home() / "ray_bootstrap_config.yaml"
+    try:
+        return (yaml.safe_load(p.read_text()) or {}).get("available_node_types") or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def cluster_can_grow() -> bool:
+    """What is missing now can come: the launcher may add nodes."""
+    return any(t.get("max_workers", 0) > 0 for t in launcher_node_types().values())
+
+
 def ray_storage(output_dir: str, *parts: str) -> dict:
     """`storage_path` (+ `storage_filesystem`) for Ray Train/Tune's RunConfig under a job's
     output_dir, through the platform's one storage layer: a URI gets the same fsspec

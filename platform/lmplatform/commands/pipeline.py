@@ -39,6 +39,7 @@ def main() -> None:
             storage={"registry": cfg.registry, "output_dir": cfg.output_dir},
             data=preflight.data_wants(pre, tasks),
             gpus=preflight.gpu_wants(pre, tasks, serve_cfg),
+            serve=serve_cfg,
         )
         if problems:
             for p in problems:

@@ -60,6 +60,7 @@ def main() -> None:
         storage=storage,
         data=preflight.data_wants(pre, tasks),
         gpus=preflight.gpu_wants(pre, tasks, serve_cfg),
+        serve=serve_cfg,
         address=args.address,
         pretraining=pre is not None,
     )

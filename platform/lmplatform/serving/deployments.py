@@ -19,6 +19,7 @@ import os
 import threading
 import time
 
+import ray
 from ray import serve
 
 from lmplatform.registry import Registry
@@ -542,6 +543,45 @@ def _options(cfg: ServeConfig) -> dict:
     }
 
 
+def replica_demand(cfg: ServeConfig, tasks: list[str]) -> dict[str, float]:
+    """What the deployments of `tasks` reserve once every one has its `min_replicas`
+    ({"CPU": …, "GPU": …}), and how: one model deployment per task outside a shared-encoder
+    group, one per group, fill-mask and generate when set, and the ingress."""
+    grouped = {t for g in cfg.shared_encoder_groups for t in g}
+    models = len([t for t in tasks if t not in grouped]) + len(cfg.shared_encoder_groups)
+    models += bool(cfg.fill_mask_model) + bool(cfg.generate_model)
+    n = cfg.autoscaling.min_replicas
+    return {
+        "CPU": n * (models * cfg.replica_cpus + cfg.ingress_cpus),
+        "GPU": n * models * cfg.replica_gpus,
+        "model_deployments": models,
+    }
+
+
+def fit_problem(
+    cfg: ServeConfig, tasks: list[str], cluster: dict[str, float]
+) -> tuple[str, str] | None:
+    """Why the deployments cannot all start on a cluster of these total resources, and the fix
+    (None when they fit). Serve would otherwise wait for CPUs that never come, logging every
+    30 s."""
+    need = replica_demand(cfg, tasks)
+    models, n = int(need["model_deployments"]), cfg.autoscaling.min_replicas
+    for res, per in (("CPU", "replica_cpus"), ("GPU", "replica_gpus")):
+        have = cluster.get(res, 0.0)
+        if need[res] <= have + 1e-9:
+            continue
+        ingress = n * cfg.ingress_cpus if res == "CPU" else 0.0
+        fits = max(int((have - ingress) / max(models * n, 1) * 100) / 100, 0)
+        return (
+            f"serving needs {need[res]:g} {res}s with every deployment at its minimum "
+            f"({models} model deployment(s) x min_replicas {n} x {per}={getattr(cfg, per):g}"
+            + (f", plus {ingress:g} for the ingress" if ingress else "")
+            + f"), but the cluster has {have:g}",
+            f"set {per}={fits:g} (or serve fewer tasks, or autoscaling.min_replicas=0)",
+        )
+    return None
+
+
 def _batching(cfg: ServeConfig) -> dict:
     return {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s}
 
@@ -694,6 +734,12 @@ def read_serve_config(path, overrides: list[str] = ()) -> ServeConfig:
 
 def run_app(cfg: ServeConfig, wait_s: float = 600) -> str:
     """Deploy the application and wait until it is RUNNING; returns its base URL."""
+    from lmplatform.config import ConfigError
+    from lmplatform.runtime import cluster_can_grow
+
+    problem = fit_problem(cfg, serve_tasks(cfg), ray.cluster_resources())
+    if problem and not cluster_can_grow():
+        raise ConfigError("{}: {}".format(*problem))
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     deploy(cfg)
     names = [cfg.app_name, *task_apps(cfg)]
