@@ -8,8 +8,9 @@ SRC := $(wildcard platform jobs tests bench serve)
 # keep a locally started Ray on 127.0.0.1 (see platform/lmplatform/runtime.py)
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
-# Ray token authentication on for every Ray this Makefile starts or talks to (the default from
-# Ray 2.61); `make demo` creates the token where none exists. RAY_AUTH_MODE=disabled opts out.
+# Ray token authentication on for every Ray this Makefile starts or talks to: Ray 2.60's
+# `ray start` turns it on only where a token already exists (2.61 always); `make demo` creates
+# the token where none exists. RAY_AUTH_MODE=disabled opts out.
 export RAY_AUTH_MODE ?= token
 
 .PHONY: setup test demo lint format stop clean image

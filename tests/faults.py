@@ -28,15 +28,16 @@ class HoldUntilGrown:
     (the resize restarts the worker group, which ends this wait)."""
 
     def __init__(self, step: int, seconds: float):
-        self.step, self.seconds = step, seconds
+        self.step, self.seconds, self.held = step, seconds, False
 
     def __call__(self, step: int, metrics: dict) -> None:
         import time
 
         import ray.train
 
-        if step < self.step or ray.train.get_context().get_world_size() > 1:
+        if self.held or step < self.step or ray.train.get_context().get_world_size() > 1:
             return
+        self.held = True  # once: a resize that never comes fails the test, not its timeout
         deadline = time.time() + self.seconds
         while time.time() < deadline:
             time.sleep(0.5)

@@ -241,6 +241,29 @@ def test_shell_blocks_name_what_exists():
     assert not problems, "\n".join(problems)
 
 
+def test_ray_address_is_never_a_dashboard_url():
+    """`ray.init` refuses an http:// address: RAY_ADDRESS is Ray's own (host:6379, ray://…);
+    the dashboard's http://…:8265 is for `ray job submit --address`."""
+    problems = [
+        f"{rel(path)}:{lineno}: RAY_ADDRESS=http… (use ray job submit --address for the dashboard)"
+        for path in doc_files()
+        for _start, _lang, body in shell_blocks(path)
+        for lineno, cmd in commands(body)
+        if re.search(r"RAY_ADDRESS=['\"]?https?://", cmd)
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_no_placeholder_is_left():
+    problems = [
+        f"{rel(path)}:{lineno}: {m.group(0)!r}"
+        for path in doc_files()
+        for lineno, line in enumerate(path.read_text().splitlines(), 1)
+        for m in re.finditer(r"\bNNN\b|\bNN minutes|<!--\s*suite-size|\bTODO\b|\bTBD\b", line)
+    ]
+    assert not problems, "\n".join(problems)
+
+
 def test_curl_posts_send_json():
     """The API answers 415 to a POST without `Content-Type: application/json`."""
     problems = []

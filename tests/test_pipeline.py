@@ -120,13 +120,17 @@ def test_preflight_reports_planted_problems_with_fixes(ray_local, tmp_path):
     )
 
 
-def test_a_deploy_stage_that_cannot_fit_is_refused_before_any_work(ray_local, tmp_path):
+def test_a_deploy_stage_that_cannot_fit_is_refused_before_any_work(
+    ray_local, tmp_path, monkeypatch
+):
     """shared-cpu.yaml once asked for five replicas of 0.5 CPU on a 2-CPU head: it trained for
     80 minutes, then Serve waited for CPUs forever. Now preflight names the sum and the fix,
     and the shipped pipeline fits the 2 CPUs it is written for."""
     from lmplatform import preflight
     from lmplatform.config import read_yaml
     from lmplatform.pipeline import PipelineConfig, resolve
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # not a launcher-managed head: it cannot grow
 
     cfg = PipelineConfig.model_validate(
         {

@@ -2,6 +2,7 @@
 Ray looks for one, private to the user, reused afterwards, and a job joining a cluster through
 RAY_ADDRESS asks with it."""
 
+import json
 import os
 import stat
 import subprocess
@@ -72,3 +73,58 @@ def test_an_explicit_mode_is_kept(empty_home, monkeypatch):
     runtime.use_token_auth(starting_local=True)
     assert os.environ["RAY_AUTH_MODE"] == "disabled"
     assert runtime.token_location() is None  # nothing created for a user who opted out
+
+
+LOCAL_RAY = """
+import json, urllib.error, urllib.request
+from lmplatform.runtime import init_ray
+ray = init_ray(num_cpus=1, quiet=True)
+url = ray._private.worker.global_worker.node.address_info["webui_url"]
+token = open(__import__("os").path.expanduser("~/.ray/auth_token")).read().strip()
+codes = {}
+for name, headers in (("without", {}), ("with", {"Authorization": f"Bearer {token}"})):
+    req = urllib.request.Request(f"http://{url}/api/version", headers=headers)
+    try:
+        codes[name] = urllib.request.urlopen(req, timeout=30).status
+    except urllib.error.HTTPError as e:
+        codes[name] = e.code
+print(json.dumps({"codes": codes, "on_loopback": url.startswith("127.0.0.1:")}))
+ray.shutdown()
+"""
+
+
+def test_a_job_on_a_machine_that_never_ran_ray_starts_it_with_token_auth(tmp_path):
+    """What `python jobs/<job>.py` does with no Ray running and an empty home: a local Ray with
+    token authentication, its token made first (0600); the dashboard refuses a caller without
+    it. Nothing from the test session's own token or Ray is inherited."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_AUTH", "RAY_ADDRESS")) and k != "LMPLATFORM_VERBOSE"
+    }
+    env["HOME"] = str(home)
+    out = subprocess.run(
+        [sys.executable, "-c", LOCAL_RAY], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"codes": {"without": 401, "with": 200}, "on_loopback": True}, result
+    token = home / ".ray" / "auth_token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+
+
+def test_worker_settings_leave_out_what_the_submitted_job_sets(monkeypatch):
+    """Ray refuses a runtime_env variable set both by `ray job submit` and by ray.init."""
+    from lmplatform import console
+
+    monkeypatch.delenv("LMPLATFORM_VERBOSE", raising=False)
+    job = {"runtime_env": {"env_vars": {"PYTHONPATH": "platform", "RAY_DEDUP_LOGS": "1"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    ours = console.worker_env_vars()
+    assert "RAY_DEDUP_LOGS" not in ours and "PYTHONPATH" not in ours
+    assert ours["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"  # every line once, quiet or verbose
+    monkeypatch.setenv("LMPLATFORM_VERBOSE", "1")
+    loud = console.worker_env_vars()
+    assert loud["LMPLATFORM_VERBOSE"] == "1" and "RAY_TQDM" not in loud

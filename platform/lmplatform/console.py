@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import warnings
 from collections.abc import Iterator
 
 VERBOSE_ENV = "LMPLATFORM_VERBOSE"
@@ -43,7 +45,7 @@ def verbose() -> bool:
 
 def job_env() -> dict[str, str]:
     """The variables every process of a job gets (a user's own setting of one wins)."""
-    return {**ALWAYS, **({} if verbose() else QUIET)}
+    return {**ALWAYS, **({VERBOSE_ENV: "1"} if verbose() else QUIET)}
 
 
 def setup_process() -> None:
@@ -81,17 +83,39 @@ def quiet_ray_train_logger() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+class _ThisThread(io.TextIOBase):
+    """A stream that keeps what the calling thread writes and passes on what other threads
+    write (Ray's log-streaming thread in a driver must not be silenced)."""
+
+    def __init__(self, stream):
+        self.stream, self.owner, self.kept = stream, threading.get_ident(), io.StringIO()
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() == self.owner:
+            return self.kept.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 @contextlib.contextmanager
 def library_output(what: str) -> Iterator[None]:
     """Keep a library's prints and progress bars off the console (DeepSpeed's checkpoint
-    merging prints five lines and a bar); shown after all if it fails, or when verbose."""
+    merging prints five lines and a bar); shown after all if it fails, or when verbose.
+    Warnings it raises are shown either way."""
     if verbose():
         yield
         return
-    buf = io.StringIO()
+    out, err = _ThisThread(sys.stdout), _ThisThread(sys.stderr)
     try:
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            yield
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                yield
     except BaseException:
-        print(f"[{what}] output before the error:\n{buf.getvalue()}", file=sys.stderr)
+        kept = out.kept.getvalue() + err.kept.getvalue()
+        print(f"[{what}] output before the error:\n{kept}", file=sys.stderr)
         raise
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -254,25 +254,16 @@ def check_imports(modules: tuple[str, ...] = ("torch", "deepspeed")) -> list[Pro
     ]
 
 
-def _autoscaled_gpu_types() -> list[str]:
-    """GPU node types the cluster launcher may add."""
-    from lmplatform.runtime import launcher_node_types
-
-    return [
-        name
-        for name, t in launcher_node_types().items()
-        if (t.get("resources") or {}).get("GPU", 0) > 0 and t.get("max_workers", 0) > 0
-    ]
-
-
 def check_gpus(wants: dict[str, float]) -> list[Problem]:
     """`wants`: what asks for GPUs -> GPUs per unit (e.g. {"pretrain (scaling.use_gpu)": 1})."""
     if not wants:
         return []
     import ray
 
+    from lmplatform.runtime import cluster_can_grow
+
     have = ray.cluster_resources().get("GPU", 0)
-    if have > 0 or _autoscaled_gpu_types():
+    if have > 0 or cluster_can_grow("GPU"):
         return []
     return [
         Problem(
@@ -290,10 +281,9 @@ def check_serving(serve, tasks: list[str] | None) -> list[Problem]:
     not after an hour of training, when Serve would wait for CPUs that never come."""
     import ray
 
-    from lmplatform.runtime import cluster_can_grow
     from lmplatform.serving.deployments import fit_problem, serve_tasks
 
-    if serve is None or cluster_can_grow():
+    if serve is None:
         return []
     if tasks is None:
         try:

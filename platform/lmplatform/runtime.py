@@ -41,7 +41,9 @@ def _non_empty(path: Path) -> bool:
 
 def ensure_token() -> tuple[str, bool]:
     """A token where Ray looks for one: the existing one, else a new ~/.ray/auth_token (or the
-    file RAY_AUTH_TOKEN_PATH names), readable by this user only. Returns (where, created)."""
+    file RAY_AUTH_TOKEN_PATH names), readable by this user only. Returns (where, created).
+    Ray makes one itself for a new local instance, but with the umask's permissions and not
+    atomically; two first runs at once here agree on one token."""
     found = token_location()
     if found:
         return found, False
@@ -49,23 +51,34 @@ def ensure_token() -> tuple[str, bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes: 256 bits
-    os.replace(tmp, path)  # whole or absent: a concurrent reader never sees half a token
-    return str(path), True
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+        os.link(tmp, path)  # whole or absent, and never over a token another process made
+        created = True
+    except FileExistsError:
+        created = False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(path), created
 
 
 def use_token_auth(starting_local: bool) -> None:
     """Token authentication unless RAY_AUTH_MODE says otherwise. A local instance gets a token
     made for it; a cluster joined through RAY_ADDRESS is asked with the token when one exists
     (Ray itself turns token mode on for an explicit address only when told to)."""
-    if os.environ.get(AUTH_MODE):
-        return
+    mode = os.environ.get(AUTH_MODE)
+    if mode and mode.lower() != "token":
+        return  # an explicit opt-out
     if starting_local:
         ensure_token()
     elif token_location() is None:
         return  # a cluster without auth, or a token we cannot see: Ray's own error names it
     os.environ[AUTH_MODE] = "token"
+    if "ray._raylet" in sys.modules:  # Ray read the mode when imported: make it read it again
+        from ray._raylet import Config
+
+        Config.initialize("")
 
 
 def setup_process() -> None:
@@ -138,9 +151,12 @@ def launcher_node_types() -> dict[str, dict]:
         return {}
 
 
-def cluster_can_grow() -> bool:
-    """What is missing now can come: the launcher may add nodes."""
-    return any(t.get("max_workers", 0) > 0 for t in launcher_node_types().values())
+def cluster_can_grow(resource: str) -> bool:
+    """More of `resource` can come: the launcher may add nodes of a type that has it."""
+    return any(
+        t.get("max_workers", 0) > 0 and (t.get("resources") or {}).get(resource, 0) > 0
+        for t in launcher_node_types().values()
+    )
 
 
 def ray_storage(output_dir: str, *parts: str) -> dict:

@@ -265,6 +265,30 @@ def read_manifest(out_dir: str | os.PathLike) -> dict | None:
     return storage.read_json(p) if storage.exists(p) else None
 
 
+def _examples_dataset(corpus, objective: str, tok_json: str, cfg: ExamplesConfig, num_actors):
+    """The Ray Data pipeline from documents to examples: one block per batch of documents, so
+    every builder actor gets work and shards can be cut evenly."""
+    import ray
+    import ray.data
+
+    builder = BertPairBuilder if objective == "bert" else CausalBlockBuilder
+    cpus = int(ray.available_resources().get("CPU", 1)) or 1
+    batches = (len(corpus) + cfg.docs_per_batch - 1) // cfg.docs_per_batch
+    # from_arrow, not from_huggingface: that one first asks the Hugging Face Hub whether the
+    # dataset is a public one it could stream (`load_dataset("generator")`: ~25 s of retries
+    # on a node without internet, every fresh cache)
+    source = ray.data.from_arrow(
+        corpus.with_format("arrow")[:], override_num_blocks=min(batches, 4096)
+    )
+    return source.map_batches(
+        builder,
+        fn_constructor_kwargs={"tokenizer_json": tok_json, "cfg": cfg.model_dump()},
+        batch_size=cfg.docs_per_batch,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=num_actors or max(1, min(cpus, batches))),
+    )
+
+
 def build_examples(
     corpus,
     objective: Objective,
@@ -280,9 +304,6 @@ def build_examples(
     which names them, is written last: a crash never leaves a half-written set that a later run
     would mistake for a finished one, on a disk or an object store (which cannot rename).
     """
-    import ray
-    import ray.data
-
     from lmplatform.tokenization import tokenizer_hash
 
     out = storage.normalize(out_dir)
@@ -295,24 +316,7 @@ def build_examples(
         return existing
 
     t0 = time.time()
-    builder = BertPairBuilder if objective == "bert" else CausalBlockBuilder
-    cpus = int(ray.available_resources().get("CPU", 1)) or 1
-    batches = (len(corpus) + cfg.docs_per_batch - 1) // cfg.docs_per_batch
-    actors = num_actors or max(1, min(cpus, batches))
-    # one block per batch of documents, so every actor gets work and shards can be cut evenly
-    # from_arrow, not from_huggingface: that one first asks the Hugging Face Hub whether the
-    # dataset is a public one it could stream (`load_dataset("generator")`: ~25 s of retries
-    # on a node without internet, every fresh cache)
-    source = ray.data.from_arrow(
-        corpus.with_format("arrow")[:], override_num_blocks=min(batches, 4096)
-    )
-    ds = source.map_batches(
-        builder,
-        fn_constructor_kwargs={"tokenizer_json": tok_json, "cfg": cfg.model_dump()},
-        batch_size=cfg.docs_per_batch,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-    )
+    ds = _examples_dataset(corpus, objective, tok_json, cfg, num_actors)
     folder = storage.unique_name("shards-")
     target = storage.join(out, folder)
     fs, path = storage.arrow_filesystem(target)

@@ -562,13 +562,15 @@ def fit_problem(
     cfg: ServeConfig, tasks: list[str], cluster: dict[str, float]
 ) -> tuple[str, str] | None:
     """Why the deployments cannot all start on a cluster of these total resources, and the fix
-    (None when they fit). Serve would otherwise wait for CPUs that never come, logging every
-    30 s."""
+    (None when they fit, or when the cluster launcher may add nodes with what is missing).
+    Serve would otherwise wait for CPUs that never come, logging every 30 s."""
+    from lmplatform.runtime import cluster_can_grow
+
     need = replica_demand(cfg, tasks)
     models, n = int(need["model_deployments"]), cfg.autoscaling.min_replicas
     for res, per in (("CPU", "replica_cpus"), ("GPU", "replica_gpus")):
         have = cluster.get(res, 0.0)
-        if need[res] <= have + 1e-9:
+        if need[res] <= have + 1e-9 or cluster_can_grow(res):
             continue
         ingress = n * cfg.ingress_cpus if res == "CPU" else 0.0
         fits = max(int((have - ingress) / max(models * n, 1) * 100) / 100, 0)
@@ -577,7 +579,7 @@ def fit_problem(
             f"({models} model deployment(s) x min_replicas {n} x {per}={getattr(cfg, per):g}"
             + (f", plus {ingress:g} for the ingress" if ingress else "")
             + f"), but the cluster has {have:g}",
-            f"set {per}={fits:g} (or serve fewer tasks, or autoscaling.min_replicas=0)",
+            f"set {per}={fits:g} (or serve fewer tasks)",
         )
     return None
 
@@ -735,10 +737,9 @@ def read_serve_config(path, overrides: list[str] = ()) -> ServeConfig:
 def run_app(cfg: ServeConfig, wait_s: float = 600) -> str:
     """Deploy the application and wait until it is RUNNING; returns its base URL."""
     from lmplatform.config import ConfigError
-    from lmplatform.runtime import cluster_can_grow
 
     problem = fit_problem(cfg, serve_tasks(cfg), ray.cluster_resources())
-    if problem and not cluster_can_grow():
+    if problem:
         raise ConfigError("{}: {}".format(*problem))
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     deploy(cfg)

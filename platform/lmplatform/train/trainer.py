@@ -24,7 +24,7 @@ def torch_trainer(
     from lmplatform import console
 
     # Ray Train's per-report, per-checkpoint and worker-group lines are INFO: off the console
-    # unless LMPLATFORM_VERBOSE=1 (its log files under the Ray session keep them)
+    # unless LMPLATFORM_VERBOSE=1 (Ray Train's system log files under the session keep them)
     logging = ray.train.LoggingConfig(log_level=console.train_log_level())
     run_config = dataclasses.replace(run_config, logging_config=logging)
 
