@@ -103,6 +103,9 @@ def adapt(job: FinetuneJobConfig, steps: int, out: str) -> tuple[str, float]:
 
 
 def main() -> None:
+    from lmplatform.runtime import setup_process
+
+    setup_process()  # before Ray or datasets is imported: loopback, token, console
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=["sst2", "agnews", "conll2003", "spam", "srl"])
     p.add_argument(

@@ -134,6 +134,9 @@ async def load(url: str, task: str, texts: list[str], clients: int, seconds: flo
 
 
 def main() -> None:
+    from lmplatform.runtime import setup_process
+
+    setup_process()  # before Ray or datasets is imported: loopback, token, console
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="sst2")
     p.add_argument("--registry", default=str(ROOT / "registry"))

@@ -71,6 +71,9 @@ def bare(job: PretrainJobConfig, prepared) -> list[float]:
 
 
 def main() -> None:
+    from lmplatform.runtime import setup_process
+
+    setup_process()  # before Ray or datasets is imported: loopback, token, console
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--config",

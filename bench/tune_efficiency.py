@@ -43,6 +43,9 @@ def evaluations(sr, metric: str) -> list[tuple[float, float, float]]:
 
 
 def main() -> None:
+    from lmplatform.runtime import setup_process
+
+    setup_process()  # before Ray or datasets is imported: loopback, token, console
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "jobs/configs/tasks/ner-sample.yaml"))
     p.add_argument("--trials", type=int, default=8)
