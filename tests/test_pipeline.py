@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from lmplatform.registry import Registry
 from probes import http_predict, score
 from raycli import assert_all_skipped, job_submit, start_head, stop
 
@@ -218,6 +219,19 @@ def test_pipeline_job_runs_end_to_end_then_skips_finished_stages(head, tmp_path)
     for stage in ("pretrain:", "finetune:sentiment-sample:", "finetune:ner-sample:", "deploy:"):
         assert f"[pipeline] {stage}" in log
     assert "[pipeline] example ner-sample:" in log  # one example request per task, answered
+    # the console a person reads: each progress line once, reaching the submitter; Ray Train's
+    # per-report and per-checkpoint lines and DeepSpeed's start-up and merging prints stay off
+    assert log.count("[pretrain bert-sample] step 300/300") == 1, log[-4000:]
+    for noise in (
+        "Reporting training result",
+        "Checkpoint successfully created",
+        "Setting accelerator to CPU",
+        "built successfully",
+        "Processing zero checkpoint",
+    ):
+        assert noise not in log, noise
+    meta = Registry(out / "registry").metadata("pretrained", "bert-sample", "v0001")
+    assert meta["lineage"]["steps"] == 300
     # the endpoints outlive the job
     tasks = json.loads(
         urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/tasks", timeout=30).read()

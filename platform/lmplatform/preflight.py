@@ -202,6 +202,9 @@ def check_storage(roots: dict[str, str], cluster: bool) -> list[Problem]:
 
 
 def _node_imports(modules: tuple[str, ...]) -> dict[str, str]:
+    from lmplatform.train.deepspeed_engine import name_the_accelerator
+
+    name_the_accelerator()  # DeepSpeed otherwise warns on import that it found only a CPU
     out = {}
     for mod in modules:
         try:

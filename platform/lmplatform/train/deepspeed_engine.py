@@ -59,6 +59,7 @@ def deepspeed_config(train: TrainConfig, scaling: ScalingConfig, world_size: int
 def _checkpoint_classes() -> list:
     """The DeepSpeed classes its ZeRO checkpoints hold besides tensors and plain values (found
     with torch.serialization.get_unsafe_globals_in_checkpoint over stages 0-3, fp32 and bf16)."""
+    name_the_accelerator()  # before DeepSpeed is imported
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
