@@ -150,3 +150,98 @@ def test_generation_temperature_is_zero_or_at_least_a_thousandth():
     for t in (1e-40, 5e-324, 9.9e-4):
         with pytest.raises(ValidationError, match="must be 0 \\(greedy\\) or at least 0.001"):
             GenerateRequest(inputs=["x"], temperature=t)
+
+
+def _health(url) -> dict:
+    return requests.get(f"{url}/healthz", timeout=10).json()
+
+
+def test_a_bad_key_file_keeps_the_keys_read_before_and_a_deleted_one_revokes(sentiment, tmp_path):
+    """Half-written, too short, not UTF-8 or empty: the keys read before stay in use (no 500),
+    /healthz says degraded without details; a rename-over with the same size and time is
+    seen (inode); deleting the file revokes its keys."""
+    import os
+
+    from lmplatform.serving.security import AuthConfig
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(KEY_A + "\n")
+    with local_server(sentiment, auth=AuthConfig(api_keys_file=str(keys))) as url:
+        assert _post(url, {"inputs": ["ok"]}, KEY_A).status_code == 200
+        assert _health(url) == {"status": "ok", "problems": []}
+        for bad in (b"key-a-01", b"\xff\xfe" + KEY_B.encode(), b"", b"# nothing yet\n"):
+            keys.write_bytes(bad)
+            r = _post(url, {"inputs": ["ok"]}, KEY_A)
+            assert r.status_code == 200, (bad, r.status_code, r.text)
+            assert _post(url, {"inputs": ["ok"]}, KEY_B).status_code == 401
+            h = _health(url)
+            assert h["status"] == "degraded" and "API key file" in h["problems"][0], h
+            assert str(keys) not in json.dumps(h)
+        # a new file renamed over the old one, same size and modification time: a new inode
+        keys.write_text(KEY_A + "\n")
+        st = keys.stat()
+        _post(url, {"inputs": ["ok"]}, KEY_A)  # read it
+        new = tmp_path / "keys.new"
+        new.write_text(KEY_B + "\n")
+        os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(new, keys)
+        assert _post(url, {"inputs": ["ok"]}, KEY_B).status_code == 200
+        assert _post(url, {"inputs": ["ok"]}, KEY_A).status_code == 401
+        assert _health(url)["status"] == "ok"
+        keys.unlink()
+        assert _post(url, {"inputs": ["ok"]}, KEY_B).status_code == 401
+        assert _health(url)["status"] == "degraded"
+
+
+def test_only_get_and_head_of_healthz_itself_skip_the_key(sentiment, monkeypatch):
+    """Before: any path ending in /healthz, any method, went without a key."""
+    from lmplatform.serving.security import AuthConfig, is_open
+
+    monkeypatch.setenv("LMP_TEST_ONLY_KEY", KEY_A)
+    with local_server(sentiment, auth=AuthConfig(api_keys_env="LMP_TEST_ONLY_KEY")) as url:
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+        for method, path in [
+            ("POST", "/healthz"),
+            ("POST", "/v1/predict/healthz"),
+            ("GET", "/v1/predict/sentiment/healthz"),
+            ("PUT", "/healthz"),
+        ]:
+            r = requests.request(method, url + path, json={"inputs": ["x"]}, timeout=10)
+            assert r.status_code == 401, (method, path, r.status_code, r.text)
+            assert "sentiment" not in r.text
+    scope = {"type": "http", "method": "HEAD", "path": "/api/healthz", "root_path": "/api"}
+    assert is_open(scope) and not is_open({**scope, "path": "/api/x/healthz"})
+
+
+def test_a_request_whose_replica_dies_is_sent_once_more_then_refused():
+    """A replica that dies holding a request may have been killed by it (out of memory): one
+    more replica may try, not every one in turn; an unreachable replica is retried."""
+    import asyncio
+
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    from lmplatform.serving.api import ApiError
+    from lmplatform.serving.ingress import _call
+
+    def attempts(errors):
+        calls = []
+
+        async def request():
+            calls.append(1)
+            if len(calls) <= len(errors):
+                raise errors[len(calls) - 1]
+            return {"ok": True}
+
+        try:
+            return asyncio.run(_call(request, "sentiment")), len(calls)
+        except ApiError as e:
+            return e, len(calls)
+
+    assert attempts([ActorDiedError()]) == ({"ok": True}, 2)
+    err, n = attempts([ActorDiedError(), ActorDiedError()])
+    assert n == 2 and err.status == 503 and "not sent again" in err.message
+    oom = ActorDiedError()
+    oom.error_msg = "The actor died because it was killed by the memory monitor (OOM)."
+    err, n = attempts([oom])
+    assert n == 1 and "out of memory" in err.message
+    assert attempts([ActorUnavailableError("x", b"0" * 16)] * 3) == ({"ok": True}, 4)

@@ -75,7 +75,7 @@ def _stats(deployment: str) -> dict:
 
 def test_health_tasks_and_openapi(served):
     r = requests.get(served["url"] + "/healthz", timeout=10)
-    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+    assert (r.status_code, r.json()) == (200, {"status": "ok", "problems": []})
     tasks = requests.get(served["url"] + "/v1/tasks", timeout=10).json()["tasks"]
     by = {t["task"]: t for t in tasks}
     assert set(by) == {"sentiment", "pairs", "ner", "srl", "topic-a", "topic-b", "translate"}
@@ -86,7 +86,8 @@ def test_health_tasks_and_openapi(served):
     assert by["ner"]["labels"] == NER_LABELS
     assert by["srl"]["type"] == "srl" and by["srl"]["labels"] == SRL_LABELS
     for t in tasks:
-        assert set(t) == {"task", "type", "labels", "model"}
+        assert set(t) == {"task", "type", "labels", "model", "load_error"}
+        assert t["load_error"] is None
         assert set(t["model"]) == {"name", "version", "metric", "value", "per_class"}
         assert t["model"]["version"].startswith("v")
     # dev evidence per class (per entity type for NER) of the served version, from the registry
@@ -945,3 +946,185 @@ def test_length_sorted_chunks_keep_each_answer_with_its_input(served):
     for t, got in zip(texts, batch):
         alone = p.predict(p.parse([t]))[0]
         assert got["tags"] == alone["tags"] and len(got["tags"]) == len(t.split())
+
+
+# ----------------------------------------------------------------------------- a guarded app
+
+GUARD_KEY = "guard-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def guarded(served):
+    """A second application on the same Serve, at /guarded: API keys, every model behind the
+    ingress (two hops), and a 1 s request timeout."""
+    from lmplatform.jobconfig import ServeConfig
+    from lmplatform.serving.deployments import delete, deploy
+
+    keys = served["root"] / "guard-keys.txt"
+    keys.write_text(GUARD_KEY + "\n")
+    cfg = ServeConfig.model_validate(
+        {
+            **served["cfg"].model_dump(),
+            "tasks": ["sentiment"],
+            "shared_encoder_groups": [],
+            "app_name": "guarded",
+            "route_prefix": "/guarded",
+            "one_hop": False,
+            "request_timeout_s": 1.0,
+            "auth": {"api_keys_file": str(keys)},
+        }
+    )
+    deploy(cfg)
+    yield {"url": served["url"] + "/guarded", "cfg": cfg}
+    delete(cfg)
+
+
+def _guarded(guarded, method, path, body=None, key=GUARD_KEY, **kw):
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = None if body is None else json.dumps(body)
+    return requests.request(
+        method, guarded["url"] + path, data=data, headers=headers, timeout=30, **kw
+    )
+
+
+def test_only_get_healthz_goes_without_a_key_and_serves_own_routes_stay_documented(guarded):
+    """Through Serve: GET /healthz is the one open route (not every path that ends in it, not
+    another method); Serve's own /-/routes and /-/healthz answer without a key (the proxy's,
+    not ours: docs/serving.md says so) and name no more than the route prefixes."""
+    assert _guarded(guarded, "GET", "/healthz", key=None).status_code == 200
+    for method, path, body in [
+        ("POST", "/healthz", {}),
+        ("POST", "/v1/predict/healthz", {"inputs": ["x"]}),
+        ("GET", "/v1/predict/sentiment/healthz", None),
+        ("GET", "/v1/tasks", None),
+        ("POST", "/v1/predict/sentiment", {"inputs": ["x"]}),
+    ]:
+        r = _guarded(guarded, method, path, body, key=None)
+        assert r.status_code == 401, (method, path, r.status_code, r.text)
+        assert "sentiment" not in r.text  # no task list before the key check
+    r = _guarded(guarded, "POST", "/v1/predict/sentiment", {"inputs": ["a fine film"]})
+    assert r.status_code == 200, r.text
+    routes = requests.get(guarded["url"].rsplit("/", 1)[0] + "/-/routes", timeout=10)
+    assert routes.status_code == 200 and "/guarded" in routes.json()
+    assert GUARD_KEY not in routes.text
+
+
+def test_the_bind_checked_is_the_one_serve_really_has(served):
+    """The check reads Serve's controller, not the config's `host`: `serve deploy` binds where
+    http_options.host says."""
+    from lmplatform.serving.deployments import serve_bind_host
+    from lmplatform.serving.security import AuthConfig, exposure_problem
+
+    assert serve_bind_host() == "127.0.0.1"
+    problem = exposure_problem("0.0.0.0", AuthConfig(), "http_options.host")
+    assert problem and problem.startswith("http_options.host=0.0.0.0 serves the API")
+    assert exposure_problem("0.0.0.0", AuthConfig(allow_unauthenticated=True)) is None
+    assert exposure_problem("127.0.0.2", AuthConfig()) is None  # all of 127/8 is loopback
+
+
+def _guarded_stats(deployment: str) -> dict:
+    from ray import serve
+
+    return serve.get_deployment_handle(deployment, app_name="guarded").stats.remote().result()
+
+
+def test_the_worst_request_the_limits_allow_is_bounded_and_others_are_answered(guarded):
+    """16 inputs (max_inputs) of the longest prompts to fill-mask run in forwards within the
+    token budget; 16 generations of 512 tokens (the most), each prompt its own length, time
+    out at request_timeout_s (1 s) and their work stops; meanwhile a small request is
+    answered, and no replica restarted."""
+    pids = {d: _guarded_stats(d)["pid"] for d in ("FillMaskDeployment", "GenerateDeployment")}
+    long_text = " ".join(["[MASK] word"] * 200)
+    r = _guarded(guarded, "POST", "/v1/fill-mask", {"inputs": [long_text] * 16, "top_k": 100})
+    assert r.status_code == 200, r.text
+    assert 0 < _guarded_stats("FillMaskDeployment")["largest_forward"] <= 256
+    worst = {
+        "inputs": [" ".join(["tale"] * (k + 1)) for k in range(16)],
+        "max_new_tokens": 512,
+        "temperature": 1.0,
+    }
+    small = {"inputs": ["once"], "max_new_tokens": 2}
+    with ThreadPoolExecutor(2) as ex:
+        big = ex.submit(_guarded, guarded, "POST", "/v1/generate", worst)
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        quick = _guarded(guarded, "POST", "/v1/generate", small)
+        quick_s = time.perf_counter() - t0
+        big = big.result()
+    assert quick.status_code == 200, quick.text
+    assert quick_s < 1.0, quick_s  # it did not wait for the big one
+    assert big.status_code == 504, (big.status_code, big.text[:200])
+    time.sleep(0.5)  # the step that was running when it timed out
+    steps = _guarded_stats("GenerateDeployment")["steps"]
+    time.sleep(1.5)
+    after = _guarded_stats("GenerateDeployment")
+    assert after["steps"] == steps, "the timed-out generation kept running"
+    assert after["stopped"] >= 1
+    r = _guarded(guarded, "POST", "/v1/generate", small)
+    assert r.status_code == 200, r.text
+    assert {d: _guarded_stats(d)["pid"] for d in pids} == pids  # no replica restarted
+
+
+def _publish_unloadable(reg, root, task: str) -> str:
+    """A version of `task` whose weights file is garbage (what a bad upload looks like)."""
+    from lmplatform.models.io import from_pretrained
+    from lmplatform.models.tasks import encoder_of
+
+    parent = encoder_of(from_pretrained(reg.local_path("pretrained", "tiny-bert", "v0001")))
+    tok = reg.local_path("pretrained", "tiny-bert", "v0001") / "tokenizer.json"
+    bad = root / "unloadable"
+    publish_task(reg, bad, "scratch", parent, "classification", ["negative", "positive"], tok)
+    folder = bad / "scratch-0"
+    for weights in folder.glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    meta = {"kind": "task", "metric": "accuracy", "value": 0.99, "labels": ["negative", "positive"]}
+    return reg.publish("tasks", task, folder, meta)
+
+
+def test_a_promoted_best_that_cannot_load_keeps_the_previous_one_serving(served, guarded):
+    """The bad best is reported (/v1/tasks with the reason behind the keys, /healthz degraded
+    without it, a load-failure count) and retried with backoff, not every poll; a replica that
+    starts meanwhile serves the previous best; a rollback clears it."""
+    from lmplatform.registry import Registry
+    from lmplatform.serving.deployments import TaskReplica
+
+    reg = Registry(served["registry"])
+    good = reg.best("sentiment")
+    bad = _publish_unloadable(reg, served["root"], "sentiment")
+    reg.promote("sentiment", bad, force=True)
+    try:
+        url = served["url"]
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            info = {
+                t["task"]: t for t in requests.get(url + "/v1/tasks", timeout=10).json()["tasks"]
+            }
+            if info["sentiment"]["load_error"]:
+                break
+            time.sleep(0.5)
+        assert info["sentiment"]["model"]["version"] == good
+        assert info["sentiment"]["load_error"].startswith(f"sentiment@{bad} could not be loaded")
+        r = _post(served, "/v1/predict/sentiment", {"inputs": ["still answering"]})
+        assert r.status_code == 200 and r.json()["model"]["version"] == good
+        health = requests.get(url + "/healthz", timeout=10).json()
+        assert health["status"] == "degraded"
+        assert health["problems"] == [
+            f"task sentiment serves {good}, not its promoted best: see /v1/tasks"
+        ]
+        g = _guarded(guarded, "GET", "/healthz", key=None).json()
+        assert g["status"] == "degraded" and bad not in json.dumps(g)  # no reason, no key
+        tries = _stats("task-sentiment")
+        time.sleep(6)  # 12 polls at refresh_s=0.5; the backoff (1, 2, 4 s …) allows 3
+        assert _stats("task-sentiment")["load_failures"] - tries["load_failures"] <= 3
+        fresh = TaskReplica(str(served["registry"]), "sentiment", refresh_s=0)
+        assert fresh.predictor.ref.version == good and bad in fresh.load_error()
+    finally:
+        reg.rollback("sentiment", good, force=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if requests.get(url + "/healthz", timeout=10).json()["status"] == "ok":
+            break
+        time.sleep(0.5)
+    assert requests.get(url + "/healthz", timeout=10).json() == {"status": "ok", "problems": []}

@@ -114,6 +114,9 @@ class TaskInfo(BaseModel):
     """Its task type (lmplatform.tasks.TASK_TYPES)."""
     labels: list[str]
     model: ModelInfo
+    load_error: str | None = None
+    """Set when the task's promoted `best` could not be loaded (a checksum mismatch, a failed
+    smoke test): `model` is the version still served, this says which one failed and why."""
 
 
 class TasksResponse(BaseModel):
@@ -159,7 +162,11 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
+    """`degraded`: answering, but something needs an operator (see `problems`)."""
+    problems: list[str] = []
+    """What is degraded, without details an unauthenticated caller should not see (a task
+    serving an older version than its promoted best, an unreadable API key file)."""
 
 
 class Limits(BaseModel):
@@ -284,6 +291,7 @@ class Backend(Protocol):
     max_inputs: int
 
     async def ready(self) -> bool: ...
+    async def problems(self) -> list[str]: ...
     async def tasks(self) -> list[dict]: ...
     async def predict(self, task: str, inputs: list, options: dict) -> dict: ...
     async def fill_mask(self, inputs: list[str], top_k: int) -> dict: ...
@@ -384,11 +392,19 @@ def make_app(
     async def _api(_request: Request, exc: ApiError):
         return error_response(exc.status, exc.type, exc.message)
 
+    keys = KeyRing(auth) if auth is not None and auth.enabled else None
+
     @app.get("/healthz", response_model=Health, responses={503: {"model": ErrorResponse}})
     async def healthz():
         if not await backend.ready():
             raise ApiError(503, "unavailable", "models are not loaded")
-        return {"status": "ok"}
+        problems = list(await backend.problems())
+        if keys is not None and keys.problem:  # the details go to the log, not to anyone
+            problems.append(
+                "auth: the API key file is unreadable; the keys read before it "
+                "changed are in use (see the server log)"
+            )
+        return {"status": "degraded" if problems else "ok", "problems": problems}
 
     @app.get("/v1/tasks", response_model=TasksResponse)
     async def tasks():
@@ -470,7 +486,6 @@ def make_app(
         retry_after_s=limits.retry_after_s,
         error_response=error_response,
     )
-    keys = KeyRing(auth) if auth is not None and auth.enabled else None
     app.add_middleware(Guard, keys=keys, error_response=error_response)
     if cors_origins:
         from starlette.middleware.cors import CORSMiddleware

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from lmplatform.config import StrictModel
-from lmplatform.serving.security import AuthConfig
+from lmplatform.serving.security import AuthConfig, exposure_problem
 from lmplatform.train.config import CompileBackend
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class AutoscalingConfig(StrictModel):
@@ -100,12 +98,9 @@ class ServeConfig(StrictModel):
     def _groups(self) -> ServeConfig:
         from lmplatform.registry import check_name, check_ref
 
-        if self.host not in LOOPBACK and not (self.auth.enabled or self.auth.allow_unauthenticated):
-            raise ValueError(
-                f"host={self.host} serves the API beyond this machine with no authentication: "
-                "set auth.api_keys_file or auth.api_keys_env, or auth.allow_unauthenticated: "
-                "true if a gateway in front authenticates"
-            )
+        problem = exposure_problem(self.host, self.auth)
+        if problem:
+            raise ValueError(problem)
 
         # every name becomes a registry path: no traversal through a served name
         for t in [*(self.tasks or []), *(t for g in self.shared_encoder_groups for t in g)]:

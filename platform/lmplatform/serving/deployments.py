@@ -32,9 +32,10 @@ from lmplatform.serving.predictors import (
     InputError,
     ModelInfo,
     SharedEncoder,
+    Stopped,
     TaskPredictor,
 )
-from lmplatform.serving.security import AuthConfig
+from lmplatform.serving.security import AuthConfig, exposure_problem
 from lmplatform.serving.telemetry import ServingMetrics
 
 log = logging.getLogger("ray.serve")
@@ -59,6 +60,35 @@ def load_task(
     return p
 
 
+def load_serving(
+    reg: Registry, task: str, compile: str | None = None
+) -> tuple[TaskPredictor, str | None]:
+    """The task's best, or, when it cannot load (a checksum mismatch, a failed smoke test), the
+    newest earlier promoted version that can, with why the best failed: a replica that starts
+    must serve something, and the model promoted before beats none."""
+    best = reg.best(task)
+    try:
+        return load_task(reg, task, best, compile), None
+    except Exception as e:
+        if best is None:
+            raise
+        error = f"{task}@{best} could not be loaded: {type(e).__name__}: {e}"
+    tried = {best}
+    for rec in reversed(reg.promotions(task)):
+        version = rec.get("version") if isinstance(rec, dict) else None
+        if not isinstance(version, str) or version in tried:
+            continue
+        tried.add(version)
+        try:
+            p = load_task(reg, task, version, compile)
+        except Exception as e:
+            log.warning("task %s: %s cannot be loaded either: %s", task, version, e)
+            continue
+        log.warning("%s; serving the previous best %s", error, version)
+        return p, error
+    raise RuntimeError(f"{error}; no earlier promoted version loads either")
+
+
 async def _run(long: bool, fn, *args):
     """A model call from a replica's event loop. A short forward (an encoder over a batch)
     runs on the loop itself: in a worker thread it fought the loop for the GIL, and the loop,
@@ -76,12 +106,25 @@ def _error(e: Exception) -> dict:
     return {"error": {"status": status, "message": str(e)}}
 
 
-class _Watcher:
-    """Polls the registry for new `best` versions of some tasks and calls `swap` with them."""
+def _timed_out(e: Stopped) -> dict:
+    return {"error": {"status": 504, "type": "timeout", "message": str(e)}}
 
-    def __init__(self, reg: Registry, tasks: list[str], refresh_s: float, swap):
+
+MAX_BACKOFF_S = 300.0
+
+
+class _Watcher:
+    """Polls the registry for new `best` versions of some tasks and calls `swap` with them.
+    A swap that fails (the new best cannot load) keeps the loaded versions and is tried again
+    only after a backoff that doubles per failure (up to MAX_BACKOFF_S), not every poll with a
+    full download; `error` says what failed until a swap succeeds."""
+
+    def __init__(self, reg: Registry, tasks: list[str], refresh_s: float, swap, metrics=None):
         self.reg, self.tasks, self.refresh_s, self.swap = reg, tasks, refresh_s, swap
+        self.metrics = metrics
         self._kick = threading.Event()
+        self._failed: dict[tuple, tuple[int, float]] = {}  # wanted -> (failures, retry at)
+        self.failures = 0  # swaps that failed, in all
         self.error: str | None = None
         if refresh_s > 0:
             threading.Thread(target=self._run, daemon=True, name="registry-watch").start()
@@ -93,13 +136,38 @@ class _Watcher:
         while True:
             self._kick.wait(self.refresh_s)
             self._kick.clear()
-            try:
-                wanted = {t: self.reg.best(t) for t in self.tasks}
-                self.swap(wanted)
-                self.error = None
-            except Exception as e:  # keep serving the loaded version; report on health
-                self.error = f"{type(e).__name__}: {e}"
-                log.warning("registry check failed: %s", self.error)
+            self.check()
+
+    def check(self, force: bool = False) -> None:
+        """Swap to the tasks' current bests unless that failed recently (`force`: try now)."""
+        try:
+            wanted = {t: self.reg.best(t) for t in self.tasks}
+        except Exception as e:  # the registry is unreachable: keep serving, report on health
+            self.error = f"registry check failed: {type(e).__name__}: {e}"
+            log.warning("%s", self.error)
+            return
+        key = tuple(sorted(wanted.items()))
+        failures, retry_at = self._failed.get(key, (0, 0.0))
+        if not force and time.monotonic() < retry_at:
+            return
+        try:
+            self.swap(wanted)
+        except Exception as e:
+            failures += 1
+            self.failures += 1
+            wait = min(max(self.refresh_s, 1.0) * 2**failures, MAX_BACKOFF_S)
+            self._failed = {key: (failures, time.monotonic() + wait)}
+            self.error = f"{_describe(wanted)} could not be loaded: {type(e).__name__}: {e}"
+            log.warning("%s; serving the loaded version, next try in %.0f s", self.error, wait)
+            if self.metrics is not None:
+                for t, v in wanted.items():
+                    self.metrics.load_failed(t, v or "none")
+            return
+        self._failed, self.error = {}, None
+
+
+def _describe(versions: dict[str, str | None]) -> str:
+    return ", ".join(f"{t}@{v}" for t, v in versions.items())
 
 
 class TaskReplica:
@@ -122,13 +190,15 @@ class TaskReplica:
         self.compile = compile
         self.http = http or {}
         self.batches = self.batched_inputs = 0
-        self.predictor = load_task(self.reg, task, compile=compile)
         self.metrics = ServingMetrics()
+        self.predictor, self.start_error = load_serving(self.reg, task, compile)
         self.metrics.serving(task, self.predictor.ref.version)
+        if self.start_error:
+            self.metrics.load_failed(task, self.reg.best(task) or "none")
         self._swap_lock = threading.Lock()
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.watcher = _Watcher(self.reg, [task], refresh_s, self._swap)
+        self.watcher = _Watcher(self.reg, [task], refresh_s, self._swap, self.metrics)
 
     def __serve_build_asgi_app__(self):
         h = self.http
@@ -154,11 +224,15 @@ class TaskReplica:
     def _swap(self, wanted: dict[str, str | None]) -> None:
         version = wanted[self.task]
         with self._swap_lock:
-            if version is None or version == self.predictor.ref.version:
+            if version is None:
+                return
+            if version == self.predictor.ref.version:
+                self.start_error = None  # (a rollback to it) the best is what this serves
                 return
             new = load_task(self.reg, self.task, version, self.compile)  # smoke-tested first
             old = self.predictor.ref.version
             self.predictor = new  # one assignment: requests see the old or the new model
+            self.start_error = None
             self.metrics.serving(self.task, version, replaced=old)
             log.info("task %s: swapped %s -> %s", self.task, old, version)
 
@@ -166,16 +240,21 @@ class TaskReplica:
         """user_config {refresh_token}: Serve calls this on deploy and whenever it changes
         (`jobs/deploy.py --refresh`); the registry is checked now instead of at the next poll."""
         if hasattr(self, "watcher"):
-            self._swap({self.task: self.reg.best(self.task)})
+            self.watcher.check(force=True)
+
+    def load_error(self) -> str | None:
+        """Why the replica serves another version than the task's promoted best (None if not)."""
+        return self.watcher.error or self.start_error
 
     async def info(self) -> dict:
-        return self.predictor.info()
+        return {**self.predictor.info(), "load_error": self.load_error()}
 
     async def stats(self) -> dict:
         return {
             "model_calls": self.predictor.calls,
             "batches": self.batches,  # dynamic batches and the inputs they held
             "batched_inputs": self.batched_inputs,
+            "load_failures": self.watcher.failures,  # promoted versions that did not load
             "version": self.predictor.ref.version,
             "pid": os.getpid(),  # which replica answered (operators, the fault test)
         }
@@ -226,6 +305,16 @@ TaskDeployment = serve.deployment(max_ongoing_requests=256)(TaskReplica)
 TaskIngress = serve.deployment(max_ongoing_requests=256)(serve.ingress()(TaskReplica))
 
 
+def task_problems(infos: list[dict]) -> list[str]:
+    """/healthz's problems from /v1/tasks entries: which tasks serve an older version than
+    their promoted best (why is in /v1/tasks, behind the API keys)."""
+    return [
+        f"task {i['task']} serves {i['model']['version']}, not its promoted best: see /v1/tasks"
+        for i in infos
+        if i.get("load_error")
+    ]
+
+
 class _OneTask:
     """A task replica as the backend of its own HTTP app (one hop): the API's predict route
     for this task; its other routes belong to the main application."""
@@ -236,8 +325,11 @@ class _OneTask:
     async def ready(self) -> bool:
         return self.dep.predictor is not None
 
+    async def problems(self) -> list[str]:
+        return task_problems([await self.dep.info()])
+
     async def tasks(self) -> list[dict]:
-        return [self.dep.predictor.info()]
+        return [await self.dep.info()]
 
     async def predict(self, task: str, inputs: list, options: dict) -> dict:
         if task != self.dep.task:
@@ -268,14 +360,16 @@ class SharedEncoderDeployment:
     ):
         self.reg = Registry(registry)
         self.tasks = list(tasks)
-        self.group = self._load({t: self.reg.best(t) for t in self.tasks})
         self.metrics = ServingMetrics()
+        loaded = {t: load_serving(self.reg, t) for t in self.tasks}
+        self.start_errors = {t: err for t, (_, err) in loaded.items() if err}
+        self.group = SharedEncoder({t: p for t, (p, _) in loaded.items()})
         for t, p in self.group.predictors.items():
             self.metrics.serving(t, p.ref.version)
         self._swap_lock = threading.Lock()
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.watcher = _Watcher(self.reg, self.tasks, refresh_s, self._swap)
+        self.watcher = _Watcher(self.reg, self.tasks, refresh_s, self._swap, self.metrics)
 
     def _load(self, versions: dict[str, str | None]) -> SharedEncoder:
         preds = {}
@@ -291,25 +385,30 @@ class SharedEncoderDeployment:
     def _swap(self, wanted: dict[str, str | None]) -> None:
         with self._swap_lock:
             have = {t: p.ref.version for t, p in self.group.predictors.items()}
+            for t in [t for t in self.start_errors if wanted[t] == have[t]]:
+                del self.start_errors[t]  # (a rollback to it) the best is what this serves
             if all(v is None or have[t] == v for t, v in wanted.items()):
                 return
             merged = {t: (wanted[t] or have[t]) for t in self.tasks}
             self.group = self._load(merged)  # raises (and keeps the old group) if not shareable
+            self.start_errors = {}
             for t, v in merged.items():
                 self.metrics.serving(t, v, replaced=have[t] if have[t] != v else None)
             log.info("shared encoder group %s: now %s", self.tasks, merged)
 
     def reconfigure(self, user_config: dict) -> None:
         if hasattr(self, "watcher"):
-            self._swap({t: self.reg.best(t) for t in self.tasks})
+            self.watcher.check(force=True)
 
     async def info(self, task: str) -> dict:
-        return self.group.predictors[task].info()
+        error = self.watcher.error or self.start_errors.get(task)
+        return {**self.group.predictors[task].info(), "load_error": error}
 
     async def stats(self) -> dict:
         return {
             "encoder_calls": self.group.calls,
             "model_calls": self.group.calls,
+            "largest_forward": self.group.largest_forward,  # padded tokens
             "versions": {t: p.ref.version for t, p in self.group.predictors.items()},
         }
 
@@ -402,16 +501,34 @@ class FillMaskDeployment:
         return out
 
     async def stats(self) -> dict:
-        return {"model_calls": self.p.calls}
+        return {
+            "model_calls": self.p.calls,
+            "largest_forward": self.p.largest_forward,  # padded tokens
+            "pid": os.getpid(),
+        }
 
     def check_health(self) -> None:
         self.p.predict(self.p.parse(["a [MASK] ."]), 1)
 
 
+class _Deadline:
+    """One generation request's end: its timeout (the API's request_timeout_s, counted here
+    too, since a handle call's cancellation may not reach a thread) or its cancellation."""
+
+    def __init__(self, timeout_s: float):
+        self.at = time.monotonic() + timeout_s
+        self.cancelled = threading.Event()
+
+    def passed(self) -> bool:
+        return self.cancelled.is_set() or time.monotonic() > self.at
+
+
 @serve.deployment(max_ongoing_requests=64)
 class GenerateDeployment:
     """A pretrained GPT: continuations batched across requests that ask the same (length,
-    temperature, top-k, stop), or one streamed token by token."""
+    temperature, top-k, stop), or one streamed token by token. Work stops between two decoding
+    steps once its requests timed out or were cancelled, and requests interleave step by step
+    (the model lock is held per step), so one long request does not hold the replica."""
 
     def __init__(
         self,
@@ -419,6 +536,7 @@ class GenerateDeployment:
         model: str,
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.01,
+        timeout_s: float = 30.0,
     ):
         reg = Registry(registry)
         name, version = reg.resolve("pretrained", model)
@@ -426,6 +544,8 @@ class GenerateDeployment:
             reg.local_path("pretrained", name, version), ModelInfo(name=name, version=version)
         )
         self.version = f"{name}@{version}"
+        self.timeout_s = timeout_s
+        self.stopped = 0  # generate calls given up (timed out or cancelled)
         self.metrics = ServingMetrics()
         self.metrics.serving("generate", self.version)
         self._batched.set_max_batch_size(max_batch_size)
@@ -446,23 +566,49 @@ class GenerateDeployment:
             self.metrics.answered("generate", self.version, False, t0)
             return _error(e)
         params = (max_new_tokens, temperature, top_k, tuple(stop or ()))
-        preds = await self._batched((items, params))
+        deadline = _Deadline(self.timeout_s)
+        try:
+            preds = await self._batched((items, params, deadline))
+        except asyncio.CancelledError:  # the caller gave up (504, disconnect): so does the work
+            deadline.cancelled.set()
+            raise
+        if isinstance(preds, dict):
+            return preds
         self.metrics.answered("generate", self.version, True, t0)
         return {
             "model": {"name": self.p.ref.name, "version": self.p.ref.version},
             "predictions": preds,
         }
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _batched(self, requests: list[tuple[list, tuple]]) -> list[list[dict]]:
+    # several batches at once: each runs in its own thread, step by step under the model lock,
+    # so a new request's batch starts while a long one is still decoding
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=4)
+    async def _batched(self, requests: list[tuple[list, tuple, _Deadline]]) -> list:
         groups: dict[tuple, list[int]] = {}  # one generate call per set of parameters
-        for i, (_, params) in enumerate(requests):
+        for i, (_, params, _) in enumerate(requests):
             groups.setdefault(params, []).append(i)
-        out: list[list[dict]] = [[] for _ in requests]
+        out: list = [[] for _ in requests]
         for (n, temperature, top_k, stop), idx in groups.items():
             flat = [it for i in idx for it in requests[i][0]]
+            ends = [requests[i][2] for i in idx]
             self.metrics.model_call("generate", self.version, len(flat))
-            preds = await _run(True, self.p.predict, flat, n, temperature, top_k, None, list(stop))
+            try:
+                preds = await _run(
+                    True,
+                    self.p.predict,
+                    flat,
+                    n,
+                    temperature,
+                    top_k,
+                    None,
+                    list(stop),
+                    lambda ends=ends: all(e.passed() for e in ends),
+                )
+            except Stopped as e:
+                self.stopped += 1
+                for i in idx:
+                    out[i] = _timed_out(e)
+                continue
             k = 0
             for i in idx:
                 out[i] = preds[k : k + len(requests[i][0])]
@@ -486,17 +632,26 @@ class GenerateDeployment:
             yield _error(e)
             return
         self.metrics.model_call("generate", self.version, 1)
-        steps = self.p.stream(items[0], max_new_tokens, temperature, top_k, stop)
+        deadline = _Deadline(self.timeout_s)
+        steps = self.p.stream(items[0], max_new_tokens, temperature, top_k, stop, deadline.passed)
         try:
             # each step in a thread: the loop keeps serving other requests between tokens
             while (event := await asyncio.to_thread(next, steps, None)) is not None:
                 yield event
+        except Stopped:
+            self.stopped += 1
+            return
         finally:
             steps.close()
         self.metrics.answered("generate", self.version, True, t0)
 
     async def stats(self) -> dict:
-        return {"model_calls": self.p.calls}
+        return {
+            "model_calls": self.p.calls,
+            "steps": self.p.steps,  # decoding steps run
+            "stopped": self.stopped,
+            "pid": os.getpid(),
+        }
 
     def check_health(self) -> None:
         self.p.predict(self.p.parse(["a"]), 1, 0.0, None)
@@ -641,9 +796,25 @@ def task_apps(cfg: ServeConfig) -> dict[str, tuple[str, serve.Application]]:
     }
 
 
+def serve_bind_host() -> str | None:
+    """Where this cluster's Serve proxies really listen (its controller's http_options: what
+    `serve deploy` set, whatever the application's args say), or None when no Serve runs yet
+    (run_app then starts it on the config's host)."""
+    if not ray.is_initialized():
+        return None
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return None if client is None else client.http_config.host
+
+
 def build(cfg: ServeConfig) -> serve.Application:
     """The main application (the ingress: /v1/tasks, /healthz, fill-mask, generate, and the
     tasks that have no application of their own) for a validated config."""
+    host = serve_bind_host()
+    problem = host is not None and exposure_problem(host, cfg.auth, "http_options.host")
+    if problem:
+        raise ValueError(f"{problem} (Serve's proxies listen where http_options.host says)")
     tasks = serve_tasks(cfg)
     grouped = {t for g in cfg.shared_encoder_groups for t in g}
     unknown = grouped - set(tasks)
@@ -677,7 +848,7 @@ def build(cfg: ServeConfig) -> serve.Application:
         )
     if cfg.generate_model:
         gen = GenerateDeployment.options(max_ongoing_requests=ongoing, **opts).bind(
-            cfg.registry, cfg.generate_model, **batch
+            cfg.registry, cfg.generate_model, timeout_s=cfg.request_timeout_s, **batch
         )
     http = _http(cfg)
     return Ingress.options(

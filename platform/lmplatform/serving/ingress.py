@@ -64,6 +64,11 @@ class Ingress:
         except Exception:
             return False
 
+    async def problems(self) -> list[str]:
+        from lmplatform.serving.deployments import task_problems
+
+        return task_problems(await self.tasks())
+
     async def _info(self, task: str) -> dict:
         h = self.routes[task]
         return await (h.info.remote(task) if task in self.shared else h.info.remote())
@@ -124,35 +129,58 @@ class Ingress:
         return out
 
 
-RETRIES = 3  # attempts after the first when a replica dies under a request
+RETRIES = 3  # attempts after the first when no replica could take a request
+AFTER_A_DEATH = 1  # attempts after a replica died while it held the request
 RETRY_WAIT_S = 0.2
 
 
 async def _call(request, what: str):
-    """A model deployment's answer. A replica that dies (or is unreachable) under a request is
-    not the client's problem: predictions have no side effects, so the request is sent again
-    (Serve's router picks a live replica); if every attempt fails, 503 `unavailable`. Errors
-    raised by our own code are not retried."""
+    """A model deployment's answer. A replica that is unreachable or restarting is not the
+    client's problem: predictions have no side effects, so the request is sent again (Serve's
+    router picks a live replica). A replica that died *while answering* may have been killed
+    by the request itself (out of memory): it is sent once more, and if that replica dies
+    too, or Ray says the memory monitor killed it, it is not sent again (503 `unavailable`),
+    so that one request cannot take down every replica in turn. Errors raised by our own
+    code are not retried."""
     from ray.exceptions import ActorUnavailableError, RayActorError
     from ray.serve.exceptions import DeploymentUnavailableError
 
+    deaths = 0
     for attempt in range(RETRIES + 1):
         try:
             return await request()
-        except (RayActorError, ActorUnavailableError, DeploymentUnavailableError) as e:
-            if attempt == RETRIES:
-                raise ApiError(
-                    503,
-                    "unavailable",
-                    f"{what}: no replica could answer ({type(e).__name__}); retry",
-                ) from None
-            await asyncio.sleep(RETRY_WAIT_S * (attempt + 1))
+        except (ActorUnavailableError, DeploymentUnavailableError) as e:
+            last, died = e, False
+        except RayActorError as e:
+            last, died = e, True
+            deaths += 1
+        if died and (deaths > AFTER_A_DEATH or _killed_for_memory(last)):
+            raise ApiError(
+                503,
+                "unavailable",
+                f"{what}: the replica answering this request died ({_why(last)}); not sent "
+                "again, since the request itself may be what kills replicas",
+            ) from None
+        if attempt == RETRIES:
+            break
+        await asyncio.sleep(RETRY_WAIT_S * (attempt + 1))
+    raise ApiError(
+        503, "unavailable", f"{what}: no replica could answer ({type(last).__name__}); retry"
+    ) from None
+
+
+def _killed_for_memory(e: Exception) -> bool:
+    text = str(e).lower()
+    return "memory monitor" in text or "out of memory" in text or "oom" in text.split()
+
+
+def _why(e: Exception) -> str:
+    return "out of memory" if _killed_for_memory(e) else type(e).__name__
 
 
 def raise_error(out: dict) -> dict:
     if "error" in out:
         e = out["error"]
-        raise ApiError(
-            e["status"], "invalid_input" if e["status"] == 422 else "not_found", e["message"]
-        )
+        default = "invalid_input" if e["status"] == 422 else "not_found"
+        raise ApiError(e["status"], e.get("type", default), e["message"])
     return out

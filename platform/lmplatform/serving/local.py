@@ -17,6 +17,9 @@ class LocalBackend:
     async def ready(self) -> bool:
         return True
 
+    async def problems(self) -> list[str]:
+        return []
+
     async def tasks(self) -> list[dict]:
         return [p.info() for _, p in sorted(self.predictors.items())]
 

@@ -27,12 +27,42 @@ from lmplatform.tasks.encoding import TaskEncoder, pad
 from lmplatform.tasks.seq2seq import DecodingConfig
 from lmplatform.tokenization import load_tokenizer, special_tokens
 
-__all__ = ["InputError", "Item", "ModelInfo", "SharedEncoder", "TaskPredictor"]
+__all__ = ["InputError", "Item", "ModelInfo", "SharedEncoder", "Stopped", "TaskPredictor"]
 
 
 def device() -> torch.device:
     """A replica given a GPU (replica_gpus) serves on it; otherwise CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def token_budget(dev: torch.device) -> int:
+    """Padded tokens per forward (rows x longest). It bounds what one dynamic batch costs at
+    once (memory, and the attention's rows x longest^2), whatever the requests hold. On CPU
+    small forwards waste the GEMMs (one 10-token SST-2 sentence: 3.6 ms; eight: 1.1 ms each) and
+    big ones pad and spill the caches (32 mixed sentences: no gain over one at a time); 256
+    keeps BERT-mini at ~2.8 ms/sentence vs 4.8 alone. A GPU wants more."""
+    return 256 if dev.type == "cpu" else 16384
+
+
+def length_chunks(lengths: list[int], max_tokens: int, keys: list | None = None) -> list[list[int]]:
+    """Indices sorted by (key, length), cut into runs of one key whose rows x longest stays
+    within `max_tokens` (at least one row each): a forward per run. Sorting by length first
+    keeps the padding small (padding a batch to its longest text wasted up to 3x the compute
+    on CPU: SST-2, 32 per batch, 196 ms vs ~6 ms/item alone)."""
+    keys = keys if keys is not None else [0] * len(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: (keys[i], lengths[i]))
+    out: list[list[int]] = []
+    for i in order:
+        run = out[-1] if out else None
+        if run is None or keys[run[0]] != keys[i] or (len(run) + 1) * lengths[i] > max_tokens:
+            out.append([i])
+        else:
+            run.append(i)
+    return out
+
+
+class Stopped(Exception):
+    """The work was given up between two steps: its request timed out or was cancelled."""
 
 
 def _batch(encodings: list[Encoding], pad_id: int, to: torch.device) -> dict[str, torch.Tensor]:
@@ -74,11 +104,7 @@ class TaskPredictor:
         # seq2seq: beam search and the request limits the task was promoted with
         self.decoding = DecodingConfig.model_validate(meta.get("decoding") or {})
         self.calls = 0  # model forwards (the batching test reads it)
-        # Padded tokens per forward (rows x longest), after sorting a batch by length. On CPU
-        # small forwards waste the GEMMs (one 10-token SST-2 sentence: 3.6 ms; eight: 1.1 ms
-        # each) and big ones pad and spill the caches (32 mixed sentences: no gain over one at
-        # a time); 256 keeps BERT-mini at ~2.8 ms/sentence vs 4.8 alone. A GPU wants more.
-        self.max_tokens = 256 if self.device.type == "cpu" else 16384
+        self.max_tokens = token_budget(self.device)
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads
 
     def info(self) -> dict:
@@ -121,22 +147,14 @@ class TaskPredictor:
 
     @torch.inference_mode()
     def predict(self, items: list[Item]) -> list[dict]:
-        """Predictions for a batch. Items are sorted by length and run in chunks of similar
-        length of at most `max_tokens` padded tokens: padding a batch to its longest text
-        wasted up to 3x the compute on CPU (SST-2, 32 per batch: 196 ms vs ~6 ms/item alone)."""
+        """Predictions for a batch, in forwards of similar length within `max_tokens`
+        (`length_chunks`); items decoded with other options (beams, length) never share one."""
         encodings = self.encode(items)
         pad_id = special_tokens(self.tokenizer).pad
-        # items decoded with other options (beams, length) cannot share a generate call
-        order = sorted(
-            range(len(items)),
-            key=lambda i: (sorted(items[i].options.items()), len(encodings[i].ids)),
-        )
+        keys = [sorted(it.options.items()) for it in items]
         out: list[dict | None] = [None] * len(items)
         with self._lock:
-            lo = 0
-            while lo < len(order):
-                idx = self._chunk(order, lo, items, encodings)
-                lo += len(idx)
+            for idx in length_chunks([len(e.ids) for e in encodings], self.max_tokens, keys):
                 batch = _batch([encodings[i] for i in idx], pad_id, self.device)
                 self.calls += 1
                 if self.task.whole_model:
@@ -153,22 +171,6 @@ class TaskPredictor:
                 for i, pr in zip(idx, preds):
                     out[i] = pr
         return out  # type: ignore[return-value]
-
-    def _chunk(
-        self, order: list[int], lo: int, items: list[Item], encodings: list[Encoding]
-    ) -> list[int]:
-        """The next forward's items: from order[lo], same options, lengths ascending, while
-        rows x longest stays within max_tokens (always at least one)."""
-        options = items[order[lo]].options
-        idx = [order[lo]]
-        for i in order[lo + 1 :]:
-            if (
-                items[i].options != options
-                or (len(idx) + 1) * len(encodings[i].ids) > self.max_tokens
-            ):
-                break
-            idx.append(i)
-        return idx
 
     def decode(
         self, items: list[Item], logits: torch.Tensor, encodings: list[Encoding]
@@ -210,37 +212,55 @@ class SharedEncoder:
             p.model.encoder = self.encoder
         self.predictors = predictors
         self.pad_id = special_tokens(first.tokenizer).pad
-        self.calls = 0
+        self.calls = 0  # encoder forwards
+        self.largest_forward = 0  # padded tokens of the largest one
+        self.max_tokens = token_budget(next(self.encoder.parameters()).device)
         self._lock = threading.Lock()
 
     @torch.no_grad()
     def predict(self, requests: list[tuple[str, list[Item]]]) -> list[list[dict]]:
-        """[(task, items)] -> predictions per request, with a single encoder forward."""
-        rows, meta = [], []
-        for task, items in requests:
-            encodings = self.predictors[task].encode(items)
-            meta.append((task, items, encodings, len(rows)))
-            rows += encodings
-        dev = next(self.encoder.parameters()).device
-        batch = pad([e.ids for e in rows], [e.types for e in rows], self.pad_id, dev)
+        """[(task, items)] -> predictions per request: each encoder forward (rows of similar
+        length within `max_tokens`) serves the rows of every task in it."""
+        rows = []  # (request, position, task, item, encoding)
+        for r, (task, items) in enumerate(requests):
+            encs = self.predictors[task].encode(items)
+            rows += [(r, k, task, it, e) for k, (it, e) in enumerate(zip(items, encs))]
+        out: list[list] = [[None] * len(items) for _, items in requests]
         with self._lock:
-            self.calls += 1
-            enc = self.encoder.encode(**batch)
-            out = []
-            for task, items, encodings, lo in meta:
-                sl = slice(lo, lo + len(items))
-                sub = Encoded(
-                    layers=[h[sl] for h in enc.layers],
-                    pooled=None if enc.pooled is None else enc.pooled[sl],
-                )
-                p = self.predictors[task]
-                head_inputs = {
-                    k: torch.tensor([e.extra[k] for e in encodings], device=dev)
-                    for k in encodings[0].extra
-                }
-                logits = p.model.head_logits(sub, batch["attention_mask"][sl], **head_inputs)
-                out.append(p.decode(items, logits.cpu(), encodings))
+            for idx in length_chunks([len(row[4].ids) for row in rows], self.max_tokens):
+                chunk = [rows[i] for i in idx]
+                for (r, k, *_), pred in zip(chunk, self._forward(chunk)):
+                    out[r][k] = pred
         return out
+
+    def _forward(self, chunk: list[tuple]) -> list[dict]:
+        """One encoder forward over the chunk's rows, then each task's head on its rows."""
+        dev = next(self.encoder.parameters()).device
+        encs = [row[4] for row in chunk]
+        batch = pad([e.ids for e in encs], [e.types for e in encs], self.pad_id, dev)
+        self.calls += 1
+        self.largest_forward = max(self.largest_forward, batch["input_ids"].numel())
+        enc = self.encoder.encode(**batch)
+        preds: list = [None] * len(chunk)
+        by_task: dict[str, list[int]] = {}
+        for j, row in enumerate(chunk):
+            by_task.setdefault(row[2], []).append(j)
+        for task, js in by_task.items():
+            sel = torch.tensor(js, device=dev)
+            sub = Encoded(
+                layers=[h[sel] for h in enc.layers],
+                pooled=None if enc.pooled is None else enc.pooled[sel],
+            )
+            p = self.predictors[task]
+            head_inputs = {
+                key: torch.tensor([encs[j].extra[key] for j in js], device=dev)
+                for key in encs[js[0]].extra
+            }
+            logits = p.model.head_logits(sub, batch["attention_mask"][sel], **head_inputs)
+            got = p.decode([chunk[j][3] for j in js], logits.cpu(), [encs[j] for j in js])
+            for j, pred in zip(js, got):
+                preds[j] = pred
+        return preds
 
 
 class _PretrainedPredictor:
@@ -261,8 +281,11 @@ class _PretrainedPredictor:
         self.tokenizer = load_tokenizer(Path(folder) / "tokenizer.json")
         self.sp = special_tokens(self.tokenizer)
         self.max_len = int(meta["model"]["max_seq_len"])
-        self.calls = 0
-        self._lock = threading.Lock()
+        self.max_tokens = token_budget(self.device)
+        self.calls = 0  # model forwards (fill-mask) or generate calls
+        self.largest_forward = 0  # padded tokens of the largest forward
+        self.steps = 0  # decoding steps run (generation)
+        self._lock = threading.Lock()  # held per forward or decoding step, never longer
 
 
 class FillMaskPredictor(_PretrainedPredictor):
@@ -282,36 +305,45 @@ class FillMaskPredictor(_PretrainedPredictor):
 
     @torch.no_grad()
     def predict(self, items: list[Item], top_k: int) -> list[dict]:
+        """The top-k tokens of each [MASK], in forwards within `max_tokens` (`length_chunks`)."""
         ids, truncated = [], []
         for it in items:
             e = self.tokenizer.encode(it.text).ids
-            tr = len(e) > self.max_len or it.cut
             ids.append(e[: self.max_len - 1] + e[-1:] if len(e) > self.max_len else e)
-            truncated.append(tr)
+            truncated.append(len(e) > self.max_len or it.cut)
+        out: list[dict | None] = [None] * len(items)
+        for idx in length_chunks([len(s) for s in ids], self.max_tokens):
+            for k, masks in zip(idx, self._top_k([ids[k] for k in idx], top_k)):
+                out[k] = {"masks": masks, "truncated": truncated[k] or not masks}
+        return out  # type: ignore[return-value]
+
+    def _top_k(self, ids: list[list[int]], top_k: int) -> list[list]:
+        """One forward: per row, per [MASK], the top-k tokens and their probabilities."""
         batch = pad(ids, [[0] * len(s) for s in ids], self.sp.pad, self.device)
+        vocab = self.tokenizer.get_vocab_size()  # the embedding may have spare rows past it
+        out = []
         with self._lock:
             self.calls += 1
+            self.largest_forward = max(self.largest_forward, batch["input_ids"].numel())
             h = self.model.bert(
                 batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
             )
-            out = []
             for k, s in enumerate(ids):
                 positions = [p for p, t in enumerate(s) if t == self.sp.mask]
-                masks = []
-                if positions:
-                    # the embedding may have spare rows past the tokenizer's vocabulary
-                    vocab = self.tokenizer.get_vocab_size()
-                    logits = self.model.mlm_logits(h[k, positions]).float()[:, :vocab].cpu()
-                    probs = torch.softmax(logits, -1)
-                    top = torch.topk(probs, min(top_k, probs.shape[-1]), dim=-1)
-                    for row_v, row_i in zip(top.values.tolist(), top.indices.tolist()):
-                        masks.append(
-                            [
-                                {"token": self.tokenizer.id_to_token(i), "score": v}
-                                for i, v in zip(row_i, row_v)
-                            ]
-                        )
-                out.append({"masks": masks, "truncated": truncated[k] or not positions})
+                if not positions:
+                    out.append([])
+                    continue
+                logits = self.model.mlm_logits(h[k, positions]).float()[:, :vocab].cpu()
+                top = torch.topk(torch.softmax(logits, -1), min(top_k, vocab), dim=-1)
+                out.append(
+                    [
+                        [
+                            {"token": self.tokenizer.id_to_token(i), "score": v}
+                            for i, v in zip(ri, rv)
+                        ]
+                        for rv, ri in zip(top.values.tolist(), top.indices.tolist())
+                    ]
+                )
         return out
 
 
@@ -343,31 +375,49 @@ class GeneratePredictor(_PretrainedPredictor):
         top_k: int | None,
         seed: int | None = None,
         stop: list[str] | None = None,
+        should_stop=None,
     ) -> list[dict]:
         """Continuations of a batch; prompts of one length share each step (GPT has no padding
-        mask, so different lengths run as separate calls)."""
+        mask, so different lengths run as separate calls). `should_stop()` is asked between
+        steps: True (the requests timed out or were cancelled) raises Stopped."""
         prompts = [self._prompt(it, max_new_tokens) for it in items]
         gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         out: list[dict | None] = [None] * len(items)
         groups: dict[int, list[int]] = {}
         for k, (p, _) in enumerate(prompts):
             groups.setdefault(len(p), []).append(k)
-        with self._lock:
-            for _, ks in sorted(groups.items()):
-                self.calls += 1
-                x = torch.tensor([prompts[k][0] for k in ks], device=self.device)
-                rows = [Continuation(self.tokenizer, self.sp.eot, stop) for _ in ks]
-                steps = self.model.generate_steps(
-                    x, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen
-                )
-                for nxt in steps:
-                    for row, t in zip(rows, nxt[:, 0].tolist()):
-                        row.add(t)
-                    if all(r.finish for r in rows):  # end of text or a stop sequence each
-                        break
-                for row, k in zip(rows, ks):
-                    out[k] = row.result(prompts[k][1])
+        for _, ks in sorted(groups.items()):
+            self.calls += 1
+            x = torch.tensor([prompts[k][0] for k in ks], device=self.device)
+            rows = [Continuation(self.tokenizer, self.sp.eot, stop) for _ in ks]
+            steps = self.model.generate_steps(
+                x, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen
+            )
+            for nxt in self._stepped(steps, should_stop):
+                for row, t in zip(rows, nxt[:, 0].tolist()):
+                    row.add(t)
+                if all(r.finish for r in rows):  # end of text or a stop sequence each
+                    break
+            for row, k in zip(rows, ks):
+                out[k] = row.result(prompts[k][1])
         return out  # type: ignore[return-value]
+
+    def _stepped(self, steps: Iterator[torch.Tensor], should_stop=None) -> Iterator[torch.Tensor]:
+        """The decoding steps, each under the model lock and no longer: other requests (a
+        stream, a batch) interleave with this one step by step instead of waiting for all of
+        it; `should_stop` is asked before each step."""
+        try:
+            while True:
+                if should_stop is not None and should_stop():
+                    raise Stopped("generation stopped: its requests timed out or were cancelled")
+                with self._lock:
+                    nxt = next(steps, None)
+                    self.steps += nxt is not None
+                if nxt is None:
+                    return
+                yield nxt
+        finally:
+            steps.close()
 
     @torch.no_grad()
     def stream(
@@ -377,6 +427,7 @@ class GeneratePredictor(_PretrainedPredictor):
         temperature: float,
         top_k: int | None,
         stop: list[str] | None = None,
+        should_stop=None,
     ) -> Iterator[dict]:
         """One continuation as it is produced: `{"text": <new text>}` per token (held back
         while it may be the start of a stop sequence), then the final answer with
@@ -384,14 +435,14 @@ class GeneratePredictor(_PretrainedPredictor):
         ids, cut = self._prompt(item, max_new_tokens)
         row = Continuation(self.tokenizer, self.sp.eot, stop)
         x = torch.tensor([ids], device=self.device)
-        with self._lock:
-            self.calls += 1
-            for nxt in self.model.generate_steps(x, max_new_tokens, temperature, top_k):
-                delta = row.add(int(nxt[0, 0]))
-                if delta:
-                    yield {"text": delta}
-                if row.finish:
-                    break
+        self.calls += 1
+        steps = self.model.generate_steps(x, max_new_tokens, temperature, top_k)
+        for nxt in self._stepped(steps, should_stop):
+            delta = row.add(int(nxt[0, 0]))
+            if delta:
+                yield {"text": delta}
+            if row.finish:
+                break
         rest = row.flush()
         if rest:
             yield {"text": rest}

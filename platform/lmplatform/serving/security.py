@@ -1,8 +1,8 @@
 """Who may call the HTTP API and how: API keys, JSON-only POSTs, CORS, and how much at once
 (`Admission`: a bound on requests in progress and a per-request timeout).
 
-- **API keys** (optional): `Authorization: Bearer <key>` on every route but `/healthz` (load
-  balancers probe it without credentials). Keys come from a file (one per line, `#` comments;
+- **API keys** (optional): `Authorization: Bearer <key>` on every route but `GET /healthz` (load
+  balancers probe it without credentials; only GET/HEAD of exactly that path). Keys come from a file (one per line, `#` comments;
   re-read when it changes, so keys rotate without a redeploy: add the new key, move clients,
   remove the old one) and/or an environment variable (comma- or newline-separated: a mounted
   secret). Every candidate is compared in constant time (`hmac.compare_digest` over SHA-256
@@ -14,7 +14,9 @@
 - **CORS**: off unless `cors_origins` lists the origins allowed to call the API from a browser.
 
 The config (`AuthConfig`) is checked at the edge: a non-loopback `host` without keys is refused
-unless `allow_unauthenticated` says a gateway in front authenticates (serving/config.py).
+unless `allow_unauthenticated` says a gateway in front authenticates (serving/config.py), and so
+is an application built on a Serve whose proxies really bind beyond loopback
+(`http_options.host` of `serve deploy`; serving/deployments.py `build`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
+import logging
 import os
 from pathlib import Path
 
@@ -30,7 +34,10 @@ from pydantic import Field
 from lmplatform.config import StrictModel
 
 MIN_KEY_CHARS = 16
-OPEN_PATHS = ("/healthz",)
+OPEN_PATH = "/healthz"
+"""The one route answered without a key, to GET and HEAD only: load balancers' probe."""
+
+log = logging.getLogger("ray.serve")
 
 
 class AuthConfig(StrictModel):
@@ -47,18 +54,43 @@ class AuthConfig(StrictModel):
         return self.api_keys_file is not None or self.api_keys_env is not None
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def exposure_problem(host: str, auth: AuthConfig, where: str = "host") -> str | None:
+    """Why serving on `host` with `auth` would open the API to the network (None if it does
+    not): a bind beyond loopback needs keys, or `allow_unauthenticated` for a gateway."""
+    if is_loopback(host) or auth.enabled or auth.allow_unauthenticated:
+        return None
+    return (
+        f"{where}={host} serves the API beyond this machine with no authentication: set "
+        "auth.api_keys_file or auth.api_keys_env, or auth.allow_unauthenticated: true if a "
+        "gateway in front authenticates"
+    )
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
 class KeyRing:
-    """The accepted keys (as digests), from the file and the environment; the file is re-read
-    when its modification time or size changes."""
+    """The accepted keys (as digests), from the file and the environment. The file is re-read
+    when it changes (device, inode, modification time or size: an editor's rename-over shows
+    as a new inode). A file that turns bad while serving (half-written, a short key, not UTF-8,
+    empty) keeps the keys read before and sets `problem`: one bad write must not turn every
+    answer into an error. A deleted file revokes its keys."""
 
     def __init__(self, cfg: AuthConfig):
         self.cfg = cfg
         self._stamp: tuple | None = None
         self._file_keys: list[bytes] = []
+        self.problem: str | None = None
         env = os.environ.get(cfg.api_keys_env, "") if cfg.api_keys_env else ""
         if cfg.api_keys_env and not env.strip():
             raise ValueError(f"auth.api_keys_env: ${cfg.api_keys_env} is not set or empty")
@@ -74,15 +106,36 @@ class KeyRing:
         try:
             st = path.stat()
         except FileNotFoundError:
-            if self._stamp is None:  # at start: refuse; later: keep the keys last read
+            if self._stamp is None:  # at start: refuse
                 raise ValueError(f"auth.api_keys_file: {path} does not exist") from None
+            if self._stamp != "removed":
+                self._file_keys, self._stamp = [], "removed"
+                self._report(f"{path} was removed: its keys are revoked")
             return
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            keys = _parse(path.read_text(), str(path))
-            if not keys and self._stamp is None and not self._env_keys:
-                raise ValueError(f"auth.api_keys_file: {path} holds no keys")
-            self._file_keys, self._stamp = [_digest(k) for k in keys], stamp
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            keys = _parse(path.read_bytes().decode("utf-8"), str(path))
+            if not keys:
+                raise ValueError(f"{path} holds no keys")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            if self._stamp is None:
+                raise ValueError(f"auth.api_keys_file: {_reason(e, path)}") from None
+            self._stamp = stamp  # read again only once it changes again
+            self._report(
+                f"{_reason(e, path)}: keeping the {len(self._file_keys)} key(s) read before "
+                "(delete the file to revoke them)"
+            )
+            return
+        self._file_keys, self._stamp = [_digest(k) for k in keys], stamp
+        if self.problem:
+            log.warning("auth.api_keys_file: %s is readable again (%d keys)", path, len(keys))
+        self.problem = None
+
+    def _report(self, problem: str) -> None:
+        self.problem = f"auth.api_keys_file: {problem}"
+        log.warning("%s", self.problem)
 
     def accepts(self, key: str) -> bool:
         self._reload()
@@ -91,6 +144,14 @@ class KeyRing:
         for k in (*self._file_keys, *self._env_keys):  # every key, whatever matched
             ok |= hmac.compare_digest(given, k)
         return ok
+
+
+def _reason(e: Exception, path: Path) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return f"{path} is not UTF-8 (byte {e.start})"
+    if isinstance(e, OSError):
+        return f"{path} cannot be read ({e.strerror or e})"
+    return str(e)
 
 
 def _parse(text: str, where: str) -> list[str]:
@@ -107,6 +168,17 @@ def _parse(text: str, where: str) -> list[str]:
     return keys
 
 
+def is_open(scope) -> bool:
+    """GET or HEAD of exactly /healthz under the app's root path; anything else needs a key
+    (a suffix match let `POST /v1/predict/healthz`, or a task named healthz, through)."""
+    if scope["method"] not in ("GET", "HEAD"):
+        return False
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):  # Starlette keeps the mount's root in the path
+        path = path[len(root) :]
+    return path == OPEN_PATH
+
+
 class Guard:
     """ASGI middleware: API keys (when configured) and JSON-only POSTs, before anything reads
     the body."""
@@ -118,7 +190,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.keys is not None and not scope["path"].endswith(OPEN_PATHS):
+        if self.keys is not None and not is_open(scope):
             auth = headers.get(b"authorization", b"").decode("latin-1")
             scheme, _, key = auth.partition(" ")
             if scheme.lower() != "bearer" or not self.keys.accepts(key.strip()):

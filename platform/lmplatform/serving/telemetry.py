@@ -9,7 +9,9 @@ application tags):
 - `lmplatform_batch_inputs{task, version}`: inputs per model call, after dynamic batching
   (histogram: how full batches are);
 - `lmplatform_model_version{task, version}`: 1 for the version a replica serves, 0 for one it
-  swapped out.
+  swapped out;
+- `lmplatform_model_load_failures_total{task, version}`: a promoted version a replica could not
+  load (it keeps serving the one before: alert on this).
 
 `task` is the task name, or the route (`fill-mask`, `generate`) for pretrained models.
 """
@@ -52,6 +54,15 @@ class ServingMetrics:
             description="1 for the model version a replica serves, 0 after it was swapped out.",
             tag_keys=tags,
         )
+
+        self.load_failures = metrics.Counter(
+            "lmplatform_model_load_failures_total",
+            description="Promoted versions a replica could not load (it serves the one before).",
+            tag_keys=tags,
+        )
+
+    def load_failed(self, task: str, version: str) -> None:
+        self.load_failures.inc(1, tags={"task": task, "version": version})
 
     def answered(self, task: str, version: str, ok: bool, since: float) -> None:
         tags = {"task": task, "version": version}
