@@ -34,6 +34,8 @@ def test_banana_hidden_size_is_one_line_naming_the_field():
         ("examples.max_seq_len=1024", ["examples.max_seq_len", "model.max_seq_len"]),
         ("model.num_heads=3", ["num_heads", "divisible"]),
         ("name=has space", ["name", "has space"]),
+        # DeepSpeed refuses fp16 on most CPUs, in every worker, every restart
+        ("train.precision=fp16", ["train.precision=fp16", "scaling.use_gpu=true", "bf16"]),
     ],
 )
 def test_bad_values_name_field_value_and_allowed(override, must_contain):
@@ -251,3 +253,53 @@ def test_a_valid_space_loads_with_the_values_it_was_given():
     )
     assert cfg.search.space["batch_size"].values == [16, 32]
     assert cfg.search.space["transfer"].values == ["full", "frozen"]
+
+
+def test_fp16_is_for_gpus_in_fine_tuning_too():
+    with pytest.raises(ConfigError, match=r"train.precision=fp16 needs scaling.use_gpu=true"):
+        load_config(FinetuneJobConfig, TASK, ["train.precision=fp16"])
+    cfg = load_config(FinetuneJobConfig, TASK, ["train.precision=fp16", "scaling.use_gpu=true"])
+    assert cfg.train.precision == "fp16"
+
+
+@pytest.mark.parametrize(
+    "overrides, budget",
+    [
+        # the issue's case: 0.1 epoch of 1000 rows at batch 16 is 6 steps, one evaluation
+        (["train.epochs=0.1"], "train.epochs=0.1 of 1000 rows"),
+        (["train.epochs=null", "train.max_steps=7"], "train.max_steps=7"),
+        (
+            ["search.space.epochs={kind: choice, values: [0.1, 0.05]}"],
+            "search.space.epochs=0.1 of 1000 rows",
+        ),
+    ],
+)
+def test_an_asha_grace_period_beyond_the_longest_trial_is_a_config_error(overrides, budget):
+    """Ray's ASHAScheduler asserts grace_period <= max_t; the budget (and so max_t) depends on
+    the training rows, so the check runs when the scheduler is built, before Tune starts, and
+    names the fields and values that would work."""
+    from lmplatform.tune.space import make_scheduler
+
+    job = load_config(FinetuneJobConfig, TASK, overrides)  # grace_period: 3, eval_every: 25
+    with pytest.raises(ConfigError) as e:
+        make_scheduler(job, n_train=1000)
+    msg = str(e.value)
+    assert "\n" not in msg and "search.grace_period=3" in msg and budget in msg, msg
+    assert "set search.grace_period=1" in msg and "search.scheduler=fifo" in msg, msg
+    fix = msg.split("or train.eval_every=")[1].split(",")[0]
+    for change in ("search.grace_period=1", f"train.eval_every={fix}"):  # each advice works
+        assert make_scheduler(load_config(FinetuneJobConfig, TASK, [*overrides, change]), 1000)
+
+
+def test_a_searched_null_epochs_counts_as_max_steps():
+    """`epochs: null` in a choice runs train.max_steps: the longest trial is the longer of the
+    two (it used to compare None with a number and fail with a TypeError)."""
+    from lmplatform.tune.space import max_evaluations
+
+    job = load_config(
+        FinetuneJobConfig,
+        TASK,
+        ["search.space.epochs={kind: choice, values: [1, null]}", "train.max_steps=500"],
+    )
+    # 1 epoch of 1000 rows at batch 16 is 62 steps; max_steps 500 at eval_every 25: 20
+    assert max_evaluations(job, 1000) == 20

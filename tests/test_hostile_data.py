@@ -4,6 +4,7 @@ with `file:line: reason`, or one DataError line naming the file. Nothing passes 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -45,6 +46,38 @@ def test_a_stray_quote_swallowing_600_lines_fails_the_run_at_its_line(tmp_path):
     data = _load(path, limit=1.0)
     assert data.report.bad == 601 and len(data.dataset) == ROWS - 601
     assert max(len(t) for t in data.dataset["text"]) < 40  # no merged monster row
+
+
+@pytest.mark.parametrize("stray_at", [100, 7900])
+def test_a_stray_quote_past_the_csv_field_limit_loses_no_line(tmp_path, stray_at):
+    """Issue 28: a stray '"' at row 100 of 8,000 ran past csv's 131,072-character field limit;
+    the reader counted 1 bad row and lost ~5,000 lines (`3905 rows read, 1 dropped`). Every
+    line is now read or counted bad, whether the field hits the limit or the end of the file."""
+    n = 8000
+    rows = [f"sentence number {i},{['neg', 'pos'][i % 2]}\n" for i in range(n)]
+    rows[stray_at - 1] = '"' + rows[stray_at - 1]
+    path = tmp_path / "runaway.csv"
+    path.write_text("text,label\n" + "".join(rows))
+    line = stray_at + 1  # the header is line 1
+    with pytest.raises(
+        DataError, match=re.escape(f"{path}:{line}: a quoted field runs over lines {line}-")
+    ):
+        _load(path)
+    data = _load(path, limit=1.0)
+    rep = data.report
+    assert rep.total == n and rep.bad + len(data.dataset) == n  # read or bad: nothing lost
+    assert rep.reasons == {"quoted field over several lines": rep.bad} and rep.bad >= 10
+    assert data.dataset["text"][: stray_at - 1] == [
+        f"sentence number {i}" for i in range(stray_at - 1)
+    ]
+    assert max(len(t) for t in data.dataset["text"]) < 40
+
+
+def test_a_stray_quote_in_the_header_stops_the_run_at_line_1(tmp_path):
+    path = tmp_path / "header.csv"
+    path.write_text('"text,label\n' + "".join(f"row {i},pos\n" for i in range(20000)))
+    with pytest.raises(DataError, match=re.escape(f"{path}:1: the header runs over lines 1-")):
+        _load(path)
 
 
 def test_quoted_commas_on_one_line_are_fine(tmp_path):
@@ -177,6 +210,83 @@ def test_tokens_and_tags_of_different_lengths_are_bad_rows(tmp_path):
         data.report.examples
     )
     assert f"{path}:22: tokens and tags must be lists of strings" in data.report.examples
+
+
+# ----------------------------------------------------------------------------- JSON values
+
+
+def _jsonl(path, bad: list[str], n: int = 100) -> None:
+    good = [json.dumps({"text": f"review {i}", "label": ["neg", "pos"][i % 2]}) for i in range(n)]
+    path.write_text("\n".join(good + bad) + "\n")
+
+
+def test_json_python_cannot_read_is_a_bad_row_at_its_line(tmp_path):
+    """A 5,000-digit number (Python's int() refuses over 4,300), nesting past the recursion
+    limit and a lone surrogate escape raised bare ValueError / RecursionError /
+    UnicodeEncodeError from inside `datasets`, naming no file or line."""
+    path = tmp_path / "hostile.jsonl"
+    huge = '{"text": "a", "label": "pos", "id": ' + "9" * 5000 + "}"
+    deep = '{"text": "a", "label": "pos", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    surrogate = '{"text": "a \\ud800 b", "label": "pos"}'
+    _jsonl(path, [huge, deep, surrogate])
+    with pytest.raises(DataError, match=r"3 of 103 rows bad .*invalid JSON: 3"):
+        _load(path)
+    ex = _load(path, limit=1.0).report.examples
+    assert ex[0].startswith(f"{path}:101: invalid JSON (") and "4300 digits" in ex[0]
+    assert ex[1].startswith(f"{path}:102: invalid JSON (nested") and ex[2].startswith(
+        f"{path}:103: invalid JSON (a lone surrogate \\ud800"
+    )
+    # the same line first in the file, where the format is decided
+    first = tmp_path / "first.jsonl"
+    first.write_text(huge + "\n" + deep + "\n" + json.dumps({"text": "b", "label": "neg"}) + "\n")
+    rep = _load(first, limit=1.0).report
+    assert rep.total == 3 and rep.reasons == {"invalid JSON": 2}
+
+
+def test_json_labels_are_strings_or_integers(tmp_path):
+    """A dict label became its Python repr and NaN the class 'nan'; now each is a bad row
+    naming the value as the file wrote it."""
+    path = tmp_path / "labels.jsonl"
+    odd = ['{"a": 1}', "[1]", "1.5", "NaN", "Infinity", "true"]
+    _jsonl(path, [f'{{"text": "odd {i}", "label": {v}}}' for i, v in enumerate(odd)])
+    data = _load(path, labels=None, limit=1.0)  # labels taken from the data
+    assert data.labels == ["neg", "pos"] and len(data.dataset) == 100
+    assert data.report.reasons == {"bad label": 6}
+    assert data.report.examples[0] == (
+        f'{path}:101: bad label {{"a": 1}} (a label is a string or an integer)'
+    )
+    assert [e.split(": bad label ")[1].split(" (")[0] for e in data.report.examples] == odd
+
+
+def test_integral_float_labels_read_as_integers(tmp_path):
+    """`1.0` (pandas writes integer labels with a missing value as floats) is the label '1',
+    as the JSON integer 1 is, and index 1 under labels_are_indices, never a class '1.0'."""
+    path = tmp_path / "floats.jsonl"
+    path.write_text(
+        "".join(json.dumps({"text": f"r {i}", "label": float(i % 2)}) + "\n" for i in range(20))
+        + json.dumps({"text": "int", "label": 1})
+        + "\n"
+    )
+    data = _load(path, labels=("0", "1"), limit=0.0)
+    assert data.dataset["label"] == [i % 2 for i in range(20)] + [1]
+    assert _load(path, labels=None, limit=0.0).labels == ["0", "1"]
+    data = load_labelled(DataSource(path=str(path)), "classification", ["neg", "pos"], 0.0, True)
+    assert data.dataset["label"] == [i % 2 for i in range(20)] + [1]
+
+
+def test_digit_like_labels_never_crash(tmp_path):
+    """'²' passed str.isdigit() and crashed int(); '--1' crashed the numeric sort."""
+    path = tmp_path / "digits.tsv"
+    path.write_text(
+        "text\tlabel\n" + "".join(f"r {i}\t{i % 3}\n" for i in range(30)) + "x\t\u00b2\ny\t--1\n"
+    )
+    data = _load(path, labels=None, limit=0.0)
+    assert data.labels == ["0", "1", "2", "--1", "\u00b2"]  # numbers in order, then names
+    data = load_labelled(DataSource(path=str(path)), "classification", ["a", "b", "c"], 1.0, True)
+    assert data.report.examples == [
+        f"{path}:32: unknown label '\u00b2' (allowed: a, b, c)",
+        f"{path}:33: unknown label '--1' (allowed: a, b, c)",
+    ]
 
 
 # ----------------------------------------------------------------------------- formats

@@ -120,12 +120,15 @@ def test_damaged_versions_are_refused_and_skipped_others_keep_working(root, tmp_
     with pytest.raises(RegistryError, match="metadata.json is corrupt"):
         reg.metadata("tasks", "t", broken)
     assert reg.resolve("tasks", "t@best") == ("t", good)
-    # a corrupt promotion record: skipped with a warning, the one before it counts
+    # a corrupt promotion record: an error naming it, never skipped (had it been a rollback,
+    # the record before it would be the model rolled away from); a forced promotion supersedes it
     nxt = reg.publish("tasks", "t", _model(tmp_path), _meta(0.9))
     assert reg.promote("t", nxt)[0] and reg.best("t") == nxt
     record = storage.join(root, "tasks", "t", "best", "00000002.json")
     storage.write_bytes(record, b"not json")
-    assert reg.best("t") == good
+    with pytest.raises(RegistryError, match=r"promotion record .*00000002\.json .*unreadable"):
+        reg.best("t")
+    assert reg.promote("t", good, force=True)[0] and reg.best("t") == good
     # a NaN metric is refused at publish and at promotion
     with pytest.raises(RegistryError, match="non-finite value nan"):
         reg.publish("tasks", "t", _model(tmp_path), _meta(float("nan")))

@@ -1,11 +1,15 @@
 """The training loop: loss falls for every family, accumulation is exact, frozen means frozen."""
 
 import itertools
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from conftest import ROOT
+from lmplatform.config import ConfigError, load_config
 from lmplatform.data.pretraining import (
     BertCollator,
     ExamplesConfig,
@@ -14,9 +18,10 @@ from lmplatform.data.pretraining import (
     causal_collate,
 )
 from lmplatform.data.sources import DataSource
-from lmplatform.jobconfig import TrainConfig
+from lmplatform.jobconfig import PretrainJobConfig, TrainConfig
 from lmplatform.models import BertConfig, GPTConfig, LSTMConfig
 from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model
+from lmplatform.pretrain import check_before_training
 from lmplatform.tasks.data import load_labelled
 from lmplatform.tasks.encoding import TaskEncoder
 from lmplatform.tokenization import (
@@ -27,6 +32,7 @@ from lmplatform.tokenization import (
     train_tokenizer,
 )
 from lmplatform.train.loop import TorchStepper, fit, lr_lambda
+from lmplatform.train.worker_parts import STATE, DataLayout, Resume, checkpoint_state
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +254,84 @@ def test_compiled_training_and_serving_match_eager(small_tokenizers, tmp_path):
     compiled = TaskPredictor(folder, ModelInfo(name="t", version="v1"), compile="aot_eager")
     for a, b in zip(eager.predict(eager.parse(texts)), compiled.predict(compiled.parse(texts))):
         assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+# --------------------------------------------------------------------------- resuming pretraining
+
+EXAMPLES = {"examples_key": "a1b2", "examples": 5000}
+
+
+def _layout(batch_size=32, accum=1, world=2, data=EXAMPLES):
+    return DataLayout(batch_size, accum, world, data)
+
+
+def _resume(state, now, mode="error"):
+    return Resume.from_state(state, now, mode)
+
+
+def test_a_resume_on_other_examples_is_refused_naming_the_change():
+    """A data position counted in one example set means nothing in another: refused with what
+    changed and how to go on; `train.resume_mismatch=warn` keeps the step and starts the new
+    set from its beginning."""
+    state = checkpoint_state(40, 40, 100_000, _layout())
+    now = _layout(data={"examples_key": "c3d4", "examples": 6000})
+    with pytest.raises(ConfigError) as e:
+        _resume(state, now)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in ("step 40", "examples 5000 -> 6000", "examples_key a1b2 -> c3d4", "`name`"):
+        assert part in msg, msg
+    assert "train.resume_mismatch=warn" in msg
+    r = _resume(state, now, "warn")
+    assert (r.start_step, r.batches_seen, r.tokens_seen) == (40, 0, 100_000)
+    assert "changed" in r.describe() and "warning" in r.describe()
+
+
+def test_a_resume_converts_the_position_when_the_batch_layout_changed():
+    """The checkpoint records batch size, accumulation and workers; the position carries over
+    in examples (40 batches of 32 on 2 workers: 2560 examples) and the change is reported."""
+    state = checkpoint_state(20, 40, 1, _layout(batch_size=32, accum=2))
+    same = _resume(state, _layout(batch_size=32, accum=2))
+    assert same.batches_seen == 40 and same.notes == []
+    halved = _resume(state, _layout(batch_size=16, accum=4))  # same 128 examples a step
+    assert halved.batches_seen == 80 and not halved.resized
+    assert "train.batch_size 32 -> 16" in halved.describe()
+    assert "train.grad_accum_steps 2 -> 4" in halved.describe()
+    odd = _resume(state, _layout(batch_size=48, accum=2))  # 2560 = 26 * 96 + 64
+    assert odd.batches_seen == 26 and "the last 64 read again" in odd.notes[0]
+    assert "192 examples, not 128" in odd.notes[0]
+    grown = _resume(state, _layout(batch_size=32, accum=2, world=4))  # elastic: no note
+    assert grown.batches_seen == 20 and grown.resized and grown.notes == []
+
+
+def test_an_old_checkpoint_without_the_layout_still_resumes_with_a_warning():
+    state = {"step": 12, "world_size": 2, "batches_seen": 24, "tokens": 999}  # the old format
+    r = _resume(state, _layout(batch_size=8))
+    assert (r.start_step, r.batches_seen, r.tokens_seen) == (12, 24, 999)
+    assert "does not record batch_size, grad_accum_steps, data" in r.describe()
+
+
+def test_pretraining_refuses_before_any_worker_starts(tmp_path):
+    """The driver reads the newest checkpoint's train state (not its weights) and refuses what
+    every worker would fail on, retried scaling.max_failures times."""
+    job = load_config(
+        PretrainJobConfig,
+        ROOT / "jobs" / "configs" / "pretrain" / "bert-sample.yaml",
+        ["name=r", f"output_dir={tmp_path}", "scaling.num_workers=2", "train.batch_size=32"],
+    )
+    prepared = SimpleNamespace(manifest={"key": "a1b2", "examples": 5000})
+    check_before_training(job, prepared)  # a fresh run
+    for step, key in ((4, "a1b2"), (8, "zzzz")):  # the newest decides
+        d = tmp_path / "ray" / "r" / f"checkpoint_{step}"
+        d.mkdir(parents=True)
+        layout = _layout(data={"examples_key": key, "examples": 5000})
+        (d / STATE).write_text(json.dumps(checkpoint_state(step, step, 0, layout)))
+    with pytest.raises(ConfigError, match="examples_key zzzz -> a1b2"):
+        check_before_training(job, prepared)
+    check_before_training(
+        job.model_copy(update={"train": job.train.model_copy(update={"resume_mismatch": "warn"})}),
+        prepared,
+    )
+    small = SimpleNamespace(manifest={"key": "zzzz", "examples": 50})
+    with pytest.raises(ConfigError, match=r"train.batch_size=32 .* set train.batch_size=25"):
+        check_before_training(job, small)

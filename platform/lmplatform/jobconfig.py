@@ -24,7 +24,7 @@ from lmplatform.tasks import task_type
 from lmplatform.tasks.config import TaskConfig
 from lmplatform.tokenization import TokenizerConfig
 from lmplatform.tracking import TrackingConfig, mlflow_uri
-from lmplatform.train.config import ScalingConfig, TrainConfig
+from lmplatform.train.config import ScalingConfig, TrainConfig, check_train_on
 from lmplatform.tune.config import SEARCHABLE, LayerDecay, SearchConfig, SearchDim, Transfer
 
 
@@ -76,6 +76,7 @@ class PretrainJobConfig(StrictModel):
         if self.init_from is not None:
             _check_model_ref(self.init_from, "init_from")
         _check_tracking(self.tracking, self.output_dir)
+        check_train_on(self.train, self.scaling)
         if family(self.model).objective == "seq2seq":
             raise ValueError(
                 f"model.family={self.model.family!r} is an encoder-decoder: it trains on parallel "
@@ -203,6 +204,7 @@ class FinetuneJobConfig(StrictModel):
 
     def _check_common(self) -> FinetuneJobConfig:
         _check_tracking(self.tracking, self.output_dir)
+        check_train_on(self.train, self.scaling)
         if self.search.scheduler == "pbt" and self.trials_on_ray_train:
             raise ValueError(
                 "search.scheduler=pbt needs single-worker trials without DeepSpeed "

@@ -26,7 +26,13 @@ from lmplatform.data.pretraining import BertCollator, causal_collate, shard_file
 from lmplatform.jobconfig import PretrainJobConfig
 from lmplatform.models.tasks import build_pretraining_model
 from lmplatform.runtime import ray_storage
-from lmplatform.train.worker_parts import STATE, consolidated_state_dict
+from lmplatform.train.worker_parts import (
+    STATE,
+    DataLayout,
+    consolidated_state_dict,
+    newest_train_state,
+    resume_position,
+)
 
 
 def _collator(objective: str, tokenizer_json: str, job: PretrainJobConfig, rank: int):
@@ -102,7 +108,8 @@ def worker_loop(config: dict) -> None:
     model = build_pretraining_model(
         job.model.model_copy(update={"vocab_size": config["vocab_size"]})
     )
-    resume = Resume.from_checkpoint(ray.train.get_checkpoint(), world)
+    layout = DataLayout.of(job.train, world, config["data_fingerprint"])
+    resume = Resume.from_checkpoint(ray.train.get_checkpoint(), layout, job.train.resume_mismatch)
     if config["init_from"] and resume.checkpoint is None:  # a resumed run has its own weights
         load_init_weights(model, config["registry"], config["init_from"])
     resume.load_resized_weights(model)
@@ -160,6 +167,29 @@ def load_init_weights(model: torch.nn.Module, registry: str, ref: str) -> None:
 # --------------------------------------------------------------------------- driver
 
 
+def data_fingerprint(prepared) -> dict:
+    """The example set's identity (its inputs' key) and size: a checkpoint's data position
+    holds only in the set it was counted in."""
+    return {"examples_key": prepared.manifest["key"], "examples": prepared.manifest["examples"]}
+
+
+def check_before_training(job: PretrainJobConfig, prepared) -> None:
+    """What the workers would fail on, refused before any starts (in a worker it would be
+    retried `scaling.max_failures` times and end as a traceback): a batch larger than a
+    worker's share of the examples, a resume on other examples than its checkpoint's."""
+    n, workers, bs = prepared.manifest["examples"], job.scaling.num_workers, job.train.batch_size
+    if n // workers < bs:
+        raise ConfigError(
+            f"train.batch_size={bs} is more than each of scaling.num_workers={workers} workers "
+            f"gets from the {n} examples ({n // workers}): set train.batch_size={max(1, n // workers)}"
+            " or fewer workers, or pretrain on more text"
+        )
+    state = newest_train_state(storage.join(job.output_dir, "ray", job.name))
+    if state is not None:
+        layout = DataLayout.of(job.train, workers, data_fingerprint(prepared))
+        resume_position(state, layout, job.train.resume_mismatch)  # raises on other examples
+
+
 def run_pretraining(job: PretrainJobConfig, callbacks: list | None = None):
     """Prepare the data and run the `TorchTrainer`. `callbacks`: picklable `(step, metrics)`
     callables every worker runs at each step (tests inject faults with them)."""
@@ -176,6 +206,7 @@ def run_pretraining(job: PretrainJobConfig, callbacks: list | None = None):
             "pip install 'lmplatform[pretrain]'"
         )
     prepared = prepare(job)
+    check_before_training(job, prepared)
     files = shard_files(prepared.examples_dir)
     # the same rows in the same order on every run: resumption and ZeRO comparisons rely on it
     ray.data.DataContext.get_current().execution_options.preserve_order = True
@@ -187,6 +218,7 @@ def run_pretraining(job: PretrainJobConfig, callbacks: list | None = None):
         "run_dir": prepared.run_dir,
         "vocab_size": prepared.vocab_size,
         "init_from": prepared.init_from,
+        "data_fingerprint": data_fingerprint(prepared),
         # absolute: a relative registry path would resolve in the worker's own directory
         "registry": storage.normalize(job.registry),
         "tracking_uri": (

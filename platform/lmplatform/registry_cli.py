@@ -21,6 +21,7 @@ import sys
 import time
 
 from lmplatform.registry import KINDS, Registry, RegistryError
+from lmplatform.storage import StorageError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         reg = Registry(args.registry)
         args.run(reg, args)
-    except (RegistryError, ValueError, FileNotFoundError) as e:
+    except (RegistryError, ValueError, FileNotFoundError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:  # `… | head`: the reader has seen enough
@@ -219,8 +220,8 @@ def cmd_promote(reg: Registry, args) -> None:
 
 
 def cmd_rollback(reg: Registry, args) -> None:
-    before = reg.best(args.task)
     rec = reg.rollback(args.task, args.to, force=args.force)
+    before = (rec.get("previous") or {}).get("version")  # what the rollback replaced, exactly
     print(
         f"tasks/{args.task}: best {before} -> {rec['version']} "
         f"({rec.get('metric')}={rec.get('value')}{', forced' if args.force else ''})"

@@ -9,14 +9,19 @@ variables, which botocore reads itself.
 
 Atomicity: every write is whole or absent. On disk a file is written beside its target and
 renamed; on object stores one PUT is atomic. `create_exclusive` is the one conditional write
-(a hard link on disk, `If-None-Match: *` on S3): the registry builds its version claims and its
-compare-and-swap promotions from it alone.
+(a hard link on disk, `If-None-Match: *` on S3, `ifGenerationMatch=0` on GCS): the registry
+builds its version claims and its compare-and-swap promotions from it alone. Other fsspec
+backends (sftp, hdfs, ftp, …) only emulate it (check, then write), so they are refused for it
+unless named in LMPLATFORM_REGISTRY_UNSAFE_WRITES. Local files get the mode a plain `open`
+gives (0666 less the umask), so a publisher and a server running as different users can share
+a registry.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 import threading
 import time
@@ -26,10 +31,21 @@ from pathlib import Path
 import fsspec
 
 CLOUD_EXTRA = 'pip install -e ".[cloud]"'
+# Protocols whose fsspec filesystem implements `pipe_file(mode="create")` as one conditional
+# request the server decides: s3fs sends If-None-Match: *, gcsfs ifGenerationMatch=0.
+ATOMIC_CREATE = frozenset({"s3", "s3a", "gs", "gcs"})
+UNSAFE_WRITES_ENV = "LMPLATFORM_REGISTRY_UNSAFE_WRITES"
+# S3 answers 409 ConditionalRequestConflict while another conditional write to the same key is
+# in flight; AWS says to retry the PUT, which then succeeds or finds the winner's object (412)
+CONFLICT_TRIES = 6
 
 
 class StorageError(OSError):
     """A location that cannot be used (the message names it and says why)."""
+
+
+class WriteConflict(StorageError):
+    """A conditional write that kept colliding with concurrent ones (S3's 409) past the retries."""
 
 
 def is_local(uri: str | os.PathLike) -> bool:
@@ -149,10 +165,13 @@ def write_json(uri: str | os.PathLike, data) -> None:
 
 
 def _local_temp(target: str, data: bytes) -> str:
-    """`data` in a durable temp file beside `target` (same filesystem: renames and links work)."""
+    """`data` in a durable temp file beside `target` (same filesystem: renames and links work).
+    Created with mode 0666 less the umask, as `open` would (mkstemp's 0600 would lock every
+    other user out of the renamed file); O_EXCL with a random name keeps it private to us."""
     d = os.path.dirname(target)
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    tmp = os.path.join(d, f".tmp-{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -165,7 +184,8 @@ _MEMORY_LOCK = threading.Lock()
 
 def create_exclusive(uri: str | os.PathLike, data: bytes) -> None:
     """Write `uri` only if nothing is there: FileExistsError otherwise. Exactly one of any number
-    of concurrent callers (processes, nodes) succeeds, and the file is complete when it appears."""
+    of concurrent callers (processes, nodes) succeeds, and the file is complete when it appears.
+    StorageError on a backend that cannot do this atomically (see `ATOMIC_CREATE`)."""
     u = normalize(uri)
     if is_local(u):
         tmp = _local_temp(u, data)
@@ -175,21 +195,60 @@ def create_exclusive(uri: str | os.PathLike, data: bytes) -> None:
             os.unlink(tmp)
         return
     fs, path = filesystem(u)
-    if "memory" in fs.protocol:  # a str or a tuple of names
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if "memory" in protocols:
         with _MEMORY_LOCK:  # in-process filesystem (tests): a lock is exact
             if fs.exists(path):
                 raise FileExistsError(u)
             fs.pipe_file(path, data)
         return
-    try:
-        fs.pipe_file(path, data, mode="create")  # S3: If-None-Match: *
-    except FileExistsError:
-        raise
-    except (TypeError, NotImplementedError) as e:
-        raise StorageError(
-            f"{u}: {fs.protocol} does not offer conditional writes, which the registry needs "
-            "to claim versions and promote safely; use a local path or s3://"
-        ) from e
+    _check_atomic_create(u, protocols)
+    for attempt in range(CONFLICT_TRIES):
+        if attempt:  # jittered backoff: racing writers must not retry in lockstep
+            time.sleep(random.uniform(0.5, 1.0) * min(1.0, 0.02 * 2**attempt))
+        try:
+            fs.pipe_file(path, data, mode="create")
+            return
+        except FileExistsError:
+            raise
+        except (TypeError, NotImplementedError) as e:
+            raise StorageError(
+                f"{u}: {fs.protocol} does not offer conditional writes, which the registry "
+                "needs to claim versions and promote safely; use a local path, s3:// or gs://"
+            ) from e
+        except OSError as e:
+            if not _is_conditional_conflict(e):
+                raise
+    raise WriteConflict(
+        f"{u}: S3 answered 409 ConditionalRequestConflict {CONFLICT_TRIES} times (other "
+        "writers keep racing for this key); nothing was written, try again"
+    )
+
+
+def _check_atomic_create(uri: str, protocols: set[str]) -> None:
+    allowed = {p.strip() for p in os.environ.get(UNSAFE_WRITES_ENV, "").split(",") if p.strip()}
+    if protocols & (ATOMIC_CREATE | allowed):
+        return
+    scheme = uri.split("://", 1)[0].split("::", 1)[0]  # the name the user wrote
+    name = scheme if scheme in protocols else sorted(protocols)[0]
+    raise StorageError(
+        f"{uri}: {name}:// has no atomic create-if-absent write (fsspec checks, then writes), "
+        "so concurrent publishers or promoters could overwrite each other's version claims and "
+        f"promotions; use a local path, s3:// or gs://, or, if only one writer ever uses this "
+        f"registry at a time, set {UNSAFE_WRITES_ENV}={name} to accept the risk"
+    )
+
+
+def _is_conditional_conflict(e: BaseException) -> bool:
+    """S3's 409 ConditionalRequestConflict, which s3fs raises as a plain OSError(EIO) whose
+    cause is botocore's ClientError."""
+    for err in (e, e.__cause__, e.__context__):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict) and (
+            (response.get("Error") or {}).get("Code") == "ConditionalRequestConflict"
+        ):
+            return True
+    return False
 
 
 def upload(local: str | os.PathLike, uri: str | os.PathLike) -> None:

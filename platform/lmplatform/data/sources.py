@@ -164,6 +164,17 @@ def _head(uri: str, so: dict) -> bytes:
         return fh.read(_SNIFF_BYTES)
 
 
+def _json_object_line(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+    except (ValueError, RecursionError):
+        # valid JSON that Python cannot hold (a 5,000-digit number, deep nesting): still JSON
+        # lines; the reader reports the line as a bad row
+        return line.lstrip().startswith("{")
+
+
 def _fits(fmt: str, head: bytes, lines: list[str]) -> bool:
     """Whether the first lines of a file read as `fmt` (lines: non-blank, at most 200)."""
     if fmt == "parquet":
@@ -171,10 +182,7 @@ def _fits(fmt: str, head: bytes, lines: list[str]) -> bool:
     if not lines or head.startswith(b"PAR1"):
         return False
     if fmt == "jsonl":
-        try:
-            return all(isinstance(json.loads(ln), dict) for ln in lines[:20])
-        except json.JSONDecodeError:
-            return False
+        return all(_json_object_line(ln) for ln in lines[:20])
     if fmt == "conllu":
         words = [ln.split("\t") for ln in lines if not ln.startswith("#")]
         return bool(words) and all(len(w) >= 10 and _CONLLU_ID.fullmatch(w[0]) for w in words)
@@ -412,6 +420,87 @@ def _iter_text(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, s
             yield f"{f}:{n}", None if err else {"text": line.rstrip("\r\n")}, err
 
 
+def _decoded_lines(f: str, so: dict, undecodable: dict[int, str]) -> Iterator[str]:
+    """The file's lines for csv.reader, noting which ones are not UTF-8 (by line number)."""
+    for n, line, err in _lines(f, so):
+        if err:
+            undecodable[n] = err
+        yield line
+
+
+def _csv_why(e: csv.Error) -> str:
+    return str(e).split(" - ")[0]
+
+
+def _read_header(f: str, reader, undecodable: dict[int, str]) -> list[str]:
+    try:
+        first, why = next(reader, []), None
+    except csv.Error as e:
+        first, why = [], _csv_why(e)
+    if reader.line_num > 1:  # a quote opened in the header: the rows after it would be lost
+        raise DataError(
+            f"{f}:1: the header runs over lines 1-{reader.line_num} (a stray or unclosed quote)"
+        )
+    names = [c.strip() for c in first]
+    if why or undecodable or not any(names):
+        raise DataError(f"{f}:1: no readable header ({why or undecodable.get(1, 'blank')})")
+    if len(set(names)) != len(names):
+        raise DataError(f"{f}:1: repeated column names in the header {names}")
+    return names
+
+
+def _csv_records(reader) -> Iterator[tuple[int, int, list[str] | None, str | None]]:
+    """(first line, last line, fields or None, None or why csv refused it) for every record,
+    so that each physical line is in exactly one span. A csv.Error still consumed lines: a
+    stray quote runs until csv's field limit (131,072 characters, thousands of lines) and
+    raises there, and those lines must count as bad, not vanish."""
+    end = reader.line_num
+    while True:
+        start = end + 1
+        try:
+            row, why = next(reader, None), None
+        except csv.Error as e:  # the field limit, a carriage return inside an unquoted field
+            row, why = None, _csv_why(e)
+        end = reader.line_num
+        if row is None and why is None:
+            return
+        yield start, end, row, why
+
+
+def _delimited_row(
+    f: str,
+    start: int,
+    end: int,
+    row: list[str] | None,
+    why: str | None,
+    names: list[str],
+    undecodable: dict[int, str],
+) -> Iterator[tuple[str, dict | None, str | None]]:
+    """One record of a CSV/TSV file as rows: the record, or one bad row per line it spans."""
+    where = f"{f}:{start}"
+    if end > start:
+        # a quote opened and closed (or hit the field limit or the end of the file) lines later:
+        # everything between became one field (600 rows silently merged into one, if it were
+        # counted as one row)
+        yield (
+            where,
+            None,
+            f"a quoted field runs over lines {start}-{end} (a stray or unclosed quote, or a "
+            "line break inside a field)" + (f"; csv: {why}" if why else ""),
+        )
+        for n in range(start + 1, end + 1):
+            undecodable.pop(n, None)
+            yield f"{f}:{n}", None, f"swallowed by the quoted field opened at line {start}"
+    elif why is not None:
+        yield where, None, f"line {start}: not valid CSV ({why})"
+    elif start in undecodable:
+        yield where, None, undecodable.pop(start)
+    elif len(row) != len(names):
+        yield where, None, f"expected {len(names)} columns ({', '.join(names)}), found {len(row)}"
+    else:
+        yield where, dict(zip(names, row)), None
+
+
 def _iter_delimited(
     files: list[str], so: dict, delimiter: str, header: bool, columns: list[str] | None
 ) -> Iterator[tuple[str, dict | None, str | None]]:
@@ -419,65 +508,49 @@ def _iter_delimited(
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     for f in files:
         undecodable: dict[int, str] = {}
-
-        def text(f=f, undecodable=undecodable):
-            for n, line, err in _lines(f, so):
-                if err:
-                    undecodable[n] = err
-                yield line
-
-        reader = csv.reader(text(), delimiter=delimiter, quoting=quoting)
-        names = columns
-        if header:
-            names = [c.strip() for c in next(reader, [])]
-            if undecodable or not any(names):
-                raise DataError(f"{f}:1: no readable header ({undecodable.get(1, 'blank')})")
-            if len(set(names)) != len(names):
-                raise DataError(f"{f}:1: repeated column names in the header {names}")
-        rows, end = 0, reader.line_num
-        while True:
-            start = end + 1
-            try:
-                row = next(reader, None)
-            except csv.Error as e:  # e.g. a carriage return inside an unquoted field
-                why = str(e).split(" - ")[0]
-                yield f"{f}:{start}", None, f"line {start}: not valid CSV ({why})"
-                end = reader.line_num
-                continue
-            if row is None:
-                break
-            end = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
+        lines = _decoded_lines(f, so, undecodable)
+        reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
+        names = _read_header(f, reader, undecodable) if header else columns
+        rows = 0
+        for start, end, row, why in _csv_records(reader):
+            if row is not None and (not row or (len(row) == 1 and not row[0].strip())):
                 continue  # blank line
             rows += 1
-            where = f"{f}:{start}"
-            if end > start:
-                # a quote opened and closed lines later: everything between became one field
-                # (600 rows silently merged into one, if it were counted as one row)
-                yield (
-                    where,
-                    None,
-                    f"a quoted field runs over lines {start}-{end} (a stray or unclosed "
-                    "quote, or a line break inside a field)",
-                )
-                for n in range(start + 1, end + 1):
-                    yield f"{f}:{n}", None, f"swallowed by the quoted field opened at line {start}"
-                continue
-            if start in undecodable:
-                yield where, None, undecodable.pop(start)
-                continue
-            if len(row) != len(names):
-                yield (
-                    where,
-                    None,
-                    f"expected {len(names)} columns ({', '.join(names)}), found {len(row)}",
-                )
-                continue
-            yield where, dict(zip(names, row)), None
+            yield from _delimited_row(f, start, end, row, why, names, undecodable)
         if rows == 0:
             raise DataError(
                 f"{f}: a header and no rows" if header else f"{f}: no rows (only blank lines)"
             )
+
+
+# a \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or the second without the first
+_LONE_SURROGATE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _json_record(line: str) -> tuple[dict | None, str | None]:
+    """A JSON line as a dict, or why it is not one. Valid JSON that Python cannot hold is
+    invalid too: json raises ValueError (not JSONDecodeError) for an integer of more than
+    `sys.get_int_max_str_digits()` digits, RecursionError for deep nesting, and a lone surrogate
+    escape decodes to a string that Arrow cannot write (a crash later, naming no line)."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON ({e.msg})"
+    except ValueError as e:
+        return None, f"invalid JSON ({str(e).split(';')[0]})"
+    except RecursionError:
+        return None, f"invalid JSON (nested too deeply for Python: {line.strip()[:40]}…)"
+    if not isinstance(rec, dict):
+        return None, "not a JSON object"
+    if (m := _LONE_SURROGATE.search(line)) is not None:
+        try:  # the pattern may sit in an escaped backslash ("\\\\ud800"): the text decides
+            json.dumps(rec, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, f"invalid JSON (a lone surrogate {m.group()} is not a character)"
+    return rec, None
 
 
 def _iter_jsonl(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, str | None]]:
@@ -485,18 +558,9 @@ def _iter_jsonl(files: list[str], so: dict) -> Iterator[tuple[str, dict | None, 
         for n, line, err in _lines(f, so):
             if err:
                 yield f"{f}:{n}", None, err
-                continue
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"{f}:{n}", None, f"invalid JSON ({e.msg})"
-                continue
-            if not isinstance(rec, dict):
-                yield f"{f}:{n}", None, "not a JSON object"
-                continue
-            yield f"{f}:{n}", rec, None
+            elif line.strip():
+                rec, err = _json_record(line)
+                yield f"{f}:{n}", rec, err
 
 
 def _iter_arrow(
@@ -671,6 +735,9 @@ _REASONS = (
     ("not a JSON", "invalid JSON"),
     ("missing column", "missing column"),
     ("missing label", "missing label"),
+    ("bad label", "bad label"),
+    ("text is not", "text not a string"),
+    ("text pair is not", "text not a string"),
     ("unknown label", "unknown label"),
     ("empty source", "empty source side"),
     ("empty target", "empty target side"),

@@ -3,6 +3,9 @@ input, a pooled head, accuracy / macro F1 / the F1 of one class."""
 
 from __future__ import annotations
 
+import json
+import re
+import reprlib
 from collections import Counter
 from typing import Any
 
@@ -13,6 +16,32 @@ from lmplatform.metrics import classification_report
 from lmplatform.tasks.base import Encoding, InputError, Item, Scorer, TaskType, parse_text
 
 
+def shown(value: Any, width: int = 60) -> str:
+    """A value as the data file wrote it (JSON), cut to `width` characters, for an error."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = reprlib.repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def value_text(raw: Any, what: str) -> tuple[str, str | None]:
+    """A label or text (`what`) of a record as a string, or why it is none (None: missing, "").
+    JSON lines and parquet hold more than strings: an integer reads as its digits, as `1` in a
+    CSV does, and so does an integral float (`1.0`: pandas writes integer labels as floats when
+    a value is missing). Booleans, other floats (NaN too), objects and lists would otherwise
+    become their Python repr ('nan', "{'a': 1}"), a class or a text nobody wrote."""
+    if raw is None or isinstance(raw, str):
+        return ("" if raw is None else raw.strip()), None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw), None
+    if isinstance(raw, float) and raw.is_integer():
+        return str(int(raw)), None
+    if what == "label":
+        return "", f"bad label {shown(raw)} (a label is a string or an integer)"
+    return "", f"{what} is not a string: {shown(raw)}"
+
+
 def label_index(raw: Any, labels: list[str]) -> int | None:
     """A label's position in `labels`, or None. Never read as an index: with labels '1'..'5',
     '0' is unknown (task.labels_are_indices maps indices to labels when the data holds them)."""
@@ -20,9 +49,12 @@ def label_index(raw: Any, labels: list[str]) -> int | None:
     return labels.index(s) if s in labels else None
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits: '²' and '٣' are names, not numbers
+
+
 def _label_order(s: str):
     # numeric labels in numeric order ('2' before '10'), then names alphabetically
-    numeric = s.lstrip("-").isdigit()
+    numeric = _INTEGER.fullmatch(s) is not None
     return (not numeric, int(s) if numeric else 0, s)
 
 
@@ -61,22 +93,24 @@ class Classification(TaskType):
         return source
 
     def rows(self, rec, source, labels):
-        text = rec.get(source.text_column)
-        label = rec.get(source.label_column)
-        row = {"text": "" if text is None else str(text).strip()}
+        row: dict[str, str] = {}
+        row["text"], text_err = value_text(rec.get(source.text_column), "text")
+        pair_err = None
         if self.pair:
-            row["text_pair"] = str(rec.get(source.text_pair_column or "", "") or "").strip()
-        row["label"] = "" if label is None else str(label).strip()
+            row["text_pair"], pair_err = value_text(rec.get(source.text_pair_column), "text pair")
+        row["label"], label_err = value_text(rec.get(source.label_column), "label")
         error = None
         if source.text_column not in rec:
             error = f"missing column {source.text_column!r} (have: {', '.join(rec)})"
+        elif text_err or pair_err or label_err:
+            error = text_err or pair_err or label_err
         elif not row["text"]:
             error = "empty text"
         elif self.pair and not row["text_pair"]:
             error = f"empty text pair (column {source.text_pair_column!r})"
         elif not row["label"]:
             error = "missing label"
-        elif labels is not None and label_index(label, labels) is None:
+        elif labels is not None and label_index(row["label"], labels) is None:
             error = f"unknown label {row['label']!r} (allowed: {', '.join(labels)})"
         yield row, error
 

@@ -22,6 +22,7 @@ from lmplatform.data.sources import (
 )
 from lmplatform.tasks import task_type
 from lmplatform.tasks.base import TaskType
+from lmplatform.tasks.classification import value_text
 
 _FEATURES = {
     "string": (datasets.Value("string"), ""),
@@ -71,10 +72,11 @@ def _task_rows(checked_json: str, type_name: str, labels_json: str, index_labels
 def _label_from_index(rec: dict, column: str, labels: list[str]) -> dict:
     """`labels_are_indices`: '2' means labels[2]. Only when the config says so: guessing would
     read the label '0' of labels '1'..'5' as the index of '1'."""
-    raw = str(rec.get(column, "")).strip()
-    if raw.isdigit() and int(raw) < len(labels):
+    raw, _ = value_text(rec.get(column), "label")  # 1 and 1.0 (JSON) are index 1 too
+    # ASCII digits only: '²'.isdigit() is true and int('²') fails; 20 digits are no index
+    if raw.isascii() and raw.isdecimal() and len(raw) < 10 and int(raw) < len(labels):
         return {**rec, column: labels[int(raw)]}
-    return rec  # not an index: reported as an unknown label
+    return rec  # not an index: reported as an unknown (or bad) label
 
 
 def load_labelled(

@@ -14,6 +14,9 @@ Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 CompileBackend = Literal["inductor", "aot_eager", "cudagraphs"]
 """torch.compile backends a config may name."""
 
+ResumeMismatch = Literal["error", "warn"]
+"""What a resumed pretraining run does when its examples are not its checkpoint's."""
+
 
 class TrainConfig(StrictModel):
     """The training loop: shared by pretraining workers and fine-tuning trials."""
@@ -61,6 +64,11 @@ class TrainConfig(StrictModel):
     more often than that stalls the training thread (measured: 4x slower bert-debug)."""
     seed: int = 0
     """Seed for initialisation, data order and masking."""
+    resume_mismatch: ResumeMismatch = "error"
+    """Pretraining restarted on another example set than its checkpoint's (a changed corpus,
+    tokenizer or `examples` section): refuse (error), or keep weights, optimizer and step and
+    read the new set from its start (warn). A new batch size, accumulation or worker count is
+    always carried over, with a note."""
     compile: CompileBackend | None = None
     """torch.compile the model with this backend (null: eager). `inductor` generates fused
     kernels (on CPU it needs a C++ compiler); the first steps are slower while it compiles."""
@@ -113,3 +121,14 @@ class ScalingConfig(StrictModel):
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
         return self
+
+
+def check_train_on(train: TrainConfig, scaling: ScalingConfig) -> None:
+    """The checks that span `train` and `scaling`, run by every job config that has both."""
+    if train.precision == "fp16" and not scaling.use_gpu:
+        # the plain loop's loss scaler is CUDA-only and DeepSpeed refuses fp16 on most CPUs
+        # ("Type fp16 is not supported on your device"), once per worker restart
+        raise ValueError(
+            "train.precision=fp16 needs scaling.use_gpu=true (fp16 loss scaling runs on GPUs); "
+            "on CPU use train.precision=bf16 or fp32"
+        )

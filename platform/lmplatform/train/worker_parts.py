@@ -1,5 +1,7 @@
 """The named pieces a Ray Train pretraining worker is composed of (pretrain.worker_loop):
 
+- `DataLayout`: what a checkpoint's data position is counted in (batch size, accumulation, world
+  size, the example set), saved with it and compared when a run resumes;
 - `Resume`: where a (re)started worker continues: step, tokens, data position, and whether the
   world size changed since the checkpoint (elastic resize: DeepSpeed cannot re-partition ZeRO
   optimizer state, so the engine starts from the consolidated fp32 weights instead);
@@ -18,43 +20,159 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from lmplatform.config import ConfigError
+from lmplatform.train.config import ResumeMismatch, TrainConfig
 from lmplatform.train.deepspeed_engine import weights_only_loads
 
 STATE = "train_state.json"
 TAG = "state"
 
 
+@dataclass(frozen=True)
+class DataLayout:
+    """What a data position is counted in: micro-batches of `batch_size` examples per worker
+    (`grad_accum_steps` to an optimizer step) over `world_size` workers, through the example
+    set `data` identifies (its key and row count, from the prepared manifest)."""
+
+    batch_size: int
+    grad_accum_steps: int
+    world_size: int
+    data: dict
+
+    @classmethod
+    def of(cls, train: TrainConfig, world_size: int, data: dict) -> DataLayout:
+        return cls(train.batch_size, train.grad_accum_steps, world_size, data)
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.batch_size * self.grad_accum_steps * self.world_size
+
+
+def checkpoint_state(step: int, batches_seen: int, tokens: int, layout: DataLayout) -> dict:
+    """`train_state.json`: where the run is, and the layout its position is counted in."""
+    return {"step": step, "batches_seen": batches_seen, "tokens": tokens, **asdict(layout)}
+
+
+def resume_position(
+    state: dict, now: DataLayout, on_new_data: ResumeMismatch = "error"
+) -> tuple[int, list]:
+    """Batches per worker to skip so a resumed run reads on from where the checkpoint stopped,
+    under the current layout, and notes on what changed since (old -> new).
+
+    The position is counted in examples, so a new batch size or worker count converts it and a
+    new accumulation leaves it; in another example set it means nothing (see `_new_examples`).
+    A checkpoint from before the layout was recorded is taken as unchanged, with a note."""
+    step = state["step"]
+    missing = [k for k in ("batch_size", "grad_accum_steps", "data") if k not in state]
+    notes = []
+    if missing:
+        notes.append(
+            f"the checkpoint at step {step} does not record {', '.join(missing)} (an older "
+            "version wrote it): not checked, assumed unchanged"
+        )
+    old = DataLayout(**{k: state.get(k, v) for k, v in asdict(now).items()})
+    if old.data != now.data:
+        return 0, [*notes, _new_examples(step, old.data, now.data, on_new_data)]
+    examples = state["batches_seen"] * old.batch_size * old.world_size  # all workers together
+    skip, rest = divmod(examples, now.batch_size * now.world_size)
+    changed = [
+        f"{name} {a} -> {b}"
+        for name, a, b in (
+            ("train.batch_size", old.batch_size, now.batch_size),
+            ("train.grad_accum_steps", old.grad_accum_steps, now.grad_accum_steps),
+        )
+        if a != b
+    ]
+    if changed:
+        again = f", the last {rest} read again" if rest else ""
+        notes.append(
+            f"{', '.join(changed)} since the checkpoint at step {step}: the data position "
+            f"carries over ({examples} examples seen{again}); an optimizer step now takes "
+            f"{now.examples_per_step} examples, not {old.examples_per_step}"
+        )
+    return skip, notes
+
+
+def _new_examples(step: int, old: dict, new: dict, on_new_data: ResumeMismatch) -> str:
+    """A checkpoint's position in another example set: refused unless `on_new_data` is "warn",
+    which keeps weights, optimizer and step and reads the new set from its start (the note)."""
+    change = ", ".join(
+        f"{k} {old.get(k)} -> {new.get(k)}"
+        for k in sorted({*old, *new})
+        if old.get(k) != new.get(k)
+    )
+    if on_new_data != "warn":
+        raise ConfigError(
+            f"the training examples changed since the checkpoint at step {step} ({change}): its "
+            "data position does not apply to them. Resume on the data it was trained on, start "
+            "afresh under a new `name`, or set train.resume_mismatch=warn to keep weights, "
+            "optimizer and step and read the new examples from their start"
+        )
+    return f"the training examples changed ({change}): reading them from their start"
+
+
+def newest_train_state(run_dir: str) -> dict | None:
+    """The train state of a Ray Train run folder's newest checkpoint (by step): what a job
+    started again under the same name resumes from. Reads no weights."""
+    from lmplatform import storage
+
+    newest = None
+    for name in storage.listdir(run_dir):
+        path = storage.join(run_dir, name, STATE)
+        if name.startswith("checkpoint_") and storage.exists(path):
+            state = storage.read_json(path)
+            if newest is None or state["step"] > newest["step"]:
+                newest = state
+    return newest
+
+
 @dataclass
 class Resume:
+    layout: DataLayout
+    """The current run's layout: saved with each of its checkpoints."""
     start_step: int = 0
     batches_seen: int = 0
     tokens_seen: int = 0
     old_world: int = 1
-    world: int = 1
     resized: bool = False
     checkpoint: object = None  # ray.train.Checkpoint
+    notes: list = field(default_factory=list)
+    """What changed since the checkpoint, for the log."""
+
+    @property
+    def world(self) -> int:
+        return self.layout.world_size
 
     @classmethod
-    def from_checkpoint(cls, ckpt, world: int) -> Resume:
+    def from_checkpoint(
+        cls, ckpt, layout: DataLayout, on_new_data: ResumeMismatch = "error"
+    ) -> Resume:
         if ckpt is None:
-            return cls(world=world, old_world=world)
+            return cls(layout, old_world=layout.world_size)
         with ckpt.as_directory() as d:
             state = json.loads((Path(d) / STATE).read_text())
-        old = state.get("world_size", world)
-        # the data position is global: the same number of examples, split over the new world
+        return cls.from_state(state, layout, on_new_data, ckpt)
+
+    @classmethod
+    def from_state(
+        cls, state: dict, layout: DataLayout, on_new_data: ResumeMismatch = "error", checkpoint=None
+    ) -> Resume:
+        skip, notes = resume_position(state, layout, on_new_data)
+        old = state.get("world_size", layout.world_size)
         return cls(
+            layout,
             start_step=state["step"],
-            batches_seen=state["batches_seen"] * old // world,
+            batches_seen=skip,
             tokens_seen=state["tokens"],
             old_world=old,
-            world=world,
-            resized=old != world,
-            checkpoint=ckpt,
+            resized=old != layout.world_size,
+            checkpoint=checkpoint,
+            notes=notes,
         )
 
     def load_resized_weights(self, model: torch.nn.Module) -> None:
@@ -81,7 +199,8 @@ class Resume:
             if self.resized
             else f"{self.batches_seen} batches per worker seen"
         )
-        return f"[pretrain] resumed from checkpoint at step {self.start_step} ({how})"
+        lines = [f"[pretrain] resumed from checkpoint at step {self.start_step} ({how})"]
+        return "\n".join(lines + [f"[pretrain] warning: {n}" for n in self.notes])
 
 
 class DataPosition:
@@ -222,12 +341,8 @@ class Reporter:
         with tempfile.TemporaryDirectory() as d:
             self.engine.save_checkpoint(d, tag=TAG)  # every rank writes its own shard
             if self.rank == 0:
-                state = {
-                    "step": step,
-                    "world_size": self.world,
-                    "batches_seen": self.data.seen,
-                    "tokens": self.resume.tokens_seen + int(metrics.get("tokens", 0)),
-                }
+                tokens = self.resume.tokens_seen + int(metrics.get("tokens", 0))
+                state = checkpoint_state(step, self.data.seen, tokens, self.resume.layout)
                 (Path(d) / STATE).write_text(json.dumps(state))
             dist.barrier()
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))

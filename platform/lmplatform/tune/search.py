@@ -79,6 +79,8 @@ def run_search(
     from lmplatform import tracking
 
     data = data or load_task_data(job)
+    # first: a budget the scheduler cannot work with is a config error, not a failed search
+    scheduler = make_scheduler(job, len(data.train_rows))
     run_dir = storage.join(job.output_dir, job.name)  # results written by the driver
     # before any trial: the data a failed search ran on is worth reading too
     storage.write_json(storage.join(run_dir, "data_report.json"), data.data_report)
@@ -100,7 +102,7 @@ def run_search(
         tune_config=tune.TuneConfig(
             metric=metric,
             mode="max",
-            scheduler=make_scheduler(job, len(data.train_rows)),
+            scheduler=scheduler,
             num_samples=s.num_samples,
             time_budget_s=s.max_time_s,
             reuse_actors=False,

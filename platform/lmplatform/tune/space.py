@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from lmplatform.config import ConfigError
 from lmplatform.jobconfig import FinetuneJobConfig, SearchDim
 from lmplatform.tune.trial import steps_per_epoch, total_steps
 
@@ -52,27 +53,61 @@ def sample_points(space: dict[str, SearchDim], n: int, seed: int = 0) -> list[di
     return out
 
 
-def max_evaluations(job: FinetuneJobConfig, n_train: int) -> int:
-    """The most evaluations any trial of the space can make (ASHA's max_t)."""
+def longest_trial(job: FinetuneJobConfig, n_train: int) -> tuple[int, str]:
+    """Optimizer steps of the longest trial the space allows (the most epochs at the smallest
+    batch size; a searched `null` epochs runs train.max_steps), and how they come about."""
     space = job.search.space
 
-    def bound(key, default, pick):
+    def ends(key, default) -> list:
         d = space.get(key)
         if d is None:
-            return default
+            return [default]
         if d.kind in ("choice", "grid"):
-            return pick(d.values)
-        return pick([d.low, d.high - (1 if d.kind == "randint" else 0)])
+            return list(d.values)
+        return [d.low, d.high - (1 if d.kind == "randint" else 0)]
 
-    epochs = bound("epochs", job.train.epochs, lambda v: max(v) if v[0] is not None else None)
-    bs = int(bound("batch_size", job.train.batch_size, min))
-    total = total_steps(job, epochs, steps_per_epoch(n_train, bs, job.scaling.num_workers))
+    bs = int(min(ends("batch_size", job.train.batch_size)))
+    world = job.scaling.num_workers
+    per_epoch = steps_per_epoch(n_train, bs, world)
+    steps, epochs = max(
+        ((total_steps(job, e, per_epoch), e) for e in ends("epochs", job.train.epochs)),
+        key=lambda t: t[0],  # a searched null (max_steps) does not compare with numbers
+    )
+    if not epochs:
+        return steps, f"train.max_steps={job.train.max_steps}"
+    where = "search.space.epochs" if "epochs" in space else "train.epochs"
+    return steps, f"{where}={epochs:g} of {n_train} rows at batch_size {bs} x {world} worker(s)"
+
+
+def max_evaluations(job: FinetuneJobConfig, n_train: int) -> int:
+    """The most evaluations any trial of the space can make (ASHA's max_t)."""
+    total, _ = longest_trial(job, n_train)
     return max(1, math.ceil(total / min(job.train.eval_every, total)))
+
+
+def check_scheduler(job: FinetuneJobConfig, n_train: int) -> None:
+    """Refuse an ASHA grace period longer than the longest trial (a short `train.epochs`, a
+    large `train.eval_every`): Ray's constructor asserts on it. The budget depends on the
+    training rows, so this runs once they are counted, before Tune starts."""
+    s = job.search
+    evals = max_evaluations(job, n_train)
+    if s.scheduler != "asha" or s.grace_period <= evals:
+        return
+    total, how = longest_trial(job, n_train)
+    fix = f"set search.grace_period={evals}"
+    if total >= s.grace_period:  # more frequent evaluations can reach the grace period
+        fix += f", or train.eval_every={total // s.grace_period}"
+    raise ConfigError(
+        f"search.grace_period={s.grace_period} exceeds the {evals} evaluation(s) of the longest "
+        f"trial ({how}: {total} step(s), evaluated every train.eval_every="
+        f"{job.train.eval_every}): {fix}, or search.scheduler=fifo"
+    )
 
 
 def make_scheduler(job: FinetuneJobConfig, n_train: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
+    check_scheduler(job, n_train)
     s = job.search
     if s.scheduler == "asha":
         return ASHAScheduler(
