@@ -21,8 +21,10 @@ def main() -> None:
     from lmplatform.tune.data import load_task_data
     from lmplatform.tune.promotion import promote
     from lmplatform.tune.search import format_table, run_search
+    from lmplatform.tune.space import check_scheduler
 
     data = load_task_data(cfg)  # parent model and data problems fail here, before Ray starts
+    check_scheduler(cfg, len(data.train_rows))  # so does a schedule the budget cannot hold
     init_ray()
     sr = run_search(cfg, data)
     save_resolved(cfg, sr.run_dir)
