@@ -240,8 +240,48 @@ def test_a_request_whose_replica_dies_is_sent_once_more_then_refused():
     assert attempts([ActorDiedError()]) == ({"ok": True}, 2)
     err, n = attempts([ActorDiedError(), ActorDiedError()])
     assert n == 2 and err.status == 503 and "not sent again" in err.message
+    crash = ActorDiedError()  # Ray lists the OOM killer among the causes of any death
+    crash.error_msg = (
+        "The actor died unexpectedly before finishing this task. Worker exit type: "
+        "SYSTEM_ERROR. Potential root causes: (1) the process was killed by the OOM killer "
+        "due to high memory usage. (2) ray stop --force is called."
+    )
+    assert attempts([crash]) == ({"ok": True}, 2)
     oom = ActorDiedError()
-    oom.error_msg = "The actor died because it was killed by the memory monitor (OOM)."
+    oom.error_msg = (
+        "Task was killed due to the node running low on memory. Memory on the node was "
+        "15.2GB / 16GB (0.95), killed by the memory monitor."
+    )
     err, n = attempts([oom])
     assert n == 1 and "out of memory" in err.message
     assert attempts([ActorUnavailableError("x", b"0" * 16)] * 3) == ({"ok": True}, 4)
+
+
+def test_generation_stops_between_steps_once_its_requests_are_done_with():
+    """What a 504 or a cancelled request does to its generation: the next step is not run."""
+    import threading
+
+    from lmplatform.serving.deployments import _Deadline
+    from lmplatform.serving.predictors import GeneratePredictor, Stopped
+
+    ran = []
+
+    def steps():
+        for i in range(1000):
+            ran.append(i)
+            yield i
+
+    p = GeneratePredictor.__new__(GeneratePredictor)  # only the step loop, no model
+    p._lock, p.steps = threading.Lock(), 0
+    end = _Deadline(timeout_s=60)
+    taken = []
+    with pytest.raises(Stopped):
+        for x in p._stepped(steps(), end.passed):
+            taken.append(x)
+            if x == 4:
+                end.cancelled.set()
+    assert taken == [0, 1, 2, 3, 4] and len(ran) == 5 and p.steps == 5
+    late = _Deadline(timeout_s=0.0)
+    time.sleep(0.01)
+    with pytest.raises(Stopped):
+        next(p._stepped(steps(), late.passed))

@@ -394,16 +394,21 @@ def make_app(
 
     keys = KeyRing(auth) if auth is not None and auth.enabled else None
 
-    @app.get("/healthz", response_model=Health, responses={503: {"model": ErrorResponse}})
+    @app.api_route(
+        "/healthz",
+        methods=["GET", "HEAD"],
+        response_model=Health,
+        responses={503: {"model": ErrorResponse}},
+    )
     async def healthz():
-        if not await backend.ready():
+        try:
+            problems = list(await backend.problems()) if await backend.ready() else None
+        except Exception:  # a deployment that fails to answer between the two calls
+            problems = None
+        if problems is None:
             raise ApiError(503, "unavailable", "models are not loaded")
-        problems = list(await backend.problems())
-        if keys is not None and keys.problem:  # the details go to the log, not to anyone
-            problems.append(
-                "auth: the API key file is unreadable; the keys read before it "
-                "changed are in use (see the server log)"
-            )
+        if keys is not None and (problem := keys.check()):  # details go to the log only
+            problems.append(problem)
         return {"status": "degraded" if problems else "ok", "problems": problems}
 
     @app.get("/v1/tasks", response_model=TasksResponse)

@@ -14,6 +14,7 @@ generate; `build` wires them behind the HTTP ingress (serving/ingress.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -60,12 +61,17 @@ def load_task(
     return p
 
 
+FALLBACKS = 3  # earlier bests a starting replica tries when the promoted one cannot load
+
+
 def load_serving(
     reg: Registry, task: str, compile: str | None = None
 ) -> tuple[TaskPredictor, str | None]:
     """The task's best, or, when it cannot load (a checksum mismatch, a failed smoke test), the
-    newest earlier promoted version that can, with why the best failed: a replica that starts
-    must serve something, and the model promoted before beats none."""
+    version it replaced (and the one that replaced, up to FALLBACKS back) that can, with why
+    the best failed: a replica that starts must serve something, and the model promoted
+    before beats none. The chain of replacements, not the whole log: a version an operator
+    rolled away from is not on it."""
     best = reg.best(task)
     try:
         return load_task(reg, task, best, compile), None
@@ -73,12 +79,7 @@ def load_serving(
         if best is None:
             raise
         error = f"{task}@{best} could not be loaded: {type(e).__name__}: {e}"
-    tried = {best}
-    for rec in reversed(reg.promotions(task)):
-        version = rec.get("version") if isinstance(rec, dict) else None
-        if not isinstance(version, str) or version in tried:
-            continue
-        tried.add(version)
+    for version in _replaced_chain(reg, task, best)[:FALLBACKS]:
         try:
             p = load_task(reg, task, version, compile)
         except Exception as e:
@@ -86,7 +87,22 @@ def load_serving(
             continue
         log.warning("%s; serving the previous best %s", error, version)
         return p, error
-    raise RuntimeError(f"{error}; no earlier promoted version loads either")
+    raise RuntimeError(f"{error}; no earlier best loads either")
+
+
+def _replaced_chain(reg: Registry, task: str, best: str) -> list[str]:
+    """The versions `best` replaced, newest first, from the promotion log's `previous`."""
+    log_ = reg.promotions(task)
+    chain, seen = [], {best}
+    current = log_[-1] if log_ else None
+    while current is not None:
+        version = (current.get("previous") or {}).get("version")
+        if not isinstance(version, str) or version in seen:
+            break
+        chain.append(version)
+        seen.add(version)
+        current = next((r for r in reversed(log_) if r.get("version") == version), None)
+    return chain
 
 
 async def _run(long: bool, fn, *args):
@@ -138,6 +154,19 @@ class _Watcher:
             self._kick.clear()
             self.check()
 
+    def failed(self, wanted: dict[str, str | None], e: Exception) -> None:
+        """Note a swap to `wanted` that failed (also at start): no new try before the backoff."""
+        key = tuple(sorted(wanted.items()))
+        failures = self._failed.get(key, (0, 0.0))[0] + 1
+        self.failures += 1
+        wait = min(max(self.refresh_s, 1.0) * 2**failures, MAX_BACKOFF_S)
+        self._failed = {key: (failures, time.monotonic() + wait)}
+        self.error = f"{_describe(wanted)} could not be loaded: {type(e).__name__}: {e}"
+        log.warning("%s; serving the loaded version, next try in %.0f s", self.error, wait)
+        if self.metrics is not None:
+            for t, v in wanted.items():
+                self.metrics.load_failed(t, v or "none")
+
     def check(self, force: bool = False) -> None:
         """Swap to the tasks' current bests unless that failed recently (`force`: try now)."""
         try:
@@ -146,22 +175,13 @@ class _Watcher:
             self.error = f"registry check failed: {type(e).__name__}: {e}"
             log.warning("%s", self.error)
             return
-        key = tuple(sorted(wanted.items()))
-        failures, retry_at = self._failed.get(key, (0, 0.0))
+        retry_at = self._failed.get(tuple(sorted(wanted.items())), (0, 0.0))[1]
         if not force and time.monotonic() < retry_at:
             return
         try:
             self.swap(wanted)
         except Exception as e:
-            failures += 1
-            self.failures += 1
-            wait = min(max(self.refresh_s, 1.0) * 2**failures, MAX_BACKOFF_S)
-            self._failed = {key: (failures, time.monotonic() + wait)}
-            self.error = f"{_describe(wanted)} could not be loaded: {type(e).__name__}: {e}"
-            log.warning("%s; serving the loaded version, next try in %.0f s", self.error, wait)
-            if self.metrics is not None:
-                for t, v in wanted.items():
-                    self.metrics.load_failed(t, v or "none")
+            self.failed(wanted, e)
             return
         self._failed, self.error = {}, None
 
@@ -193,12 +213,12 @@ class TaskReplica:
         self.metrics = ServingMetrics()
         self.predictor, self.start_error = load_serving(self.reg, task, compile)
         self.metrics.serving(task, self.predictor.ref.version)
-        if self.start_error:
-            self.metrics.load_failed(task, self.reg.best(task) or "none")
         self._swap_lock = threading.Lock()
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.watcher = _Watcher(self.reg, [task], refresh_s, self._swap, self.metrics)
+        if self.start_error:  # the best failed just now: the next try waits for the backoff
+            self.watcher.failed({task: self.reg.best(task)}, RuntimeError(self.start_error))
 
     def __serve_build_asgi_app__(self):
         h = self.http
@@ -240,7 +260,7 @@ class TaskReplica:
         """user_config {refresh_token}: Serve calls this on deploy and whenever it changes
         (`jobs/deploy.py --refresh`); the registry is checked now instead of at the next poll."""
         if hasattr(self, "watcher"):
-            self.watcher.check(force=True)
+            self.watcher.check(force=not self.watcher.error)
 
     def load_error(self) -> str | None:
         """Why the replica serves another version than the task's promoted best (None if not)."""
@@ -370,6 +390,9 @@ class SharedEncoderDeployment:
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.watcher = _Watcher(self.reg, self.tasks, refresh_s, self._swap, self.metrics)
+        if self.start_errors:  # a best failed just now: the next try waits for the backoff
+            wanted = {t: self.reg.best(t) for t in self.tasks}
+            self.watcher.failed(wanted, RuntimeError("; ".join(self.start_errors.values())))
 
     def _load(self, versions: dict[str, str | None]) -> SharedEncoder:
         preds = {}
@@ -398,7 +421,7 @@ class SharedEncoderDeployment:
 
     def reconfigure(self, user_config: dict) -> None:
         if hasattr(self, "watcher"):
-            self.watcher.check(force=True)
+            self.watcher.check(force=not self.watcher.error)
 
     async def info(self, task: str) -> dict:
         error = self.watcher.error or self.start_errors.get(task)
@@ -638,11 +661,18 @@ class GenerateDeployment:
             # each step in a thread: the loop keeps serving other requests between tokens
             while (event := await asyncio.to_thread(next, steps, None)) is not None:
                 yield event
-        except Stopped:
+        except Stopped as e:
             self.stopped += 1
+            yield _timed_out(e)
             return
+        except (asyncio.CancelledError, GeneratorExit):
+            # the client left (or the ingress timed out) while a step runs in its thread: the
+            # generator cannot be closed from here then; it stops itself before its next step
+            deadline.cancelled.set()
+            raise
         finally:
-            steps.close()
+            with contextlib.suppress(ValueError):  # "generator already executing"
+                steps.close()
         self.metrics.answered("generate", self.version, True, t0)
 
     async def stats(self) -> dict:
@@ -808,13 +838,17 @@ def serve_bind_host() -> str | None:
     return None if client is None else client.http_config.host
 
 
-def build(cfg: ServeConfig) -> serve.Application:
-    """The main application (the ingress: /v1/tasks, /healthz, fill-mask, generate, and the
-    tasks that have no application of their own) for a validated config."""
-    host = serve_bind_host()
+def check_bind(cfg: ServeConfig, host: str | None) -> None:
+    """Refuse to serve the config's API on a Serve bound beyond loopback without keys."""
     problem = host is not None and exposure_problem(host, cfg.auth, "http_options.host")
     if problem:
         raise ValueError(f"{problem} (Serve's proxies listen where http_options.host says)")
+
+
+def build(cfg: ServeConfig) -> serve.Application:
+    """The main application (the ingress: /v1/tasks, /healthz, fill-mask, generate, and the
+    tasks that have no application of their own) for a validated config."""
+    check_bind(cfg, serve_bind_host())
     tasks = serve_tasks(cfg)
     grouped = {t for g in cfg.shared_encoder_groups for t in g}
     unknown = grouped - set(tasks)
@@ -871,7 +905,9 @@ def build(cfg: ServeConfig) -> serve.Application:
 
 def deploy(cfg: ServeConfig, blocking: bool = False) -> None:
     """Run every application of the config: each task's own (one hop) first, since the main
-    one looks their deployments up by name; then the main one."""
+    one looks their deployments up by name; then the main one. Nothing runs when Serve
+    binds beyond loopback and the config has no keys."""
+    check_bind(cfg, serve_bind_host())
     for name, (prefix, app) in task_apps(cfg).items():
         serve.run(app, name=name, route_prefix=prefix, blocking=False)
     serve.run(build(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=blocking)

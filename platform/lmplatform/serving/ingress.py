@@ -169,9 +169,14 @@ async def _call(request, what: str):
     ) from None
 
 
+# Ray's memory monitor's own words when it kills a worker; every unexpected death's message
+# also lists "killed by the OOM killer" among possible causes, so that phrase proves nothing
+MEMORY_KILL = ("killed by the memory monitor", "running low on memory")
+
+
 def _killed_for_memory(e: Exception) -> bool:
     text = str(e).lower()
-    return "memory monitor" in text or "out of memory" in text or "oom" in text.split()
+    return any(phrase in text for phrase in MEMORY_KILL)
 
 
 def _why(e: Exception) -> str:

@@ -61,6 +61,11 @@ def length_chunks(lengths: list[int], max_tokens: int, keys: list | None = None)
     return out
 
 
+GENERATE_BUDGET = 16
+"""A decoding step forwards one token per row: a generate call may hold this many times the
+token budget in cache positions (CPU: 4,096; 16 rows of 256 tokens)."""
+
+
 class Stopped(Exception):
     """The work was given up between two steps: its request timed out or was cancelled."""
 
@@ -386,8 +391,9 @@ class GeneratePredictor(_PretrainedPredictor):
         groups: dict[int, list[int]] = {}
         for k, (p, _) in enumerate(prompts):
             groups.setdefault(len(p), []).append(k)
-        for _, ks in sorted(groups.items()):
-            self.calls += 1
+        for _, ks in self._generate_chunks(groups, max_new_tokens):
+            with self._lock:
+                self.calls += 1
             x = torch.tensor([prompts[k][0] for k in ks], device=self.device)
             rows = [Continuation(self.tokenizer, self.sp.eot, stop) for _ in ks]
             steps = self.model.generate_steps(
@@ -401,6 +407,17 @@ class GeneratePredictor(_PretrainedPredictor):
             for row, k in zip(rows, ks):
                 out[k] = row.result(prompts[k][1])
         return out  # type: ignore[return-value]
+
+    def _generate_chunks(self, groups: dict[int, list[int]], max_new_tokens: int):
+        """(prompt length, rows) per generate call: prompts of one length, at most
+        GENERATE_BUDGET x token budget positions of key/value cache per call (rows x the
+        window each row attends to), so a batch of many long requests cannot hold an
+        unbounded cache; each step is a one-token forward per row."""
+        for n, ks in sorted(groups.items()):
+            window = min(n + max_new_tokens, self.max_len)
+            rows = max(1, GENERATE_BUDGET * self.max_tokens // window)
+            for i in range(0, len(ks), rows):
+                yield n, ks[i : i + rows]
 
     def _stepped(self, steps: Iterator[torch.Tensor], should_stop=None) -> Iterator[torch.Tensor]:
         """The decoding steps, each under the model lock and no longer: other requests (a
@@ -435,7 +452,8 @@ class GeneratePredictor(_PretrainedPredictor):
         ids, cut = self._prompt(item, max_new_tokens)
         row = Continuation(self.tokenizer, self.sp.eot, stop)
         x = torch.tensor([ids], device=self.device)
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
         steps = self.model.generate_steps(x, max_new_tokens, temperature, top_k)
         for nxt in self._stepped(steps, should_stop):
             delta = row.add(int(nxt[0, 0]))

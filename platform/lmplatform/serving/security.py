@@ -90,7 +90,8 @@ class KeyRing:
         self.cfg = cfg
         self._stamp: tuple | None = None
         self._file_keys: list[bytes] = []
-        self.problem: str | None = None
+        self.problem: str | None = None  # the details, for the log
+        self.public_problem: str | None = None  # what /healthz may say
         env = os.environ.get(cfg.api_keys_env, "") if cfg.api_keys_env else ""
         if cfg.api_keys_env and not env.strip():
             raise ValueError(f"auth.api_keys_env: ${cfg.api_keys_env} is not set or empty")
@@ -110,32 +111,51 @@ class KeyRing:
                 raise ValueError(f"auth.api_keys_file: {path} does not exist") from None
             if self._stamp != "removed":
                 self._file_keys, self._stamp = [], "removed"
-                self._report(f"{path} was removed: its keys are revoked")
+                self._report(f"{path} was removed: its keys are revoked", "removed")
             return
         stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
             return
         try:
-            keys = _parse(path.read_bytes().decode("utf-8"), str(path))
-            if not keys:
-                raise ValueError(f"{path} holds no keys")
+            keys = self._read(path, st.st_size)
         except (OSError, UnicodeDecodeError, ValueError) as e:
             if self._stamp is None:
                 raise ValueError(f"auth.api_keys_file: {_reason(e, path)}") from None
             self._stamp = stamp  # read again only once it changes again
             self._report(
                 f"{_reason(e, path)}: keeping the {len(self._file_keys)} key(s) read before "
-                "(delete the file to revoke them)"
+                "(delete the file to revoke them)",
+                "unreadable",
             )
             return
         self._file_keys, self._stamp = [_digest(k) for k in keys], stamp
         if self.problem:
             log.warning("auth.api_keys_file: %s is readable again (%d keys)", path, len(keys))
-        self.problem = None
+        self.problem = self.public_problem = None
 
-    def _report(self, problem: str) -> None:
+    def _read(self, path: Path, size: int) -> list[str]:
+        """The file's keys. An empty file is a write in progress (truncate, then write); one
+        with only comments revokes its keys when the environment still holds some."""
+        if size == 0:
+            raise ValueError(f"{path} is empty (being written?)")
+        keys = _parse(path.read_bytes().decode("utf-8"), str(path))
+        if not keys and not self._env_keys:
+            raise ValueError(f"{path} holds no keys")
+        return keys
+
+    def _report(self, problem: str, kind: str) -> None:
         self.problem = f"auth.api_keys_file: {problem}"
+        self.public_problem = {
+            "removed": "auth: the API key file was removed: its keys are revoked",
+            "unreadable": "auth: the API key file is unreadable; the keys read before it "
+            "changed are in use (see the server log)",
+        }[kind]
         log.warning("%s", self.problem)
+
+    def check(self) -> str | None:
+        """What is wrong with the key file now, in words for anyone (details in the log)."""
+        self._reload()
+        return self.public_problem
 
     def accepts(self, key: str) -> bool:
         self._reload()
