@@ -25,3 +25,29 @@ def test_ci_runs_make_test():
     readme = (ROOT / "README.md").read_text()
     head = readme[:1500]
     assert "make demo" in head and "make test" in head
+
+
+def test_the_node_image_builds_what_the_tests_run_for_the_clusters_gpus():
+    """docker/Dockerfile pins the torch and DeepSpeed the suite runs, checks the CUDA wheel at
+    build time, and compiles DeepSpeed's ops for every GPU architecture cluster.yaml launches
+    (so no fresh node JIT-compiles CPU Adam)."""
+    import re
+    from importlib.metadata import version
+
+    import yaml
+
+    docker = (ROOT / "docker" / "Dockerfile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    torch_pin = re.search(r'"torch==([\d.]+)"', makefile).group(1)
+    assert f'"torch=={torch_pin}" --index-url https://download.pytorch.org/whl/cu' in docker
+    assert "torch.version.cuda" in docker  # the build fails when the index has no CUDA wheel
+    assert f"ARG DEEPSPEED_VERSION={version('deepspeed')}" in docker
+    assert "DS_BUILD_CPU_ADAM=1" in docker and "DS_BUILD_FUSED_ADAM=1" in docker
+    archs = set(re.search(r'TORCH_CUDA_ARCH_LIST="([^"]+)"', docker).group(1).split(";"))
+    arch_of = {"p4d": "8.0", "p5": "9.0", "g5": "8.6", "g6": "8.9"}  # A100, H100, A10G, L4
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    for name, node in cluster["available_node_types"].items():
+        family = node["node_config"]["InstanceType"].split(".")[0]
+        if node["resources"].get("GPU"):
+            assert arch_of[family] in archs, (name, family, archs)
+    assert cluster["docker"]["image"].split("/")[0] in " ".join(cluster["initialization_commands"])
