@@ -13,16 +13,29 @@ per problem and exits 2 if there is any, and the jobs run the same checks first.
   the driver and from every node (a local path outside the job's working_dir, or a bucket a
   node has no credentials for, fails here, not an hour later);
 - auth: a cluster that asks for a token (HTTP 401 from the dashboard) and none to send;
-- GPUs: a config asking for GPUs on a cluster that has none and cannot autoscale any;
+- fit: each training stage's workers against the node types (the cluster launcher's, on a head
+  it manages; else the nodes alive): one worker must fit a node type, and all of them the
+  node types' max_workers;
+- GPU nodes: a task asking for one GPU (the autoscaler starts a GPU node for it, which may take
+  minutes) checks that torch sees CUDA there, bf16 where a stage trains in it, and, where a
+  stage has several GPU workers, NCCL between two of them; every per-node check below then
+  reaches that node too;
+- GPUs for serving: asked for on a cluster that has none and cannot autoscale any;
 - DeepSpeed (and torch) importable on every node.
+
+`run_on_cluster` runs all of it as a Ray job on a cluster named by its dashboard address, so a
+laptop checks the cluster, not itself.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import shlex
+import sys
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HEAVY = (".git", ".venv", "runs", "registry")
@@ -279,6 +292,407 @@ def check_gpus(wants: dict[str, float]) -> list[Problem]:
     ]
 
 
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def _res(resources: dict[str, float] | None) -> str:
+    """{CPU 8, GPU 1, nvme 1}: what a node has or a worker asks for, less Ray's bookkeeping."""
+    if resources is None:
+        return "{resources not listed}"
+    shown = {
+        k: v
+        for k, v in resources.items()
+        if not k.startswith("node:") and k not in ("memory", "object_store_memory")
+    }
+    order = sorted(shown, key=lambda k: (k not in ("CPU", "GPU"), k))
+    return "{" + ", ".join(f"{k} {shown[k]:g}" for k in order) + "}"
+
+
+@dataclass
+class Workers:
+    """One training stage's workers, as the stage will ask Ray for them."""
+
+    stage: str
+    """What the report calls it: 'pretraining bert-base'."""
+    count: int
+    """Workers placed at once (an elastic run's minimum)."""
+    bundle: dict[str, float] = field(default_factory=dict)
+    """What each worker reserves: {"CPU": 4, "GPU": 1, ...}."""
+    bf16: bool = False
+    """It trains in bf16, which its GPUs must support."""
+
+    @property
+    def gpus(self) -> float:
+        return self.bundle.get("GPU", 0)
+
+
+def _bundle(scaling, custom: bool) -> dict[str, float]:
+    # as train/trainer.py (custom resources included) and tune/search.py (not) ask for it
+    out = {**(scaling.resources_per_worker if custom else {}), "CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        out["GPU"] = 1
+    return out
+
+
+def worker_wants(pretrain=None, finetunes=()) -> list[Workers]:
+    """Each training stage's workers; a search's are one trial's (its other trials queue)."""
+    out = []
+    if pretrain is not None:
+        s = pretrain.scaling
+        out.append(
+            Workers(
+                f"pretraining {pretrain.name}",
+                s.min_workers or s.num_workers,
+                _bundle(s, custom=True),
+                pretrain.train.precision == "bf16",
+            )
+        )
+    for f in finetunes:
+        s = f.scaling
+        out.append(
+            Workers(
+                f"fine-tuning {f.task.name} (one trial)",
+                s.min_workers or s.num_workers,
+                _bundle(s, custom=f.trials_on_ray_train),
+                f.train.precision == "bf16",
+            )
+        )
+    return out
+
+
+@dataclass
+class NodeType:
+    """Nodes a stage's workers may be placed on: up to `count` of them, `resources` each."""
+
+    name: str
+    resources: dict[str, float] | None
+    """None: the launcher's config does not list them."""
+    count: int
+    launched: bool = False
+    """A node type the cluster launcher adds (`count` is its max_workers)."""
+
+    def __str__(self) -> str:
+        more = f" x max_workers {self.count}" if self.launched else ""
+        return f"{self.name} {_res(self.resources)}{more}"
+
+
+def cluster_node_types() -> list[NodeType]:
+    """The head and the node types the cluster launcher may add (its config on the head); on
+    a cluster it does not manage, the nodes alive now."""
+    import ray
+
+    from lmplatform.runtime import launcher_node_types
+
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    launcher = launcher_node_types()
+    if not launcher:
+        return [NodeType(f"node {n['NodeID'][:8]}", n["Resources"], 1) for n in alive]
+    head = [
+        NodeType("head", n["Resources"], 1)
+        for n in alive
+        if "node:__internal_head__" in n["Resources"]
+    ]
+    return head + [
+        NodeType(name, t.get("resources"), int(t.get("max_workers", 0)), launched=True)
+        for name, t in launcher.items()
+    ]
+
+
+def _per_node(have: dict[str, float] | None, bundle: dict[str, float]) -> int | None:
+    """How many workers of `bundle` one node of `have` holds (None: unknown)."""
+    if have is None:
+        return None
+    needs = [(have.get(r, 0), need) for r, need in bundle.items() if need > 0]
+    return min((int(h / need + 1e-9) for h, need in needs), default=2**31)
+
+
+def fit_problems(workers: list[Workers], types: list[NodeType]) -> list[Problem]:
+    """Each stage's workers against the node types: one worker must fit a node type, and all
+    of them the nodes the cluster has or may add. A type whose resources are unknown passes."""
+    listed = "; ".join(str(t) for t in types)
+    return [
+        Problem("fit", f"{w.stage}: {found[0]}; node types: {listed}", found[1])
+        for w in workers
+        if (found := _misfit(w, types))
+    ]
+
+
+def _misfit(w: Workers, types: list[NodeType]) -> tuple[str, str] | None:
+    """(what does not fit, the fix), or None."""
+    holds = [(t, _per_node(t.resources, w.bundle)) for t in types if t.count > 0]
+    if any(n is None for _, n in holds):
+        return None
+    capacity = sum(n * t.count for t, n in holds)
+    if capacity == 0:
+        shrink = "scaling.cpus_per_worker, scaling.resources_per_worker"
+        shrink += ", scaling.use_gpu=false" if w.gpus else ""
+        return (
+            f"one worker of {_res(w.bundle)} fits no node the cluster has or may add",
+            "add a node type that holds one (cluster.yaml available_node_types, max_workers > 0)"
+            f" or shrink the worker ({shrink})",
+        )
+    if capacity < w.count:
+        per = ", ".join(f"{n} per {t.name} node x {t.count}" for t, n in holds if n)
+        return (
+            f"{w.count} workers of {_res(w.bundle)} do not fit: the cluster holds at most "
+            f"{capacity} ({per})",
+            f"set scaling.num_workers={capacity} (or an elastic scaling.min_workers), or raise "
+            "max_workers of a node type that holds them in cluster.yaml",
+        )
+    return None
+
+
+def check_fit(workers: list[Workers]) -> list[Problem]:
+    return fit_problems(workers, cluster_node_types())
+
+
+GPU_TIMEOUT_S = 900.0
+"""How long the GPU checks wait for a GPU node: a cold one takes minutes to start."""
+
+_GPU_FIXES = {
+    "cuda": "use a node image whose torch is built for CUDA and sees the GPUs (the image "
+    "cluster.yaml pulls; nvidia-smi on that node)",
+    "bf16": "train.precision=fp16 (or fp32) on this GPU, or a node type with Ampere or newer GPUs",
+}
+
+
+def check_gpu_nodes(workers: list[Workers], timeout_s: float = GPU_TIMEOUT_S) -> list[Problem]:
+    """On a node with a GPU (a task asking for one makes the autoscaler start one): torch sees
+    CUDA, bf16 where a stage trains in it, NCCL where a stage has several GPU workers."""
+    gpu = [w for w in workers if w.gpus > 0]
+    if not gpu:
+        return []
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    names = ", ".join(w.stage for w in gpu)
+    deadline = time.monotonic() + timeout_s
+    ref = ray.remote(num_cpus=0, num_gpus=1, max_retries=0)(_cuda_report).remote(
+        any(w.bf16 for w in gpu)
+    )
+    try:
+        node, kind, problem = ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError:
+        ray.cancel(ref)
+        return [_no_gpu_in_time(names, timeout_s)]
+    except Exception as e:  # noqa: BLE001 - the probe's own failure is the finding
+        node, kind, problem = "?", "cuda", f"the probe task failed: {_why(e)}"
+    if problem:
+        return [Problem("gpus", f"{names}: on GPU node {node}, {problem}", _GPU_FIXES[kind])]
+    several = [w.stage for w in gpu if w.count > 1]
+    if several and (reason := probe_nccl(max(deadline - time.monotonic(), 60))):
+        return [
+            Problem(
+                "gpus",
+                f"{', '.join(several)}: NCCL between two GPU workers fails: {reason}",
+                "use a node image with torch's NCCL working on these GPUs (NCCL_DEBUG=INFO in "
+                "the runtime_env's env_vars says why)",
+            )
+        ]
+    return []
+
+
+def _no_gpu_in_time(names: str, timeout_s: float) -> Problem:
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0)
+    if have > 0:  # GPU nodes are up, and busy
+        return Problem(
+            "gpus",
+            f"{names}: no GPU became free within {timeout_s:.0f} s (the cluster's {have:g} "
+            "are all in use)",
+            "run preflight while the GPUs are free, or wait longer (--gpu-timeout)",
+        )
+    return Problem(
+        "gpus",
+        f"{names}: no node with a GPU started within {timeout_s:.0f} s (a cold GPU node takes "
+        "minutes to start)",
+        "check the head's IAM rights to launch instances (docs/clusters.md) and the GPU node "
+        "type's max_workers; `ray status` and the head's monitor log "
+        "(/tmp/ray/session_latest/logs/monitor.*) say why; or wait longer (--gpu-timeout)",
+    )
+
+
+def _cuda_report(bf16: bool) -> tuple[str, str | None, str | None]:
+    """(node, problem kind, problem): this node's GPU as torch sees it."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[:8]
+    try:
+        import torch
+    except Exception as e:  # noqa: BLE001
+        return node, "cuda", f"torch does not import: {_why(e)}"
+    if not torch.cuda.is_available():
+        built = (
+            f"built for CUDA {torch.version.cuda}"
+            if torch.version.cuda
+            else "a CPU-only build: torch.version.cuda is None"
+        )
+        return (
+            node,
+            "cuda",
+            f"torch.cuda.is_available() is False (torch {torch.__version__}, {built})",
+        )
+    if bf16 and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name()
+        return node, "bf16", f"{name} does not support bf16 (train.precision=bf16)"
+    return node, None, None
+
+
+def probe_nccl(timeout_s: float, backend: str = "nccl") -> str | None:
+    """None if two GPU workers, packed as Ray Train packs them, form a `backend` process group
+    and all-reduce; else why, naming their nodes."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = placement_group([{"GPU": 1}] * 2, strategy="PACK")
+    peers = []
+    try:
+        if not pg.wait(timeout_seconds=max(int(timeout_s), 1)):
+            return f"two GPUs were not free at once within {timeout_s:.0f} s"
+        actor = ray.remote(num_cpus=0, num_gpus=1)(_Peer)
+        peers = [
+            actor.options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    pg, placement_group_bundle_index=i
+                )
+            ).remote()
+            for i in range(2)
+        ]
+        url = ray.get(peers[0].rendezvous.remote(), timeout=120)
+        reasons = ray.get(
+            [p.join.remote(url, r, backend) for r, p in enumerate(peers)], timeout=300
+        )
+        return "; ".join(r for r in reasons if r) or None
+    except Exception as e:  # noqa: BLE001 - the probe's own failure is the finding
+        return _why(e)
+    finally:
+        for p in peers:
+            ray.kill(p)
+        remove_placement_group(pg)
+
+
+class _Peer:
+    """One of the two processes of the NCCL check, on a GPU of its own."""
+
+    def rendezvous(self) -> str:
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    def join(self, url: str, rank: int, backend: str) -> str | None:
+        import datetime
+
+        import ray
+        import torch
+        import torch.distributed as dist
+
+        node = ray.get_runtime_context().get_node_id()[:8]
+        try:
+            dist.init_process_group(
+                backend,
+                init_method=url,
+                rank=rank,
+                world_size=2,
+                timeout=datetime.timedelta(seconds=120),
+            )
+            x = torch.ones(1, device="cuda" if backend == "nccl" else "cpu")
+            dist.all_reduce(x)
+            return (
+                None
+                if x.item() == 2
+                else f"rank {rank} on node {node}: all_reduce gave {x.item():g}"
+            )
+        except Exception as e:  # noqa: BLE001 - the finding
+            return f"rank {rank} on node {node}: {_why(e)}"
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def cluster_summary() -> str:
+    """The nodes alive and what each has: where the cluster checks ran."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    listed = "; ".join(f"{n['NodeID'][:8]} {_res(n['Resources'])}" for n in nodes)
+    return f"{len(nodes)} node(s) alive: {listed}"
+
+
+def run_on_cluster(
+    address: str, argv: list[str], working_dir, runtime_env, timeout_s: float
+) -> int:
+    """`python jobs/preflight.py ARGV --on-cluster` as a Ray job on the cluster whose dashboard
+    is `address`, shipping what `ray job submit --working-dir --runtime-env` would; prints its
+    output as it comes and returns its exit code (1 when it ends without one)."""
+    import yaml
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    env = {}
+    if Path(runtime_env).is_file():
+        env = dict(yaml.safe_load(Path(runtime_env).read_text()) or {})
+    try:
+        client = JobSubmissionClient(address)
+        job = client.submit_job(
+            entrypoint=shlex.join(["python", "jobs/preflight.py", *argv, "--on-cluster"]),
+            runtime_env={**env, "working_dir": str(working_dir)},
+        )
+    except Exception as e:  # noqa: BLE001 - one line, not Ray's traceback
+        print(f"preflight: {_not_submitted(address, e)}")
+        return 2
+    print(f"preflight: running on the cluster at {address} as Ray job {job}", flush=True)
+    status = _follow(client, job, timeout_s)
+    if status == JobStatus.SUCCEEDED:
+        return 0
+    if status is None:
+        client.stop_job(job)
+        print(f"preflight: job {job} did not end within {timeout_s:.0f} s: stopped it")
+        return 1
+    info = client.get_job_info(job)
+    if not info.driver_exit_code:
+        print(f"preflight: job {job} {status.value}: {info.message}")
+    return info.driver_exit_code or 1
+
+
+def _not_submitted(address: str, e: Exception) -> Problem:
+    if type(e).__name__ == "AuthenticationError":  # a token, not the cluster's
+        return Problem(
+            "auth",
+            f"the cluster at {address} refused this machine's token ({_why(e)})",
+            "copy the head's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN) and export "
+            "RAY_AUTH_MODE=token",
+        )
+    return Problem(
+        "cluster",
+        f"the checks could not be submitted to {address} ({_why(e)})",
+        "give the dashboard's address (`ray dashboard cluster.yaml` forwards it to "
+        "http://127.0.0.1:8265)",
+    )
+
+
+def _follow(client, job: str, timeout_s: float):
+    """Print the job's new output every 2 s until it ends: its status (None: still running)."""
+    deadline, shown = time.monotonic() + timeout_s, 0
+    while True:
+        status = client.get_job_status(job)
+        logs = client.get_job_logs(job)  # after the status: a finished job's logs are whole
+        sys.stdout.write(logs[shown:])
+        sys.stdout.flush()
+        shown = len(logs)
+        if status.is_terminal():
+            return status
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(2)
+
+
 def check_serving(serve, tasks: list[str] | None) -> list[Problem]:
     """The deploy stage's replicas fit the cluster (or the launcher may add nodes): found now,
     not after an hour of training, when Serve would wait for CPUs that never come."""
@@ -367,16 +781,23 @@ def run_checks(
     storage: dict[str, str] | None = None,
     data: dict[str, object] | None = None,
     gpus: dict[str, float] | None = None,
+    workers: list[Workers] = (),
+    gpu_timeout_s: float = GPU_TIMEOUT_S,
     serve=None,
     address: str | None = None,
     cluster: bool = True,
     pretraining: bool = True,
 ) -> list[Problem]:
-    """All checks; the cluster ones (per-node storage, imports, GPUs) need Ray initialised."""
+    """All checks; the cluster ones (fit, GPU nodes, per-node storage, imports, GPUs) need Ray
+    initialised."""
     problems: list[Problem] = []
     if working_dir is not None:
         problems += check_working_dir(working_dir, list(excludes))
     problems += check_auth(address)
+    if cluster and workers:
+        fit = check_fit(list(workers))
+        # before the per-node checks: the GPU node started here is then one of every node
+        problems += fit or check_gpu_nodes(list(workers), gpu_timeout_s)
     if storage:
         problems += check_storage(storage, cluster)
     if data:

@@ -38,7 +38,8 @@ def main() -> None:
             excludes=preflight.runtime_env_excludes(ROOT / "jobs" / "runtime_env.yaml"),
             storage={"registry": cfg.registry, "output_dir": cfg.output_dir},
             data=preflight.data_wants(pre, tasks),
-            gpus=preflight.gpu_wants(pre, tasks, serve_cfg),
+            gpus=preflight.gpu_wants(serve=serve_cfg),  # the training stages': their workers'
+            workers=preflight.worker_wants(pre, tasks),  # fit on the node types, GPU probes
             serve=serve_cfg,
         )
         if problems:
