@@ -50,6 +50,19 @@ os.environ.update(
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def model_folder(tmp_path: Path, payload: bytes = b"w" * 50_000) -> Path:
+    """A folder the registry can publish: weights of `payload` and a config (a new one per call)."""
+    import time
+
+    src = tmp_path / f"model-{time.time_ns()}"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(payload)
+    (src / "config.json").write_text("{}")
+    return src
+
+
 SHARED = ROOT.parent / "shared" / "data"
 
 

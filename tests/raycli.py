@@ -78,6 +78,29 @@ def start_head(
     return proc
 
 
+def start_node(
+    gcs_port: int, agent_port: int, metrics_port: int, temp: str, extra: list[str] = ()
+) -> subprocess.Popen:
+    """A node joining the head at 127.0.0.1:`gcs_port` (`ray start --block`, loopback only, its
+    own ports and temp dir); the caller waits for it to join. Stop it with `stop(proc)`."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "scripts" / "ray_start_loopback.py"),
+            "--block",
+            f"--address=127.0.0.1:{gcs_port}",
+            f"--dashboard-agent-listen-port={agent_port}",
+            f"--metrics-export-port={metrics_port}",
+            f"--temp-dir={temp}",
+            *extra,
+        ],
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def stop(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)

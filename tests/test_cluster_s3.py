@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT
 from lmplatform import storage
 from lmplatform.registry import Registry
-from raycli import assert_all_skipped, cli_env, job_submit, start_head, stop
+from raycli import assert_all_skipped, cli_env, job_submit, start_head, start_node, stop
 
 DASHBOARD = 8287
 
@@ -42,22 +42,7 @@ def cluster(s3_server):
     head = start_head(6411, DASHBOARD, agent_port=52381, num_cpus=1)
     client = {**cli_env(), "RAY_ADDRESS": "127.0.0.1:6411"}
     temp = tempfile.mkdtemp(prefix="c3w", dir="/tmp")  # the second node's own temp dir
-    node = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "scripts" / "ray_start_loopback.py"),
-            "--block",
-            "--address=127.0.0.1:6411",
-            "--num-cpus=1",
-            "--dashboard-agent-listen-port=52382",
-            "--metrics-export-port=52383",
-            f"--temp-dir={temp}",
-        ],
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    node = start_node(6411, 52382, 52383, temp, ["--num-cpus=1"])
     try:
         deadline = time.time() + 120
         while _alive_nodes(client) < 2:

@@ -14,7 +14,7 @@ import yaml
 from conftest import ROOT
 from lmplatform import preflight
 from lmplatform.preflight import NodeType, Workers
-from raycli import cli_env, start_head, stop
+from raycli import cli_env, start_head, start_node, stop
 
 GCS, DASHBOARD = 6431, 8298
 MARKER = "lmplatform_preflight_head"  # a resource only the test cluster's head advertises
@@ -92,23 +92,8 @@ def gpu_cluster():
     head = start_head(
         GCS, DASHBOARD, agent_port=52394, num_cpus=1, extra=[f'--resources={{"{MARKER}": 1}}']
     )
-    node = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "scripts" / "ray_start_loopback.py"),
-            "--block",
-            f"--address=127.0.0.1:{GCS}",
-            "--num-cpus=2",
-            "--num-gpus=2",
-            "--dashboard-agent-listen-port=52395",
-            "--metrics-export-port=52396",
-            f"--temp-dir={tempfile.mkdtemp(prefix='pfg', dir='/tmp')}",
-        ],
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    temp = tempfile.mkdtemp(prefix="pfg", dir="/tmp")
+    node = start_node(GCS, 52395, 52396, temp, ["--num-cpus=2", "--num-gpus=2"])
     try:
         deadline = time.time() + 120
         while _driver("print(ray.cluster_resources().get('GPU', 0))").stdout.strip() != "2.0":

@@ -11,7 +11,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,16 +19,13 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
+from conftest import model_folder
 from lmplatform import storage
 from lmplatform.registry import Registry, RegistryError, check_name, check_ref, check_version
 
 
 def _model(tmp_path: Path, payload: bytes = b"w" * 5000) -> Path:
-    src = tmp_path / f"model-{time.time_ns()}"
-    src.mkdir()
-    (src / "model.safetensors").write_bytes(payload)
-    (src / "config.json").write_text("{}")
-    return src
+    return model_folder(tmp_path, payload)
 
 
 def _meta(value: float) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, model_folder
 from lmplatform import storage
 from lmplatform.registry import Registry, RegistryError
 
@@ -18,11 +18,7 @@ RACE = ROOT / "tests" / "scripts" / "registry_race.py"
 
 
 def _model(tmp_path: Path, payload: bytes = b"w" * 50_000) -> Path:
-    src = tmp_path / f"model-{time.time_ns()}"
-    src.mkdir()
-    (src / "model.safetensors").write_bytes(payload)
-    (src / "config.json").write_text("{}")
-    return src
+    return model_folder(tmp_path, payload)
 
 
 def _meta(value: float, **extra) -> dict:
