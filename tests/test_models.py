@@ -162,7 +162,28 @@ def test_fast_cpu_dropout_keeps_the_right_fraction_and_scale():
     assert abs(torch.corrcoef(torch.stack([m[:-1], m[1:]]))[0, 1].item()) < 0.01
 
 
-def test_fused_linear_cross_entropy_matches_the_plain_one():
+# fp32 keeps 24 bits (2^-24 ~ 6e-8): a mean over 300 rows of log-sum-exps over 1,000 logits,
+# summed in another order and by chunks, lands within a few hundred units of rounding; 1e-5 is
+# ~170 of them, while an ignored row counted, a row lost or a wrong share is off by ~1/300.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _ignored(kind: str) -> torch.Tensor:
+    t = torch.randint(0, 1000, (300,), generator=torch.Generator().manual_seed(1))
+    if kind == "some":
+        t[::7] = -100
+        t[64:128] = -100  # a whole chunk of 64
+    elif kind == "all":
+        t[:] = -100
+    return t
+
+
+@pytest.mark.parametrize("chunk", [64, 300, None], ids=["uneven-64", "one-chunk", "device"])
+@pytest.mark.parametrize("ignored", ["none", "some", "all"])
+def test_fused_linear_cross_entropy_matches_the_plain_one(chunk, ignored):
+    """Loss, accuracy and every gradient equal F.cross_entropy(ignore_index=-100) of the full
+    logits, whatever the chunking (a ragged last chunk, one chunk, the device's default) and
+    however many rows are ignored (all of them: 0, as a mean over no rows should not be NaN)."""
     import torch.nn.functional as F
 
     from lmplatform.models.layers import linear_cross_entropy
@@ -171,16 +192,115 @@ def test_fused_linear_cross_entropy_matches_the_plain_one():
     h = torch.randn(300, 32, requires_grad=True)
     w = torch.randn(1000, 32, requires_grad=True)
     b = torch.randn(1000, requires_grad=True)
-    t = torch.randint(0, 1000, (300,))
-    t[::7] = -100
+    t = _ignored(ignored)
     for bias in (b, None):
-        ref = F.cross_entropy(F.linear(h, w, bias), t, ignore_index=-100)
-        ref_grads = torch.autograd.grad(ref, [h, w] + ([bias] if bias is not None else []))
-        loss, acc = linear_cross_entropy(h, w, bias, t, chunk=64)
-        grads = torch.autograd.grad(loss, [h, w] + ([bias] if bias is not None else []))
-        torch.testing.assert_close(loss, ref)
-        for g, r in zip(grads, ref_grads):
-            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+        params = [h, w] + ([bias] if bias is not None else [])
+        loss, acc = linear_cross_entropy(h, w, bias, t, chunk=chunk)
+        grads = torch.autograd.grad(loss, params)
+        logits = F.linear(h, w, bias)
         keep = t != -100
-        expected_acc = (F.linear(h, w, bias).argmax(-1)[keep] == t[keep]).float().mean()
+        if ignored == "all":
+            assert loss.item() == 0.0 and acc.item() == 0.0
+            assert all(not g.any() for g in grads)
+            continue
+        ref = F.cross_entropy(logits, t, ignore_index=-100)
+        torch.testing.assert_close(loss, ref, rtol=RTOL, atol=ATOL)
+        for g, r in zip(grads, torch.autograd.grad(ref, params)):
+            torch.testing.assert_close(g, r, rtol=RTOL, atol=ATOL)
+        expected_acc = (logits.argmax(-1)[keep] == t[keep]).float().mean()
         torch.testing.assert_close(acc, expected_acc)
+
+
+def test_fused_cross_entropy_takes_few_chunks_on_an_accelerator():
+    """GPT-base's micro-batch of 32 x 1023 rows over 50,257 words: 256-row chunks made 128 of
+    them, each re-reading the (V, C) weight; the budget makes 13, none past it. CPU keeps the
+    cache-sized 256 rows it was measured fastest with."""
+    from lmplatform.models.layers import CHUNK_LOGITS, chunk_rows
+
+    rows, vocab = 32 * 1023, 50257
+    per = chunk_rows(rows, vocab, "cuda")
+    assert per * vocab <= CHUNK_LOGITS and -(-rows // per) == 13
+    assert chunk_rows(600, 8000, "cuda") == 600  # fits: one chunk
+    assert chunk_rows(rows, vocab, "cpu") == 256
+
+
+class _DeviceReads:
+    """Counts the aten calls that read a device value back to the host (`bool`, `.item()`, a
+    boolean-mask index): each makes a GPU drain its queue. On CPU they still dispatch."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        syncing = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
+        seen = self.seen = []
+
+        class Reads(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func in syncing:
+                    seen.append(func)
+                return func(*args, **(kwargs or {}))
+
+        self._mode = Reads()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
+def test_the_causal_lm_loss_reads_nothing_back_from_the_device():
+    """GPT's forward and backward, through the fused cross-entropy with ignored targets, make
+    no host read of a device value."""
+    model = build_pretraining_model(GPTConfig(size="debug", vocab_size=V))
+    ids = _ids()
+    labels = ids.clone()
+    labels[:, :5] = -100
+    with _DeviceReads() as reads:
+        model(ids, labels=labels)["loss"].backward()
+    assert reads.seen == []
+
+
+def _bert_batch(nsp: list[int], lengths=(30, 17, 24, 9)):
+    from lmplatform.data.pretraining import BertCollator
+
+    collate = BertCollator(pad_id=0, mask_id=4, special_ids=[0, 1, 2, 3, 4], vocab_size=V, seed=3)
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(5, V, (n,), generator=g).tolist() for n in lengths]
+    return collate(
+        {
+            "input_ids": rows,
+            "token_type_ids": [[0] * len(r) for r in rows],
+            "next_sentence_label": nsp,
+        }
+    )
+
+
+def test_bert_pretraining_reads_nothing_back_from_the_device_and_matches_the_plain_loss():
+    """The collator's `mlm_positions` / `mlm_labels` (padded with -100) pick the masked tokens
+    by a gather, and NSP pairs without a label weigh nothing: forward and backward make no host
+    read, and the losses equal the boolean-mask pick and `F.cross_entropy(ignore_index=-100)`.
+    A batch with no NSP label (`nsp: false`) reports no NSP metric."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = build_pretraining_model(BertConfig(size="debug", vocab_size=V, dropout=0.0))
+    full = _bert_batch([1, 0, -100, 1], lengths=(32,) * 4)  # no padding: no attention mask
+    assert "attention_mask" not in full
+    with _DeviceReads() as reads:
+        model(**full)["loss"].backward()
+    assert reads.seen == []
+    batch = _bert_batch([1, 0, -100, 1])
+    n = int((batch["labels"] != -100).sum())
+    assert batch["mlm_positions"].numel() % 64 == 0 and n < batch["mlm_positions"].numel()
+    model.eval()  # no attention dropout: the two picks see the same activations
+    out = model(**batch)
+    plain = model(**{k: v for k, v in batch.items() if not k.startswith("mlm_")})
+    torch.testing.assert_close(out["mlm_loss"], plain["mlm_loss"])
+    assert int(out["predicted_tokens"]) == n
+    h = model.bert(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    nsp = F.cross_entropy(model.nsp(model.bert.pool(h)), batch["next_sentence_label"])
+    torch.testing.assert_close(out["nsp_loss"], nsp.detach())
+    torch.testing.assert_close(out["loss"], (out["mlm_loss"] + nsp).detach(), rtol=1e-5, atol=1e-6)
+    no_pairs = _bert_batch([-100] * 4)
+    assert "next_sentence_label" not in no_pairs
+    assert "nsp_loss" not in model(**no_pairs) and "nsp_acc" not in model(**no_pairs)

@@ -62,11 +62,12 @@ def test_zero_stages_agree_and_zero3_export_reproduces_eval_loss(ray_local, work
         losses[stage] = [r["loss"] for r in rows]
     # Ray Data hands blocks to the two workers as they become ready, so which rows make a step
     # varies a little from run to run (two stage-0 runs differed by up to 0.06 at step 4 under
-    # load): the stages must agree closely on the first steps and stay near after
+    # load; stage 1 vs 0 once by 0.025 at step 2, 0.00003 at step 1): the stages must agree
+    # on the first step (same weights, same first rows), closely on the second and stay near
     for stage in (1, 2, 3):
-        early = max(abs(a - b) for a, b in zip(losses[stage][:2], losses[0][:2]))
+        first, second = (abs(losses[stage][i] - losses[0][i]) for i in (0, 1))
         late = max(abs(a - b) for a, b in zip(losses[stage], losses[0]))
-        assert early < 0.02 and late < 0.1, (stage, losses[stage], losses[0])
+        assert first < 0.02 and second < 0.05 and late < 0.1, (stage, losses[stage], losses[0])
     assert losses[0][-1] < losses[0][0]
 
     run_eval = result.metrics["eval_loss"]

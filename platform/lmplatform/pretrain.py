@@ -94,9 +94,8 @@ def worker_loop(config: dict) -> None:
     import ray.train
 
     from lmplatform.console import quiet_ray_train_logger
-    from lmplatform.train.deepspeed_engine import DeepSpeedStepper
     from lmplatform.train.loop import fit
-    from lmplatform.train.worker_parts import DataPosition, Reporter, Resume, RunLog
+    from lmplatform.train.worker_parts import DataPosition, Reporter, RunLog
 
     quiet_ray_train_logger()
     job = PretrainJobConfig.model_validate(config["job"])
@@ -105,20 +104,7 @@ def worker_loop(config: dict) -> None:
     torch.manual_seed(job.train.seed)
     if not job.scaling.use_gpu:  # Ray pins OMP threads to the reserved CPUs; we may want more
         torch.set_num_threads(job.scaling.torch_threads or max(1, int(job.scaling.cpus_per_worker)))
-    model = build_pretraining_model(
-        job.model.model_copy(update={"vocab_size": config["vocab_size"]})
-    )
-    layout = DataLayout.of(job.train, world, config["data_fingerprint"])
-    resume = Resume.from_checkpoint(ray.train.get_checkpoint(), layout, job.train.resume_mismatch)
-    if config["init_from"] and resume.checkpoint is None:  # a resumed run has its own weights
-        load_init_weights(model, config["registry"], config["init_from"])
-    resume.load_resized_weights(model)
-    if job.scaling.use_gpu:
-        model = model.to(ray.train.torch.get_device())
-    stepper = DeepSpeedStepper(model, job.train, job.scaling, world, job.train.max_steps)
-    resume.restore(stepper)
-    if rank == 0 and resume.checkpoint is not None:
-        print(resume.describe(), flush=True)
+    stepper, resume = _restored_engine(job, config, world, rank)
     collate = _collator(config["objective"], config["tokenizer_json"], job, rank)
     data = DataPosition(
         ray.train.get_dataset_shard("train"),
@@ -152,6 +138,35 @@ def worker_loop(config: dict) -> None:
         device=stepper.engine.device,
     )
     run_log.finish()
+
+
+def _restored_engine(job: PretrainJobConfig, config: dict, world: int, rank: int):
+    """The worker's DeepSpeed stepper, where the run's newest checkpoint left it (or fresh, or
+    from `init_from`), and the `Resume` that says where its data continues."""
+    import ray.train
+
+    from lmplatform.train.deepspeed_engine import DeepSpeedStepper, deepspeed_config, engine_layout
+    from lmplatform.train.worker_parts import Resume
+
+    model = build_pretraining_model(
+        job.model.model_copy(update={"vocab_size": config["vocab_size"]})
+    )
+    resume = Resume.from_checkpoint(
+        ray.train.get_checkpoint(),
+        DataLayout.of(job.train, world, config["data_fingerprint"]),
+        job.train.resume_mismatch,
+        engine=engine_layout(deepspeed_config(job.train, job.scaling, world)),
+    )
+    if config["init_from"] and resume.checkpoint is None:  # a resumed run has its own weights
+        load_init_weights(model, config["registry"], config["init_from"])
+    resume.load_resized_weights(model)
+    if job.scaling.use_gpu:
+        model = model.to(ray.train.torch.get_device())
+    stepper = DeepSpeedStepper(model, job.train, job.scaling, world, job.train.max_steps)
+    resume.restore(stepper)
+    if rank == 0 and resume.checkpoint is not None:
+        print(resume.describe(), flush=True)
+    return stepper, resume
 
 
 def load_init_weights(model: torch.nn.Module, registry: str, ref: str) -> None:

@@ -480,16 +480,35 @@ class BertCollator:
             word_start=word_start,
             generator=self.generator,
         )
+        nsp = np.asarray(batch["next_sentence_label"], dtype=np.int64)
         return {
             "input_ids": inputs,
             "token_type_ids": types,
-            "attention_mask": attention,
+            # left out where nothing is padded: the model then takes the unmasked attention
+            # kernels without asking the device (`layers.padding_mask`)
+            **({} if bool(attention.all()) else {"attention_mask": attention}),
             "labels": labels,
-            "next_sentence_label": torch.as_tensor(
-                np.asarray(batch["next_sentence_label"], dtype=np.int64)
-            ),
+            **mlm_targets(labels),
+            # left out where no pair has one (`nsp: false`): the model then reports no NSP
+            **({"next_sentence_label": torch.as_tensor(nsp)} if (nsp >= 0).any() else {}),
             "original_ids": ids,
         }
+
+
+def mlm_targets(labels: torch.Tensor, multiple: int = 64) -> dict[str, torch.Tensor]:
+    """The predicted tokens as flat positions into the (B*T) batch and their labels, padded to a
+    multiple of `multiple` (label -100). Picking them on the host keeps `h[labels != -100]`
+    out of the model: on a GPU that boolean index waits for the device every micro-batch
+    (its size is data), a gather by these positions does not; the padding keeps the number of
+    shapes small for compiled models."""
+    flat = labels.flatten()
+    positions = torch.nonzero(flat != -100).flatten()
+    size = max(multiple, -(-positions.numel() // multiple) * multiple)
+    padded = torch.zeros(size, dtype=torch.long)
+    padded[: positions.numel()] = positions
+    targets = torch.full((size,), -100, dtype=torch.long)
+    targets[: positions.numel()] = flat[positions]
+    return {"mlm_positions": padded, "mlm_labels": targets}
 
 
 def causal_collate(batch: dict) -> dict[str, torch.Tensor]:

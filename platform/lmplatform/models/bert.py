@@ -189,34 +189,48 @@ class BertForPretraining(nn.Module):
         token_type_ids=None,
         labels=None,
         next_sentence_label=None,
+        mlm_positions=None,
+        mlm_labels=None,
         **_,
     ):
+        """Losses and metrics as device tensors. `mlm_positions` / `mlm_labels` (from the
+        collator, `data.pretraining.mlm_targets`) pick the predicted tokens without waiting for
+        the device; without them they are taken from `labels`."""
         h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, C)
         out: dict[str, torch.Tensor] = {}
         loss = h.new_zeros(())
-        if labels is not None:
+        if mlm_positions is None and labels is not None:
+            sel = (labels != -100).flatten()
+            mlm_positions, mlm_labels = sel.nonzero().flatten(), labels.flatten()[sel]
+        if mlm_positions is not None:
             # vocabulary logits only where a token is predicted (~15 %): the V-wide projection
             # is the most expensive matmul of a small BERT, so this is most of the speed-up
-            sel = labels != -100
-            t = self.mlm_ln(F.gelu(self.mlm_dense(h[sel])))  # (M, C)
-            # fused, chunked vocabulary projection + cross-entropy: no (M, V) logits tensor
+            picked = h.flatten(0, 1).index_select(0, mlm_positions)  # (M, C)
+            t = self.mlm_ln(F.gelu(self.mlm_dense(picked)))
+            # fused, chunked vocabulary projection + cross-entropy: no (M, V) logits tensor;
+            # padded positions (label -100) weigh nothing
             mlm_loss, mlm_acc = linear_cross_entropy(
-                t, self.bert.tok_emb.weight, self.mlm_bias, labels[sel]
+                t, self.bert.tok_emb.weight, self.mlm_bias, mlm_labels
             )
             loss = loss + mlm_loss
             out["mlm_loss"] = mlm_loss.detach()
             out["mlm_acc"] = mlm_acc
-            out["predicted_tokens"] = sel.sum().detach()
-        if next_sentence_label is not None and bool((next_sentence_label >= 0).any()):
-            nsp_logits = self.nsp(self.bert.pool(h))  # (B, 2)
-            nsp_loss = F.cross_entropy(
-                nsp_logits.float(), next_sentence_label.long(), ignore_index=-100
-            )
-            loss = loss + nsp_loss
-            out["nsp_loss"] = nsp_loss.detach()
-            out["nsp_acc"] = (nsp_logits.argmax(-1) == next_sentence_label).float().mean().detach()
+            out["predicted_tokens"] = (mlm_labels != -100).sum().detach()
+        if next_sentence_label is not None:
+            loss = loss + self._nsp(h, next_sentence_label, out)
         out["loss"] = loss
         return out
+
+    def _nsp(self, h: torch.Tensor, label: torch.Tensor, out: dict) -> torch.Tensor:
+        """Next-sentence loss over the pairs that have a label (-100: none), 0 where none has:
+        weighted, not tested with `.any()`, which would wait for the device."""
+        logits = self.nsp(self.bert.pool(h)).float()  # (B, 2)
+        has = label >= 0
+        per_pair = F.cross_entropy(logits, label.long().clamp(min=0), reduction="none")
+        n = has.sum().clamp(min=1)
+        out["nsp_loss"] = ((per_pair * has).sum() / n).detach()
+        out["nsp_acc"] = (((logits.argmax(-1) == label) & has).sum() / n).detach()
+        return (per_pair * has).sum() / n
 
     def flops_per_token(self, seq_len: int, mlm_fraction: float = 0.15) -> float:
         c = self.cfg

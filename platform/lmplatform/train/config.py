@@ -14,6 +14,9 @@ Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 CompileBackend = Literal["inductor", "aot_eager", "cudagraphs"]
 """torch.compile backends a config may name."""
 
+Precision = Literal["fp32", "bf16", "fp16"]
+"""A forward's arithmetic: fp32, or torch autocast to bf16 / fp16 over fp32 weights."""
+
 ResumeMismatch = Literal["error", "warn"]
 """What a resumed pretraining run does when its examples are not its checkpoint's."""
 
@@ -46,8 +49,10 @@ class TrainConfig(StrictModel):
     """AdamW betas."""
     clip_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm to this value (null: no clipping)."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Autocast precision; bf16 on CPUs with AVX-512 BF16/AMX and on Ampere+ GPUs."""
+    precision: Precision = "fp32"
+    """Forward precision: torch autocast to bf16 / fp16 over fp32 weights and gradients, with
+    and without DeepSpeed, on CPU and GPU alike; bf16 is fast on CPUs with AVX-512 BF16/AMX and
+    on Ampere+ GPUs, fp16 needs a GPU."""
     eval_every: int = Field(200, ge=1)
     """Steps between evaluations."""
     eval_batches: int = Field(20, ge=1)
@@ -126,8 +131,8 @@ class ScalingConfig(StrictModel):
 def check_train_on(train: TrainConfig, scaling: ScalingConfig) -> None:
     """The checks that span `train` and `scaling`, run by every job config that has both."""
     if train.precision == "fp16" and not scaling.use_gpu:
-        # the plain loop's loss scaler is CUDA-only and DeepSpeed refuses fp16 on most CPUs
-        # ("Type fp16 is not supported on your device"), once per worker restart
+        # fp16 needs loss scaling, which the plain loop runs on CUDA only; bf16 has fp32's
+        # range and needs none. Refused here, once, not in every worker at every restart
         raise ValueError(
             "train.precision=fp16 needs scaling.use_gpu=true (fp16 loss scaling runs on GPUs); "
             "on CPU use train.precision=bf16 or fp32"

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from lmplatform.train.config import ScalingConfig, TrainConfig
+from lmplatform.train.config import Precision, ScalingConfig, TrainConfig
 from lmplatform.train.loop import lr_lambda, param_groups
 
 
@@ -35,8 +35,7 @@ def deepspeed_config(train: TrainConfig, scaling: ScalingConfig, world_size: int
         "gradient_accumulation_steps": train.grad_accum_steps,
         "train_batch_size": train.batch_size * train.grad_accum_steps * world_size,
         "zero_optimization": zero,
-        "bf16": {"enabled": train.precision == "bf16"},
-        "fp16": {"enabled": train.precision == "fp16", "initial_scale_power": 16},
+        **precision_config(train.precision),
         "wall_clock_breakdown": False,
         "steps_per_print": 10**9,  # our loop prints progress
     }
@@ -54,6 +53,38 @@ def deepspeed_config(train: TrainConfig, scaling: ScalingConfig, world_size: int
             },
         }
     return cfg
+
+
+def precision_config(precision: Precision) -> dict:
+    """The engine's precision: DeepSpeed's `torch_autocast` section, never its `bf16` / `fp16` ones.
+
+    The engine enters `torch.autocast` itself, inside its forward, on its accelerator's device
+    (deepspeed/runtime/torch_autocast.py, `autocast_if_enabled`), so it is the same on CPU and
+    GPU, and it is what the plain-PyTorch path does (`loop.precision_context`): fp32 weights,
+    gradients and accumulation, 16-bit matmuls. DeepSpeed's `bf16` / `fp16` modes instead cast
+    the module's weights to 16 bits; the forward then ran bf16 LayerNorms and softmaxes, and it
+    met our model code's autocast handling only on CPU, where DeepSpeed does not see an outer
+    autocast (it checks CUDA's). fp16 gets a GradScaler from the engine (ZeRO-0) or its ZeRO
+    optimizer. Cost: weights and gradients take fp32 memory (ZeRO partitions the optimizer
+    state either way); ZeRO 1-3 still reduce `nn.Linear` gradients in 16 bits (DeepSpeed's
+    `lower_precision_safe_modules` default), ZeRO-0 reduces them in fp32."""
+    if precision == "fp32":
+        return {}
+    return {"torch_autocast": {"enabled": True, "dtype": precision}}
+
+
+def engine_layout(ds_config: dict) -> str:
+    """How a DeepSpeed engine of this config lays out its checkpoint's optimizer state: the ZeRO
+    stage and the precision mode. An engine loads only a checkpoint of its own layout (another
+    stage shards differently; DeepSpeed's `bf16` mode keeps its own fp32 master copy, and
+    writes `bf16_zero_*` files), so a resume compares the two (`worker_parts.Resume`)."""
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    for mode in ("bf16", "fp16"):  # the 16-bit-weights modes this platform used before
+        if ds_config.get(mode, {}).get("enabled"):
+            return f"ZeRO-{stage}, {mode} weights"
+    autocast = ds_config.get("torch_autocast", {})
+    dtype = autocast.get("dtype", "bf16") if autocast.get("enabled") else None
+    return f"ZeRO-{stage}, " + (f"{dtype} autocast" if dtype else "fp32")
 
 
 def _checkpoint_classes() -> list:
@@ -122,6 +153,13 @@ class DeepSpeedStepper:
             )
 
         self._lr_scale = groups[0].get("lr_scale", 1.0)
+        # ZeRO-0 without DeepSpeed's 16-bit modes keeps no gradient norm (it clips and drops
+        # it), so it is taken here, as the plain loop does, when clipping is on; under fp16
+        # the gradients are still loss-scaled at that point, so none is shown
+        self._own_norm = (
+            scaling.zero_stage == 0 and train.precision != "fp16" and bool(train.clip_grad_norm)
+        )
+        self._norm = None
 
         def scheduler(opt):
             return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train, total_steps))
@@ -139,11 +177,17 @@ class DeepSpeedStepper:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)
+        if self._own_norm and self.engine.is_gradient_accumulation_boundary():
+            # reduced across workers by now; the engine's step zeroes them
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            self._norm = torch.nn.utils.get_total_norm(grads)
         self.engine.step()
 
-    def step(self) -> float | None:
+    def step(self) -> torch.Tensor | float | None:
+        """The step's gradient norm, left where it is (a device tensor): the loop reads it
+        back with the other metrics, at its next log step."""
         norm = self.engine.get_global_grad_norm()
-        return None if norm is None else float(norm)
+        return self._norm if norm is None else norm
 
     @property
     def lr(self) -> float:

@@ -1,8 +1,9 @@
-"""The training loop: accumulation, warmup + decay, clipping, autocast, evaluation, progress.
+"""The training loop: accumulation, warmup + decay, clipping, precision, evaluation, progress.
 
 It is plain single-process PyTorch. Distribution is someone else's job: a Ray Train worker
 passes its own batch iterator and, with DeepSpeed, a `Stepper` that calls the engine; the loop
-itself does not change.
+itself does not change. The device is waited for only at the steps whose metrics someone
+reads (see `_Readback`), never per micro-batch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lmplatform.train.config import TrainConfig
+from lmplatform.train.config import Precision, TrainConfig
 from lmplatform.train.perf import format_eta
 
 
@@ -82,12 +83,13 @@ class TorchStepper:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self) -> float | None:
+    def step(self) -> torch.Tensor | None:
+        """One optimizer step; the gradient norm before clipping, left on the device."""
         norm = None
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.clip:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -111,11 +113,34 @@ class TorchStepper:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def autocast(precision: str, device: torch.device):
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _is_deepspeed_engine(model: nn.Module) -> bool:
+    return any(c.__name__ == "DeepSpeedEngine" for c in type(model).__mro__)
+
+
+def precision_context(
+    model: nn.Module, precision: Precision, device: torch.device, *, evaluating: bool = False
+) -> contextlib.AbstractContextManager:
+    """What a forward of `model` runs inside: the one rule for `train.precision`, which is
+    torch autocast to the 16-bit dtype over fp32 weights (fp32: nothing).
+
+    A plain module gets that autocast here. A DeepSpeed engine gets nothing around it: its
+    generated config's `torch_autocast` section (deepspeed_engine.precision_config) is the same
+    autocast, which the engine's forward enters itself. An autocast around an engine is what
+    split the paths: DeepSpeed switches it off inside the engine where it notices it (CUDA) but
+    not on CPU. Evaluation code may call an engine's bare module (task scorers need its
+    methods), which bypasses that forward: there the engine's own context is entered here."""
+    if _is_deepspeed_engine(model):
+        if not evaluating:
+            return contextlib.nullcontext()
+        from deepspeed.runtime.torch_autocast import autocast_if_enabled
+
+        return autocast_if_enabled(model)
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -126,6 +151,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def count_tokens(batch: dict) -> int:
+    """Real tokens in a batch: read it before it moves to the device (`int` of a device tensor
+    waits for the device)."""
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
     return int(batch["input_ids"].numel())
@@ -205,28 +232,86 @@ def _cycle(batches: Iterable[dict]) -> Iterator[dict]:
 
 def _accumulate(model, batches, stepper, cfg: TrainConfig, device, meter: _Meter) -> dict:
     """Forward and backward over `grad_accum_steps` micro-batches; their scalar outputs,
-    averaged."""
-    sums: dict[str, float] = {}
+    averaged, as tensors on the device (`_Readback` reads them when someone needs them)."""
+    sums: dict[str, torch.Tensor] = {}
     for _ in range(cfg.grad_accum_steps):
         t_data = time.perf_counter()
-        batch = to_device(next(batches), device)
+        host = next(batches)
+        batch = to_device(host, device)
         meter.data_wait += time.perf_counter() - t_data  # input-pipeline stalls
-        with autocast(cfg.precision, device):
+        with precision_context(model, cfg.precision, device):
             out = model(**batch)
         stepper.backward(out["loss"] / cfg.grad_accum_steps)
-        meter.add(batch)
+        meter.add(host)
         for k, v in out.items():
             if isinstance(v, torch.Tensor) and v.dim() == 0:
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum_steps
-    return sums
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v
+    return {k: v / cfg.grad_accum_steps for k, v in sums.items()}
+
+
+def _scalars(tensors: list[torch.Tensor]) -> list[float]:
+    """0-dim tensors as floats: one device-to-host copy per device, not one per value."""
+    out = [0.0] * len(tensors)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    for idx in by_device.values():
+        for i, v in zip(idx, torch.stack([tensors[i].float().reshape(()) for i in idx]).tolist()):
+            out[i] = v
+    return out
+
+
+class _Readback:
+    """Metrics of the steps since the last read, read back from the device together.
+
+    Reading a device tensor (`float`, `.item()`) waits for the device to finish all queued work,
+    which per micro-batch starves a GPU of queued kernels. So a step's metrics stay tensors
+    until a step whose metrics someone reads: a progress line, an evaluation, a checkpoint (the
+    caller's `on_step` saves on `checkpoint_every`), the first and the last. Then every pending
+    step's values become floats in place (in `FitResult.history` too), and a non-finite loss
+    stops the run naming its step, before any of those steps is saved or reported."""
+
+    def __init__(self, cfg: TrainConfig, first: int, last: int, evaluates: bool, name: str):
+        self.cfg, self.first, self.last, self.name = cfg, first, last, name
+        self.evaluates = evaluates
+        self.pending: list[tuple[int, dict, list[str]]] = []
+
+    def due(self, step: int) -> bool:
+        every = [self.cfg.log_every, self.cfg.checkpoint_every]
+        every += [self.cfg.eval_every] if self.evaluates else []
+        return step in (self.first, self.last) or any(step % n == 0 for n in every)
+
+    def add(self, step: int, metrics: dict, outputs: list[str]) -> None:
+        """`outputs`: the model's metrics among `metrics` (checked to be finite)."""
+        self.pending.append((step, metrics, outputs))
+        if self.due(step):
+            self.read()
+
+    def read(self) -> None:
+        places = [(m, k) for _, m, _ in self.pending for k, v in m.items() if torch.is_tensor(v)]
+        for (m, k), v in zip(places, _scalars([m[k].detach() for m, k in places])):
+            m[k] = v
+        pending, self.pending = self.pending, []
+        for step, m, outputs in pending:
+            sums = {k: m[k] for k in outputs}
+            if not all(math.isfinite(v) for v in sums.values()):
+                raise FloatingPointError(f"{self.name}: non-finite loss at step {step}: {sums}")
 
 
 def _evaluate(model, evaluate, cfg: TrainConfig, device, step: int) -> dict:
     model.eval()
-    with torch.no_grad(), autocast(cfg.precision, device):
+    with torch.no_grad(), precision_context(model, cfg.precision, device, evaluating=True):
         ev = {"step": step, **evaluate(model)}
     model.train()
     return ev
+
+
+def _log_eval(log, name: str, step: int, ev: dict) -> None:
+    shown = ", ".join(
+        f"{k} {v:.4g}" for k, v in ev.items() if k != "step" and isinstance(v, int | float)
+    )
+    log(f"[{name}] eval at step {step}: {shown}")
 
 
 def fit(
@@ -251,7 +336,9 @@ def fit(
     `batches` is any iterable of dicts of tensors (re-iterated when exhausted); the model returns
     a dict with `loss` and any scalar metrics (mlm_acc, nsp_acc, ppl…), which are averaged over
     the micro-batches and logged. `on_step` / `on_eval` let a caller report or checkpoint;
-    `log_evals=False` leaves printing evaluations to the caller.
+    `log_evals=False` leaves printing evaluations to the caller. The metrics `on_step` gets are
+    numbers at log, evaluation and checkpoint steps and at the first and last; at other steps
+    the model's metrics and `grad_norm` are still device tensors (see `_Readback`).
     """
     device = torch.device(device)
     stepper = stepper or TorchStepper(model, cfg, total_steps)
@@ -259,16 +346,16 @@ def fit(
         model.compile(backend=cfg.compile)
     stream = _cycle(batches)
     meter = _Meter(getattr(model, "flops_per_token", None), peak_flops, start_step, total_steps)
+    readback = _Readback(cfg, start_step + 1, total_steps, evaluate is not None, name)
     result = FitResult()
     model.train()
     for step in range(start_step + 1, total_steps + 1):
         sums = _accumulate(model, stream, stepper, cfg, device, meter)
-        if not all(math.isfinite(v) for v in sums.values()):
-            raise FloatingPointError(f"{name}: non-finite loss at step {step}: {sums}")
         grad_norm = stepper.step()
         metrics = {"step": step, **sums, "lr": stepper.lr, "tokens": meter.total_tokens}
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
+        readback.add(step, metrics, list(sums))
         if step % cfg.log_every == 0 or step == total_steps:
             metrics.update(meter.window(step))
             if log:
@@ -278,12 +365,7 @@ def fit(
             result.evals.append(ev)
             metrics.update({k: v for k, v in ev.items() if k != "step"})
             if log and log_evals:
-                shown = ", ".join(
-                    f"{k} {v:.4g}"
-                    for k, v in ev.items()
-                    if k != "step" and isinstance(v, int | float)
-                )
-                log(f"[{name}] eval at step {step}: {shown}")
+                _log_eval(log, name, step, ev)
             if on_eval:
                 on_eval(step, ev)
         result.history.append(metrics)

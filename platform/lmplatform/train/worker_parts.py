@@ -3,8 +3,9 @@
 - `DataLayout`: what a checkpoint's data position is counted in (batch size, accumulation, world
   size, the example set), saved with it and compared when a run resumes;
 - `Resume`: where a (re)started worker continues: step, tokens, data position, and whether the
-  world size changed since the checkpoint (elastic resize: DeepSpeed cannot re-partition ZeRO
-  optimizer state, so the engine starts from the consolidated fp32 weights instead);
+  world size or the engine's layout (ZeRO stage, precision mode) changed since the checkpoint
+  (DeepSpeed cannot re-partition ZeRO optimizer state nor load another mode's, so the engine
+  then starts from the consolidated fp32 weights instead);
 - `DataPosition`: the worker's shard of the examples as batches, skipping what a resumed run
   already saw, counting what the loop takes (the next resume position);
 - `RunLog`: rank 0's metrics.jsonl, TensorBoard and tracking run, in a local mirror of the run
@@ -20,6 +21,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,7 @@ import torch
 
 from lmplatform.config import ConfigError
 from lmplatform.train.config import ResumeMismatch, TrainConfig
-from lmplatform.train.deepspeed_engine import weights_only_loads
+from lmplatform.train.deepspeed_engine import engine_layout, weights_only_loads
 
 STATE = "train_state.json"
 TAG = "state"
@@ -116,6 +118,17 @@ def _new_examples(step: int, old: dict, new: dict, on_new_data: ResumeMismatch) 
     return f"the training examples changed ({change}): reading them from their start"
 
 
+def saved_engine_layout(checkpoint_dir: str | os.PathLike) -> str:
+    """The `engine_layout` of the DeepSpeed config a checkpoint was written with (DeepSpeed keeps
+    the config in its model-states file; memory-mapped, so its weights are not read)."""
+    files = sorted((Path(checkpoint_dir) / TAG).glob("*model_states.pt"))
+    if not files:
+        raise ValueError(f"{checkpoint_dir}: no DeepSpeed model states under {TAG}/")
+    with weights_only_loads(str(checkpoint_dir)):
+        states = torch.load(files[0], map_location="cpu", mmap=True)
+    return engine_layout(states.get("ds_config") or {})
+
+
 def newest_train_state(run_dir: str) -> dict | None:
     """The train state of a Ray Train run folder's newest checkpoint (by step): what a job
     started again under the same name resumes from. Reads no weights."""
@@ -143,20 +156,33 @@ class Resume:
     checkpoint: object = None  # ray.train.Checkpoint
     notes: list = field(default_factory=list)
     """What changed since the checkpoint, for the log."""
+    engine_change: str = ""
+    """The engine layout the checkpoint was written in -> this run's, where they differ."""
 
     @property
     def world(self) -> int:
         return self.layout.world_size
 
+    @property
+    def fresh_optimizer(self) -> bool:
+        """The checkpoint's optimizer state cannot be loaded: weights come from its merged
+        fp32 copy, AdamW starts afresh, the schedule and data position carry on."""
+        return self.resized or bool(self.engine_change)
+
     @classmethod
     def from_checkpoint(
-        cls, ckpt, layout: DataLayout, on_new_data: ResumeMismatch = "error"
+        cls, ckpt, layout: DataLayout, on_new_data: ResumeMismatch = "error", engine: str = ""
     ) -> Resume:
+        """`engine`: this run's `engine_layout`, compared with the checkpoint's."""
         if ckpt is None:
             return cls(layout, old_world=layout.world_size)
         with ckpt.as_directory() as d:
             state = json.loads((Path(d) / STATE).read_text())
-        return cls.from_state(state, layout, on_new_data, ckpt)
+            saved = saved_engine_layout(d)
+        resume = cls.from_state(state, layout, on_new_data, ckpt)
+        if engine and saved != engine:
+            resume.engine_change = f"{saved} -> {engine}"
+        return resume
 
     @classmethod
     def from_state(
@@ -176,27 +202,33 @@ class Resume:
         )
 
     def load_resized_weights(self, model: torch.nn.Module) -> None:
-        """After a resize, the weights come from the consolidated checkpoint (before the engine
-        exists, which then starts fresh optimizer state)."""
-        if self.resized:
+        """After a resize or a layout change, the weights come from the consolidated checkpoint
+        (before the engine exists, which then starts fresh optimizer state)."""
+        if self.fresh_optimizer:
             with self.checkpoint.as_directory() as d:
                 model.load_state_dict(consolidated_state_dict(d), strict=True)
 
     def restore(self, stepper) -> None:
         """Engine state (weights, optimizer, schedule) from the checkpoint; after a resize only
         the schedule, which continues where it was."""
-        if self.checkpoint is not None and not self.resized:
+        if self.checkpoint is not None and not self.fresh_optimizer:
             with self.checkpoint.as_directory() as d, weights_only_loads(str(d)):
                 stepper.engine.load_checkpoint(d, tag=TAG)
-        elif self.resized:
-            for _ in range(self.start_step):
-                stepper.scheduler.step()
+        elif self.fresh_optimizer:
+            with warnings.catch_warnings():  # stepped on purpose before any optimizer step
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                )
+                for _ in range(self.start_step):
+                    stepper.scheduler.step()
 
     def describe(self) -> str:
+        changes = [f"resized {self.old_world} -> {self.world} workers"] if self.resized else []
+        if self.engine_change:
+            changes.append(f"DeepSpeed layout {self.engine_change}")
         how = (
-            f"resized {self.old_world} -> {self.world} workers: weights, step and data position "
-            "kept, AdamW moments restarted"
-            if self.resized
+            f"{'; '.join(changes)}: weights, step and data position kept, AdamW moments restarted"
+            if changes
             else f"{self.batches_seen} batches per worker seen"
         )
         lines = [f"[pretrain] resumed from checkpoint at step {self.start_step} ({how})"]
@@ -287,7 +319,11 @@ class RunLog:
 
 class Reporter:
     """`on_step` of the loop: log lines to the run log, metric reports to Ray Train (throttled),
-    checkpoints every `checkpoint_every` steps and at the end."""
+    checkpoints every `checkpoint_every` steps and at the end.
+
+    It reads metrics only at the steps where the loop has read them back from the device
+    (first, log, evaluation, checkpoint, last: `loop._Readback`); at other steps they may
+    still be device tensors, which `float()` here would wait for."""
 
     def __init__(self, engine, train, total: int, world: int, rank: int, log: RunLog, data, resume):
         self.engine, self.train, self.total = engine, train, total
