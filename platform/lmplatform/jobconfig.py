@@ -28,9 +28,24 @@ from lmplatform.train.config import ScalingConfig, TrainConfig, check_train_on
 from lmplatform.tune.config import SEARCHABLE, LayerDecay, SearchConfig, SearchDim, Transfer
 
 
-def _check_tracking(tracking: TrackingConfig | None, output_dir: str) -> None:
-    if tracking is not None and tracking.backend == "mlflow":
-        mlflow_uri(tracking, output_dir)  # a remote output_dir needs tracking.uri
+class JobConfig(StrictModel):
+    """What every job config shares (pretraining, fine-tuning search, the pipeline): where it
+    writes, the registry it reads and writes, where it is tracked."""
+
+    output_dir: str = "runs"
+    """Local or shared folder (s3://…) for the job's outputs: run folders, checkpoints, plots,
+    reports; absolute under `ray job submit`."""
+    registry: str = "registry"
+    """Model registry root (local path or s3:// / gs:// URI)."""
+    tracking: TrackingConfig | None = None
+    """Log runs to MLflow or W&B (none: metrics.jsonl, TensorBoard and the registry only); a
+    search tags its promoted run with the registry version."""
+
+    @model_validator(mode="after")
+    def _check_tracking(self) -> JobConfig:
+        if self.tracking is not None and self.tracking.backend == "mlflow":
+            mlflow_uri(self.tracking, self.output_dir)  # a remote output_dir needs tracking.uri
+        return self
 
 
 def _check_model_ref(ref: str, what: str) -> None:
@@ -44,13 +59,9 @@ def _check_model_ref(ref: str, what: str) -> None:
         check_ref(ref, what)
 
 
-class PretrainJobConfig(StrictModel):
+class PretrainJobConfig(JobConfig):
     name: str = Name
     """Run name: checkpoints, resumption and the registry entry are keyed by it."""
-    output_dir: str = "runs"
-    """Local or shared folder for run outputs (tokenizer, shards, checkpoints, plots)."""
-    registry: str = "registry"
-    """Model registry root (local path or s3:// / gs:// URI)."""
     init_from: str | None = None
     """Continue pretraining a registered model, 'name[@version]', or a Hugging Face checkpoint,
     'hf:<folder or hub id>' (domain- or task-adaptive pretraining): its weights and tokenizer
@@ -68,14 +79,11 @@ class PretrainJobConfig(StrictModel):
     """Optimisation."""
     scaling: ScalingConfig = ScalingConfig()
     """Workers and ZeRO."""
-    tracking: TrackingConfig | None = None
-    """Log the run to MLflow or W&B (none: metrics.jsonl, TensorBoard and the registry only)."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PretrainJobConfig:
         if self.init_from is not None:
             _check_model_ref(self.init_from, "init_from")
-        _check_tracking(self.tracking, self.output_dir)
         check_train_on(self.train, self.scaling)
         if family(self.model).objective == "seq2seq":
             raise ValueError(
@@ -98,13 +106,9 @@ class PretrainJobConfig(StrictModel):
         return family(self.model).objective
 
 
-class FinetuneJobConfig(StrictModel):
+class FinetuneJobConfig(JobConfig):
     name: str = Name
     """Search name (Tune experiment)."""
-    output_dir: str = "runs"
-    """Where trial results and plots go."""
-    registry: str = "registry"
-    """Model registry root."""
     parent: str | None = None
     """Pretrained registry model 'name[@version]', or a Hugging Face BERT / GPT-2 checkpoint
     'hf:<folder or hub id>' (imported into the registry on first use); 'random:<either>' takes
@@ -133,8 +137,6 @@ class FinetuneJobConfig(StrictModel):
     """Hyperparameter search."""
     scaling: ScalingConfig = ScalingConfig()
     """Workers per trial."""
-    tracking: TrackingConfig | None = None
-    """Log every trial to MLflow or W&B; the promoted run is tagged with its registry version."""
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneJobConfig:
@@ -203,7 +205,6 @@ class FinetuneJobConfig(StrictModel):
         _check_model_ref(self.parent, "parent")
 
     def _check_common(self) -> FinetuneJobConfig:
-        _check_tracking(self.tracking, self.output_dir)
         check_train_on(self.train, self.scaling)
         if self.search.scheduler == "pbt" and self.trials_on_ray_train:
             raise ValueError(

@@ -20,8 +20,7 @@ from pydantic import Field
 
 from lmplatform import storage
 from lmplatform.config import StrictModel, load_config
-from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig, ServeConfig
-from lmplatform.tracking import TrackingConfig
+from lmplatform.jobconfig import FinetuneJobConfig, JobConfig, PretrainJobConfig, ServeConfig
 
 
 class StageRef(StrictModel):
@@ -31,13 +30,11 @@ class StageRef(StrictModel):
     """key=value overrides applied on top of it."""
 
 
-class PipelineConfig(StrictModel):
+class PipelineConfig(JobConfig):
+    """A whole pipeline; its `output_dir`, `registry` and `tracking` are every stage's."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     """Pipeline name: its state and report live in output_dir/<name>/."""
-    output_dir: str = "runs"
-    """Where every stage writes (a local path or s3://...); absolute under `ray job submit`."""
-    registry: str = "registry"
-    """Model registry root for every stage (absolute path or s3://...)."""
     pretrain: StageRef
     """Pretraining job config (jobs/configs/pretrain/*.yaml)."""
     tasks: list[StageRef] = Field(default_factory=list)
@@ -46,8 +43,6 @@ class PipelineConfig(StrictModel):
     """key=value overrides for every task (e.g. a quick run: search.num_samples=2)."""
     serve: StageRef | None = None
     """Serve config (serve/config.yaml) to deploy the promoted tasks with; null: no deployment."""
-    tracking: TrackingConfig | None = None
-    """MLflow / W&B tracking for every stage (pretraining and each search)."""
     examples: dict[str, list] = Field(default_factory=dict)
     """task -> example inputs, sent once the endpoints are up (printed and put in the report)."""
 

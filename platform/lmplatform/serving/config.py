@@ -30,6 +30,12 @@ class AutoscalingConfig(StrictModel):
         return self
 
 
+MAX_BATCH_SIZE = 16
+"""Dynamic batching: most inputs per model call, unless a serve config says otherwise."""
+BATCH_WAIT_S = 0.01
+"""Dynamic batching: longest wait for a batch to fill, unless a serve config says otherwise."""
+
+
 class ServeConfig(StrictModel):
     registry: str = "registry"
     """Model registry root the deployments load from."""
@@ -48,9 +54,9 @@ class ServeConfig(StrictModel):
     """Pretrained BERT 'name[@version]' for /v1/fill-mask."""
     generate_model: str | None = None
     """Pretrained GPT 'name[@version]' for /v1/generate."""
-    max_batch_size: int = Field(16, ge=1, le=4096)
+    max_batch_size: int = Field(MAX_BATCH_SIZE, ge=1, le=4096)
     """Dynamic batching: most inputs per model call."""
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+    batch_wait_timeout_s: float = Field(BATCH_WAIT_S, ge=0.0, le=10.0)
     """Dynamic batching: longest wait for a batch to fill."""
     compile: CompileBackend | None = None
     """torch.compile each task model with this backend (null: eager); shapes are dynamic, so a

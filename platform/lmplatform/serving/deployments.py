@@ -19,13 +19,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import ray
 from ray import serve
 
 from lmplatform.registry import Registry
 from lmplatform.serving.api import ApiError, Limits, make_app
-from lmplatform.serving.config import ServeConfig
+from lmplatform.serving.config import BATCH_WAIT_S, MAX_BATCH_SIZE, ServeConfig
 from lmplatform.serving.ingress import Ingress, raise_error
 from lmplatform.serving.predictors import (
     FillMaskPredictor,
@@ -190,7 +191,52 @@ def _describe(versions: dict[str, str | None]) -> str:
     return ", ".join(f"{t}@{v}" for t, v in versions.items())
 
 
-class TaskReplica:
+class _ModelDeployment:
+    """What every model deployment shares: the registry it serves from, its metrics, the dynamic
+    batch its `_batched` method collects (Serve's decorator takes constants; the serve config's
+    sizes are set here), and the answer to one request."""
+
+    def _setup(self, registry: str, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        self.reg = Registry(registry)
+        self.metrics = ServingMetrics()
+        self._batched.set_max_batch_size(max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def _pretrained(self, model: str, predictor: type):
+        """A pretrained model's predictor, `model` being 'name[@version]' in the registry."""
+        name, version = self.reg.resolve("pretrained", model)
+        return predictor(
+            self.reg.local_path("pretrained", name, version), ModelInfo(name=name, version=version)
+        )
+
+    async def _answer(
+        self,
+        metric: tuple[str, str],
+        ref: ModelInfo,
+        parse: Callable[[], list],
+        batched: Callable[[list], Awaitable],
+        task: str | None = None,
+    ) -> dict:
+        """One request: its inputs parsed (a 4xx body if bad), run in a dynamic batch, counted
+        under `metric` (task, version). A batch may answer a request with an error body."""
+        t0 = time.perf_counter()
+        try:
+            items = parse()
+        except InputError as e:
+            self.metrics.answered(*metric, False, t0)
+            return _error(e)
+        preds = await batched(items)
+        if isinstance(preds, dict):
+            return preds
+        self.metrics.answered(*metric, True, t0)
+        return {
+            **({"task": task} if task else {}),
+            "model": {"name": ref.name, "version": ref.version},
+            "predictions": preds,
+        }
+
+
+class TaskReplica(_ModelDeployment):
     """One task's best model. With one hop it is its own application's ingress and answers
     `POST /v1/predict/<task>` itself (`http`: the HTTP settings of make_app); otherwise the
     ingress calls `predict` through a handle."""
@@ -199,23 +245,20 @@ class TaskReplica:
         self,
         registry: str,
         task: str,
-        max_batch_size: int = 16,
-        batch_wait_timeout_s: float = 0.01,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        batch_wait_timeout_s: float = BATCH_WAIT_S,
         refresh_s: float = 2.0,
         compile: str | None = None,
         http: dict | None = None,
     ):
-        self.reg = Registry(registry)
+        self._setup(registry, max_batch_size, batch_wait_timeout_s)
         self.task = task
         self.compile = compile
         self.http = http or {}
         self.batches = self.batched_inputs = 0
-        self.metrics = ServingMetrics()
         self.predictor, self.start_error = load_serving(self.reg, task, compile)
         self.metrics.serving(task, self.predictor.ref.version)
         self._swap_lock = threading.Lock()
-        self._batched.set_max_batch_size(max_batch_size)
-        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.watcher = _Watcher(self.reg, [task], refresh_s, self._swap, self.metrics)
         if self.start_error:  # the best failed just now: the next try waits for the backoff
             self.watcher.failed({task: self.reg.best(task)}, RuntimeError(self.start_error))
@@ -280,22 +323,16 @@ class TaskReplica:
         }
 
     async def predict(self, inputs: list, options: dict | None = None) -> dict:
-        t0 = time.perf_counter()
         p = self.predictor  # this request is answered by this version, whatever swaps meanwhile
-        try:
-            items = p.parse(inputs, **(options or {}))
-        except InputError as e:
-            self.metrics.answered(self.task, p.ref.version, False, t0)
-            return _error(e)
-        preds = await self._batched((p, items))
-        self.metrics.answered(self.task, p.ref.version, True, t0)
-        return {
-            "task": self.task,
-            "model": {"name": p.ref.name, "version": p.ref.version},
-            "predictions": preds,
-        }
+        return await self._answer(
+            (self.task, p.ref.version),
+            p.ref,
+            lambda: p.parse(inputs, **(options or {})),
+            lambda items: self._batched((p, items)),
+            task=self.task,
+        )
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _batched(self, requests: list[tuple[TaskPredictor, list]]) -> list[list[dict]]:
         # requests of one batch normally share a version; around a swap they may not
         groups: dict[int, list[int]] = {}
@@ -367,28 +404,25 @@ class _OneTask:
 
 
 @serve.deployment(max_ongoing_requests=256)
-class SharedEncoderDeployment:
+class SharedEncoderDeployment(_ModelDeployment):
     """Frozen-feature tasks from one parent: one encoder forward per batch for all of them."""
 
     def __init__(
         self,
         registry: str,
         tasks: list[str],
-        max_batch_size: int = 16,
-        batch_wait_timeout_s: float = 0.01,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        batch_wait_timeout_s: float = BATCH_WAIT_S,
         refresh_s: float = 2.0,
     ):
-        self.reg = Registry(registry)
+        self._setup(registry, max_batch_size, batch_wait_timeout_s)
         self.tasks = list(tasks)
-        self.metrics = ServingMetrics()
         loaded = {t: load_serving(self.reg, t) for t in self.tasks}
         self.start_errors = {t: err for t, (_, err) in loaded.items() if err}
         self.group = SharedEncoder({t: p for t, (p, _) in loaded.items()})
         for t, p in self.group.predictors.items():
             self.metrics.serving(t, p.ref.version)
         self._swap_lock = threading.Lock()
-        self._batched.set_max_batch_size(max_batch_size)
-        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.watcher = _Watcher(self.reg, self.tasks, refresh_s, self._swap, self.metrics)
         if self.start_errors:  # a best failed just now: the next try waits for the backoff
             wanted = {t: self.reg.best(t) for t in self.tasks}
@@ -436,23 +470,17 @@ class SharedEncoderDeployment:
         }
 
     async def predict(self, task: str, inputs: list, options: dict | None = None) -> dict:
-        t0 = time.perf_counter()
-        group = self.group
+        group = self.group  # this request is answered by this group, whatever swaps meanwhile
         p = group.predictors[task]
-        try:
-            items = p.parse(inputs, **(options or {}))
-        except InputError as e:
-            self.metrics.answered(task, p.ref.version, False, t0)
-            return _error(e)
-        preds = await self._batched((group, task, items))
-        self.metrics.answered(task, p.ref.version, True, t0)
-        return {
-            "task": task,
-            "model": {"name": p.ref.name, "version": p.ref.version},
-            "predictions": preds,
-        }
+        return await self._answer(
+            (task, p.ref.version),
+            p.ref,
+            lambda: p.parse(inputs, **(options or {})),
+            lambda items: self._batched((group, task, items)),
+            task=task,
+        )
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _batched(self, requests: list[tuple[SharedEncoder, str, list]]) -> list[list[dict]]:
         groups: dict[int, list[int]] = {}
         for i, (g, _, _) in enumerate(requests):
@@ -476,42 +504,33 @@ class SharedEncoderDeployment:
 
 
 @serve.deployment(max_ongoing_requests=128)
-class FillMaskDeployment:
+class FillMaskDeployment(_ModelDeployment):
+    """A pretrained BERT's masked-token predictions, batched across requests."""
+
     def __init__(
         self,
         registry: str,
         model: str,
-        max_batch_size: int = 16,
-        batch_wait_timeout_s: float = 0.01,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        batch_wait_timeout_s: float = BATCH_WAIT_S,
     ):
-        reg = Registry(registry)
-        name, version = reg.resolve("pretrained", model)
-        self.p = FillMaskPredictor(
-            reg.local_path("pretrained", name, version), ModelInfo(name=name, version=version)
-        )
-        self.metrics = ServingMetrics()
-        self.metrics.serving("fill-mask", f"{name}@{version}")
-        self._batched.set_max_batch_size(max_batch_size)
-        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._setup(registry, max_batch_size, batch_wait_timeout_s)
+        self.p = self._pretrained(model, FillMaskPredictor)
+        self.version = f"{self.p.ref.name}@{self.p.ref.version}"
+        self.metrics.serving("fill-mask", self.version)
 
     async def predict(self, inputs: list[str], top_k: int) -> dict:
-        t0, version = time.perf_counter(), f"{self.p.ref.name}@{self.p.ref.version}"
-        try:
-            items = self.p.parse(inputs)
-        except InputError as e:
-            self.metrics.answered("fill-mask", version, False, t0)
-            return _error(e)
-        preds = await self._batched((items, top_k))
-        self.metrics.answered("fill-mask", version, True, t0)
-        return {
-            "model": {"name": self.p.ref.name, "version": self.p.ref.version},
-            "predictions": preds,
-        }
+        return await self._answer(
+            ("fill-mask", self.version),
+            self.p.ref,
+            lambda: self.p.parse(inputs),
+            lambda items: self._batched((items, top_k)),
+        )
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _batched(self, requests: list[tuple[list, int]]) -> list[list[dict]]:
         flat = [it for items, _ in requests for it in items]
-        self.metrics.model_call("fill-mask", f"{self.p.ref.name}@{self.p.ref.version}", len(flat))
+        self.metrics.model_call("fill-mask", self.version, len(flat))
         k = max(t for _, t in requests)  # one top-k for the batch, cut per request below
         preds = await _run(False, self.p.predict, flat, k)
         out, i = [], 0
@@ -547,7 +566,7 @@ class _Deadline:
 
 
 @serve.deployment(max_ongoing_requests=64)
-class GenerateDeployment:
+class GenerateDeployment(_ModelDeployment):
     """A pretrained GPT: continuations batched across requests that ask the same (length,
     temperature, top-k, stop), or one streamed token by token. Work stops between two decoding
     steps once its requests timed out or were cancelled, and requests interleave step by step
@@ -557,22 +576,16 @@ class GenerateDeployment:
         self,
         registry: str,
         model: str,
-        max_batch_size: int = 16,
-        batch_wait_timeout_s: float = 0.01,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        batch_wait_timeout_s: float = BATCH_WAIT_S,
         timeout_s: float = 30.0,
     ):
-        reg = Registry(registry)
-        name, version = reg.resolve("pretrained", model)
-        self.p = GeneratePredictor(
-            reg.local_path("pretrained", name, version), ModelInfo(name=name, version=version)
-        )
-        self.version = f"{name}@{version}"
+        self._setup(registry, max_batch_size, batch_wait_timeout_s)
+        self.p = self._pretrained(model, GeneratePredictor)
+        self.version = f"{self.p.ref.name}@{self.p.ref.version}"
         self.timeout_s = timeout_s
         self.stopped = 0  # generate calls given up (timed out or cancelled)
-        self.metrics = ServingMetrics()
         self.metrics.serving("generate", self.version)
-        self._batched.set_max_batch_size(max_batch_size)
-        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     async def predict(
         self,
@@ -582,30 +595,25 @@ class GenerateDeployment:
         top_k: int | None,
         stop: list[str] | None = None,
     ) -> dict:
-        t0 = time.perf_counter()
-        try:
-            items = self.p.parse(inputs)
-        except InputError as e:
-            self.metrics.answered("generate", self.version, False, t0)
-            return _error(e)
         params = (max_new_tokens, temperature, top_k, tuple(stop or ()))
-        deadline = _Deadline(self.timeout_s)
-        try:
-            preds = await self._batched((items, params, deadline))
-        except asyncio.CancelledError:  # the caller gave up (504, disconnect): so does the work
-            deadline.cancelled.set()
-            raise
-        if isinstance(preds, dict):
-            return preds
-        self.metrics.answered("generate", self.version, True, t0)
-        return {
-            "model": {"name": self.p.ref.name, "version": self.p.ref.version},
-            "predictions": preds,
-        }
+
+        async def batched(items: list):
+            deadline = _Deadline(self.timeout_s)
+            try:
+                return await self._batched((items, params, deadline))
+            except asyncio.CancelledError:  # the caller gave up (504, disconnect): so does the work
+                deadline.cancelled.set()
+                raise
+
+        return await self._answer(
+            ("generate", self.version), self.p.ref, lambda: self.p.parse(inputs), batched
+        )
 
     # several batches at once: each runs in its own thread, step by step under the model lock,
     # so a new request's batch starts while a long one is still decoding
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=4)
+    @serve.batch(
+        max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S, max_concurrent_batches=4
+    )
     async def _batched(self, requests: list[tuple[list, tuple, _Deadline]]) -> list:
         groups: dict[tuple, list[int]] = {}  # one generate call per set of parameters
         for i, (_, params, _) in enumerate(requests):
