@@ -278,51 +278,15 @@ def export_checkpoint(
     """Export any checkpoint of a run (a local folder or a URI; ZeRO shards merged to fp32) into
     the registry. Returns (name, version, the version's location)."""
     from lmplatform import tracking
-    from lmplatform.config import save_resolved
-    from lmplatform.models.io import save_pretrained
-    from lmplatform.plots import loss_curve, read_jsonl
     from lmplatform.registry import Registry
 
     with tempfile.TemporaryDirectory() as td:
         if not storage.is_local(checkpoint):
             checkpoint = storage.download(checkpoint, Path(td) / "checkpoint")
-        d = Path(checkpoint)
-        if not (d / STATE).is_file():
-            raise FileNotFoundError(f"{source or d}: not a pretraining checkpoint (no {STATE})")
-        state = consolidated_state_dict(d)
-        train_state = json.loads((d / STATE).read_text())
-        model = build_pretraining_model(
-            job.model.model_copy(update={"vocab_size": prepared.vocab_size})
-        )
-        model.load_state_dict(state, strict=True)
+        model, train_state = _checkpoint_model(job, prepared, Path(checkpoint), source)
         out = Path(td) / f"export-step{train_state['step']}"
-        save_pretrained(model, out, tokenizer=prepared.tokenizer_path)
-        save_resolved(job, out)
-        history = read_jsonl(storage.join(prepared.run_dir, "metrics.jsonl"))
-        loss_curve(
-            history,
-            storage.join(prepared.run_dir, "loss_curve.png"),
-            title=f"{job.name} ({job.model.family}-{job.model.size})",
-        )
-        metadata = {
-            "kind": "pretrained",
-            "family": job.model.family,
-            "size": job.model.size,
-            "lineage": {
-                "corpus": job.corpus.source.describe(),
-                "corpus_fingerprint": prepared.corpus_fingerprint,
-                "tokenizer_hash": prepared.tokenizer_hash,
-                "examples_key": prepared.manifest["key"],
-                "init_from": prepared.init_from,
-                "checkpoint": source or str(checkpoint),
-                "steps": train_state["step"],
-                "tokens_seen": train_state["tokens"],
-                "workers": job.scaling.num_workers,
-                "zero_stage": job.scaling.zero_stage,
-            },
-            "metrics": metrics or {},
-            "config": job.model_dump(mode="json"),
-        }
+        _save_model_folder(job, prepared, model, out)
+        metadata = _export_metadata(job, prepared, train_state, source or str(checkpoint), metrics)
         run = tracking.find_run(
             job.tracking, job.output_dir, job.name, {"lmplatform.run_dir": prepared.run_dir}
         )
@@ -332,3 +296,57 @@ def export_checkpoint(
         version = reg.publish("pretrained", job.name, out, metadata)
     tracking.tag_run(run, f"pretrained/{job.name}@{version}", reg.uri)
     return job.name, version, reg.location("pretrained", job.name, version)
+
+
+def _checkpoint_model(job: PretrainJobConfig, prepared, d: Path, source: str | None):
+    """The run's model with a checkpoint's weights (ZeRO shards merged), and its train state."""
+    if not (d / STATE).is_file():
+        raise FileNotFoundError(f"{source or d}: not a pretraining checkpoint (no {STATE})")
+    state = consolidated_state_dict(d)
+    train_state = json.loads((d / STATE).read_text())
+    model = build_pretraining_model(
+        job.model.model_copy(update={"vocab_size": prepared.vocab_size})
+    )
+    model.load_state_dict(state, strict=True)
+    return model, train_state
+
+
+def _save_model_folder(job: PretrainJobConfig, prepared, model: torch.nn.Module, out: Path):
+    """The model folder (weights, tokenizer, resolved job config), and the run's loss curve."""
+    from lmplatform.config import save_resolved
+    from lmplatform.models.io import save_pretrained
+    from lmplatform.plots import loss_curve, read_jsonl
+
+    save_pretrained(model, out, tokenizer=prepared.tokenizer_path)
+    save_resolved(job, out)
+    history = read_jsonl(storage.join(prepared.run_dir, "metrics.jsonl"))
+    loss_curve(
+        history,
+        storage.join(prepared.run_dir, "loss_curve.png"),
+        title=f"{job.name} ({job.model.family}-{job.model.size})",
+    )
+
+
+def _export_metadata(
+    job: PretrainJobConfig, prepared, train_state: dict, checkpoint: str, metrics: dict | None
+) -> dict:
+    """The registry's metadata.json: what the model is, where it came from, how it scored."""
+    return {
+        "kind": "pretrained",
+        "family": job.model.family,
+        "size": job.model.size,
+        "lineage": {
+            "corpus": job.corpus.source.describe(),
+            "corpus_fingerprint": prepared.corpus_fingerprint,
+            "tokenizer_hash": prepared.tokenizer_hash,
+            "examples_key": prepared.manifest["key"],
+            "init_from": prepared.init_from,
+            "checkpoint": checkpoint,
+            "steps": train_state["step"],
+            "tokens_seen": train_state["tokens"],
+            "workers": job.scaling.num_workers,
+            "zero_stage": job.scaling.zero_stage,
+        },
+        "metrics": metrics or {},
+        "config": job.model_dump(mode="json"),
+    }

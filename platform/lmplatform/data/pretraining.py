@@ -147,9 +147,7 @@ class BertPairBuilder:
         NotNext share above 50 %; here a one-sentence chunk is split inside the sentence instead.
         """
         cfg = self.cfg
-        target = max_tokens
-        if rng.random() < cfg.short_seq_prob:
-            target = rng.randint(2, max_tokens)
+        target = _target_length(max_tokens, cfg.short_seq_prob, rng)
         chunk: list[list[int]] = []
         length = 0
         i = 0
@@ -157,45 +155,72 @@ class BertPairBuilder:
             chunk.append(doc[i])
             length += len(doc[i])
             if i == len(doc) - 1 or length >= target:
-                if chunk:
-                    if not cfg.nsp:
-                        a = [t for s in chunk for t in s][:max_tokens]
-                        yield a, [], False
-                    else:
-                        if len(chunk) >= 2:
-                            a_end = rng.randint(1, len(chunk) - 1)
-                            a_sents, rest = chunk[:a_end], chunk[a_end:]
-                        else:
-                            toks = chunk[0]
-                            if len(toks) < 2:
-                                chunk, length, i = [], 0, i + 1
-                                continue
-                            cut = rng.randint(1, len(toks) - 1)
-                            a_sents, rest = [toks[:cut]], [toks[cut:]]
-                        a = [t for s in a_sents for t in s]
-                        is_random = bool(others) and rng.random() < cfg.nsp_random_prob
-                        if is_random:
-                            other = rng.choice(others)
-                            target_b = max(1, target - len(a))
-                            start = rng.randint(0, len(other) - 1)
-                            b: list[int] = []
-                            for s in other[start:]:
-                                b += s
-                                if len(b) >= target_b:
-                                    break
-                            # the unused sentences of this chunk are not wasted: go back to them
-                            if len(chunk) >= 2:
-                                i -= len(rest)
-                        else:
-                            b = [t for s in rest for t in s]
-                        a, b = _truncate_pair(a, b, max_tokens, rng)
-                        if a and b:
-                            yield a, b, is_random
+                if not cfg.nsp:
+                    yield [t for s in chunk for t in s][:max_tokens], [], False
+                else:
+                    pair = self._nsp_pair(chunk, others, target, max_tokens, rng)
+                    if pair is None:  # a lone one-token sentence: no pair, and no new target
+                        chunk, length, i = [], 0, i + 1
+                        continue
+                    a, b, is_random, give_back = pair
+                    i -= give_back  # the unused sentences of this chunk are not wasted
+                    if a and b:
+                        yield a, b, is_random
                 chunk, length = [], 0
-                target = (
-                    max_tokens if rng.random() >= cfg.short_seq_prob else rng.randint(2, max_tokens)
-                )
+                target = _target_length(max_tokens, cfg.short_seq_prob, rng)
             i += 1
+
+    def _nsp_pair(
+        self,
+        chunk: list[list[int]],
+        others: list[list[list[int]]],
+        target: int,
+        max_tokens: int,
+        rng: random.Random,
+    ):
+        """A chunk's (A, B, B is random, sentences to give back), or None for a chunk of one
+        one-token sentence. A random B leaves the chunk's own B sentences unused: the caller
+        goes back to them."""
+        if len(chunk) >= 2:
+            a_end = rng.randint(1, len(chunk) - 1)
+            a_sents, rest = chunk[:a_end], chunk[a_end:]
+        else:
+            toks = chunk[0]
+            if len(toks) < 2:
+                return None
+            cut = rng.randint(1, len(toks) - 1)
+            a_sents, rest = [toks[:cut]], [toks[cut:]]
+        a = [t for s in a_sents for t in s]
+        is_random = bool(others) and rng.random() < self.cfg.nsp_random_prob
+        give_back = 0
+        if is_random:
+            b = _segment_from(rng.choice(others), max(1, target - len(a)), rng)
+            # a sentence split in two cannot be given back, only whole sentences
+            give_back = len(rest) if len(chunk) >= 2 else 0
+        else:
+            b = [t for s in rest for t in s]
+        a, b = _truncate_pair(a, b, max_tokens, rng)
+        return a, b, is_random, give_back
+
+
+def _target_length(max_tokens: int, short_seq_prob: float, rng: random.Random) -> int:
+    """Tokens a chunk aims for: mostly the most that fit, sometimes fewer, so the model also
+    sees short inputs."""
+    if rng.random() < short_seq_prob:
+        return rng.randint(2, max_tokens)
+    return max_tokens
+
+
+def _segment_from(doc: list[list[int]], target: int, rng: random.Random) -> list[int]:
+    """A random B: whole sentences of another document from a random one on, until `target`
+    tokens."""
+    start = rng.randint(0, len(doc) - 1)
+    b: list[int] = []
+    for s in doc[start:]:
+        b += s
+        if len(b) >= target:
+            break
+    return b
 
 
 def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Random):

@@ -104,6 +104,104 @@ def greedy(
     return Generated(tokens=out, truncated=[not e for e in ended])
 
 
+Hypothesis = tuple[float, list[int], bool]
+"""A finished hypothesis: its score, its tokens (no start token, no EOS), and whether it was cut
+at the length limit."""
+
+
+@dataclass
+class _Beams:
+    """Every row's K beams and its finished hypotheses. Row b*K + k of `seqs` (and of the decoder
+    cache) is beam k of source row b."""
+
+    seqs: torch.Tensor  # (B*K, T): the start token, then the tokens so far
+    scores: torch.Tensor  # (B, K): summed log-probabilities, -inf for a beam that is not live
+    cache: DecoderCache | None
+    K: int
+    length_penalty: float
+    eos: int
+    pad: int
+    finished: list[list[Hypothesis]]
+    done: list[bool]
+
+    @classmethod
+    def start(cls, cfg, B: int, K: int, length_penalty: float, use_cache: bool, device) -> _Beams:
+        seqs = torch.full((B * K, 1), cfg.bos_token_id, dtype=torch.long, device=device)
+        scores = torch.full((B, K), float("-inf"), device=device)
+        scores[:, 0] = 0.0  # one live beam at the start: the others would only duplicate it
+        cache = DecoderCache() if use_cache else None
+        finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+        eos, pad = cfg.eos_token_id, cfg.pad_token_id
+        return cls(seqs, scores, cache, K, length_penalty, eos, pad, finished, [False] * B)
+
+    def choose(self, logp: torch.Tensor, n: int, limit: list[int]) -> list[tuple[int, int, float]]:
+        """Extend every beam by the `n`th token: finish the hypotheses that end here, and return
+        the (row, token, score) of the K beams each row keeps (B*K in all; a done row's are
+        padding at -inf)."""
+        B, K, V = len(self.done), self.K, logp.shape[-1]
+        cand = (self.scores.view(-1, 1) + logp).view(B, K * V)
+        top_scores, top_idx = cand.topk(2 * K, dim=1)  # 2K: K live beams even if K end in EOS
+        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+        kept: list[tuple[int, int, float]] = []
+        for b in range(B):
+            live: list[tuple[int, int, float]] = []
+            if not self.done[b]:
+                live = self._live(b, top_scores[b], top_idx[b], V, n)
+                self._close_if_complete(b, live, n, limit[b])
+            if self.done[b] or not live:
+                live = [(b * K, self.pad, float("-inf"))] * K
+            kept += live + [live[-1][:2] + (float("-inf"),)] * (K - len(live))
+        return kept
+
+    def _live(self, b: int, scores: list[float], idx: list[int], V: int, n: int):
+        """Row b's candidates, best first: up to K that go on; those ending in EOS among the top
+        K are finished."""
+        K = self.K
+        live: list[tuple[int, int, float]] = []
+        for rank, (s, i) in enumerate(zip(scores, idx)):
+            beam, tok = divmod(i, V)
+            if s == float("-inf"):
+                break
+            if tok == self.eos:
+                if rank < K:
+                    self._finish(b, self.seqs[b * K + beam, 1:].tolist(), s, n, False)
+            else:
+                live.append((b * K + beam, tok, s))
+            if len(live) == K:
+                break
+        return live
+
+    def _close_if_complete(self, b: int, live: list, n: int, limit: int) -> None:
+        if len(self.finished[b]) >= self.K:
+            self.done[b] = True
+        elif n >= limit:
+            # out of room: the open beams end here, with their new token
+            for row, tok, s in live:
+                self._finish(b, self.seqs[row, 1:].tolist() + [tok], s, n, True)
+            self.done[b] = True
+
+    def _finish(self, b: int, toks: list[int], score: float, n: int, truncated: bool) -> None:
+        self.finished[b].append((score / (n**self.length_penalty), toks, truncated))
+
+    def advance(self, kept: list[tuple[int, int, float]]) -> None:
+        """Continue from the kept beams (rows reordered, the decoder cache with them)."""
+        dev = self.seqs.device
+        index = torch.tensor([row for row, _, _ in kept], device=dev)
+        toks = torch.tensor([tok for _, tok, _ in kept], device=dev)
+        self.seqs = torch.cat([self.seqs.index_select(0, index), toks[:, None]], 1)
+        self.scores = torch.tensor([s for _, _, s in kept], device=dev).view(-1, self.K)
+        if self.cache is not None:
+            self.cache.reorder(index)
+
+    def best(self) -> Generated:
+        tokens, truncated = [], []
+        for hyps in self.finished:
+            _, toks, cut = max(hyps, key=lambda h: h[0])
+            tokens.append(toks)
+            truncated.append(cut)
+        return Generated(tokens=tokens, truncated=truncated)
+
+
 @torch.no_grad()
 def beam_search(
     model: Transformer,
@@ -121,79 +219,19 @@ def beam_search(
     truncated). The best finished hypothesis per row is returned. `num_beams=1` is greedy."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    cfg, K = model.cfg, num_beams
-    B, dev = input_ids.shape[0], input_ids.device
+    K, B = num_beams, input_ids.shape[0]
     limit = length_limits(model, attention_mask, limits)
     memory, mask = model.encode_source(input_ids, attention_mask)
     memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, H): row b*K + k is beam k of b
     mask = mask.repeat_interleave(K, dim=0) if mask is not None else None
-    cache = DecoderCache() if use_cache else None
-    seqs = torch.full((B * K, 1), cfg.bos_token_id, dtype=torch.long, device=dev)
-    scores = torch.full((B, K), float("-inf"), device=dev)
-    scores[:, 0] = 0.0  # one live beam at the start: the others would only duplicate it
-    finished: list[list[tuple[float, list[int], bool]]] = [[] for _ in range(B)]
-    done = [False] * B
-
-    def finish(b: int, row: int, score: float, n: int, truncated: bool) -> None:
-        toks = seqs[row, 1:].tolist()
-        finished[b].append((score / (n**length_penalty), toks, truncated))
-
+    beams = _Beams.start(model.cfg, B, K, length_penalty, use_cache, input_ids.device)
     for step in range(max(limit)):
-        logp = _step_logprobs(model, seqs, memory, mask, cache)  # (B*K, V)
-        V = logp.shape[-1]
-        cand = (scores.view(-1, 1) + logp).view(B, K * V)
-        top_scores, top_idx = cand.topk(2 * K, dim=1)  # 2K: K live beams even if K end in EOS
-        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
-        keep_rows, keep_toks, keep_scores = [], [], []
-        for b in range(B):
-            live: list[tuple[int, int, float]] = []
-            if not done[b]:
-                for rank, (s, i) in enumerate(zip(top_scores[b], top_idx[b])):
-                    beam, tok = divmod(i, V)
-                    if s == float("-inf"):
-                        break
-                    if tok == cfg.eos_token_id:
-                        if rank < K:
-                            finish(b, b * K + beam, s, step + 1, False)
-                    else:
-                        live.append((b * K + beam, tok, s))
-                    if len(live) == K:
-                        break
-                if len(finished[b]) >= K:
-                    done[b] = True
-                elif step + 1 >= limit[b]:
-                    # out of room: the open beams end here, with their new token
-                    for row, tok, s in live:
-                        finished[b].append(
-                            (
-                                s / ((step + 1) ** length_penalty),
-                                seqs[row, 1:].tolist() + [tok],
-                                True,
-                            )
-                        )
-                    done[b] = True
-            if done[b] or not live:
-                live = [(b * K, cfg.pad_token_id, float("-inf"))] * K
-            live += [live[-1][:2] + (float("-inf"),)] * (K - len(live))
-            for row, tok, s in live:
-                keep_rows.append(row)
-                keep_toks.append(tok)
-                keep_scores.append(s)
-        if all(done):
+        logp = _step_logprobs(model, beams.seqs, memory, mask, beams.cache)  # (B*K, V)
+        kept = beams.choose(logp, step + 1, limit)
+        if all(beams.done):
             break
-        index = torch.tensor(keep_rows, device=dev)
-        seqs = torch.cat(
-            [seqs.index_select(0, index), torch.tensor(keep_toks, device=dev)[:, None]], 1
-        )
-        scores = torch.tensor(keep_scores, device=dev).view(B, K)
-        if cache is not None:
-            cache.reorder(index)
-    tokens, truncated = [], []
-    for hyps in finished:
-        _, toks, cut = max(hyps, key=lambda h: h[0])
-        tokens.append(toks)
-        truncated.append(cut)
-    return Generated(tokens=tokens, truncated=truncated)
+        beams.advance(kept)
+    return beams.best()
 
 
 def generate(

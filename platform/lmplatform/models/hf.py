@@ -19,6 +19,8 @@ it transformers refuses), and the biLM gets a model type that transformers does 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -255,8 +257,6 @@ def hf_config(model: nn.Module, labels: list[str] | None, specials: dict[str, in
     if isinstance(model, Transformer):
         return _marian_config(model)
     enc = model.encoder if isinstance(model, TaskModel) else encoder_of(model)
-    c = enc.cfg
-    pad = specials.get("pad")
     if isinstance(enc, BiLM):
         return {
             "model_type": "lmplatform_bilm",
@@ -264,59 +264,84 @@ def hf_config(model: nn.Module, labels: list[str] | None, specials: dict[str, in
             "_note": "the ELMo-style biLM has no transformers counterpart: load it with "
             "lmplatform.models.io.from_pretrained",
         }
-    if isinstance(enc, BertEncoder):
-        hf = {
-            "model_type": "bert",
-            "vocab_size": c.vocab_size,
-            "hidden_size": c.hidden_size,
-            "num_hidden_layers": c.num_layers,
-            "num_attention_heads": c.num_heads,
-            "intermediate_size": c.intermediate_size,
-            "hidden_act": "gelu",
-            "hidden_dropout_prob": c.dropout,
-            "attention_probs_dropout_prob": c.attention_dropout,
-            "max_position_embeddings": c.max_seq_len,
-            "type_vocab_size": c.type_vocab_size,
-            "initializer_range": c.initializer_range,
-            "layer_norm_eps": c.layer_norm_eps,
-            "position_embedding_type": "absolute",
-            "pad_token_id": pad if pad is not None else 0,
-            "tie_word_embeddings": True,
-        }
-        arch = "Bert"
-    else:
-        eot = specials.get("eot")
-        hf = {
-            "model_type": "gpt2",
-            "vocab_size": c.vocab_size,
-            "n_embd": c.hidden_size,
-            "n_layer": c.num_layers,
-            "n_head": c.num_heads,
-            "n_inner": c.intermediate_size,
-            "n_positions": c.max_seq_len,
-            "activation_function": "gelu_new",
-            "resid_pdrop": c.dropout,
-            "embd_pdrop": c.dropout,
-            "attn_pdrop": c.dropout,
-            "layer_norm_epsilon": c.layer_norm_eps,
-            "initializer_range": c.initializer_range,
-            "bos_token_id": eot,
-            "eos_token_id": eot,
-            "pad_token_id": pad,
-            "tie_word_embeddings": True,
-        }
-        arch = "GPT2"
+    family = _HF_ENCODERS[enc.cfg.family]
+    hf = family.config(enc.cfg, specials)
     if not isinstance(model, TaskModel):
-        hf["architectures"] = ["BertForPreTraining" if arch == "Bert" else "GPT2LMHeadModel"]
+        hf["architectures"] = [family.pretraining]
         return hf
+    return _task_config(hf, model, labels, family.arch)
+
+
+def _bert_config(c: BertConfig, specials: dict[str, int | None]) -> dict:
+    pad = specials.get("pad")
+    return {
+        "model_type": "bert",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "intermediate_size": c.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": c.dropout,
+        "attention_probs_dropout_prob": c.attention_dropout,
+        "max_position_embeddings": c.max_seq_len,
+        "type_vocab_size": c.type_vocab_size,
+        "initializer_range": c.initializer_range,
+        "layer_norm_eps": c.layer_norm_eps,
+        "position_embedding_type": "absolute",
+        "pad_token_id": pad if pad is not None else 0,
+        "tie_word_embeddings": True,
+    }
+
+
+def _gpt2_config(c: GPTConfig, specials: dict[str, int | None]) -> dict:
+    eot = specials.get("eot")
+    return {
+        "model_type": "gpt2",
+        "vocab_size": c.vocab_size,
+        "n_embd": c.hidden_size,
+        "n_layer": c.num_layers,
+        "n_head": c.num_heads,
+        "n_inner": c.intermediate_size,
+        "n_positions": c.max_seq_len,
+        "activation_function": "gelu_new",
+        "resid_pdrop": c.dropout,
+        "embd_pdrop": c.dropout,
+        "attn_pdrop": c.dropout,
+        "layer_norm_epsilon": c.layer_norm_eps,
+        "initializer_range": c.initializer_range,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "pad_token_id": specials.get("pad"),
+        "tie_word_embeddings": True,
+    }
+
+
+@dataclass(frozen=True)
+class _HfEncoder:
+    arch: str
+    """transformers' class-name prefix (`BertFor…`, `GPT2For…`)."""
+    pretraining: str
+    """transformers' class for the family's pretraining model."""
+    config: Callable[..., dict]
+    """(our encoder config, special-token ids) -> config.json without labels or classes."""
+
+
+_HF_ENCODERS = {  # our family -> its transformers counterpart
+    "bert": _HfEncoder("Bert", "BertForPreTraining", _bert_config),
+    "gpt": _HfEncoder("GPT2", "GPT2LMHeadModel", _gpt2_config),
+}
+
+
+def _task_config(hf: dict, model: TaskModel, labels: list[str] | None, arch: str) -> dict:
+    """The encoder's config completed with the task's labels and the class of its head."""
     names = labels or [f"LABEL_{i}" for i in range(model.num_labels)]
     hf["id2label"] = {str(i): n for i, n in enumerate(names)}
     hf["label2id"] = {n: i for i, n in enumerate(names)}
     hf["classifier_dropout"] = model.drop.p
     if uses_mean_pool(model):
-        family = "bert" if arch == "Bert" else "gpt2"
         cls = f"MeanPool{arch}ForSequenceClassification"
-        hf["model_type"] = f"lmplatform_meanpool_{family}"
+        hf["model_type"] = f"lmplatform_meanpool_{hf['model_type']}"
         hf["architectures"] = [cls]
         module = MEANPOOL_CODE.removesuffix(".py")
         hf["auto_map"] = {
