@@ -120,7 +120,7 @@ def main() -> None:
     args.overrides += [t for t in args.tasks if "=" in t]
     args.tasks = [t for t in args.tasks if "=" not in t]
     out = tempfile.mkdtemp(prefix="quality-")
-    from lmplatform.cli import require_model
+    from lmplatform.commands.common import require_model
     from lmplatform.runtime import init_ray
     from lmplatform.tune.data import load_task_data
     from lmplatform.tune.promotion import best_model, promote

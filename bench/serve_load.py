@@ -161,7 +161,7 @@ def main() -> None:
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
         os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response")
 
-    from lmplatform.cli import require_model
+    from lmplatform.commands.common import require_model
     from lmplatform.registry import Registry
 
     # sst2 and the other shared-data tasks come from the shared-cpu pipeline (one command)

@@ -53,7 +53,7 @@ def main() -> None:
     args = p.parse_args()
     out = tempfile.mkdtemp(prefix="tune-eff-")
     base = load_config(FinetuneJobConfig, args.config, [f"output_dir={out}", *args.overrides])
-    from lmplatform.cli import require_model
+    from lmplatform.commands.common import require_model
     from lmplatform.runtime import init_ray
     from lmplatform.tune.data import load_task_data
     from lmplatform.tune.search import run_search

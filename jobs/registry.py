@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run without install too
 
-from lmplatform.registry_cli import main  # noqa: E402
+from lmplatform.commands.registry import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmplatform.registry_cli import main
+from lmplatform.commands.registry import main
 
 VALUES = {"v0001": 0.70, "v0002": 0.80, "v0003": 0.75}
 

@@ -11,7 +11,7 @@ registry for new `best` versions now (hot swap) instead of at their next poll.
 
 import time
 
-from lmplatform import cli
+from lmplatform.commands import common as cli
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 python jobs/export.py --config jobs/configs/pretrain/bert-debug.yaml --checkpoint runs/ray/bert-debug/checkpoint_…
 """
 
-from lmplatform import cli
+from lmplatform.commands import common as cli
 from lmplatform.jobconfig import PretrainJobConfig
 
 

@@ -4,7 +4,7 @@ python jobs/finetune.py --config jobs/configs/tasks/sentiment-sample.yaml [--for
 ray job submit --working-dir . -- python jobs/finetune.py --config jobs/configs/tasks/sst2.yaml
 """
 
-from lmplatform import cli
+from lmplatform.commands import common as cli
 from lmplatform.jobconfig import FinetuneJobConfig
 
 

@@ -12,7 +12,7 @@ output_dir/<name>/); preflight checks run first and stop the job with one line p
 import sys
 from pathlib import Path
 
-from lmplatform import cli
+from lmplatform.commands import common as cli
 from lmplatform.pipeline import PipelineConfig
 
 ROOT = Path.cwd()  # the working dir `ray job submit` uploads: the repository root

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from lmplatform import cli
+from lmplatform.commands import common as cli
 
 ROOT = Path.cwd()  # the working dir `ray job submit` uploads: the repository root
 

@@ -3,7 +3,7 @@
 python jobs/prepare.py --config jobs/configs/pretrain/bert-sample.yaml [key=value ...]
 """
 
-from lmplatform import cli
+from lmplatform.commands import common as cli
 from lmplatform.jobconfig import PretrainJobConfig
 
 

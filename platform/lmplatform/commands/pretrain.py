@@ -4,7 +4,7 @@ python jobs/pretrain.py --config jobs/configs/pretrain/bert-debug.yaml [key=valu
 ray job submit --working-dir . -- python jobs/pretrain.py --config jobs/configs/pretrain/bert-debug.yaml
 """
 
-from lmplatform import cli
+from lmplatform.commands import common as cli
 from lmplatform.jobconfig import PretrainJobConfig
 
 
