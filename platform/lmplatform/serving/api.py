@@ -369,12 +369,24 @@ def make_app(
 ) -> FastAPI:
     """The API over a backend (the Serve ingress, or in-process predictors); `auth`,
     `cors_origins` and `limits` as in ServeConfig (serving/security.py)."""
-    PredictRequest, PredictResponse = predict_models()
     app = FastAPI(
         title=title,
         version="1",
         description="Task predictions, fill-mask and generation from the model registry.",
     )
+    # one key ring for both its readers: healthz reports its problems, Guard checks requests
+    keys = KeyRing(auth) if auth is not None and auth.enabled else None
+    add_error_handlers(app)
+    add_status_routes(app, backend, keys)
+    add_predict_routes(app, backend)
+    add_generate_route(app, backend)
+    add_middleware(app, max_body_bytes, keys, cors_origins, limits or Limits())
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """FastAPI's own errors (validation, unknown route, wrong method) and ours as the one
+    error body."""
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):
@@ -392,7 +404,9 @@ def make_app(
     async def _api(_request: Request, exc: ApiError):
         return error_response(exc.status, exc.type, exc.message)
 
-    keys = KeyRing(auth) if auth is not None and auth.enabled else None
+
+def add_status_routes(app: FastAPI, backend: Backend, keys: KeyRing | None) -> None:
+    """GET /healthz (503 until the models are loaded) and GET /v1/tasks."""
 
     @app.api_route(
         "/healthz",
@@ -415,11 +429,16 @@ def make_app(
     async def tasks():
         return {"tasks": await backend.tasks()}
 
-    def _check_count(n: int):
-        if n > backend.max_inputs:
-            raise ApiError(
-                413, "too_large", f"{n} inputs; at most {backend.max_inputs} per request"
-            )
+
+def check_count(backend: Backend, n: int) -> None:
+    """413 for a request of more inputs than the backend takes at once."""
+    if n > backend.max_inputs:
+        raise ApiError(413, "too_large", f"{n} inputs; at most {backend.max_inputs} per request")
+
+
+def add_predict_routes(app: FastAPI, backend: Backend) -> None:
+    """POST /v1/predict/{task} (every task type) and POST /v1/fill-mask."""
+    PredictRequest, PredictResponse = predict_models()
 
     @app.post(
         "/v1/predict/{task}",
@@ -429,7 +448,7 @@ def make_app(
     )
     async def predict(task: str, request: Request):
         body = await parse_body(request, PredictRequest)
-        _check_count(len(body.inputs))
+        check_count(backend, len(body.inputs))
         # plain JSON to the task's replica: its task type checks the shape
         inputs = [
             x.model_dump(exclude_none=True) if isinstance(x, BaseModel) else x for x in body.inputs
@@ -446,8 +465,12 @@ def make_app(
     )
     async def fill_mask(request: Request):
         body = await parse_body(request, FillMaskRequest)
-        _check_count(len(body.inputs))
+        check_count(backend, len(body.inputs))
         return await backend.fill_mask(body.inputs, body.top_k)
+
+
+def add_generate_route(app: FastAPI, backend: Backend) -> None:
+    """POST /v1/generate: one JSON answer, or server-sent events for one input (`stream`)."""
 
     @app.post(
         "/v1/generate",
@@ -457,7 +480,7 @@ def make_app(
     )
     async def generate(request: Request):
         body = await parse_body(request, GenerateRequest)
-        _check_count(len(body.inputs))
+        check_count(backend, len(body.inputs))
         params = {
             "max_new_tokens": body.max_new_tokens,
             "temperature": float(body.temperature),
@@ -480,10 +503,19 @@ def make_app(
             sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
-    # outermost last: CORS (answers preflights), keys and Content-Type, admission (bound and
-    # timeout), then the body limit
+
+def add_middleware(
+    app: FastAPI,
+    max_body_bytes: int,
+    keys: KeyRing | None,
+    cors_origins: list[str] | None,
+    limits: Limits,
+) -> None:
+    """The layers every request passes before a route: CORS, keys and Content-Type (`Guard`),
+    admission (bound and timeout), the body limit."""
+    # added last is outermost: CORS answers preflights before keys are asked for, and the body
+    # limit reads the body only for a request that was admitted
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    limits = limits or Limits()
     app.add_middleware(
         Admission,
         max_pending=limits.max_queued_requests,
@@ -501,4 +533,3 @@ def make_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    return app
