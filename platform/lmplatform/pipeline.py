@@ -15,12 +15,16 @@ import hashlib
 import html
 import json
 import time
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from lmplatform import storage
 from lmplatform.config import StrictModel, load_config
 from lmplatform.jobconfig import FinetuneJobConfig, JobConfig, PretrainJobConfig, ServeConfig
+
+if TYPE_CHECKING:
+    from lmplatform.registry import Registry
 
 
 class StageRef(StrictModel):
@@ -111,95 +115,103 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict:
     state = State(storage.join(cfg.output_dir, cfg.name, "state.json"))
     reg = Registry(cfg.registry)
     t_all = time.time()
+    prepare_stage(pre, state, force)
+    parent = pretrain_stage(pre, state, reg, force)
+    for job in tasks:
+        finetune_stage(job.model_copy(update={"parent": parent}), state, reg, force)
+    if serve_cfg is not None:
+        deploy(serve_cfg, state)
+    state.data["seconds_this_run"] = time.time() - t_all
+    return state.data
 
-    # 1. tokenizer + examples (reused by content key inside prepare)
+
+def prepare_stage(pre: PretrainJobConfig, state: State, force: bool) -> None:
+    """The tokenizer and the pretraining examples (reused by content key inside `prepare`)."""
+    # the tokenizer and examples do not depend on how pretraining trains (train, scaling)
     h = config_hash(
         {k: v for k, v in pre.model_dump(mode="json").items() if k not in ("train", "scaling")}
     )
     if (s := state.done("prepare", h)) and not force and storage.exists(s["tokenizer"]):
         _log(f"prepare: skipped (same config; tokenizer {s['tokenizer_hash']})")
-    else:
-        from lmplatform.prepare import prepare
+        return
+    from lmplatform.prepare import prepare
 
-        t0 = time.time()
-        p = prepare(pre)
-        state.record(
-            "prepare",
-            h,
-            tokenizer=p.tokenizer_uri,
-            tokenizer_hash=p.tokenizer_hash,
-            examples=p.manifest.get("examples"),
-            seconds=time.time() - t0,
-        )
-        _log(f"prepare: done in {time.time() - t0:.0f}s")
+    t0 = time.time()
+    p = prepare(pre)
+    state.record(
+        "prepare",
+        h,
+        tokenizer=p.tokenizer_uri,
+        tokenizer_hash=p.tokenizer_hash,
+        examples=p.manifest.get("examples"),
+        seconds=time.time() - t0,
+    )
+    _log(f"prepare: done in {time.time() - t0:.0f}s")
 
-    # 2. pretraining -> registry
+
+def pretrain_stage(pre: PretrainJobConfig, state: State, reg: Registry, force: bool) -> str:
+    """Pretraining, registered; returns the pretrained version every task starts from
+    (`name@version`)."""
     h = config_hash(pre)
     s = state.done("pretrain", h)
     if s and not force and s["version"] in reg.versions("pretrained", pre.name):
         _log(f"pretrain: skipped (same config; pretrained/{pre.name}@{s['version']})")
-    else:
-        from lmplatform.pretrain import export_and_register, run_pretraining
+        return f"{pre.name}@{s['version']}"
+    from lmplatform.pretrain import export_and_register, run_pretraining
 
-        t0 = time.time()
-        prepared, result = run_pretraining(pre)
-        name, version, _ = export_and_register(pre, prepared, result)
-        meta = reg.metadata("pretrained", name, version)
-        s = {
-            "name": name,
-            "version": version,
-            "metrics": {
-                k: meta.get("metrics", {}).get(k)
-                for k in ("eval_loss", "mlm_acc", "nsp_acc", "step")
-            },
-            "run_dir": prepared.run_dir,
-            "seconds": time.time() - t0,
-        }
-        state.record("pretrain", h, **s)
-        _log(f"pretrain: registered pretrained/{name}@{version} in {time.time() - t0:.0f}s")
-    parent = f"{pre.name}@{s['version']}"
+    t0 = time.time()
+    prepared, result = run_pretraining(pre)
+    name, version, _ = export_and_register(pre, prepared, result)
+    meta = reg.metadata("pretrained", name, version)
+    state.record(
+        "pretrain",
+        h,
+        name=name,
+        version=version,
+        metrics={
+            k: meta.get("metrics", {}).get(k) for k in ("eval_loss", "mlm_acc", "nsp_acc", "step")
+        },
+        run_dir=prepared.run_dir,
+        seconds=time.time() - t0,
+    )
+    _log(f"pretrain: registered pretrained/{name}@{version} in {time.time() - t0:.0f}s")
+    return f"{pre.name}@{version}"
 
-    # 3-4. fine-tuning search + promotion per task
+
+def finetune_stage(job: FinetuneJobConfig, state: State, reg: Registry, force: bool) -> None:
+    """One task's search, then its best checkpoint published and promoted if it wins."""
     from lmplatform.tune.data import load_task_data
     from lmplatform.tune.promotion import promote
     from lmplatform.tune.search import format_table, run_search
 
-    for job in tasks:
-        job = job.model_copy(update={"parent": parent})
-        stage = f"finetune:{job.task.name}"
-        h = config_hash(job)
-        s = state.done(stage, h)
-        if s and not force and s["version"] in reg.versions("tasks", job.task.name):
-            _log(f"{stage}: skipped (same config; tasks/{job.task.name}@{s['version']})")
-            continue
-        t0 = time.time()
-        data = load_task_data(job)
-        sr = run_search(job, data, verbose=0)
-        print(format_table(sr.table, job.task.metric), flush=True)
-        res = promote(sr)
-        state.record(
-            stage,
-            h,
-            version=res["version"],
-            metric=res["metric"],
-            value=res["value"],
-            promoted=res["promoted"],
-            best=reg.best(job.task.name),
-            trials=len(sr.table),
-            run_dir=sr.run_dir,
-            seconds=time.time() - t0,
-        )
-        verdict = "promoted to best" if res["promoted"] else f"best stays {reg.best(job.task.name)}"
-        _log(
-            f"{stage}: tasks/{job.task.name}@{res['version']} {res['metric']} {res['value']:.4f} "
-            f"({verdict}) in {time.time() - t0:.0f}s"
-        )
-
-    # 5. deployment
-    if serve_cfg is not None:
-        deploy(serve_cfg, state)
-    state.data["seconds_this_run"] = time.time() - t_all
-    return state.data
+    stage = f"finetune:{job.task.name}"
+    h = config_hash(job)
+    s = state.done(stage, h)
+    if s and not force and s["version"] in reg.versions("tasks", job.task.name):
+        _log(f"{stage}: skipped (same config; tasks/{job.task.name}@{s['version']})")
+        return
+    t0 = time.time()
+    data = load_task_data(job)
+    sr = run_search(job, data, verbose=0)
+    print(format_table(sr.table, job.task.metric), flush=True)
+    res = promote(sr)
+    state.record(
+        stage,
+        h,
+        version=res["version"],
+        metric=res["metric"],
+        value=res["value"],
+        promoted=res["promoted"],
+        best=reg.best(job.task.name),
+        trials=len(sr.table),
+        run_dir=sr.run_dir,
+        seconds=time.time() - t0,
+    )
+    verdict = "promoted to best" if res["promoted"] else f"best stays {reg.best(job.task.name)}"
+    _log(
+        f"{stage}: tasks/{job.task.name}@{res['version']} {res['metric']} {res['value']:.4f} "
+        f"({verdict}) in {time.time() - t0:.0f}s"
+    )
 
 
 def deploy(cfg: ServeConfig, state: State) -> None:
@@ -248,84 +260,125 @@ def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) 
     """report.html next to state.json, with every image copied beside it (relative links, so
     the folder works wherever it is downloaded to)."""
     out = storage.join(cfg.output_dir, cfg.name)
-
-    def copy(src: str, name: str) -> str | None:
-        if not storage.exists(src):
-            return None
-        storage.copy(src, storage.join(out, "report_files", name))
-        return f"report_files/{name}"
-
-    e = html.escape
     parts = [
-        "<!doctype html><meta charset='utf-8'>",
-        f"<title>pipeline {e(cfg.name)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
-        "img{max-width:100%}</style>",
-        f"<h1>Pipeline {e(cfg.name)}</h1>",
+        *_report_head(cfg.name),
+        *_pretrain_section(state.get("pretrain"), out),
+        *_finetune_sections(state, cfg.registry, out),
+        *_endpoints_section(state.get("deploy")),
+        *_examples_section(answers),
     ]
-    pre = state.get("pretrain")
-    if pre:
-        parts.append("<h2>Pretraining</h2>")
-        m = pre.get("metrics", {})
-        parts.append(
-            f"<p>pretrained/{e(pre['name'])}@{e(pre['version'])}: "
-            + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, int | float))
-            + f" ({pre.get('seconds', 0):.0f} s)</p>"
-        )
-        src = copy(storage.join(pre["run_dir"], "loss_curve.png"), "pretrain_loss.png")
-        if src:
-            parts.append(f"<img src='{src}' alt='pretraining loss and throughput'>")
-    rows = []
-    for key, s in state.items():
-        if not key.startswith("finetune:"):
-            continue
-        task = key.split(":", 1)[1]
-        rows.append(
-            f"<tr><td>{e(task)}</td><td>{e(s['metric'])}</td><td>{s['value']:.4f}</td>"
-            f"<td>v{e(s['version'][1:])}</td><td>{e(str(s.get('best')))}</td><td>{s['trials']}</td></tr>"
-        )
-    if rows:
-        parts.append(
-            "<h2>Fine-tuning winners</h2><table><tr><th>task</th><th>metric</th><th>dev value</th>"
-            "<th>version</th><th>best</th><th>trials</th></tr>" + "".join(rows) + "</table>"
-        )
-        from lmplatform.registry import Registry, RegistryError
-
-        reg = Registry(cfg.registry)
-        for key, s in state.items():
-            if key.startswith("finetune:"):
-                task = key.split(":", 1)[1]
-                try:
-                    per = reg.metadata("tasks", task, s["version"]).get("per_class") or {}
-                except (RegistryError, FileNotFoundError):
-                    per = {}
-                if per:
-                    parts.append(_per_class_table(task, s["version"], per))
-                report_json = storage.join(s["run_dir"], "data_report.json")
-                if storage.exists(report_json):
-                    parts.append(_data_section(task, json.loads(storage.read_text(report_json))))
-                src = copy(storage.join(s["run_dir"], "trials.png"), f"trials_{task}.png")
-                if src:
-                    parts.append(
-                        f"<h3>{e(task)}: trials</h3><img src='{src}' alt='trials of {e(task)}'>"
-                    )
-    dep = state.get("deploy")
-    if dep:
-        parts.append("<h2>Endpoints</h2><ul>")
-        parts.append(
-            f"<li>GET {e(dep['url'])}/v1/tasks, GET {e(dep['url'])}/healthz, docs {e(dep['url'])}/docs</li>"
-        )
-        for t in dep.get("tasks") or []:
-            parts.append(f"<li>POST {e(dep['url'])}/v1/predict/{e(t)}</li>")
-        parts.append("</ul>")
-    if answers:
-        parts.append("<h2>Example requests</h2>")
-        for t, a in answers.items():
-            parts.append(f"<h3>{e(t)}</h3><pre>{e(json.dumps(a, indent=1)[:3000])}</pre>")
     path = storage.join(out, "report.html")
     storage.write_text(path, "\n".join(parts))
     return path
+
+
+def _report_image(out: str, src: str, name: str) -> str | None:
+    """`src` copied into the report's folder; its link from report.html (None: no such image)."""
+    if not storage.exists(src):
+        return None
+    storage.copy(src, storage.join(out, "report_files", name))
+    return f"report_files/{name}"
+
+
+def _report_head(name: str) -> list[str]:
+    e = html.escape
+    return [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>pipeline {e(name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "img{max-width:100%}</style>",
+        f"<h1>Pipeline {e(name)}</h1>",
+    ]
+
+
+def _pretrain_section(pre: dict | None, out: str) -> list[str]:
+    """The pretrained version, its final metrics and its loss curve."""
+    if not pre:
+        return []
+    e = html.escape
+    m = pre.get("metrics", {})
+    parts = [
+        "<h2>Pretraining</h2>",
+        f"<p>pretrained/{e(pre['name'])}@{e(pre['version'])}: "
+        + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, int | float))
+        + f" ({pre.get('seconds', 0):.0f} s)</p>",
+    ]
+    src = _report_image(out, storage.join(pre["run_dir"], "loss_curve.png"), "pretrain_loss.png")
+    if src:
+        parts.append(f"<img src='{src}' alt='pretraining loss and throughput'>")
+    return parts
+
+
+def _finetune_sections(state: dict, registry: str, out: str) -> list[str]:
+    """The winners of every task's search in one table, then each task's details."""
+    tasks = {k.split(":", 1)[1]: s for k, s in state.items() if k.startswith("finetune:")}
+    if not tasks:
+        return []
+    from lmplatform.registry import Registry
+
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(task)}</td><td>{e(s['metric'])}</td><td>{s['value']:.4f}</td>"
+        f"<td>v{e(s['version'][1:])}</td><td>{e(str(s.get('best')))}</td><td>{s['trials']}</td></tr>"
+        for task, s in tasks.items()
+    )
+    parts = [
+        "<h2>Fine-tuning winners</h2><table><tr><th>task</th><th>metric</th><th>dev value</th>"
+        "<th>version</th><th>best</th><th>trials</th></tr>" + rows + "</table>"
+    ]
+    reg = Registry(registry)
+    for task, s in tasks.items():
+        parts += _task_details(task, s, reg, out)
+    return parts
+
+
+def _task_details(task: str, s: dict, reg: Registry, out: str) -> list[str]:
+    """A task's published model per class, the data it was trained on, and its trials plot;
+    each only if its run left it."""
+    from lmplatform.registry import RegistryError
+
+    e = html.escape
+    parts = []
+    try:
+        per = reg.metadata("tasks", task, s["version"]).get("per_class") or {}
+    except (RegistryError, FileNotFoundError):
+        per = {}
+    if per:
+        parts.append(_per_class_table(task, s["version"], per))
+    report_json = storage.join(s["run_dir"], "data_report.json")
+    if storage.exists(report_json):
+        parts.append(_data_section(task, json.loads(storage.read_text(report_json))))
+    src = _report_image(out, storage.join(s["run_dir"], "trials.png"), f"trials_{task}.png")
+    if src:
+        parts.append(f"<h3>{e(task)}: trials</h3><img src='{src}' alt='trials of {e(task)}'>")
+    return parts
+
+
+def _endpoints_section(dep: dict | None) -> list[str]:
+    if not dep:
+        return []
+    e = html.escape
+    url = e(dep["url"])
+    return [
+        "<h2>Endpoints</h2><ul>",
+        f"<li>GET {url}/v1/tasks, GET {url}/healthz, docs {url}/docs</li>",
+        *(f"<li>POST {url}/v1/predict/{e(t)}</li>" for t in dep.get("tasks") or []),
+        "</ul>",
+    ]
+
+
+def _examples_section(answers: dict | None) -> list[str]:
+    if not answers:
+        return []
+    e = html.escape
+    return [
+        "<h2>Example requests</h2>",
+        *(
+            f"<h3>{e(t)}</h3><pre>{e(json.dumps(a, indent=1)[:3000])}</pre>"
+            for t, a in answers.items()
+        ),
+    ]
 
 
 def _data_section(task: str, report: dict) -> str:

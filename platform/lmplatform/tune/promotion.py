@@ -6,12 +6,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from torch import nn
+
 from lmplatform import storage
+from lmplatform.jobconfig import FinetuneJobConfig
 from lmplatform.models.tasks import TaskModel
-from lmplatform.tasks.encoding import TaskEncoder
 from lmplatform.train.worker_parts import consolidated_state_dict
+from lmplatform.tune.data import TaskData
 from lmplatform.tune.search import SearchResult
-from lmplatform.tune.trial import SELECTION, build_model, evaluate, load_trial_state
+from lmplatform.tune.trial import SELECTION, build_model, evaluate, load_trial_state, task_encoder
 
 
 def best_checkpoint(results, metric: str = SELECTION, output_dir: str = "."):
@@ -37,77 +40,29 @@ def best_checkpoint(results, metric: str = SELECTION, output_dir: str = "."):
 
 def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
     """The search's best checkpoint as a model, its training state, and its whole-dev metrics."""
-    from tokenizers import Tokenizer
-
-    job, data = sr.job, sr.data
-    _, ckpt = best_checkpoint(sr.results, SELECTION, job.output_dir)
+    data = sr.data
+    _, ckpt = best_checkpoint(sr.results, SELECTION, sr.job.output_dir)
     with ckpt.as_directory() as d:
         state = load_trial_state(d)
         # a DeepSpeed trial's weights are in its ZeRO shards: their fp32 copy, merged
         weights = state["model"] if "model" in state else consolidated_state_dict(d)
     model = build_model(data, state["hp"])
     model.load_state_dict(weights)
-    tok = Tokenizer.from_str(data.tokenizer_json)
-    encoder = TaskEncoder(tok, job.task.type, job.task.max_seq_len)
-    return model, state, evaluate(model, data, data.dev_rows, encoder, detail=True)
+    return model, state, evaluate(model, data, data.dev_rows, task_encoder(data), detail=True)
 
 
 def promote(sr: SearchResult, force: bool = False) -> dict:
     """Re-evaluate the best checkpoint on the whole dev set, publish it, promote if it wins."""
     from lmplatform import tracking
-    from lmplatform.config import save_resolved
-    from lmplatform.models.io import save_pretrained
     from lmplatform.registry import Registry
 
-    job, data = sr.job, sr.data
+    job = sr.job
     metric = job.task.metric
     model, state, dev = best_model(sr)
-    hp = state["hp"]
     value = dev[metric]
     with tempfile.TemporaryDirectory() as td:
-        out = Path(td) / "export"
-        tok_file = Path(td) / "tokenizer.json"
-        tok_file.write_text(data.tokenizer_json)
-        save_pretrained(
-            model,
-            out,
-            tokenizer=tok_file,
-            extra={
-                "labels": data.label_names,
-                "classes": data.classes,
-                "max_seq_len": job.task.max_seq_len,
-                "task_name": job.task.name,
-                **(
-                    {"decoding": job.task.decoding.model_dump()}
-                    if job.task.decoding is not None
-                    else {}
-                ),
-            },
-        )
-        save_resolved(job, out)
-        metadata = {
-            "kind": "task",
-            "task": job.task.name,
-            "type": job.task.type,
-            "labels": data.label_names,
-            "classes": data.classes,
-            "metric": metric,
-            "value": value,
-            "per_class": dev["per_class"],
-            "dev": {k: v for k, v in dev.items() if k != "per_class"},
-            "hyperparameters": hp,
-            "parent": data.parent_ref,
-            "tokenizer_hash": data.tokenizer_hash,
-            "data_fingerprint": data.fingerprints,
-            "search": {
-                "name": job.name,
-                "scheduler": job.search.scheduler,
-                "trials": len(sr.table),
-                "experiment": sr.experiment_path,
-                "trial": state.get("trial"),
-                "step": state["step"],
-            },
-        }
+        out = _export(model, job, sr.data, Path(td))
+        metadata = _task_metadata(sr, state, dev)
         run = tracking.find_run(
             job.tracking, job.output_dir, job.name, {"trial_name": str(state.get("trial"))}
         )
@@ -124,5 +79,64 @@ def promote(sr: SearchResult, force: bool = False) -> dict:
         "value": value,
         "promoted": promoted,
         "previous": previous,
-        "hyperparameters": hp,
+        "hyperparameters": state["hp"],
+    }
+
+
+def _export(model: nn.Module, job: FinetuneJobConfig, data: TaskData, folder: Path) -> Path:
+    """The model as a registry-ready folder under `folder`: weights, tokenizer, what serving
+    needs to decode its outputs, and the resolved job config."""
+    from lmplatform.config import save_resolved
+    from lmplatform.models.io import save_pretrained
+
+    out = folder / "export"
+    tok_file = folder / "tokenizer.json"
+    tok_file.write_text(data.tokenizer_json)
+    save_pretrained(
+        model,
+        out,
+        tokenizer=tok_file,
+        extra={
+            "labels": data.label_names,
+            "classes": data.classes,
+            "max_seq_len": job.task.max_seq_len,
+            "task_name": job.task.name,
+            **(
+                {"decoding": job.task.decoding.model_dump()}
+                if job.task.decoding is not None
+                else {}
+            ),
+        },
+    )
+    save_resolved(job, out)
+    return out
+
+
+def _task_metadata(sr: SearchResult, state: dict, dev: dict) -> dict:
+    """The registry metadata of the published model: its whole-dev scores, hyperparameters,
+    lineage (parent, tokenizer, data) and the search and trial it came from."""
+    job, data = sr.job, sr.data
+    metric = job.task.metric
+    return {
+        "kind": "task",
+        "task": job.task.name,
+        "type": job.task.type,
+        "labels": data.label_names,
+        "classes": data.classes,
+        "metric": metric,
+        "value": dev[metric],
+        "per_class": dev["per_class"],
+        "dev": {k: v for k, v in dev.items() if k != "per_class"},
+        "hyperparameters": state["hp"],
+        "parent": data.parent_ref,
+        "tokenizer_hash": data.tokenizer_hash,
+        "data_fingerprint": data.fingerprints,
+        "search": {
+            "name": job.name,
+            "scheduler": job.search.scheduler,
+            "trials": len(sr.table),
+            "experiment": sr.experiment_path,
+            "trial": state.get("trial"),
+            "step": state["step"],
+        },
     }

@@ -74,9 +74,6 @@ def run_search(
     """Run the Tune search for `job`; returns the result grid and a per-trial table.
     `points`: exact configurations to try first (benchmarks compare schedulers on the same)."""
     from ray import tune
-    from ray.tune.search import BasicVariantGenerator
-
-    from lmplatform import tracking
 
     data = data or load_task_data(job)
     # first: a budget the scheduler cannot work with is a config error, not a failed search
@@ -84,69 +81,95 @@ def run_search(
     run_dir = storage.join(job.output_dir, job.name)  # results written by the driver
     # before any trial: the data a failed search ran on is worth reading too
     storage.write_json(storage.join(run_dir, "data_report.json"), data.data_report)
-    s = job.search
-    metric = job.task.metric
+    tuner = tune.Tuner(
+        _trainable(job, data),
+        param_space=search_space(job.search.space),
+        tune_config=_tune_config(job, scheduler, points),
+        run_config=_run_config(job, data, verbose),
+    )
+    results = tuner.fit()
+    table = _write_results(job, results, run_dir)
+    return SearchResult(job, data, results, table, run_dir, results.experiment_path)
+
+
+def _trainable(job: FinetuneJobConfig, data: TaskData):
+    """One trial with its data and the resources it asks Ray for."""
+    from ray import tune
+
     if job.trials_on_ray_train:
         trainable = tune.with_parameters(train_driver_trial, data=data)
         # the driver itself needs little; its TorchTrainer asks for the workers' resources
-        trainable = tune.with_resources(trainable, {"CPU": 0.01})
-    else:
-        trainable = tune.with_parameters(tune_trial, data=data)
-        trainable = tune.with_resources(
-            trainable,
-            {"CPU": job.scaling.cpus_per_worker, "GPU": 1 if job.scaling.use_gpu else 0},
-        )
-    tuner = tune.Tuner(
+        return tune.with_resources(trainable, {"CPU": 0.01})
+    trainable = tune.with_parameters(tune_trial, data=data)
+    return tune.with_resources(
         trainable,
-        param_space=search_space(s.space),
-        tune_config=tune.TuneConfig(
-            metric=metric,
-            mode="max",
-            scheduler=scheduler,
-            num_samples=s.num_samples,
-            time_budget_s=s.max_time_s,
-            reuse_actors=False,
-            # the generator enforces max_concurrent itself: Tune ignores max_concurrent_trials
-            # when a SearchGenerator is passed (it said so, and ran every trial at once)
-            search_alg=BasicVariantGenerator(
-                points_to_evaluate=points, random_state=s.seed, max_concurrent=s.max_concurrent or 0
-            ),
-        ),
-        run_config=tune.RunConfig(
-            name=job.name,
-            **ray_storage(job.output_dir, "tune"),
-            # PBT exploits a donor's *latest* checkpoint: keep the newest few rather than the
-            # best two, which could delete it before another trial copies it
-            checkpoint_config=(
-                tune.CheckpointConfig(num_to_keep=4)
-                if s.scheduler == "pbt"
-                else tune.CheckpointConfig(
-                    num_to_keep=2,
-                    checkpoint_score_attribute=SELECTION,
-                    checkpoint_score_order="max",
-                )
-            ),
-            verbose=verbose,
-            callbacks=[
-                progress_callback(job.name, metric),
-                *tracking.tune_callbacks(
-                    job.tracking,
-                    job.name,
-                    job.output_dir,
-                    {"task": job.task.name, "parent": data.parent_ref},
-                ),
-            ],
+        {"CPU": job.scaling.cpus_per_worker, "GPU": 1 if job.scaling.use_gpu else 0},
+    )
+
+
+def _tune_config(job: FinetuneJobConfig, scheduler, points: list[dict] | None):
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    s = job.search
+    return tune.TuneConfig(
+        metric=job.task.metric,
+        mode="max",
+        scheduler=scheduler,
+        num_samples=s.num_samples,
+        time_budget_s=s.max_time_s,
+        reuse_actors=False,
+        # the generator enforces max_concurrent itself: Tune ignores max_concurrent_trials
+        # when a SearchGenerator is passed (it said so, and ran every trial at once)
+        search_alg=BasicVariantGenerator(
+            points_to_evaluate=points, random_state=s.seed, max_concurrent=s.max_concurrent or 0
         ),
     )
-    results = tuner.fit()
-    table = trial_table(results, metric)
-    write_table(table, storage.join(run_dir, "trials.csv"))
+
+
+def _run_config(job: FinetuneJobConfig, data: TaskData, verbose: int):
+    from ray import tune
+
+    from lmplatform import tracking
+
+    return tune.RunConfig(
+        name=job.name,
+        **ray_storage(job.output_dir, "tune"),
+        # PBT exploits a donor's *latest* checkpoint: keep the newest few rather than the
+        # best two, which could delete it before another trial copies it
+        checkpoint_config=(
+            tune.CheckpointConfig(num_to_keep=4)
+            if job.search.scheduler == "pbt"
+            else tune.CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=SELECTION,
+                checkpoint_score_order="max",
+            )
+        ),
+        verbose=verbose,
+        callbacks=[
+            progress_callback(job.name, job.task.metric),
+            *tracking.tune_callbacks(
+                job.tracking,
+                job.name,
+                job.output_dir,
+                {"task": job.task.name, "parent": data.parent_ref},
+            ),
+        ],
+    )
+
+
+def _write_results(job: FinetuneJobConfig, results, run_dir: str) -> list[dict]:
+    """trials.csv and trials.png in `run_dir`; returns the table."""
     from lmplatform.plots import trials_plot
 
+    metric = job.task.metric
+    table = trial_table(results, metric)
+    write_table(table, storage.join(run_dir, "trials.csv"))
     trials_plot(
         results, metric, storage.join(run_dir, "trials.png"), title=f"{job.name}: {job.task.name}"
     )
-    return SearchResult(job, data, results, table, run_dir, results.experiment_path)
+    return table
 
 
 def trial_table(results, metric: str) -> list[dict]:

@@ -329,28 +329,17 @@ def run_trial(
     evaluation with a checkpoint. `report` / `checkpoint` / `make_checkpoint` are Tune's (single
     worker) or Ray Train's (a worker of a multi-worker or DeepSpeed trial); `wrap` makes the
     model data-parallel (DDP; a DeepSpeed engine is its own wrapper)."""
-    from tokenizers import Tokenizer
-
-    from lmplatform.train.loop import TorchStepper, fit, param_groups
+    from lmplatform.train.loop import fit
 
     job = data.cfg
     hp = hyperparameters(job, config)
     torch.manual_seed(job.train.seed)
     model = build_model(data, hp).to(device)
-    tokenizer = Tokenizer.from_str(data.tokenizer_json)
-    encoder = TaskEncoder(tokenizer, job.task.type, job.task.max_seq_len)
+    encoder = task_encoder(data)
     per = steps_per_epoch(len(data.train_rows), hp["batch_size"], world)
     total = total_steps(job, hp["epochs"], per)
     cfg = trial_train_config(job, hp, total)
-    groups = param_groups(model, hp["weight_decay"], lr_scale_fn(model, hp["layer_decay"]))
-    if job.scaling.zero_stage > 0:
-        from lmplatform.train.deepspeed_engine import DeepSpeedStepper
-
-        stepper = DeepSpeedStepper(model, cfg, job.scaling, world, total, groups)
-        trained = stepper.engine
-    else:
-        stepper = TorchStepper(model, cfg, total, groups)
-        trained = wrap(model) if wrap else model
+    stepper, trained = _make_stepper(model, job, hp, cfg, world, total, wrap)
     start, donor = 0, None
     if checkpoint is not None:
         start, donor = restore(checkpoint, model, stepper, cfg, hp, total)
@@ -362,16 +351,7 @@ def run_trial(
     dev = eval_subset(data)
     fit(
         trained,
-        _batches(
-            data.train_rows,
-            encoder,
-            hp["batch_size"],
-            job.train.seed,
-            start,
-            rank,
-            world,
-            job.train.group_by_length,
-        ),
+        _train_batches(data, encoder, hp["batch_size"], start, rank, world),
         cfg,
         total_steps=total,
         stepper=stepper,
@@ -384,6 +364,47 @@ def run_trial(
         log=(lambda line: print(line, flush=True)) if rank == 0 else None,
         log_evals=False,
         name=f"trial {on_eval.name}".strip(),
+    )
+
+
+def task_encoder(data: TaskData) -> TaskEncoder:
+    """The task's encoder over the parent's tokenizer."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(data.tokenizer_json)
+    return TaskEncoder(tokenizer, data.cfg.task.type, data.cfg.task.max_seq_len)
+
+
+def _make_stepper(
+    model: nn.Module, job: FinetuneJobConfig, hp: dict, cfg, world: int, total: int, wrap
+):
+    """The optimizer step for a trial and the module it trains: a DeepSpeed engine (ZeRO), or
+    plain AdamW over `model`, wrapped by `wrap` when given (DDP)."""
+    from lmplatform.train.loop import TorchStepper, param_groups
+
+    groups = param_groups(model, hp["weight_decay"], lr_scale_fn(model, hp["layer_decay"]))
+    if job.scaling.zero_stage > 0:
+        from lmplatform.train.deepspeed_engine import DeepSpeedStepper
+
+        stepper = DeepSpeedStepper(model, cfg, job.scaling, world, total, groups)
+        return stepper, stepper.engine
+    return TorchStepper(model, cfg, total, groups), wrap(model) if wrap else model
+
+
+def _train_batches(
+    data: TaskData, encoder: TaskEncoder, bs: int, start: int, rank: int, world: int
+):
+    """This rank's training batches from step `start` on."""
+    job = data.cfg
+    return _batches(
+        data.train_rows,
+        encoder,
+        bs,
+        job.train.seed,
+        start,
+        rank,
+        world,
+        job.train.group_by_length,
     )
 
 
