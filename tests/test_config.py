@@ -303,3 +303,26 @@ def test_a_searched_null_epochs_counts_as_max_steps():
     )
     # 1 epoch of 1000 rows at batch 16 is 62 steps; max_steps 500 at eval_every 25: 20
     assert max_evaluations(job, 1000) == 20
+
+
+def test_trial_parameters_are_the_searchable_fields_typed_and_filled_once():
+    """`TrialParams` is the one list of searchable fields: a space may name exactly them, a
+    trial gets the job's fixed values under what was drawn (other Tune keys ignored), and a
+    drawn value is checked as a fixed one is; a seq2seq job's model gives dropout and label
+    smoothing, a task head the field defaults."""
+    from pydantic import ValidationError
+
+    from lmplatform.tune.config import SEARCHABLE, TrialParams
+
+    assert SEARCHABLE == tuple(TrialParams.model_fields)
+    job = load_config(FinetuneJobConfig, TASK, ["train.lr=3e-5", "layer_decay=0.8"])
+    hp = TrialParams.of(job, {"batch_size": 16, "dropout": 0.2, "trial_seed": 7})
+    assert (hp.lr, hp.batch_size, hp.dropout, hp.layer_decay) == (3e-5, 16, 0.2, 0.8)
+    assert hp.label_smoothing == TrialParams.model_fields["label_smoothing"].default
+    assert TrialParams.of(job, {"batch_size": 32.0}).batch_size == 32  # a float choice
+    with pytest.raises(ValidationError, match="lr"):
+        TrialParams.of(job, {"lr": 2.0})
+    seq2seq = load_config(
+        FinetuneJobConfig, ROOT / "jobs/configs/tasks/multi30k-de-en.yaml", ["model.dropout=0.3"]
+    )
+    assert TrialParams.of(seq2seq).dropout == 0.3

@@ -464,8 +464,9 @@ def test_a_deepspeed_trial_checkpoints_its_shards_and_resumes_at_its_step(
 
     from lmplatform.tasks.encoding import TaskEncoder
     from lmplatform.train.worker_parts import consolidated_state_dict
+    from lmplatform.tune.config import TrialParams
     from lmplatform.tune.data import eval_subset, load_task_data
-    from lmplatform.tune.trial import CKPT, build_model, evaluate, hyperparameters, run_trial
+    from lmplatform.tune.trial import CKPT, build_model, evaluate, run_trial
 
     job = _job(
         registry,
@@ -501,7 +502,7 @@ def test_a_deepspeed_trial_checkpoints_its_shards_and_resumes_at_its_step(
     assert resumed[0][0]["restored_from_step"] == 12
     assert resumed[0][0]["dev_loss"] == pytest.approx(full[1][0]["dev_loss"], rel=1e-4)
     # promotion reads the fp32 weights merged from the shards: the same model as trained
-    model = build_model(data, hyperparameters(job, {}))
+    model = build_model(data, TrialParams.of(job))
     model.load_state_dict(consolidated_state_dict(first.path))
     encoder = TaskEncoder(
         Tokenizer.from_str(data.tokenizer_json), job.task.type, job.task.max_seq_len

@@ -377,10 +377,11 @@ def test_a_translator_warm_started_from_bert_learns_and_serves(ray_local, tmp_pa
     from lmplatform.registry import Registry
     from lmplatform.serving.predictors import ModelInfo, TaskPredictor
     from lmplatform.tokenization import TokenizerConfig, train_tokenizer
+    from lmplatform.tune.config import TrialParams
     from lmplatform.tune.data import load_task_data
     from lmplatform.tune.promotion import best_checkpoint, promote
     from lmplatform.tune.search import run_search
-    from lmplatform.tune.trial import build_model, hyperparameters
+    from lmplatform.tune.trial import build_model
 
     rng = random.Random(1)
     train, dev = _toy_pairs(3000, rng), _toy_pairs(150, rng)
@@ -420,7 +421,7 @@ def test_a_translator_warm_started_from_bert_learns_and_serves(ray_local, tmp_pa
     job = load_config(FinetuneJobConfig, cfg, [])
     data = load_task_data(job)
     assert data.cfg.warm_start == "both" and data.parent_ref == "toy-bert@v0001"
-    model = build_model(data, hyperparameters(data.cfg, {}))
+    model = build_model(data, TrialParams.of(data.cfg))
     assert torch.equal(model.shared.weight, bert.bert.tok_emb.weight)
     assert torch.equal(model.encoder.layers[0].fc2.weight, bert.bert.layers[0].ffn_out.weight)
     for override, message in [

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from lmplatform.config import StrictModel
+from lmplatform.models.transformer import TransformerConfig
+from lmplatform.train.config import TrainConfig
 
 Transfer = Literal["full", "frozen"]
 """Fine-tune every weight, or train only the head on frozen features."""
@@ -39,17 +41,58 @@ class SearchDim(StrictModel):
         return self
 
 
-SEARCHABLE = (
-    "lr",
-    "batch_size",
-    "epochs",
-    "warmup_ratio",
-    "weight_decay",
-    "dropout",
-    "label_smoothing",
-    "layer_decay",
-    "transfer",
-)
+def _like(model: type, name: str) -> Any:
+    """The type and bounds of `model.name`: a searched value passes exactly the checks a fixed
+    one does."""
+    f = model.model_fields[name]
+    return Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+
+
+_TRAIN = ("lr", "batch_size", "epochs", "warmup_ratio", "weight_decay")
+"""The searchable fields that `train:` fixes when the space does not search them."""
+_Lr, _BatchSize, _Epochs, _Warmup, _Decay = (_like(TrainConfig, k) for k in _TRAIN)
+# every model family bounds these the same way: [0, 1)
+_Dropout, _Smoothing = (_like(TransformerConfig, k) for k in ("dropout", "label_smoothing"))
+
+
+class TrialParams(StrictModel):
+    """One trial's hyperparameters: what the search drew over the job's fixed values. Its
+    fields are the searchable ones (`SEARCHABLE`); a search space names them, a trial reads them
+    as attributes, results and reports list them."""
+
+    lr: _Lr
+    """Peak learning rate (`train.lr`)."""
+    batch_size: _BatchSize
+    """Examples per optimizer step and worker (`train.batch_size`)."""
+    epochs: _Epochs
+    """Passes over the training rows (`train.epochs`; null: `train.max_steps`)."""
+    warmup_ratio: _Warmup
+    """Share of the steps spent warming up (`train.warmup_ratio`)."""
+    weight_decay: _Decay
+    """AdamW weight decay (`train.weight_decay`)."""
+    dropout: _Dropout = 0.1
+    """Dropout of the model (seq2seq: `model.dropout`) or of the task head."""
+    label_smoothing: _Smoothing = 0.1
+    """Label smoothing of the loss (seq2seq: `model.label_smoothing`)."""
+    layer_decay: LayerDecay = 1.0
+    """Layer-wise learning-rate decay (`layer_decay`)."""
+    transfer: Transfer = "full"
+    """Fine-tune every weight or only the head on frozen features (`transfer`)."""
+
+    @classmethod
+    def of(cls, job, drawn: dict | None = None) -> TrialParams:
+        """`job`'s fixed values (a `FinetuneJobConfig`) under the searched ones in `drawn` (a
+        Tune config, which may hold other keys); validated here, once."""
+        fixed = {k: getattr(job.train, k) for k in _TRAIN}
+        fixed.update(layer_decay=job.layer_decay, transfer=job.transfer)
+        if job.model is not None:
+            fixed.update(dropout=job.model.dropout, label_smoothing=job.model.label_smoothing)
+        searched = {k: v for k, v in (drawn or {}).items() if k in cls.model_fields}
+        return cls.model_validate({**fixed, **searched})
+
+
+SEARCHABLE = tuple(TrialParams.model_fields)
+"""What a search space may name."""
 
 
 class SearchConfig(StrictModel):
@@ -62,8 +105,8 @@ class SearchConfig(StrictModel):
     max_concurrent: int | None = Field(None, ge=1)
     """Trials at once (null: as many as resources allow)."""
     space: dict[str, SearchDim] = Field(default_factory=dict)
-    """Hyperparameter -> range; keys from: lr, batch_size, epochs, warmup_ratio, weight_decay,
-    dropout, layer_decay, transfer."""
+    """Hyperparameter -> range; keys: the fields of `TrialParams` (lr, batch_size, epochs,
+    warmup_ratio, weight_decay, dropout, label_smoothing, layer_decay, transfer)."""
     seed: int | None = 0
     """Seed of the configurations drawn from `space`: a re-run tries the same ones (null: fresh
     draws each run). Which trials ASHA stops still depends on when results arrive."""
@@ -96,33 +139,10 @@ class SearchConfig(StrictModel):
         return space
 
 
-def _field_types() -> dict[str, Any]:
-    """Each searchable hyperparameter's type and bounds, taken from the field a fixed value
-    sets: a searched value passes exactly the checks a fixed one does."""
-    from lmplatform.models.transformer import TransformerConfig
-    from lmplatform.train.config import TrainConfig
-
-    def of(model, name):
-        f = model.model_fields[name]
-        return Annotated[(f.annotation, *f.metadata)]
-
-    return {
-        **{
-            k: of(TrainConfig, k)
-            for k in ("lr", "batch_size", "epochs", "warmup_ratio", "weight_decay")
-        },
-        # every model family bounds these the same way: [0, 1)
-        "dropout": of(TransformerConfig, "dropout"),
-        "label_smoothing": of(TransformerConfig, "label_smoothing"),
-        "layer_decay": LayerDecay,
-        "transfer": Transfer,
-    }
-
-
 def check_dimension(name: str, dim: SearchDim) -> None:
     """Fail on a dimension that could draw a value its field refuses, naming it: a bad space
     fails when the config loads, not inside trials on the cluster."""
-    adapter = TypeAdapter(_field_types()[name])
+    adapter = TypeAdapter(_like(TrialParams, name))
 
     def check(what: str, value) -> None:
         if isinstance(value, float) and not math.isfinite(value):

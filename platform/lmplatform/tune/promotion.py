@@ -12,6 +12,7 @@ from lmplatform import storage
 from lmplatform.jobconfig import FinetuneJobConfig
 from lmplatform.models.tasks import TaskModel
 from lmplatform.train.worker_parts import consolidated_state_dict
+from lmplatform.tune.config import TrialParams
 from lmplatform.tune.data import TaskData
 from lmplatform.tune.search import SearchResult
 from lmplatform.tune.trial import SELECTION, build_model, evaluate, load_trial_state, task_encoder
@@ -46,7 +47,7 @@ def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
         state = load_trial_state(d)
         # a DeepSpeed trial's weights are in its ZeRO shards: their fp32 copy, merged
         weights = state["model"] if "model" in state else consolidated_state_dict(d)
-    model = build_model(data, state["hp"])
+    model = build_model(data, TrialParams.model_validate(state["hp"]))
     model.load_state_dict(weights)
     return model, state, evaluate(model, data, data.dev_rows, task_encoder(data), detail=True)
 

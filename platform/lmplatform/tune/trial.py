@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmplatform.jobconfig import SEARCHABLE, FinetuneJobConfig
+from lmplatform.jobconfig import FinetuneJobConfig
 from lmplatform.models.tasks import TaskModel, build_encoder
 from lmplatform.tasks import task_type
 from lmplatform.tasks.encoding import TaskEncoder
 from lmplatform.train.loop import to_device
 from lmplatform.train.worker_parts import TAG
+from lmplatform.tune.config import TrialParams
 from lmplatform.tune.data import TaskData, eval_subset
 
 CKPT = "trial.pt"
@@ -59,7 +60,7 @@ def selection_score(metric_value: float, dev_loss: float) -> float:
     return metric_value - _LOSS_WEIGHT * dev_loss
 
 
-def build_model(data: TaskData, hp: dict) -> nn.Module:
+def build_model(data: TaskData, hp: TrialParams) -> nn.Module:
     from lmplatform.models.io import model_config, task_model_from_pretrained
 
     t = data.cfg.task
@@ -67,14 +68,14 @@ def build_model(data: TaskData, hp: dict) -> nn.Module:
         from lmplatform.models.families import family
 
         cfg = model_config({"model": data.model_config}).model_copy(
-            update={"dropout": hp["dropout"], "label_smoothing": hp["label_smoothing"]}
+            update={"dropout": hp.dropout, "label_smoothing": hp.label_smoothing}
         )
         model = family(cfg).pretraining(cfg)
         if data.parent_ref != "scratch":
             _warm_start(model, data)
         return model
     n = len(data.label_names)
-    frozen = hp["transfer"] == "frozen"
+    frozen = hp.transfer == "frozen"
     layout = task_type(t.type).layout
     if not data.parent_ref.startswith("random:"):
         from lmplatform.registry import Registry
@@ -82,10 +83,10 @@ def build_model(data: TaskData, hp: dict) -> nn.Module:
         name, version = data.parent_ref.split("@")
         path = Registry(data.registry).local_path("pretrained", name, version)  # on this node
         return task_model_from_pretrained(
-            path, t.type, n, frozen=frozen, dropout=hp["dropout"], layout=layout
+            path, t.type, n, frozen=frozen, dropout=hp.dropout, layout=layout
         )
     encoder = build_encoder(model_config({"model": data.model_config}))
-    return TaskModel(encoder, t.type, n, dropout=hp["dropout"], frozen=frozen, layout=layout)
+    return TaskModel(encoder, t.type, n, dropout=hp.dropout, frozen=frozen, layout=layout)
 
 
 def _warm_start(model: nn.Module, data: TaskData) -> None:
@@ -106,24 +107,6 @@ def lr_scale_fn(model: nn.Module, layer_decay: float):
         return lambda name: 1.0
     top = max(model.layer_depth(n) for n, _ in model.named_parameters())  # the head: L + 1
     return lambda name: layer_decay ** (top - model.layer_depth(name))
-
-
-def hyperparameters(job: FinetuneJobConfig, config: dict) -> dict:
-    """Trial hyperparameters: searched values over the job's defaults."""
-    hp = {
-        "lr": job.train.lr,
-        "batch_size": job.train.batch_size,
-        "epochs": job.train.epochs,
-        "warmup_ratio": job.train.warmup_ratio,
-        "weight_decay": job.train.weight_decay,
-        "dropout": job.model.dropout if job.model else 0.1,
-        "label_smoothing": job.model.label_smoothing if job.model else 0.1,
-        "layer_decay": job.layer_decay,
-        "transfer": job.transfer,
-    }
-    hp.update({k: v for k, v in config.items() if k in SEARCHABLE})
-    hp["batch_size"] = int(hp["batch_size"])
-    return hp
 
 
 def total_steps(job: FinetuneJobConfig, epochs: float | None, per_epoch: int) -> int:
@@ -221,14 +204,15 @@ def evaluate(
     return metrics
 
 
-def trial_train_config(job: FinetuneJobConfig, hp: dict, total: int):
-    """The loop's config for one trial: the job's, with the searched values."""
-    update = {k: hp[k] for k in ("lr", "batch_size", "warmup_ratio", "weight_decay")}
+def trial_train_config(job: FinetuneJobConfig, hp: TrialParams, total: int):
+    """The loop's config for one trial: the job's, with the trial's values of its fields and
+    `epochs` turned into `max_steps` (`total`)."""
+    update = {k: v for k, v in hp if k in job.train.model_fields and k != "epochs"}
     update.update(max_steps=total, eval_every=min(job.train.eval_every, total))
     return job.train.model_copy(update=update)
 
 
-def restore(checkpoint, model, stepper, cfg, hp: dict, total: int) -> tuple[int, str | None]:
+def restore(checkpoint, model, stepper, cfg, hp: TrialParams, total: int) -> tuple[int, str | None]:
     """Weights, optimizer and schedule from a trial checkpoint (a failure's own, or PBT's
     donor's); returns (step to continue after, the donor trial)."""
     from lmplatform.train.loop import lr_lambda
@@ -246,9 +230,9 @@ def restore(checkpoint, model, stepper, cfg, hp: dict, total: int) -> tuple[int,
     start = state["step"]
     # PBT may have mutated lr / weight decay: the copied optimizer state keeps the old ones
     for g in stepper.optimizer.param_groups:
-        g["initial_lr"] = hp["lr"] * g.get("lr_scale", 1.0)
+        g["initial_lr"] = hp.lr * g.get("lr_scale", 1.0)
         if g["weight_decay"] > 0:
-            g["weight_decay"] = hp["weight_decay"]
+            g["weight_decay"] = hp.weight_decay
     schedule = lr_lambda(cfg, total)
     stepper.scheduler = torch.optim.lr_scheduler.LambdaLR(
         stepper.optimizer, schedule, last_epoch=start - 1
@@ -294,7 +278,7 @@ class TrialReporter:
             "optimizer": self.stepper.optimizer.state_dict(),
             "step": step,
             "trial": self.name,
-            "hp": self.hp,
+            "hp": self.hp.model_dump(),  # plain values: checkpoints load without pickle
         }
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / CKPT)
@@ -309,7 +293,9 @@ class TrialReporter:
         with tempfile.TemporaryDirectory() as d:
             self.engine.save_checkpoint(d, tag=TAG)
             if self.rank == 0:
-                torch.save({"step": step, "trial": self.name, "hp": self.hp}, Path(d) / CKPT)
+                torch.save(
+                    {"step": step, "trial": self.name, "hp": self.hp.model_dump()}, Path(d) / CKPT
+                )
             dist.barrier()
             self.report(metrics, checkpoint=self.make_ckpt(d))
 
@@ -332,12 +318,12 @@ def run_trial(
     from lmplatform.train.loop import fit
 
     job = data.cfg
-    hp = hyperparameters(job, config)
+    hp = TrialParams.of(job, config)
     torch.manual_seed(job.train.seed)
     model = build_model(data, hp).to(device)
     encoder = task_encoder(data)
-    per = steps_per_epoch(len(data.train_rows), hp["batch_size"], world)
-    total = total_steps(job, hp["epochs"], per)
+    per = steps_per_epoch(len(data.train_rows), hp.batch_size, world)
+    total = total_steps(job, hp.epochs, per)
     cfg = trial_train_config(job, hp, total)
     stepper, trained = _make_stepper(model, job, hp, cfg, world, total, wrap)
     start, donor = 0, None
@@ -351,7 +337,7 @@ def run_trial(
     dev = eval_subset(data)
     fit(
         trained,
-        _train_batches(data, encoder, hp["batch_size"], start, rank, world),
+        _train_batches(data, encoder, hp.batch_size, start, rank, world),
         cfg,
         total_steps=total,
         stepper=stepper,
@@ -376,13 +362,13 @@ def task_encoder(data: TaskData) -> TaskEncoder:
 
 
 def _make_stepper(
-    model: nn.Module, job: FinetuneJobConfig, hp: dict, cfg, world: int, total: int, wrap
+    model: nn.Module, job: FinetuneJobConfig, hp: TrialParams, cfg, world: int, total: int, wrap
 ):
     """The optimizer step for a trial and the module it trains: a DeepSpeed engine (ZeRO), or
     plain AdamW over `model`, wrapped by `wrap` when given (DDP)."""
     from lmplatform.train.loop import TorchStepper, param_groups
 
-    groups = param_groups(model, hp["weight_decay"], lr_scale_fn(model, hp["layer_decay"]))
+    groups = param_groups(model, hp.weight_decay, lr_scale_fn(model, hp.layer_decay))
     if job.scaling.zero_stage > 0:
         from lmplatform.train.deepspeed_engine import DeepSpeedStepper
 
