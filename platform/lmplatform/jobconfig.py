@@ -16,8 +16,7 @@ from pydantic import model_validator
 from lmplatform.config import Name, StrictModel
 from lmplatform.data.pretraining import ExamplesConfig, Objective
 from lmplatform.data.sources import CorpusConfig
-from lmplatform.models import ModelConfig
-from lmplatform.models.families import family
+from lmplatform.models.families import ModelConfig, family
 from lmplatform.models.transformer import TransformerConfig
 from lmplatform.serving.config import AutoscalingConfig, ServeConfig
 from lmplatform.tasks import task_type

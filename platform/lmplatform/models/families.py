@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal, Union
 
+from pydantic import Field
 from torch import nn
 
 from lmplatform.data.pretraining import CAUSAL_LM, MLM_NSP, Objective
@@ -146,6 +147,13 @@ FAMILIES: dict[str, Family] = {
         ),
     )
 }
+
+
+ModelConfig = Annotated[
+    Union[tuple(f.config for f in FAMILIES.values())],  # noqa: UP007 - built from the table
+    Field(discriminator="family"),
+]
+"""Any family's config, selected by its `family` key."""
 
 
 def family(cfg_or_name) -> Family:
