@@ -14,10 +14,9 @@ from typing import Literal
 from pydantic import model_validator
 
 from lmplatform.config import Name, StrictModel
-from lmplatform.data.pretraining import ExamplesConfig
+from lmplatform.data.pretraining import ExamplesConfig, Objective
 from lmplatform.data.sources import CorpusConfig
-from lmplatform.models import ModelConfig
-from lmplatform.models.families import family
+from lmplatform.models.families import ModelConfig, family
 from lmplatform.models.transformer import TransformerConfig
 from lmplatform.serving.config import AutoscalingConfig, ServeConfig
 from lmplatform.tasks import task_type
@@ -85,11 +84,9 @@ class PretrainJobConfig(JobConfig):
         if self.init_from is not None:
             _check_model_ref(self.init_from, "init_from")
         check_train_on(self.train, self.scaling)
-        if family(self.model).objective == "seq2seq":
-            raise ValueError(
-                f"model.family={self.model.family!r} is an encoder-decoder: it trains on parallel "
-                "text as a seq2seq task (jobs/finetune.py with task.type: seq2seq), not on a corpus"
-            )
+        if family(self.model).objective is None:
+            why = family(self.model).why_not["objective"]
+            raise ValueError(f"model.family={self.model.family!r} {why}")
         want = family(self.model).tokenizer
         if self.tokenizer.kind != want:
             raise ValueError(
@@ -102,7 +99,8 @@ class PretrainJobConfig(JobConfig):
         return self
 
     @property
-    def objective(self) -> Literal["bert", "causal", "seq2seq"]:
+    def objective(self) -> Objective:
+        """How the family pretrains: example builder, collator, the run's summary metrics."""
         return family(self.model).objective
 
 

@@ -165,7 +165,7 @@ def prepare(cfg: PretrainJobConfig) -> Prepared:
         else ""
     )
     _log(
-        f"examples: {verb} {manifest['examples']} {cfg.objective} examples, {manifest['tokens']} tokens, "
+        f"examples: {verb} {manifest['examples']} {cfg.objective.name} examples, {manifest['tokens']} tokens, "
         f"{len(manifest['shards'])} shard(s){extra} -> {examples_dir}"
     )
     return Prepared(

@@ -22,7 +22,7 @@ import torch
 
 from lmplatform import storage
 from lmplatform.config import ConfigError
-from lmplatform.data.pretraining import BertCollator, causal_collate, shard_files
+from lmplatform.data.pretraining import Objective, objective_of, shard_files
 from lmplatform.jobconfig import PretrainJobConfig
 from lmplatform.models.tasks import build_pretraining_model
 from lmplatform.runtime import ray_storage
@@ -34,37 +34,22 @@ from lmplatform.train.worker_parts import (
     resume_position,
 )
 
-
-def _collator(objective: str, tokenizer_json: str, job: PretrainJobConfig, rank: int):
-    if objective != "bert":
-        return causal_collate
-    from tokenizers import Tokenizer
-
-    from lmplatform.tokenization import continuation_mask, special_tokens
-
-    tok = Tokenizer.from_str(tokenizer_json)
-    sp = special_tokens(tok)
-    return BertCollator(
-        pad_id=sp.pad,
-        mask_id=sp.mask,
-        special_ids=sp.all,
-        vocab_size=tok.get_vocab_size(),
-        mlm_probability=job.examples.mlm_probability,
-        continuation=continuation_mask(tok) if job.examples.whole_word_masking else None,
-        seed=job.train.seed * 1000 + rank,  # every rank draws its own masks
-    )
+EVAL_SEED = 12345
 
 
 def make_eval_fn(
-    rows: dict[str, list], objective: str, tokenizer_json: str, job: PretrainJobConfig, device="cpu"
+    rows: dict[str, list],
+    objective: Objective | str,
+    tokenizer_json: str,
+    job: PretrainJobConfig,
+    device="cpu",
 ):
     """Loss on fixed rows with fixed masks: comparable across steps, runs and exported copies."""
-
-    collate = _collator(objective, tokenizer_json, job, rank=0)
+    objective = objective_of(objective)
 
     def evaluate(model) -> dict:
-        if isinstance(collate, BertCollator):
-            collate.generator.manual_seed(12345)  # the same masks every time
+        # a collator seeded the same way every time: the same masks every time
+        collate = objective.collator(tokenizer_json, job.examples, EVAL_SEED)
         n = len(rows["input_ids"])
         bs = job.train.batch_size
         total, count = 0.0, 0
@@ -105,7 +90,10 @@ def worker_loop(config: dict) -> None:
     if not job.scaling.use_gpu:  # Ray pins OMP threads to the reserved CPUs; we may want more
         torch.set_num_threads(job.scaling.torch_threads or max(1, int(job.scaling.cpus_per_worker)))
     stepper, resume = _restored_engine(job, config, world, rank)
-    collate = _collator(config["objective"], config["tokenizer_json"], job, rank)
+    # every rank draws its own masks
+    collate = job.objective.collator(
+        config["tokenizer_json"], job.examples, job.train.seed * 1000 + rank
+    )
     data = DataPosition(
         ray.train.get_dataset_shard("train"),
         collate,
@@ -124,7 +112,7 @@ def worker_loop(config: dict) -> None:
         job.train,
         evaluate=make_eval_fn(
             config["eval_rows"],
-            config["objective"],
+            job.objective,
             config["tokenizer_json"],
             job,
             stepper.engine.device,
@@ -241,7 +229,7 @@ def run_pretraining(job: PretrainJobConfig, callbacks: list | None = None):
             if job.tracking and job.tracking.backend == "mlflow"
             else None
         ),
-        "objective": job.objective,
+        "objective": job.objective.name,
         "callbacks": list(callbacks or ()),
         "eval_rows": eval_rows(files, job.train.eval_batches * job.train.batch_size),
     }

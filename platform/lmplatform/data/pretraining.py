@@ -19,8 +19,9 @@ import os
 import random
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +30,6 @@ from pydantic import Field
 
 from lmplatform import storage
 from lmplatform.config import StrictModel
-
-Objective = Literal["bert", "causal"]
 
 
 class ExamplesConfig(StrictModel):
@@ -270,12 +269,12 @@ def _lists(rows: list, value_type: pa.DataType) -> pa.Array:
 
 
 def examples_key(
-    objective: Objective, tokenizer_hash: str, corpus_fp: str, cfg: ExamplesConfig
+    objective: Objective | str, tokenizer_hash: str, corpus_fp: str, cfg: ExamplesConfig
 ) -> str:
     """Identity of an example set: same inputs -> same key -> the existing shards are reused."""
     payload = json.dumps(
         {
-            "objective": objective,
+            "objective": objective_of(objective).name,
             "tokenizer": tokenizer_hash,
             "corpus": corpus_fp,
             "cfg": cfg.model_dump(exclude={"mlm_probability", "whole_word_masking"}),
@@ -290,13 +289,13 @@ def read_manifest(out_dir: str | os.PathLike) -> dict | None:
     return storage.read_json(p) if storage.exists(p) else None
 
 
-def _examples_dataset(corpus, objective: str, tok_json: str, cfg: ExamplesConfig, num_actors):
+def _examples_dataset(corpus, objective: Objective, tok_json: str, cfg: ExamplesConfig, num_actors):
     """The Ray Data pipeline from documents to examples: one block per batch of documents, so
     every builder actor gets work and shards can be cut evenly."""
     import ray
     import ray.data
 
-    builder = BertPairBuilder if objective == "bert" else CausalBlockBuilder
+    builder = objective.builder
     cpus = int(ray.available_resources().get("CPU", 1)) or 1
     batches = (len(corpus) + cfg.docs_per_batch - 1) // cfg.docs_per_batch
     # from_arrow, not from_huggingface: that one first asks the Hugging Face Hub whether the
@@ -316,7 +315,7 @@ def _examples_dataset(corpus, objective: str, tok_json: str, cfg: ExamplesConfig
 
 def build_examples(
     corpus,
-    objective: Objective,
+    objective: Objective | str,
     tokenizer_path: str | os.PathLike,
     cfg: ExamplesConfig,
     out_dir: str | os.PathLike,
@@ -331,6 +330,7 @@ def build_examples(
     """
     from lmplatform.tokenization import tokenizer_hash
 
+    objective = objective_of(objective)
     out = storage.normalize(out_dir)
     tok_json = Path(tokenizer_path).read_text()
     tok_hash = tokenizer_hash(tokenizer_path)
@@ -354,7 +354,7 @@ def build_examples(
         raise
     manifest = {
         "key": key,
-        "objective": objective,
+        "objective": objective.name,
         "tokenizer_hash": tok_hash,
         "corpus_fingerprint": corpus_fp,
         "documents": len(corpus),
@@ -390,23 +390,33 @@ def read_shards(files: list[str], columns: list[str] | None = None):
     return pa.concat_tables(tables)
 
 
-def shard_stats(files: list[str], objective: Objective) -> dict:
-    """Counts read back from the shards (cheap: only the columns needed)."""
+def shard_stats(files: list[str], objective: Objective | str) -> dict:
+    """Counts read back from the shards (cheap: only the columns needed), and the objective's
+    own (BERT: the share of random next sentences)."""
     import pyarrow.compute as pc
 
-    n = tokens = random_next = 0
+    n = tokens = 0
     for f in files:
-        t = read_shards(
-            [f], columns=["input_ids"] + (["next_sentence_label"] if objective == "bert" else [])
-        )
+        t = read_shards([f], columns=["input_ids"])
         n += t.num_rows
         tokens += int(pc.sum(pc.list_value_length(t["input_ids"])).as_py() or 0)
-        if objective == "bert":
-            random_next += int(pc.sum(pc.equal(t["next_sentence_label"], 1)).as_py() or 0)
     stats = {"examples": n, "tokens": tokens, "shards": [f.rsplit("/", 1)[-1] for f in files]}
-    if objective == "bert":
-        stats["nsp_random_fraction"] = round(random_next / n, 4) if n else 0.0
-    return stats
+    return {**stats, **objective_of(objective).shard_stats(files)}
+
+
+def _nsp_stats(files: list[str]) -> dict:
+    import pyarrow.compute as pc
+
+    n = random_next = 0
+    for f in files:
+        t = read_shards([f], columns=["next_sentence_label"])
+        n += t.num_rows
+        random_next += int(pc.sum(pc.equal(t["next_sentence_label"], 1)).as_py() or 0)
+    return {"nsp_random_fraction": round(random_next / n, 4) if n else 0.0}
+
+
+def _no_stats(files: list[str]) -> dict:
+    return {}
 
 
 # --------------------------------------------------------------------------- dynamic masking
@@ -536,22 +546,87 @@ def mlm_targets(labels: torch.Tensor, multiple: int = 64) -> dict[str, torch.Ten
     return {"mlm_positions": padded, "mlm_labels": targets}
 
 
+def bert_collator(tokenizer_json: str, cfg: ExamplesConfig, seed: int) -> BertCollator:
+    """BERT's collator for a tokenizer: its special tokens, and word starts for whole-word
+    masking."""
+    from tokenizers import Tokenizer
+
+    from lmplatform.tokenization import continuation_mask, special_tokens
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    sp = special_tokens(tok)
+    return BertCollator(
+        pad_id=sp.pad,
+        mask_id=sp.mask,
+        special_ids=sp.all,
+        vocab_size=tok.get_vocab_size(),
+        mlm_probability=cfg.mlm_probability,
+        continuation=continuation_mask(tok) if cfg.whole_word_masking else None,
+        seed=seed,
+    )
+
+
 def causal_collate(batch: dict) -> dict[str, torch.Tensor]:
     """Fixed-length blocks stack without padding; the model shifts targets itself."""
     ids = torch.as_tensor(np.stack([np.asarray(r, dtype=np.int64) for r in batch["input_ids"]]))
     return {"input_ids": ids}
 
 
+def causal_collator(tokenizer_json: str, cfg: ExamplesConfig, seed: int):
+    return causal_collate  # nothing is drawn: no tokenizer, no seed
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A pretraining objective: how documents become examples and examples a batch, and what
+    summarizes a run. A family's table row names its objective; families may share one (GPT
+    and the biLM both read causal blocks)."""
+
+    name: str
+    """Names its example sets (in their manifest and reuse key) and the run's config."""
+    builder: type
+    """Ray Data callable class: (tokenizer.json text, examples config dict) -> a batch of
+    documents -> an Arrow table of examples."""
+    collator: Callable[[str, ExamplesConfig, int], Callable[[dict], dict]]
+    """(tokenizer.json text, examples config, seed) -> the loader's `collate_fn`; the same seed
+    draws the same masks (evaluation uses a fixed one)."""
+    metrics: tuple[str, ...]
+    """The metrics that summarize a pretraining run (registry metadata keys), in order."""
+    shard_stats: Callable[[list[str]], dict] = _no_stats
+    """Its own counts read back from finished shards, for the manifest."""
+
+
+MLM_NSP = Objective(
+    "bert", BertPairBuilder, bert_collator, ("eval_loss", "mlm_acc", "nsp_acc"), _nsp_stats
+)
+"""BERT: masked LM (masks drawn per batch) and next-sentence prediction on segment pairs."""
+CAUSAL_LM = Objective("causal", CausalBlockBuilder, causal_collator, ("eval_loss", "ppl"))
+"""Next-token prediction on contiguous blocks (the biLM reads them in both directions)."""
+
+
+def objective_of(objective: Objective | str) -> Objective:
+    """An objective, or one named by its `name` (as stored in manifests and run configs)."""
+    if isinstance(objective, Objective):
+        return objective
+    from lmplatform.models.families import objectives  # the table imports this module
+
+    known = objectives()
+    if objective not in known:
+        raise ValueError(f"unknown pretraining objective {objective!r} (known: {', '.join(known)})")
+    return known[objective]
+
+
 # --------------------------------------------------------------------------- small runs without Ray
 
 
 def build_examples_local(
-    texts: list[str], objective: Objective, tokenizer_json: str, cfg: ExamplesConfig
+    texts: list[str], objective: Objective | str, tokenizer_json: str, cfg: ExamplesConfig
 ) -> dict[str, list]:
     """The same builders in this process, for tests and notebooks (no Ray, no shards)."""
-    builder = (BertPairBuilder if objective == "bert" else CausalBlockBuilder)(
-        tokenizer_json, cfg.model_dump()
-    )
+    builder = objective_of(objective).builder(tokenizer_json, cfg.model_dump())
     tables = [
         builder({"text": texts[i : i + cfg.docs_per_batch]})
         for i in range(0, len(texts), cfg.docs_per_batch)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import Field
-
 from lmplatform.models.bert import BertConfig
 from lmplatform.models.gpt import GPTConfig
 from lmplatform.models.lstm import LSTMConfig
 from lmplatform.models.transformer import TransformerConfig
 
-ModelConfig = Annotated[
-    BertConfig | GPTConfig | LSTMConfig | TransformerConfig, Field(discriminator="family")
-]
-"""Any family's config, selected by its `family` key."""
+
+def __getattr__(name: str):
+    # `ModelConfig` is derived from the family table, which imports the family modules: read
+    # it on first use, not while this package is being imported
+    if name == "ModelConfig":
+        from lmplatform.models.families import ModelConfig
+
+        return ModelConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["BertConfig", "GPTConfig", "LSTMConfig", "ModelConfig", "TransformerConfig"]

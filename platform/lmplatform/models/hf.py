@@ -1,12 +1,16 @@
-"""The Hugging Face `transformers` layout of our models: the one place that knows its names.
+"""The Hugging Face `transformers` layout of our models: the mechanics every family shares.
 
-Our BERT and GPT modules compute exactly what `BertModel` / `GPT2Model` compute, so a model is
-stored under transformers' weight names and config keys, and the mapping runs both ways:
+Our BERT, GPT and encoder-decoder modules compute exactly what `BertModel` / `GPT2Model` /
+`MarianMTModel` compute, so a model is stored under transformers' weight names and config keys,
+and the mapping runs both ways. The names and keys are each family's own (`Family.hf`, an
+`HFAdapter` in models/bert_adapter.py, …); here is what surrounds them:
 
 - `hf_state(model)` maps every transformers weight name to a *view* of our parameter (GPT-2's
   Conv1D weights are the transpose of a Linear's; BERT's query/key/value are slices of our fused
-  projection). Saving copies the views out; loading copies tensors into them.
-- `hf_config` / `config_from_hf` translate the architecture both ways.
+  projection), a task head's included. Saving copies the views out; loading copies tensors
+  into them.
+- `hf_config` / `config_from_hf` translate the architecture both ways; task models get their
+  labels and head class here.
 - `tokenizer_files` completes a `tokenizer.json` with what `AutoTokenizer` needs (every special
   token, `model_max_length`, `model_input_names`).
 
@@ -19,43 +23,25 @@ it transformers refuses), and the biLM gets a model type that transformers does 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lmplatform.models.bert import BertConfig, BertEncoder, BertForPretraining
-from lmplatform.models.gpt import GPT, GPTConfig
-from lmplatform.models.lstm import BiLM
-from lmplatform.models.tasks import TaskModel, encoder_of
-from lmplatform.models.transformer import Transformer
+from lmplatform.models.families import family, hf_family
+from lmplatform.models.tasks import TaskModel
 
 MEANPOOL_CODE = "modeling_lmplatform.py"  # shipped with mean-pool heads (see hf_modeling.py)
-HF_FAMILIES = {"bert": "bert", "gpt2": "gpt"}  # transformers model_type -> our family
 
 
 def not_expressible(model: nn.Module) -> str | None:
     """Why transformers cannot load this model with one of its own classes (None: it can)."""
-    if isinstance(model, Transformer):
-        if model.cfg.pre_ln:
-            return (
-                "it is pre-LayerNorm, and MarianMTModel (the paper's layout in transformers) is "
-                "post-LN; train with model.pre_ln: false to export"
-            )
-        c = model.cfg
-        if c.positions != "sinusoidal" or c.embedding_layer_norm or not c.scale_embedding:
-            return (
-                "it has BERT/GPT-style embeddings (learned positions, no sqrt(d) scaling or an "
-                "embedding LayerNorm: a warm-started model), and MarianMTModel has the paper's"
-            )
-        if model.cfg.layer_norm_eps != 1e-5:
-            return f"MarianMTModel's LayerNorms use eps 1e-5, this model {model.cfg.layer_norm_eps}"
-        return None
-    enc = model.encoder if isinstance(model, TaskModel) else encoder_of(model)
-    if isinstance(enc, BiLM):
-        return "the ELMo-style biLM has no transformers counterpart"
+    fam = family(model.cfg)
+    if fam.hf is None:
+        return fam.why_not["hf"]
+    why = fam.hf.not_expressible(model)
+    if why:
+        return why
     if isinstance(model, TaskModel) and model.layout not in ("pooled", "token"):
         return (
             f"its {model.layout!r} head (task type {model.kind}) has no transformers class: "
@@ -77,139 +63,37 @@ def uses_mean_pool(model: nn.Module) -> bool:
 # --------------------------------------------------------------------------- weights
 
 
-def _bert_encoder(enc: BertEncoder, prefix: str, pooler: bool) -> dict[str, torch.Tensor]:
-    c = enc.cfg
-    s = {
-        f"{prefix}embeddings.word_embeddings.weight": enc.tok_emb.weight,
-        f"{prefix}embeddings.position_embeddings.weight": enc.pos_emb.weight,
-        f"{prefix}embeddings.token_type_embeddings.weight": enc.type_emb.weight,
-        f"{prefix}embeddings.LayerNorm.weight": enc.emb_ln.weight,
-        f"{prefix}embeddings.LayerNorm.bias": enc.emb_ln.bias,
-    }
-    for i, layer in enumerate(enc.layers):
-        p = f"{prefix}encoder.layer.{i}."
-        for name, w, b in zip(
-            ("query", "key", "value"),
-            layer.attn.qkv.weight.split(c.hidden_size),
-            layer.attn.qkv.bias.split(c.hidden_size),
-        ):
-            s[f"{p}attention.self.{name}.weight"] = w
-            s[f"{p}attention.self.{name}.bias"] = b
-        for ours, theirs in (
-            (layer.attn.out, "attention.output.dense"),
-            (layer.attn_ln, "attention.output.LayerNorm"),
-            (layer.ffn_in, "intermediate.dense"),
-            (layer.ffn_out, "output.dense"),
-            (layer.ffn_ln, "output.LayerNorm"),
-        ):
-            s[f"{p}{theirs}.weight"] = ours.weight
-            s[f"{p}{theirs}.bias"] = ours.bias
-    if pooler:
-        s[f"{prefix}pooler.dense.weight"] = enc.pooler.weight
-        s[f"{prefix}pooler.dense.bias"] = enc.pooler.bias
-    return s
-
-
-def _gpt(g: GPT, prefix: str) -> dict[str, torch.Tensor]:
-    s = {f"{prefix}wte.weight": g.tok_emb.weight, f"{prefix}wpe.weight": g.pos_emb.weight}
-    for i, b in enumerate(g.blocks):
-        p = f"{prefix}h.{i}."
-        # GPT-2 uses Conv1D layers, whose weights are stored (in, out): the transpose of Linear
-        for ours, theirs in (
-            (b.attn.qkv, "attn.c_attn"),
-            (b.attn.out, "attn.c_proj"),
-            (b.fc, "mlp.c_fc"),
-            (b.proj, "mlp.c_proj"),
-        ):
-            s[f"{p}{theirs}.weight"] = ours.weight.t()
-            s[f"{p}{theirs}.bias"] = ours.bias
-        for ours, theirs in ((b.ln_1, "ln_1"), (b.ln_2, "ln_2")):
-            s[f"{p}{theirs}.weight"] = ours.weight
-            s[f"{p}{theirs}.bias"] = ours.bias
-    s[f"{prefix}ln_f.weight"] = g.ln_f.weight
-    s[f"{prefix}ln_f.bias"] = g.ln_f.bias
-    return s
-
-
 def hf_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """transformers weight name -> a view of our parameter, for a BERT or GPT model (any kind)."""
-    if isinstance(model, BertForPretraining):
-        s = _bert_encoder(model.bert, "bert.", pooler=True)
-        s.update(
-            {
-                "cls.predictions.transform.dense.weight": model.mlm_dense.weight,
-                "cls.predictions.transform.dense.bias": model.mlm_dense.bias,
-                "cls.predictions.transform.LayerNorm.weight": model.mlm_ln.weight,
-                "cls.predictions.transform.LayerNorm.bias": model.mlm_ln.bias,
-                "cls.predictions.bias": model.mlm_bias,
-                "cls.seq_relationship.weight": model.nsp.weight,
-                "cls.seq_relationship.bias": model.nsp.bias,
-            }
-        )
-        return s
-    if isinstance(model, GPT):
-        return _gpt(model, "transformer.")
-    if isinstance(model, Transformer):
-        # our names are MarianMTModel's below `model.` (embed_tokens and lm_head are tied to
-        # `shared`; the sinusoidal positions are not weights)
-        s = {f"model.{k}": v for k, v in model.named_parameters()}
-        s["final_logits_bias"] = model.final_logits_bias.view(1, -1)
-        return s
-    if not isinstance(model, TaskModel) or isinstance(model.encoder, BiLM):
+    """transformers weight name -> a view of our parameter, for a model (any kind) of a family
+    with a transformers layout."""
+    adapter = family(model.cfg).hf
+    if isinstance(model, TaskModel):
+        if adapter is None or adapter.task_state is None:
+            raise ValueError(f"{type(model).__name__} has no transformers layout")
+        # a head's own extra weights (the predicate head's distance biases) keep our names
+        extra = {f"classifier.{n}": p for n, p in model.head.named_parameters() if "." in n}
+        return {**adapter.task_state(model), **extra}
+    if adapter is None or not isinstance(model, family(model.cfg).pretraining):
         raise ValueError(f"{type(model).__name__} has no transformers layout")
-    enc, head = model.encoder, model.head
-    seq = model.layout == "pooled"
-    # a head's own extra weights (the predicate head's distance biases) keep our names
-    extra = {f"classifier.{n}": p for n, p in head.named_parameters() if "." in n}
-    if isinstance(enc, BertEncoder):
-        s = _bert_encoder(enc, "bert.", pooler=seq)
-        s["classifier.weight"], s["classifier.bias"] = head.weight, head.bias
-        return {**s, **extra}
-    s = _gpt(enc, "transformer.")
-    if seq and not model.frozen:
-        s["score.weight"] = head.weight  # GPT2ForSequenceClassification: bias-free
-    else:
-        s["classifier.weight"] = head.weight
-        if head.bias is not None:
-            s["classifier.bias"] = head.bias
-    return {**s, **extra}
+    return adapter.state(model)
 
 
 def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in hf_state(model).items()}
 
 
-# buffers and tied copies that transformers checkpoints carry and our modules do not need
-_IGNORED = (
-    "embeddings.position_ids",
-    "cls.predictions.decoder.weight",  # tied to the word embeddings
-    "cls.predictions.decoder.bias",  # the same tensor as cls.predictions.bias
-    "lm_head.weight",  # tied to wte (GPT-2) / shared (Marian)
-    "embed_tokens.weight",  # Marian: tied to shared
-    "embed_positions.weight",  # Marian: sinusoidal, not learned
-    ".attn.bias",  # GPT-2's causal-mask buffer
-    ".attn.masked_bias",
-)
-
-
 def load_hf_state(
     model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True
 ) -> list[str]:
-    """Copy a transformers state dict into our model. Checkpoints saved without the `bert.` /
-    `transformer.` prefix (a bare BertModel / GPT2Model) are accepted. With `strict`, every one
-    of our weights must be present; otherwise the missing ones keep their initialisation and are
-    returned (a BertForMaskedLM checkpoint has no NSP head, say)."""
+    """Copy a transformers state dict into our model. Checkpoints saved without the family's
+    prefix (`bert.`, `transformer.`: a bare BertModel / GPT2Model) are accepted. With `strict`,
+    every one of our weights must be present; otherwise the missing ones keep their
+    initialisation and are returned (a BertForMaskedLM checkpoint has no NSP head, say)."""
+    adapter = family(model.cfg).hf
     targets = hf_state(model)
-    prefixes = ("bert.", "transformer.")
-    if any(t.startswith(prefixes) for t in targets) and not any(
-        k.startswith(prefixes) for k in state
-    ):
-        state = {
-            (p + k): v
-            for k, v in state.items()
-            for p in prefixes
-            if any(t.startswith(p) for t in targets)
-        }
+    p = adapter.prefix
+    if p and any(t.startswith(p) for t in targets) and not any(k.startswith(p) for k in state):
+        state = {p + k: v for k, v in state.items()}
     state = {
         k.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
             "LayerNorm.beta", "LayerNorm.bias"
@@ -222,20 +106,12 @@ def load_hf_state(
             f"{source}: weights missing: {', '.join(missing[:5])}"
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         )
-    unexpected = [k for k in state if k not in targets and not k.endswith(_IGNORED)]
+    unexpected = [k for k in state if k not in targets and not k.endswith(adapter.ignored)]
     if unexpected and strict:
         raise ValueError(f"{source}: unexpected weights: {', '.join(unexpected[:5])}")
     with torch.no_grad():
-        if (
-            isinstance(model, TaskModel)
-            and isinstance(model.encoder, BertEncoder)
-            and "bert.pooler.dense.weight" not in targets
-        ):
-            # a token head never reads BERT's pooler (transformers' class has none, so it is
-            # not stored): a fixed value keeps reloaded encoders identical (shared groups
-            # compare them)
-            model.encoder.pooler.weight.zero_()
-            model.encoder.pooler.bias.zero_()
+        if isinstance(model, TaskModel) and adapter.fill_unstored is not None:
+            adapter.fill_unstored(model, targets)
         for name, view in targets.items():
             if name in state:
                 t = state[name]
@@ -252,85 +128,22 @@ def load_hf_state(
 
 
 def hf_config(model: nn.Module, labels: list[str] | None, specials: dict[str, int | None]) -> dict:
-    """config.json for a BERT / GPT model of any kind (architectures, ids, labels), or a
-    MarianMTModel one for the encoder-decoder."""
-    if isinstance(model, Transformer):
-        return _marian_config(model)
-    enc = model.encoder if isinstance(model, TaskModel) else encoder_of(model)
-    if isinstance(enc, BiLM):
+    """config.json for a model of any kind: the family's transformers config (architectures,
+    ids), a task model's labels and head class, or a model type transformers does not know
+    for a family it has no class for."""
+    fam = family(model.cfg)
+    if fam.hf is None:
+        enc = model.encoder if isinstance(model, TaskModel) else fam.encoder_of(model)
+        arch = type(enc).__name__
         return {
-            "model_type": "lmplatform_bilm",
-            "architectures": ["BiLM"],
-            "_note": "the ELMo-style biLM has no transformers counterpart: load it with "
-            "lmplatform.models.io.from_pretrained",
+            "model_type": f"lmplatform_{arch.lower()}",
+            "architectures": [arch],
+            "_note": f"{fam.why_not['hf']}: load it with lmplatform.models.io.from_pretrained",
         }
-    family = _HF_ENCODERS[enc.cfg.family]
-    hf = family.config(enc.cfg, specials)
     if not isinstance(model, TaskModel):
-        hf["architectures"] = [family.pretraining]
-        return hf
-    return _task_config(hf, model, labels, family.arch)
-
-
-def _bert_config(c: BertConfig, specials: dict[str, int | None]) -> dict:
-    pad = specials.get("pad")
-    return {
-        "model_type": "bert",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "num_hidden_layers": c.num_layers,
-        "num_attention_heads": c.num_heads,
-        "intermediate_size": c.intermediate_size,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": c.dropout,
-        "attention_probs_dropout_prob": c.attention_dropout,
-        "max_position_embeddings": c.max_seq_len,
-        "type_vocab_size": c.type_vocab_size,
-        "initializer_range": c.initializer_range,
-        "layer_norm_eps": c.layer_norm_eps,
-        "position_embedding_type": "absolute",
-        "pad_token_id": pad if pad is not None else 0,
-        "tie_word_embeddings": True,
-    }
-
-
-def _gpt2_config(c: GPTConfig, specials: dict[str, int | None]) -> dict:
-    eot = specials.get("eot")
-    return {
-        "model_type": "gpt2",
-        "vocab_size": c.vocab_size,
-        "n_embd": c.hidden_size,
-        "n_layer": c.num_layers,
-        "n_head": c.num_heads,
-        "n_inner": c.intermediate_size,
-        "n_positions": c.max_seq_len,
-        "activation_function": "gelu_new",
-        "resid_pdrop": c.dropout,
-        "embd_pdrop": c.dropout,
-        "attn_pdrop": c.dropout,
-        "layer_norm_epsilon": c.layer_norm_eps,
-        "initializer_range": c.initializer_range,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
-        "pad_token_id": specials.get("pad"),
-        "tie_word_embeddings": True,
-    }
-
-
-@dataclass(frozen=True)
-class _HfEncoder:
-    arch: str
-    """transformers' class-name prefix (`BertFor…`, `GPT2For…`)."""
-    pretraining: str
-    """transformers' class for the family's pretraining model."""
-    config: Callable[..., dict]
-    """(our encoder config, special-token ids) -> config.json without labels or classes."""
-
-
-_HF_ENCODERS = {  # our family -> its transformers counterpart
-    "bert": _HfEncoder("Bert", "BertForPreTraining", _bert_config),
-    "gpt": _HfEncoder("GPT2", "GPT2LMHeadModel", _gpt2_config),
-}
+        return fam.hf.config(model, specials)
+    hf = fam.hf.encoder_config(model.cfg, specials)
+    return _task_config(hf, model, labels, fam.hf.task_arch)
 
 
 def _task_config(hf: dict, model: TaskModel, labels: list[str] | None, arch: str) -> dict:
@@ -361,123 +174,26 @@ def _task_config(hf: dict, model: TaskModel, labels: list[str] | None, arch: str
     return hf
 
 
-def _marian_config(model: Transformer) -> dict:
-    c = model.cfg
-    hf = {
-        "model_type": "marian",
-        "architectures": ["MarianMTModel"],
-        "vocab_size": c.vocab_size,
-        "decoder_vocab_size": c.vocab_size,
-        "d_model": c.hidden_size,
-        "encoder_layers": c.num_encoder_layers,
-        "decoder_layers": c.num_decoder_layers,
-        "encoder_attention_heads": c.num_heads,
-        "decoder_attention_heads": c.num_heads,
-        "encoder_ffn_dim": c.intermediate_size,
-        "decoder_ffn_dim": c.intermediate_size,
-        "activation_function": {"gelu_tanh": "gelu_new"}.get(c.activation, c.activation),
-        "dropout": c.dropout,
-        "attention_dropout": c.dropout,
-        "activation_dropout": c.dropout,
-        "max_position_embeddings": c.max_seq_len,
-        "scale_embedding": True,
-        "init_std": c.initializer_range,
-        "pad_token_id": c.pad_token_id,
-        "bos_token_id": c.bos_token_id,
-        "eos_token_id": c.eos_token_id,
-        "decoder_start_token_id": c.bos_token_id,
-        "forced_eos_token_id": c.eos_token_id,
-        "share_encoder_decoder_embeddings": True,
-        "tie_word_embeddings": True,
-        "is_encoder_decoder": True,
-    }
-    why = not_expressible(model)
-    if why:
-        # the weights keep Marian's names, but no transformers class computes this model: a
-        # model type it does not know makes it refuse, not misread
-        hf["model_type"] = "lmplatform_transformer"
-        hf["architectures"] = ["LmplatformTransformer"]
-        hf["_note"] = f"no transformers class ({why}): load it with lmplatform.models.io"
-    return hf
-
-
-def config_from_hf(hf: dict, source: str) -> BertConfig | GPTConfig:
-    """Our config for a transformers BERT or GPT-2 config.json (others refused by name)."""
-    kind = hf.get("model_type")
-    if kind not in HF_FAMILIES:
-        raise ValueError(
-            f"{source}: model_type {kind!r} cannot be imported (supported: "
-            f"{', '.join(HF_FAMILIES)}: BERT- and GPT-2-family checkpoints)"
-        )
-
-    def need(key, want, default=None):
-        got = hf.get(key, default)
-        if got != want:
-            raise ValueError(f"{source}: {key}={got!r} is not supported (only {want!r})")
-
-    if kind == "bert":
-        need("hidden_act", "gelu", "gelu")
-        need("position_embedding_type", "absolute", "absolute")
-        return BertConfig(
-            size="base",
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=hf["num_attention_heads"],
-            intermediate_size=hf["intermediate_size"],
-            max_seq_len=hf["max_position_embeddings"],
-            type_vocab_size=hf.get("type_vocab_size", 2),
-            dropout=hf.get("hidden_dropout_prob", 0.1),
-            attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-            initializer_range=hf.get("initializer_range", 0.02),
-        )
-    need("activation_function", "gelu_new", "gelu_new")
-    for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
-        need(flag, False, False)
-    need("scale_attn_weights", True, True)
-    n_embd = hf["n_embd"]
-    return GPTConfig(
-        size="base",
-        vocab_size=hf["vocab_size"],
-        hidden_size=n_embd,
-        num_layers=hf["n_layer"],
-        num_heads=hf["n_head"],
-        intermediate_size=hf.get("n_inner") or 4 * n_embd,
-        max_seq_len=hf["n_positions"],
-        dropout=hf.get("resid_pdrop", 0.1),
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        initializer_range=hf.get("initializer_range", 0.02),
-    )
+def config_from_hf(hf: dict, source: str):
+    """Our config for a transformers config.json of a family that imports its checkpoints
+    (others refused by name)."""
+    return hf_family(hf.get("model_type"), source).hf.from_config(hf, source)
 
 
 # --------------------------------------------------------------------------- tokenizer files
 
 
-def tokenizer_files(family: str, max_len: int, specials: dict[str, str | None]) -> dict[str, dict]:
-    """tokenizer_config.json and special_tokens_map.json for a tokenizer.json of ours: every
-    special token named, the longest input, and whether the model reads segment ids (BERT does;
-    GPT-2 would add the *token* embedding of a segment id, so it must not get them)."""
-    if family == "bert":
-        tokens = {
-            k: specials[k]
-            for k in ("unk_token", "pad_token", "cls_token", "sep_token", "mask_token")
-            if specials.get(k)
-        }
-        names = ["input_ids", "token_type_ids", "attention_mask"]
-    elif family == "transformer":
-        tokens = {
-            k: specials[k] for k in ("pad_token", "bos_token", "eos_token") if specials.get(k)
-        }
-        names = ["input_ids", "attention_mask"]
-    else:
-        eot = specials.get("eos_token")
-        tokens = {k: eot for k in ("bos_token", "eos_token", "unk_token", "pad_token") if eot}
-        names = ["input_ids", "attention_mask"]
+def tokenizer_files(fam, max_len: int, specials: dict[str, str | None]) -> dict[str, dict]:
+    """tokenizer_config.json and special_tokens_map.json for a tokenizer.json of ours and a
+    family (or its name): every special token named the family's way, the longest input, and
+    whether the model reads segment ids (BERT does; GPT-2 would add the *token* embedding of a
+    segment id, so it must not get them)."""
+    files = family(fam).tokenizer_files
+    tokens = files.tokens(specials)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": max_len,
-        "model_input_names": names,
+        "model_input_names": list(files.input_names),
         "padding_side": "right",
         "clean_up_tokenization_spaces": False,
         **tokens,

@@ -69,10 +69,11 @@ class _AtomicDir:
 
 
 def _describe(model: nn.Module) -> dict:
-    if family(model.cfg).objective == "seq2seq":  # the encoder-decoder is the task model
+    task = family(model.cfg).whole_model_task
+    if task is not None:  # the encoder-decoder is the task model
         return {
             "kind": "task",
-            "head": {"type": "seq2seq", "layout": "seq2seq", "num_labels": 0, "frozen": False},
+            "head": {"type": task, "layout": task, "num_labels": 0, "frozen": False},
         }
     if isinstance(model, TaskModel):
         return {
@@ -128,7 +129,7 @@ def save_pretrained(
         tok_file = tok_file / "tokenizer.json" if tok_file.is_dir() else tok_file
     ids, strings = _specials(tok_file)
     with _AtomicDir(out_dir) as tmp:
-        if cfg.family == "lstm":
+        if family(cfg).hf is None:  # our own weight names
             save_model(model, str(tmp / WEIGHTS))
         else:
             save_file(hf.state_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -139,8 +140,7 @@ def save_pretrained(
         if tok_file is not None:
             shutil.copyfile(tok_file, tmp / "tokenizer.json")
             max_len = int(meta.get("max_seq_len") or cfg.max_seq_len)
-            kind = cfg.family if cfg.family in ("bert", "transformer") else "gpt"
-            for name, content in hf.tokenizer_files(kind, max_len, strings).items():
+            for name, content in hf.tokenizer_files(cfg, max_len, strings).items():
                 (tmp / name).write_text(json.dumps(content, indent=2))
         (tmp / META).write_text(json.dumps(meta, indent=2))
     return Path(out_dir)
@@ -177,7 +177,7 @@ def from_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> nn.Mo
     """Rebuild the saved model (pretraining or task) with its weights."""
     meta = read_config(path)
     cfg = model_config(meta)
-    if meta["kind"] == "task" and h_layout(meta) == "seq2seq":
+    if meta["kind"] == "task" and family(cfg).whole_model_task is not None:
         model = build_pretraining_model(cfg)  # the encoder-decoder is the whole task model
     elif meta["kind"] == "task":
         h = meta["head"]
@@ -194,18 +194,13 @@ def from_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> nn.Mo
     return model
 
 
-def h_layout(meta: dict) -> str | None:
-    h = meta.get("head") or {}
-    return h.get("layout") or LEGACY_LAYOUTS.get(h.get("type"))
-
-
 def load_weights(
     model: nn.Module, path: str | os.PathLike, meta: dict | None = None, map_location="cpu"
 ) -> None:
     """Every weight of a saved folder into `model` (which must have its architecture)."""
     meta = meta or read_config(path)
     file = str(Path(path) / WEIGHTS)
-    if meta.get("format_version", 1) >= 2 and meta["model"]["family"] != "lstm":
+    if meta.get("format_version", 1) >= 2 and family(meta["model"]["family"]).hf is not None:
         hf.load_hf_state(model, load_file(file, device=map_location), str(path))
     else:
         load_model(model, file, strict=True, device=map_location)
@@ -259,16 +254,17 @@ def load_hf_folder(folder: str | os.PathLike) -> tuple[nn.Module, str, list[str]
         raise FileNotFoundError(f"{src}: no config.json (not a transformers model folder)")
     hf_cfg = hf.read_json(folder / "config.json")
     cfg = hf.config_from_hf(hf_cfg, src)
+    adapter = family(cfg).hf
     model = build_pretraining_model(cfg)
     missing = hf.load_hf_state(model, _hf_weights(folder), src, strict=False)
-    # heads (MLM, NSP) and BERT's pooler may be absent (a BertForMaskedLM has no pooler):
+    # heads (BERT's MLM, NSP and pooler: a BertForMaskedLM has no pooler) may be absent:
     # they keep their initialisation and fine-tuning trains them
-    encoder_missing = [k for k in missing if not k.startswith(("cls.", "bert.pooler."))]
+    encoder_missing = [k for k in missing if not k.startswith(adapter.fresh_ok)]
     if encoder_missing:
         raise ValueError(
             f"{src}: the checkpoint lacks encoder weights ({', '.join(encoder_missing[:3])}…)"
         )
-    tok = _hf_tokenizer(folder, hf_cfg["model_type"])
+    tok = _hf_tokenizer(folder, adapter.vocab_tokenizer)
     from tokenizers import Tokenizer
 
     size = Tokenizer.from_str(tok).get_vocab_size()
@@ -293,21 +289,19 @@ def _hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{folder}: no {WEIGHTS} (or pytorch_model.bin) with the weights")
 
 
-def _hf_tokenizer(folder: Path, model_type: str) -> str:
-    """tokenizer.json text; built from vocab.txt (BERT) or vocab.json + merges.txt (GPT-2)
-    for checkpoints saved without one."""
+def _hf_tokenizer(folder: Path, from_vocab) -> str:
+    """tokenizer.json text; for checkpoints saved without one, built from the family's own
+    vocabulary files (`from_vocab`: BERT's vocab.txt) or vocab.json + merges.txt (GPT-2)."""
     if (folder / "tokenizer.json").is_file():
         return (folder / "tokenizer.json").read_text()
-    from tokenizers.implementations import BertWordPieceTokenizer, ByteLevelBPETokenizer
+    from tokenizers.implementations import ByteLevelBPETokenizer
 
     settings = {}
     if (folder / "tokenizer_config.json").is_file():
         settings = hf.read_json(folder / "tokenizer_config.json")
-    if model_type == "bert" and (folder / "vocab.txt").is_file():
-        tok = BertWordPieceTokenizer(
-            str(folder / "vocab.txt"), lowercase=settings.get("do_lower_case", True)
-        )
-        return tok.to_str()
+    tok = from_vocab(folder, settings) if from_vocab is not None else None
+    if tok is not None:
+        return tok
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         tok = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
         return tok.to_str()

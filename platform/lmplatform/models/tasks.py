@@ -13,10 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmplatform.models.families import family
-from lmplatform.models.gpt import GPT
 from lmplatform.models.heads import HEADS
 from lmplatform.models.layers import Dropout, Encoded, ScalarMix
-from lmplatform.models.lstm import BiLM
 
 # head layout of the task types that existed before layouts were stored with a model
 LEGACY_LAYOUTS = {
@@ -56,10 +54,11 @@ class TaskModel(nn.Module):
         self.layout = layout or LEGACY_LAYOUTS[kind]
         self.num_labels = num_labels
         self.frozen = frozen
-        self.mix = ScalarMix(encoder.cfg.num_layers + 1) if isinstance(encoder, BiLM) else None
+        fam = family(encoder.cfg)
+        self.mix = ScalarMix(encoder.cfg.num_layers + 1) if fam.layer_mix else None
         self.drop = Dropout(dropout)
-        # Hugging Face's GPT2ForSequenceClassification has a bias-free `score`: match it for export
-        bias = not (isinstance(encoder, GPT) and self.layout == "pooled")
+        # a family's transformers class may have a bias-free sequence head: match it for export
+        bias = fam.pooled_head_bias or self.layout != "pooled"
         self.head = HEADS[self.layout](encoder.hidden_size, num_labels, bias=bias)
         if frozen:
             encoder.requires_grad_(False)

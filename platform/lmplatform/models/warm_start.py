@@ -1,12 +1,11 @@
 """Warm-starting the encoder-decoder from a pretrained BERT or GPT (Rothe et al. 2020,
 "Leveraging Pre-trained Checkpoints for Sequence Generation Tasks").
 
-- BERT's blocks are post-LN with learned positions and a LayerNorm on the embeddings: they fill
-  the encoder ("BERT2rnd"), the decoder's self-attention and feed-forward ("rnd2BERT"; its
-  cross-attention starts from scratch and its self-attention becomes causal), or both
-  ("BERT2BERT"). Token type 0's embedding is folded into the position table.
-- GPT's blocks are pre-LN and causal with a final LayerNorm: they fill the decoder of a pre-LN
-  model whose encoder starts from scratch ("rnd2GPT").
+What a parent family can fill, the layout its layers need and the copying itself are the
+family's (`Family.warm_start`, e.g. models/bert_adapter.py): BERT's post-LN blocks fill the
+encoder, the decoder or both; GPT's pre-LN causal blocks the decoder of a pre-LN model. This
+module holds what they share: the checks, the encoder-decoder's config, and copying blocks with
+a fused q/k/v projection into its layers.
 
 Source, target and parent share the parent's tokenizer (so its token embeddings are the shared
 matrix): BERT's [CLS] / [SEP] / [PAD] become start / end / padding, GPT's end-of-text all three.
@@ -20,38 +19,43 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lmplatform.models.bert import BertConfig, BertEncoder
-from lmplatform.models.gpt import GPT, GPTConfig
 from lmplatform.models.layers import SelfAttention
 from lmplatform.models.transformer import Attention, Stack, Transformer, TransformerConfig
 
 Part = Literal["encoder", "decoder", "both"]
-PARTS: dict[str, tuple[str, ...]] = {"bert": ("both", "encoder", "decoder"), "gpt": ("decoder",)}
-"""What each parent family can fill; the first is the default."""
+
+
+def _parents() -> dict:
+    from lmplatform.models.families import FAMILIES  # the families' adapters import this module
+
+    return {name: f.warm_start for name, f in FAMILIES.items() if f.warm_start is not None}
 
 
 def check_part(family: str, part: str | None, where: str) -> str:
     """The part to warm-start (the family's default when None), or a ValueError naming why not."""
-    if family not in PARTS:
+    parents = _parents()
+    if family not in parents:
         raise ValueError(
             f"{where}: a {family} model cannot warm-start an encoder-decoder "
-            f"(parents: {', '.join(PARTS)})"
+            f"(parents: {', '.join(parents)})"
         )
-    part = part or PARTS[family][0]
-    if part not in PARTS[family]:
+    spec = parents[family]
+    part = part or spec.parts[0]
+    if part not in spec.parts:
         raise ValueError(
             f"{where}: warm_start={part!r} from a {family} parent is not supported; "
-            f"it fills {' / '.join(PARTS[family])} (GPT's blocks are causal: a decoder's)"
+            f"it fills {' / '.join(spec.parts)}" + (f" ({spec.why})" if spec.why else "")
         )
     return part
 
 
-def warm_start_config(
-    parent: BertConfig | GPTConfig, pad: int, bos: int, eos: int
-) -> TransformerConfig:
+def warm_start_config(parent, pad: int, bos: int, eos: int) -> TransformerConfig:
     """The encoder-decoder a parent's weights fit: its width, depth (both sides), heads,
     positions and LayerNorm placement."""
-    shared = dict(
+    spec = _parents().get(parent.family)
+    if spec is None:
+        raise ValueError(f"a {parent.family} model cannot warm-start an encoder-decoder")
+    return TransformerConfig(
         vocab_size=parent.vocab_size,
         hidden_size=parent.hidden_size,
         num_encoder_layers=parent.num_layers,
@@ -66,62 +70,23 @@ def warm_start_config(
         pad_token_id=pad,
         bos_token_id=bos,
         eos_token_id=eos,
-    )
-    if isinstance(parent, BertConfig):
-        return TransformerConfig(
-            **shared, activation="gelu", pre_ln=False, embedding_layer_norm=True
-        )
-    return TransformerConfig(
-        **shared, activation="gelu_tanh", pre_ln=True, embedding_layer_norm=False
+        **spec.layout,
     )
 
 
 @torch.no_grad()
 def warm_start(model: Transformer, parent: nn.Module, part: str) -> None:
-    """Copy the parent's weights (a BertEncoder or a GPT) into `model` (built from
-    `warm_start_config` of the parent's config)."""
-    model.shared.weight.copy_(parent.tok_emb.weight)
-    if isinstance(parent, BertEncoder):
-        if part in ("encoder", "both"):
-            _bert_into(model.encoder, parent)
-        if part in ("decoder", "both"):
-            _bert_into(model.decoder, parent)
-    elif isinstance(parent, GPT):
-        _gpt_into(model.decoder, parent)
-    else:
+    """Copy the parent's weights (its family's encoder: a BertEncoder, a GPT) into `model`
+    (built from `warm_start_config` of the parent's config)."""
+    spec = _parents().get(getattr(getattr(parent, "cfg", None), "family", None))
+    if spec is None:
         raise TypeError(f"cannot warm-start from {type(parent).__name__}")
+    spec.fill(model, parent, part)
 
 
-# our layer's modules <- the parent block's, besides the attention projections
-_BERT_LAYER = {
-    "self_attn_layer_norm": "attn_ln",
-    "fc1": "ffn_in",
-    "fc2": "ffn_out",
-    "final_layer_norm": "ffn_ln",
-}
-_GPT_LAYER = {
-    "self_attn_layer_norm": "ln_1",
-    "fc1": "fc",
-    "fc2": "proj",
-    "final_layer_norm": "ln_2",
-}
-
-
-def _bert_into(stack: Stack, bert: BertEncoder) -> None:
-    n = stack.embed_positions.num_embeddings
-    stack.embed_positions.weight.copy_(bert.pos_emb.weight[:n] + bert.type_emb.weight[0])
-    stack.layernorm_embedding.load_state_dict(bert.emb_ln.state_dict())
-    _layers_into(stack, bert.layers, _BERT_LAYER)
-
-
-def _gpt_into(stack: Stack, gpt: GPT) -> None:
-    n = stack.embed_positions.num_embeddings
-    stack.embed_positions.weight.copy_(gpt.pos_emb.weight[:n])
-    _layers_into(stack, gpt.blocks, _GPT_LAYER)
-    stack.layer_norm.load_state_dict(gpt.ln_f.state_dict())
-
-
-def _layers_into(stack: Stack, blocks: nn.ModuleList, names: dict[str, str]) -> None:
+def layers_into(stack: Stack, blocks: nn.ModuleList, names: dict[str, str]) -> None:
+    """A parent's blocks into the stack's layers: the attention projections, and the modules
+    `names` maps (ours -> the block's)."""
     for ours, theirs in zip(stack.layers, blocks, strict=True):
         _attention(ours.self_attn, theirs.attn)
         for mine, parents in names.items():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from lmplatform.models.families import families_serving, family
 from lmplatform.models.io import from_pretrained, read_config
 from lmplatform.models.layers import Encoded
 from lmplatform.models.tasks import TaskModel
@@ -271,14 +272,14 @@ class SharedEncoder:
 class _PretrainedPredictor:
     """A pretrained model of one family from the registry, on this replica's device."""
 
-    family = ""
     route = ""
 
     def __init__(self, folder: str | Path, ref: ModelInfo):
         meta = read_config(folder)
-        if meta["model"]["family"] != self.family or meta.get("kind") == "task":
+        if self.route not in family(meta["model"]["family"]).serves or meta.get("kind") == "task":
             raise ValueError(
-                f"{self.route} needs a pretrained {self.family}; {ref.name} is not one"
+                f"{self.route} needs a pretrained {' or '.join(families_serving(self.route))}; "
+                f"{ref.name} is not one"
             )
         self.ref = ref
         self.device = device()
@@ -296,7 +297,7 @@ class _PretrainedPredictor:
 class FillMaskPredictor(_PretrainedPredictor):
     """A pretrained BERT: the top-k tokens for every [MASK] of each input."""
 
-    family, route = "bert", "fill-mask"
+    route = "fill-mask"
 
     def parse(self, inputs: list) -> list[Item]:
         items = []
@@ -355,7 +356,7 @@ class FillMaskPredictor(_PretrainedPredictor):
 class GeneratePredictor(_PretrainedPredictor):
     """A pretrained GPT: continuations, greedy or sampled."""
 
-    family, route = "gpt", "generate"
+    route = "generate"
 
     def parse(self, inputs: list) -> list[Item]:
         limit = self.max_len * CHARS_PER_POSITION
