@@ -168,8 +168,8 @@ def pretrain_stage(pre: PretrainJobConfig, state: State, reg: Registry, force: b
         h,
         name=name,
         version=version,
-        metrics={
-            k: meta.get("metrics", {}).get(k) for k in ("eval_loss", "mlm_acc", "nsp_acc", "step")
+        metrics={  # what summarizes a run of this family's objective (BERT: MLM and NSP)
+            k: meta.get("metrics", {}).get(k) for k in (*pre.objective.metrics, "step")
         },
         run_dir=prepared.run_dir,
         seconds=time.time() - t0,
