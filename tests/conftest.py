@@ -115,6 +115,25 @@ def s3_bucket(s3_server) -> str:
 
 
 @pytest.fixture(scope="session")
+def one_rank_group():
+    """A one-rank gloo process group in this process, with the variables a launcher sets, as
+    each Ray Train worker has: DeepSpeed engines can then be built in the test process. One
+    for the session: DeepSpeed caches the groups it derives from it (deepspeed.utils.groups),
+    so a group destroyed by one test module broke the next module's engines ("Group ... is not
+    registered")."""
+    import torch.distributed as dist
+
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        yield
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     from lmplatform.runtime import init_ray
 

@@ -6,7 +6,6 @@ and the tests must not depend on a pretraining run).
 """
 
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -426,28 +425,6 @@ def test_a_frozen_bilm_trial_through_tune_moves_only_the_scalar_mix_and_head(
     assert model.mix.weights.abs().max() > 1e-3  # the mix moved off its uniform start
     published = from_pretrained(root / "tiny-bilm").state_dict()
     assert all(torch.equal(v, published[k]) for k, v in model.encoder.state_dict().items())
-
-
-@pytest.fixture(scope="module")
-def one_rank_group():
-    """A one-rank gloo process group in this process (DeepSpeed needs one; it caches its
-    groups, so the group lives as long as the module's tests)."""
-    import torch.distributed as dist
-
-    from conftest import _free_port
-
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -259,26 +259,6 @@ def test_compiled_training_and_serving_match_eager(small_tokenizers, tmp_path):
 # --------------------------------------------------------------------------- precision and syncs
 
 
-@pytest.fixture(scope="module")
-def world_of_one():
-    """A one-process gloo group with the variables a launcher sets, as each Ray Train worker
-    has: DeepSpeed engines can then be built in this process."""
-    import socket
-
-    import torch.distributed as dist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK="0", WORLD_SIZE="1")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {**env, "LOCAL_RANK": "0"}.items():
-            mp.setenv(k, v)
-        dist.init_process_group("gloo", rank=0, world_size=1)
-        yield
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("engine", ["torch", "deepspeed"])
 def test_one_precision_path_with_and_without_deepspeed(engine, precision, request):
@@ -297,7 +277,7 @@ def test_one_precision_path_with_and_without_deepspeed(engine, precision, reques
     )
     trained, stepper, around = model, None, []
     if engine == "deepspeed":
-        request.getfixturevalue("world_of_one")
+        request.getfixturevalue("one_rank_group")
         stepper = DeepSpeedStepper(model, cfg, ScalingConfig(zero_stage=0), 1, 8)
         trained = stepper.engine
         trained.register_forward_pre_hook(
@@ -531,7 +511,7 @@ def test_pretraining_refuses_before_any_worker_starts(tmp_path):
 
 @pytest.mark.parametrize("stage", [0, 2])
 def test_a_checkpoint_of_another_engine_layout_resumes_from_its_fp32_weights(
-    stage, world_of_one, tmp_path, monkeypatch
+    stage, one_rank_group, tmp_path, monkeypatch
 ):
     """A checkpoint written in DeepSpeed's `bf16` mode (before one precision path) holds
     optimizer state an autocast engine cannot load (ZeRO-0: KeyError 'param_groups'; ZeRO-2:
