@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lmplatform.models.bert import BertConfig, BertEncoder, BertForPretraining
-from lmplatform.models.interop import HFAdapter, TokenizerFiles, WarmStart
+from lmplatform.models.interop import HFAdapter, TokenizerFiles, WarmStart, require
 from lmplatform.models.warm_start import layers_into
 
 # --------------------------------------------------------------------------- weights
@@ -117,13 +117,8 @@ def pretraining_config(model: nn.Module, specials: dict[str, int | None]) -> dic
 def from_config(hf: dict, source: str) -> BertConfig:
     """Our config for a transformers BERT config.json (what we compute differently refused)."""
 
-    def need(key, want, default=None):
-        got = hf.get(key, default)
-        if got != want:
-            raise ValueError(f"{source}: {key}={got!r} is not supported (only {want!r})")
-
-    need("hidden_act", "gelu", "gelu")
-    need("position_embedding_type", "absolute", "absolute")
+    require(hf, "hidden_act", "gelu", source)
+    require(hf, "position_embedding_type", "absolute", source)
     return BertConfig(
         size="base",
         vocab_size=hf["vocab_size"],

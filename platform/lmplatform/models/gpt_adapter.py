@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lmplatform.models.gpt import GPT, GPTConfig
-from lmplatform.models.interop import HFAdapter, TokenizerFiles, WarmStart
+from lmplatform.models.interop import HFAdapter, TokenizerFiles, WarmStart, require
 from lmplatform.models.warm_start import layers_into
 
 # --------------------------------------------------------------------------- weights
@@ -89,15 +89,10 @@ def pretraining_config(model: nn.Module, specials: dict[str, int | None]) -> dic
 def from_config(hf: dict, source: str) -> GPTConfig:
     """Our config for a transformers GPT-2 config.json (what we compute differently refused)."""
 
-    def need(key, want, default=None):
-        got = hf.get(key, default)
-        if got != want:
-            raise ValueError(f"{source}: {key}={got!r} is not supported (only {want!r})")
-
-    need("activation_function", "gelu_new", "gelu_new")
+    require(hf, "activation_function", "gelu_new", source)
     for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
-        need(flag, False, False)
-    need("scale_attn_weights", True, True)
+        require(hf, flag, False, source)
+    require(hf, "scale_attn_weights", True, source)
     n_embd = hf["n_embd"]
     return GPTConfig(
         size="base",

@@ -20,6 +20,14 @@ import torch
 from torch import nn
 
 
+def require(hf: dict, key: str, want, source: str) -> None:
+    """A transformers config.json value our model computes only one way: refused, naming the
+    key and what we support, when `hf` sets another (absent: transformers' default, `want`)."""
+    got = hf.get(key, want)
+    if got != want:
+        raise ValueError(f"{source}: {key}={got!r} is not supported (only {want!r})")
+
+
 def _expressible(model: nn.Module) -> str | None:
     return None
 
