@@ -229,7 +229,6 @@ def run_pretraining(job: PretrainJobConfig, callbacks: list | None = None):
             if job.tracking and job.tracking.backend == "mlflow"
             else None
         ),
-        "objective": job.objective.name,
         "callbacks": list(callbacks or ()),
         "eval_rows": eval_rows(files, job.train.eval_batches * job.train.batch_size),
     }
