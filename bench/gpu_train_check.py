@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from lmplatform.models import BertConfig, GPTConfig  # noqa: E402
-from lmplatform.models.bert import BertForPretraining  # noqa: E402
-from lmplatform.models.gpt import GPT  # noqa: E402
+from lmplatform.models.bert.model import BertForPretraining  # noqa: E402
+from lmplatform.models.gpt.model import GPT  # noqa: E402
 from lmplatform.train.config import ScalingConfig, TrainConfig  # noqa: E402
 from lmplatform.train.loop import fit  # noqa: E402
 from lmplatform.train.perf import matmul_peak_flops  # noqa: E402

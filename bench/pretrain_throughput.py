@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from lmplatform.models import BertConfig  # noqa: E402
-from lmplatform.models.bert import PRESETS, BertForPretraining  # noqa: E402
+from lmplatform.models.bert.model import PRESETS, BertForPretraining  # noqa: E402
 from lmplatform.train.perf import matmul_peak_flops  # noqa: E402
 
 VOCAB, SEQ = 30522, 128

@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from lmplatform.config import load_config  # noqa: E402
-from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig  # noqa: E402
+from lmplatform.pretraining.config import PretrainJobConfig  # noqa: E402
+from lmplatform.tune.config import FinetuneJobConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPT = ROOT / "jobs" / "configs" / "pretrain" / "adapt-cpu.yaml"
@@ -78,7 +79,7 @@ def ran(sr) -> int:
 def adapt(job: FinetuneJobConfig, steps: int, out: str) -> tuple[str, float]:
     """Continue the task's parent on the task's training text; returns (its ref, minutes)."""
     from lmplatform.data.sources import CorpusConfig
-    from lmplatform.pretrain import export_and_register, run_pretraining
+    from lmplatform.pretraining.run import export_and_register, run_pretraining
 
     cfg = load_config(
         PretrainJobConfig,
@@ -120,7 +121,7 @@ def main() -> None:
     args.overrides += [t for t in args.tasks if "=" in t]
     args.tasks = [t for t in args.tasks if "=" not in t]
     out = tempfile.mkdtemp(prefix="quality-")
-    from lmplatform.commands.common import require_model
+    from lmplatform.cli.common import require_model
     from lmplatform.runtime import init_ray
     from lmplatform.tune.data import load_task_data
     from lmplatform.tune.promotion import best_model, promote

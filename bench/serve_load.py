@@ -45,7 +45,7 @@ PLAIN = textwrap.dedent(
     sys.path.insert(0, {platform!r})
     import torch, uvicorn
     torch.set_num_threads({threads})
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.serving.api import make_app
     from lmplatform.serving.local import LocalBackend
     from lmplatform.serving.deployments import load_task
@@ -161,8 +161,8 @@ def main() -> None:
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
         os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response")
 
-    from lmplatform.commands.common import require_model
-    from lmplatform.registry import Registry
+    from lmplatform.cli.common import require_model
+    from lmplatform.registry.store import Registry
 
     # sst2 and the other shared-data tasks come from the shared-cpu pipeline (one command)
     require_model(args.registry, "tasks", f"{args.task}@best", builder="bert-shared-cpu")
@@ -182,8 +182,8 @@ def main() -> None:
     plain = subprocess.Popen([sys.executable, "-c", script])
 
     # ours: Ray Serve on a local Ray, one model replica with the same threads
-    from lmplatform.jobconfig import ServeConfig
     from lmplatform.runtime import init_ray
+    from lmplatform.serving.config import ServeConfig
 
     init_ray(num_cpus=max(2, os.cpu_count() or 2), quiet=True)
     from ray import serve

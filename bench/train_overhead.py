@@ -29,16 +29,17 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from lmplatform import storage  # noqa: E402
 from lmplatform.config import load_config  # noqa: E402
-from lmplatform.jobconfig import PretrainJobConfig  # noqa: E402
+from lmplatform.pretraining.config import PretrainJobConfig  # noqa: E402
 
 
 def bare(job: PretrainJobConfig, prepared) -> list[float]:
     import deepspeed
     import torch
 
-    from lmplatform.data.pretraining import batch_iterator, read_shards, shard_files
+    from lmplatform import storage
     from lmplatform.models.tasks import build_pretraining_model
-    from lmplatform.pretrain import _collator
+    from lmplatform.pretraining.data import batch_iterator, shard_files
+    from lmplatform.pretraining.run import _collator
     from lmplatform.train.deepspeed_engine import DeepSpeedStepper
     from lmplatform.train.loop import fit
 
@@ -56,7 +57,7 @@ def bare(job: PretrainJobConfig, prepared) -> list[float]:
         job.model.model_copy(update={"vocab_size": prepared.vocab_size})
     )
     stepper = DeepSpeedStepper(model, job.train, job.scaling, 1, job.train.max_steps)
-    rows = read_shards(shard_files(prepared.examples_dir)).to_pydict()
+    rows = storage.read_parquet(shard_files(prepared.examples_dir)).to_pydict()
     collate = _collator(job.objective, prepared.tokenizer_path.read_text(), job, 0)
     res = fit(
         stepper.engine,
@@ -100,8 +101,8 @@ def main() -> None:
             *args.overrides,
         ],
     )
-    from lmplatform.prepare import prepare
-    from lmplatform.pretrain import run_pretraining
+    from lmplatform.pretraining.prepare import prepare
+    from lmplatform.pretraining.run import run_pretraining
     from lmplatform.runtime import init_ray
 
     init_ray(quiet=True)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from lmplatform.config import load_config  # noqa: E402
-from lmplatform.jobconfig import FinetuneJobConfig  # noqa: E402
+from lmplatform.tune.config import FinetuneJobConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def main() -> None:
     args = p.parse_args()
     out = tempfile.mkdtemp(prefix="tune-eff-")
     base = load_config(FinetuneJobConfig, args.config, [f"output_dir={out}", *args.overrides])
-    from lmplatform.commands.common import require_model
+    from lmplatform.cli.common import require_model
     from lmplatform.runtime import init_ray
     from lmplatform.tune.data import load_task_data
     from lmplatform.tune.search import run_search

@@ -97,11 +97,11 @@ def publish_task(
 
 
 def build_registry(root: Path, sample_dir: Path) -> Path:
-    from lmplatform.models.bert import BertConfig
-    from lmplatform.models.gpt import GPTConfig
+    from lmplatform.models.bert.model import BertConfig
+    from lmplatform.models.gpt.model import GPTConfig
     from lmplatform.models.io import save_pretrained
     from lmplatform.models.tasks import build_pretraining_model, encoder_of
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
 
     wp, bpe = _tokenizers(root, sample_dir)
     reg = Registry(root / "registry")
@@ -136,7 +136,7 @@ def publish_translator(reg, root: Path, sample_dir: Path) -> str:
     """A seq2seq task "translate": a random debug encoder-decoder on a joint BPE (its outputs
     are nonsense; the contract, limits and batching are what the tests check)."""
     from lmplatform.models.io import save_pretrained
-    from lmplatform.models.transformer import Transformer, TransformerConfig
+    from lmplatform.models.transformer.model import Transformer, TransformerConfig
     from lmplatform.tokenization import TokenizerConfig, special_tokens, train_tokenizer
 
     lines = (sample_dir / "corpus" / "train.txt").read_text().splitlines()[:2000]

@@ -21,9 +21,9 @@ def sentiment(tmp_path_factory, sample_dir):
     """A random-weight sentiment task served in-process."""
     import torch
 
-    from lmplatform.models.bert import BertConfig
+    from lmplatform.models.bert.model import BertConfig
     from lmplatform.models.tasks import build_encoder
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.serving.deployments import load_task
 
     root = tmp_path_factory.mktemp("sec")

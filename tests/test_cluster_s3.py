@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT
 from lmplatform import storage
-from lmplatform.registry import Registry
+from lmplatform.registry.store import Registry
 from raycli import assert_all_skipped, cli_env, job_submit, start_head, start_node, stop
 
 DASHBOARD = 8287

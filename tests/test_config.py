@@ -9,7 +9,9 @@ import yaml
 
 from conftest import ROOT
 from lmplatform.config import ConfigError, load_config, save_resolved
-from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig, ServeConfig
+from lmplatform.pretraining.config import PretrainJobConfig
+from lmplatform.serving.config import ServeConfig
+from lmplatform.tune.config import FinetuneJobConfig
 
 PRETRAIN = ROOT / "jobs" / "configs" / "pretrain" / "bert-sample.yaml"
 

@@ -15,7 +15,7 @@ import torch
 
 from conftest import ROOT
 from lmplatform.config import load_config
-from lmplatform.jobconfig import FinetuneJobConfig
+from lmplatform.tune.config import FinetuneJobConfig
 
 SENTIMENT = ROOT / "jobs" / "configs" / "tasks" / "sentiment-sample.yaml"
 
@@ -24,7 +24,7 @@ def _publish_parent(root, sample_dir, name: str, model_cfg, tokenizer_kind: str)
     """A random-weight pretrained model with a tokenizer trained on the sample, in the registry."""
     from lmplatform.models.io import save_pretrained
     from lmplatform.models.tasks import build_pretraining_model
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.tokenization import TokenizerConfig, tokenizer_hash, train_tokenizer
 
     lines = (sample_dir / "corpus" / "train.txt").read_text().splitlines()
@@ -45,7 +45,7 @@ def _publish_parent(root, sample_dir, name: str, model_cfg, tokenizer_kind: str)
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, sample_dir):
-    from lmplatform.models.bert import BertConfig
+    from lmplatform.models.bert.model import BertConfig
 
     root = tmp_path_factory.mktemp("ft")
     _publish_parent(
@@ -73,7 +73,7 @@ def _job(root, name, *overrides):
 
 
 def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, registry):
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.tune.promotion import promote
     from lmplatform.tune.search import run_search
 
@@ -189,7 +189,7 @@ def test_pbt_restores_trials_from_other_trials_checkpoints(ray_local, registry):
 
 
 def test_worse_promotion_does_not_replace_best_and_concurrent_promotions_stay_complete(tmp_path):
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
 
     reg = Registry(tmp_path / "reg")
     src = tmp_path / "model"
@@ -312,7 +312,7 @@ def test_a_single_class_f1_metric_drives_search_and_promotion(ray_local, registr
     """metric f1/<class> (spam's metric: the rare class is what matters): Tune searches on it,
     and the promoted value is that class's whole-dev F1."""
     from lmplatform.config import ConfigError
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.tune.promotion import promote
     from lmplatform.tune.search import run_search
 
@@ -347,7 +347,7 @@ def test_a_transformers_checkpoint_is_imported_fine_tuned_promoted_and_served(
     import transformers
 
     from hf_checkpoints import save_bert
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.serving.deployments import load_task
     from lmplatform.tune.data import load_task_data
     from lmplatform.tune.promotion import promote
@@ -397,8 +397,8 @@ def test_a_frozen_bilm_trial_through_tune_moves_only_the_scalar_mix_and_head(
     """ELMo as the seeds use it: a frozen biLM gives features, and the trial learns the task's
     own scalar mix of its layers (and the head) — the biLM's weights stay as published."""
     from lmplatform.models.io import from_pretrained
-    from lmplatform.models.lstm import LSTMConfig
-    from lmplatform.registry import Registry
+    from lmplatform.models.lstm.model import LSTMConfig
+    from lmplatform.registry.store import Registry
     from lmplatform.tune.promotion import promote
     from lmplatform.tune.search import run_search
 

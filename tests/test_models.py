@@ -261,7 +261,7 @@ def test_the_causal_lm_loss_reads_nothing_back_from_the_device():
 
 
 def _bert_batch(nsp: list[int], lengths=(30, 17, 24, 9)):
-    from lmplatform.data.pretraining import BertCollator
+    from lmplatform.models.bert.pretraining import BertCollator
 
     collate = BertCollator(pad_id=0, mask_id=4, special_ids=[0, 1, 2, 3, 4], vocab_size=V, seed=3)
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from lmplatform.registry import Registry
+from lmplatform.registry.store import Registry
 from probes import http_predict, score
 from raycli import assert_all_skipped, job_submit, start_head, stop
 
@@ -22,7 +22,8 @@ def test_cluster_yaml_passes_ray_schema_and_fits_the_gpu_pipeline():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     from lmplatform.config import load_config
-    from lmplatform.pipeline import PipelineConfig, resolve
+    from lmplatform.pipeline.config import PipelineConfig
+    from lmplatform.pipeline.run import resolve
 
     raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     validate_config(prepare_config(raw))  # what `ray up` runs; raises on a schema error
@@ -70,8 +71,9 @@ def test_no_shipped_cluster_config_reads_or_writes_a_local_path():
     """A local path on a cluster is a different folder on every node (or missing from the job's
     working_dir): every location in the cluster configs must be object storage."""
     from lmplatform.config import load_config
-    from lmplatform.jobconfig import PretrainJobConfig
-    from lmplatform.pipeline import PipelineConfig, resolve
+    from lmplatform.pipeline.config import PipelineConfig
+    from lmplatform.pipeline.run import resolve
+    from lmplatform.pretraining.config import PretrainJobConfig
 
     def remote(uri: str) -> bool:
         return "://" in uri and not uri.startswith(("file://", "sample://"))
@@ -95,7 +97,7 @@ def test_no_shipped_cluster_config_reads_or_writes_a_local_path():
 
 
 def test_preflight_reports_planted_problems_with_fixes(ray_local, tmp_path):
-    from lmplatform import preflight
+    from lmplatform.pipeline import preflight
 
     work = tmp_path / "work"
     work.mkdir()
@@ -127,9 +129,10 @@ def test_a_deploy_stage_that_cannot_fit_is_refused_before_any_work(
     """shared-cpu.yaml once asked for five replicas of 0.5 CPU on a 2-CPU head: it trained for
     80 minutes, then Serve waited for CPUs forever. Now preflight names the sum and the fix,
     and the shipped pipeline fits the 2 CPUs it is written for."""
-    from lmplatform import preflight
     from lmplatform.config import read_yaml
-    from lmplatform.pipeline import PipelineConfig, resolve
+    from lmplatform.pipeline import preflight
+    from lmplatform.pipeline.config import PipelineConfig
+    from lmplatform.pipeline.run import resolve
 
     monkeypatch.setenv("HOME", str(tmp_path))  # not a launcher-managed head: it cannot grow
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from lmplatform import preflight
-from lmplatform.preflight import NodeType, Workers
+from lmplatform.pipeline import preflight
+from lmplatform.pipeline.preflight import NodeType, Workers
 from raycli import cli_env, start_head, start_node, stop
 
 GCS, DASHBOARD = 6431, 8298
@@ -157,7 +157,7 @@ def test_nccl_probe_pairs_two_gpu_workers_on_one_node(gpu_cluster):
     """The pair's placement and rendezvous work (gloo all-reduces between them); NCCL, which
     this CPU-only torch lacks, is reported with the ranks' node."""
     r = _driver(
-        "from lmplatform import preflight; "
+        "from lmplatform.pipeline import preflight; "
         "print(repr(preflight.probe_nccl(120, backend='gloo'))); "
         "print(repr(preflight.probe_nccl(120)))"
     )

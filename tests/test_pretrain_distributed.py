@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT
 from faults import KillOnce, picklable_by_value
 from lmplatform.config import load_config
-from lmplatform.jobconfig import PretrainJobConfig
+from lmplatform.pretraining.config import PretrainJobConfig
 
 picklable_by_value()
 
@@ -42,10 +42,15 @@ def workdir(tmp_path_factory):
 
 
 def test_zero_stages_agree_and_zero3_export_reproduces_eval_loss(ray_local, workdir):
-    from lmplatform.data.pretraining import shard_files
     from lmplatform.models.io import from_pretrained
-    from lmplatform.pretrain import eval_rows, export_and_register, make_eval_fn, run_pretraining
-    from lmplatform.registry import Registry
+    from lmplatform.pretraining.data import shard_files
+    from lmplatform.pretraining.run import (
+        eval_rows,
+        export_and_register,
+        make_eval_fn,
+        run_pretraining,
+    )
+    from lmplatform.registry.store import Registry
 
     losses = {}
     for stage in (0, 1, 2, 3):
@@ -101,9 +106,9 @@ def test_continued_pretraining_starts_from_the_parent_model(ray_local, workdir, 
     from hf_checkpoints import save_bert
     from lmplatform.config import ConfigError
     from lmplatform.models.io import from_pretrained, load_hf_folder
-    from lmplatform.prepare import prepare
-    from lmplatform.pretrain import export_and_register, run_pretraining
-    from lmplatform.registry import Registry
+    from lmplatform.pretraining.prepare import prepare
+    from lmplatform.pretraining.run import export_and_register, run_pretraining
+    from lmplatform.registry.store import Registry
 
     adapt = [
         "corpus.source.path=sample://sentiment/train.tsv",
@@ -161,7 +166,7 @@ def test_continued_pretraining_starts_from_the_parent_model(ray_local, workdir, 
 
 
 def test_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, workdir):
-    from lmplatform.pretrain import run_pretraining
+    from lmplatform.pretraining.run import run_pretraining
 
     cfg = _cfg(workdir, "fault", "train.max_steps=16", "train.checkpoint_every=5")
     _, result = run_pretraining(cfg, callbacks=[KillOnce(13, str(workdir / "fault.killed"))])
@@ -179,7 +184,7 @@ def test_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, workd
     import subprocess
     import sys
 
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
 
     kept = sorted(p for p in (workdir / "ray" / "fault").glob("checkpoint_*") if p.is_dir())
     assert len(kept) == cfg.train.keep_checkpoints
@@ -207,7 +212,7 @@ def test_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, workd
 
 
 def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local, workdir):
-    from lmplatform.pretrain import run_pretraining
+    from lmplatform.pretraining.run import run_pretraining
 
     cfg = _cfg(
         workdir,

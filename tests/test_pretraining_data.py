@@ -5,15 +5,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lmplatform.data.pretraining import (
-    BertCollator,
-    ExamplesConfig,
-    build_examples,
-    causal_collate,
-    mask_tokens,
-    shard_files,
-)
 from lmplatform.data.sources import fingerprint
+from lmplatform.models.bert.pretraining import BertCollator, mask_tokens
+from lmplatform.models.gpt.pretraining import causal_collate
+from lmplatform.models.objective import ExamplesConfig
+from lmplatform.pretraining.data import build_examples, shard_files
 from lmplatform.tokenization import (
     EOT,
     TokenizerConfig,

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmplatform.commands.registry import main
+from lmplatform.cli.registry import main
 
 VALUES = {"v0001": 0.70, "v0002": 0.80, "v0003": 0.75}
 
 
 @pytest.fixture
 def reg_root(tmp_path, sample_dir):
-    from lmplatform.models.bert import BertConfig
+    from lmplatform.models.bert.model import BertConfig
     from lmplatform.models.io import save_pretrained
     from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.tokenization import TokenizerConfig, train_tokenizer
 
     lines = (sample_dir / "corpus" / "train.txt").read_text().splitlines()[:2000]
@@ -77,7 +77,7 @@ def test_list_and_show(reg_root, capsys):
 
 
 def test_rollback_is_refused_when_worse_unless_forced_and_promote_compares(reg_root, capsys):
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
 
     reg = Registry(reg_root)
     code, _, err = _cli(capsys, reg_root, "rollback", "mood")  # -> v0001, which scores 0.70
@@ -109,7 +109,7 @@ def test_export_hf_loads_in_a_transformers_pipeline(reg_root, tmp_path, capsys):
 
 def test_gc_removes_only_stale_incomplete_versions(reg_root, capsys):
     from lmplatform import storage
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
 
     reg = Registry(reg_root)
     stale = storage.join(reg.uri, "tasks", "mood", "v0009", ".claim")

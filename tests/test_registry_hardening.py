@@ -21,7 +21,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from conftest import model_folder
 from lmplatform import storage
-from lmplatform.registry import Registry, RegistryError, check_name, check_ref, check_version
+from lmplatform.registry.store import Registry, RegistryError, check_name, check_ref, check_version
 
 
 def _model(tmp_path: Path, payload: bytes = b"w" * 5000) -> Path:
@@ -186,7 +186,7 @@ def test_rollback_never_overwrites_a_promotion_that_lands_first(s3_bucket, tmp_p
     reg.promote("t", v1)
     reg.promote("t", v2)
     promoter = (
-        "import sys; from lmplatform.registry import Registry; "
+        "import sys; from lmplatform.registry.store import Registry; "
         "Registry(sys.argv[1]).promote('t', 'v0003')"
     )
     raced: list[str] = []

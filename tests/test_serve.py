@@ -29,7 +29,7 @@ def served(ray_local, tmp_path_factory, sample_dir):
     """One Serve instance for the module: app `lm` at / with every kind of model."""
     from ray import serve
 
-    from lmplatform.jobconfig import ServeConfig
+    from lmplatform.serving.config import ServeConfig
     from lmplatform.serving.deployments import deploy
 
     root = tmp_path_factory.mktemp("serve")
@@ -342,7 +342,7 @@ def test_overload_gets_503_at_once_and_slow_answers_504(served):
     configured times, with room for a loaded machine: a 503 comes before the 2 s timeout, a 504
     after it and long before the 10 s batch would have answered.)"""
 
-    from lmplatform.jobconfig import ServeConfig
+    from lmplatform.serving.config import ServeConfig
     from lmplatform.serving.deployments import delete, deploy
 
     cfg = ServeConfig(
@@ -398,7 +398,7 @@ def test_a_replica_killed_under_load_loses_at_most_the_requests_in_flight(served
 
     from ray import serve
 
-    from lmplatform.jobconfig import ServeConfig
+    from lmplatform.serving.config import ServeConfig
     from lmplatform.serving.deployments import delete, deploy, task_app_name
 
     cfg = ServeConfig(
@@ -674,7 +674,7 @@ def test_translation_requests_are_batched_across_clients_within_their_limits(ser
 
 
 def test_shared_encoder_group_runs_one_encoder_forward_for_both_tasks(served):
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.serving.deployments import load_task
 
     before = _stats("shared-encoder-0")["encoder_calls"]
@@ -707,7 +707,7 @@ def test_shared_encoder_group_runs_one_encoder_forward_for_both_tasks(served):
 def test_hot_swap_under_load_fails_no_request(served):
     from lmplatform.models.io import from_pretrained
     from lmplatform.models.tasks import encoder_of
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
 
     reg = Registry(served["registry"])
     old = reg.best("sentiment")
@@ -874,7 +874,7 @@ def test_app_config_validates_and_builds(served, tmp_path):
     from ray.serve.schema import ServeDeploySchema
 
     from conftest import ROOT
-    from lmplatform.jobconfig import ServeConfig
+    from lmplatform.serving.config import ServeConfig
 
     raw = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(raw)
@@ -899,7 +899,7 @@ def test_refresh_token_swaps_without_polling(served):
 
     from lmplatform.models.io import from_pretrained
     from lmplatform.models.tasks import encoder_of
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.serving.deployments import delete, deploy
 
     reg = Registry(served["registry"])
@@ -936,7 +936,7 @@ def test_refresh_token_swaps_without_polling(served):
 
 def test_length_sorted_chunks_keep_each_answer_with_its_input(served):
     """A batch is sorted by length and run in chunks; answers come back in input order."""
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.serving.deployments import load_task
 
     p = load_task(Registry(served["registry"]), "ner")
@@ -957,7 +957,7 @@ GUARD_KEY = "guard-key-0123456789abcdef"
 def guarded(served):
     """A second application on the same Serve, at /guarded: API keys, every model behind the
     ingress (two hops), and a 1 s request timeout."""
-    from lmplatform.jobconfig import ServeConfig
+    from lmplatform.serving.config import ServeConfig
     from lmplatform.serving.deployments import delete, deploy
 
     keys = served["root"] / "guard-keys.txt"
@@ -1095,7 +1095,7 @@ def test_a_promoted_best_that_cannot_load_keeps_the_previous_one_serving(served,
     """The bad best is reported (/v1/tasks with the reason behind the keys, /healthz degraded
     without it, a load-failure count) and retried with backoff, not every poll; a replica that
     starts meanwhile serves the previous best; a rollback clears it."""
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.serving.deployments import TaskReplica
 
     reg = Registry(served["registry"])

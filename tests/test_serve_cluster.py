@@ -68,7 +68,7 @@ DRIVER = textwrap.dedent(
     import json, sys, time
     import ray
     from ray import serve
-    from lmplatform.jobconfig import ServeConfig
+    from lmplatform.serving.config import ServeConfig
     from lmplatform.serving.deployments import delete, deploy
 
     registry, port = sys.argv[1], int(sys.argv[2])

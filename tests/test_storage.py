@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, model_folder
 from lmplatform import storage
-from lmplatform.registry import Registry, RegistryError
+from lmplatform.registry.store import Registry, RegistryError
 
 RACE = ROOT / "tests" / "scripts" / "registry_race.py"
 
@@ -110,7 +110,7 @@ def test_damaged_versions_are_refused_and_skipped_others_keep_working(root, tmp_
     storage.write_bytes(
         storage.join(reg.location("tasks", "t", broken), "metadata.json"), b'{"trunc'
     )
-    with caplog.at_level("WARNING", logger="lmplatform.registry"):
+    with caplog.at_level("WARNING", logger="lmplatform.registry.store"):
         assert reg.versions("tasks", "t") == [good, bad]
     assert "metadata.json is corrupt" in caplog.text
     with pytest.raises(RegistryError, match="metadata.json is corrupt"):
@@ -192,8 +192,8 @@ def test_task_data_from_s3_reports_bad_rows_like_local_files(s3_bucket, tmp_path
 
 
 def test_preflight_names_unreadable_data_and_passes_readable(ray_local, s3_bucket, tmp_path):
-    from lmplatform import preflight
     from lmplatform.data.sources import DataSource
+    from lmplatform.pipeline import preflight
 
     storage.write_text(f"{s3_bucket}/data/train.tsv", "sentence\tlabel\nok\t1\n")
     problems = preflight.run_checks(

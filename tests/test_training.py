@@ -10,18 +10,15 @@ import torch
 
 from conftest import ROOT
 from lmplatform.config import ConfigError, load_config
-from lmplatform.data.pretraining import (
-    BertCollator,
-    ExamplesConfig,
-    batch_iterator,
-    build_examples_local,
-    causal_collate,
-)
 from lmplatform.data.sources import DataSource
-from lmplatform.jobconfig import PretrainJobConfig, TrainConfig
 from lmplatform.models import BertConfig, GPTConfig, LSTMConfig
+from lmplatform.models.bert.pretraining import BertCollator
+from lmplatform.models.gpt.pretraining import causal_collate
+from lmplatform.models.objective import ExamplesConfig
 from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model
-from lmplatform.pretrain import check_before_training
+from lmplatform.pretraining.config import PretrainJobConfig
+from lmplatform.pretraining.data import batch_iterator, build_examples_local
+from lmplatform.pretraining.run import check_before_training
 from lmplatform.tasks.data import load_labelled
 from lmplatform.tasks.encoding import TaskEncoder
 from lmplatform.tokenization import (
@@ -31,6 +28,7 @@ from lmplatform.tokenization import (
     special_tokens,
     train_tokenizer,
 )
+from lmplatform.train.config import TrainConfig
 from lmplatform.train.loop import FitResult, TorchStepper, fit, lr_lambda
 from lmplatform.train.worker_parts import STATE, DataLayout, Resume, checkpoint_state
 

@@ -12,7 +12,7 @@ import requests
 import torch
 
 from lmplatform.models.generation import DecodeLimits, beam_search, greedy
-from lmplatform.models.transformer import DecoderCache, Transformer, TransformerConfig
+from lmplatform.models.transformer.model import DecoderCache, Transformer, TransformerConfig
 from serving_fixtures import local_server
 
 
@@ -126,7 +126,8 @@ def test_parallel_files_report_bad_pairs_and_refuse_misaligned_files(tmp_path):
 
 def test_seq2seq_config_errors_name_the_problem(tmp_path):
     from lmplatform.config import ConfigError, load_config
-    from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig
+    from lmplatform.pretraining.config import PretrainJobConfig
+    from lmplatform.tune.config import FinetuneJobConfig
 
     cfg = tmp_path / "mt.yaml"
     cfg.write_text(
@@ -198,7 +199,7 @@ def _write_pairs(folder: Path, split: str, pairs) -> dict:
 def toy_translator(ray_local, tmp_path_factory):
     """A debug encoder-decoder searched, trained and promoted on the toy language."""
     from lmplatform.config import load_config
-    from lmplatform.jobconfig import FinetuneJobConfig
+    from lmplatform.tune.config import FinetuneJobConfig
     from lmplatform.tune.promotion import promote
     from lmplatform.tune.search import run_search
 
@@ -247,7 +248,7 @@ def toy_translator(ray_local, tmp_path_factory):
 
 
 def test_a_toy_language_is_learnt_to_bleu_90_promoted_and_served(toy_translator, tmp_path):
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.serving.predictors import ModelInfo, TaskPredictor
 
     sr, out = toy_translator
@@ -300,7 +301,7 @@ def test_the_translator_exports_to_marian_with_equal_greedy_outputs(toy_translat
     transformers = pytest.importorskip("transformers")
 
     from lmplatform.models.io import export_hf, from_pretrained
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
 
     sr, out = toy_translator
     folder = Registry(sr.job.registry).local_path("tasks", "toy-mt", out["version"])
@@ -332,8 +333,8 @@ def test_the_translator_exports_to_marian_with_equal_greedy_outputs(toy_translat
 def test_warm_started_sides_compute_what_the_parent_computes():
     """BERT fills the encoder (its outputs equal BERT's) and the decoder; GPT fills a pre-LN
     decoder (with cross-attention silenced, its states equal GPT's)."""
-    from lmplatform.models.bert import BertConfig, BertForPretraining
-    from lmplatform.models.gpt import GPT, GPTConfig
+    from lmplatform.models.bert.model import BertConfig, BertForPretraining
+    from lmplatform.models.gpt.model import GPT, GPTConfig
     from lmplatform.models.warm_start import check_part, warm_start, warm_start_config
 
     torch.manual_seed(0)
@@ -371,13 +372,12 @@ def test_a_translator_warm_started_from_bert_learns_and_serves(ray_local, tmp_pa
     import yaml
 
     from lmplatform.config import ConfigError, load_config
-    from lmplatform.jobconfig import FinetuneJobConfig
-    from lmplatform.models.bert import BertConfig, BertForPretraining
+    from lmplatform.models.bert.model import BertConfig, BertForPretraining
     from lmplatform.models.io import from_pretrained, save_pretrained
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.serving.predictors import ModelInfo, TaskPredictor
     from lmplatform.tokenization import TokenizerConfig, train_tokenizer
-    from lmplatform.tune.config import TrialParams
+    from lmplatform.tune.config import FinetuneJobConfig, TrialParams
     from lmplatform.tune.data import load_task_data
     from lmplatform.tune.promotion import best_checkpoint, promote
     from lmplatform.tune.search import run_search

@@ -101,6 +101,18 @@ def arrow_filesystem(uri: str | os.PathLike):
 # ----------------------------------------------------------------------------- reading
 
 
+def read_parquet(files: list[str], columns: list[str] | None = None):
+    """Parquet files (local paths or URIs) as one Arrow table, `columns` only when given."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for f in files:
+        fs, path = arrow_filesystem(f)
+        tables.append(pq.read_table(path, columns=columns, filesystem=fs))
+    return pa.concat_tables(tables)
+
+
 def exists(uri: str | os.PathLike) -> bool:
     fs, path = filesystem(uri)
     return fs.exists(path)

@@ -23,7 +23,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 import faults  # noqa: E402
 from lmplatform.config import load_config  # noqa: E402
-from lmplatform.jobconfig import PretrainJobConfig  # noqa: E402
+from lmplatform.pretraining.config import PretrainJobConfig  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     import ray
 
     ray.init(address=cluster.address, log_to_driver=True, logging_level="WARNING")
-    from lmplatform.pretrain import run_pretraining
+    from lmplatform.pretraining.run import run_pretraining
 
     job = load_config(PretrainJobConfig, config, overrides)
     metrics = Path(workdir) / job.name / "metrics.jsonl"

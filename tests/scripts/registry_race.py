@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from lmplatform.registry import Registry
+from lmplatform.registry.store import Registry
 
 root, folder, value, start = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 reg = Registry(root)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from lmplatform.models.bert import BertConfig
-from lmplatform.models.gpt import GPTConfig
-from lmplatform.models.lstm import LSTMConfig
-from lmplatform.models.transformer import TransformerConfig
+from lmplatform.models.bert.model import BertConfig
+from lmplatform.models.gpt.model import GPTConfig
+from lmplatform.models.lstm.model import LSTMConfig
+from lmplatform.models.transformer.model import TransformerConfig
 
 
 def __getattr__(name: str):

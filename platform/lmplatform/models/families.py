@@ -1,10 +1,10 @@
 """The model families: one row per family, everything the rest of the platform needs of one.
 
 A family is its own module(s) plus one row here: the config class with its presets, the
-pretraining model and the encoder a task model keeps (models/bert.py, …), and its adapters —
-Hugging Face layout both ways, tokenizer files, warm-start mapping (models/bert_adapter.py,
-…). Pretraining examples, collator and summary metrics come with its `Objective`
-(lmplatform.data.pretraining), which families may share. Code outside a family's own modules
+pretraining model and the encoder a task model keeps (models/bert/model.py, …), its adapters —
+Hugging Face layout both ways, tokenizer files, warm-start mapping (models/bert/hf.py, …) —
+and its pretraining `Objective`: example builder, collator and summary metrics
+(models/bert/pretraining.py, …), which families may share. Code outside a family's own modules
 reads these fields and never asks which family it has (tests/test_families.py checks).
 """
 
@@ -17,13 +17,17 @@ from typing import Annotated, Literal, Union
 from pydantic import Field
 from torch import nn
 
-from lmplatform.data.pretraining import CAUSAL_LM, MLM_NSP, Objective
-from lmplatform.models import bert_adapter, gpt_adapter, transformer_adapter
-from lmplatform.models.bert import BertConfig, BertEncoder, BertForPretraining
-from lmplatform.models.gpt import GPT, GPTConfig
+from lmplatform.models.bert import hf as bert_hf
+from lmplatform.models.bert.model import BertConfig, BertEncoder, BertForPretraining
+from lmplatform.models.bert.pretraining import MLM_NSP
+from lmplatform.models.gpt import hf as gpt_hf
+from lmplatform.models.gpt.model import GPT, GPTConfig
+from lmplatform.models.gpt.pretraining import CAUSAL_LM
 from lmplatform.models.interop import HFAdapter, TokenizerFiles, WarmStart
-from lmplatform.models.lstm import BiLM, LSTMConfig
-from lmplatform.models.transformer import Transformer, TransformerConfig
+from lmplatform.models.lstm.model import BiLM, LSTMConfig
+from lmplatform.models.objective import Objective
+from lmplatform.models.transformer import hf as transformer_hf
+from lmplatform.models.transformer.model import Transformer, TransformerConfig
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,10 @@ FAMILIES: dict[str, Family] = {
             encoder=BertEncoder,
             encoder_of=lambda m: m.bert,
             tokenizer="wordpiece",
-            tokenizer_files=bert_adapter.TOKENIZER_FILES,
+            tokenizer_files=bert_hf.TOKENIZER_FILES,
             objective=MLM_NSP,
-            hf=bert_adapter.HF,
-            warm_start=bert_adapter.WARM_START,
+            hf=bert_hf.HF,
+            warm_start=bert_hf.WARM_START,
             whole_model_task=None,
             layer_mix=False,
             pooled_head_bias=True,
@@ -93,10 +97,10 @@ FAMILIES: dict[str, Family] = {
             encoder=GPT,
             encoder_of=lambda m: m,
             tokenizer="bpe",
-            tokenizer_files=gpt_adapter.TOKENIZER_FILES,
+            tokenizer_files=gpt_hf.TOKENIZER_FILES,
             objective=CAUSAL_LM,
-            hf=gpt_adapter.HF,
-            warm_start=gpt_adapter.WARM_START,
+            hf=gpt_hf.HF,
+            warm_start=gpt_hf.WARM_START,
             whole_model_task=None,
             layer_mix=False,
             pooled_head_bias=False,
@@ -110,7 +114,7 @@ FAMILIES: dict[str, Family] = {
             encoder=BiLM,
             encoder_of=lambda m: m,
             tokenizer="bpe",
-            tokenizer_files=gpt_adapter.TOKENIZER_FILES,  # the same byte-level BPE
+            tokenizer_files=gpt_hf.TOKENIZER_FILES,  # the same byte-level BPE
             objective=CAUSAL_LM,  # blocks read in both directions
             hf=None,
             warm_start=None,
@@ -131,9 +135,9 @@ FAMILIES: dict[str, Family] = {
             encoder=Transformer,
             encoder_of=lambda m: m,
             tokenizer="joint_bpe",
-            tokenizer_files=transformer_adapter.TOKENIZER_FILES,
+            tokenizer_files=transformer_hf.TOKENIZER_FILES,
             objective=None,
-            hf=transformer_adapter.HF,
+            hf=transformer_hf.HF,
             warm_start=None,
             whole_model_task="seq2seq",
             layer_mix=False,
@@ -188,3 +192,13 @@ def hf_family(model_type: str, source: str) -> Family:
 def families_serving(route: str) -> list[str]:
     """The families whose pretrained models answer a route."""
     return [f.name for f in FAMILIES.values() if route in f.serves]
+
+
+def objective_of(objective: Objective | str) -> Objective:
+    """An objective, or one named by its `name` (as stored in manifests and run configs)."""
+    if isinstance(objective, Objective):
+        return objective
+    known = objectives()
+    if objective not in known:
+        raise ValueError(f"unknown pretraining objective {objective!r} (known: {', '.join(known)})")
+    return known[objective]

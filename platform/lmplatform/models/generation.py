@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmplatform.models.transformer import DecoderCache, Transformer
+from lmplatform.models.transformer.model import DecoderCache, Transformer
 
 
 @dataclass

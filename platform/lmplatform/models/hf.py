@@ -3,7 +3,7 @@
 Our BERT, GPT and encoder-decoder modules compute exactly what `BertModel` / `GPT2Model` /
 `MarianMTModel` compute, so a model is stored under transformers' weight names and config keys,
 and the mapping runs both ways. The names and keys are each family's own (`Family.hf`, an
-`HFAdapter` in models/bert_adapter.py, …); here is what surrounds them:
+`HFAdapter` in models/bert/hf.py, …); here is what surrounds them:
 
 - `hf_state(model)` maps every transformers weight name to a *view* of our parameter (GPT-2's
   Conv1D weights are the transpose of a Linear's; BERT's query/key/value are slices of our fused

@@ -6,7 +6,7 @@
 - `TokenizerFiles`: what `AutoTokenizer` needs besides our tokenizer.json.
 - `WarmStart`: how the family's weights start the encoder-decoder (models/warm_start.py).
 
-Each family fills these in its own module (models/bert_adapter.py, …). This module imports
+Each family fills these in its own module (models/bert/hf.py, …). This module imports
 nothing of ours, so those modules and the table can all import it; never `transformers`.
 """
 

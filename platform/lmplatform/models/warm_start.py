@@ -2,7 +2,7 @@
 "Leveraging Pre-trained Checkpoints for Sequence Generation Tasks").
 
 What a parent family can fill, the layout its layers need and the copying itself are the
-family's (`Family.warm_start`, e.g. models/bert_adapter.py): BERT's post-LN blocks fill the
+family's (`Family.warm_start`, e.g. models/bert/hf.py): BERT's post-LN blocks fill the
 encoder, the decoder or both; GPT's pre-LN causal blocks the decoder of a pre-LN model. This
 module holds what they share: the checks, the encoder-decoder's config, and copying blocks with
 a fused q/k/v projection into its layers.
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lmplatform.models.layers import SelfAttention
-from lmplatform.models.transformer import Attention, Stack, Transformer, TransformerConfig
+from lmplatform.models.transformer.model import Attention, Stack, Transformer, TransformerConfig
 
 Part = Literal["encoder", "decoder", "both"]
 

@@ -102,7 +102,7 @@ class ServeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _groups(self) -> ServeConfig:
-        from lmplatform.registry import check_name, check_ref
+        from lmplatform.registry.store import check_name, check_ref
 
         problem = exposure_problem(self.host, self.auth)
         if problem:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import ray
 from ray import serve
 
-from lmplatform.registry import Registry
+from lmplatform.registry.store import Registry
 from lmplatform.serving.api import ApiError, Limits, make_app
 from lmplatform.serving.config import BATCH_WAIT_S, MAX_BATCH_SIZE, ServeConfig
 from lmplatform.serving.ingress import Ingress, raise_error

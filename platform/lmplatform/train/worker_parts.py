@@ -262,7 +262,7 @@ class DataPosition:
                 )
 
     def __iter__(self):
-        from lmplatform.data.pretraining import Prefetcher
+        from lmplatform.pretraining.data import Prefetcher
 
         # assembled in a background thread that also starts each next epoch's stream early
         for batch in Prefetcher(self._produce(), depth=4):

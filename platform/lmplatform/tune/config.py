@@ -7,9 +7,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from lmplatform.config import StrictModel
-from lmplatform.models.transformer import TransformerConfig
-from lmplatform.train.config import TrainConfig
+from lmplatform.config import Name, StrictModel
+from lmplatform.jobconfig import JobConfig, check_model_ref
+from lmplatform.models.transformer.model import TransformerConfig
+from lmplatform.tasks import task_type
+from lmplatform.tasks.config import TaskConfig
+from lmplatform.tokenization import TokenizerConfig
+from lmplatform.train.config import ScalingConfig, TrainConfig, check_train_on
 
 Transfer = Literal["full", "frozen"]
 """Fine-tune every weight, or train only the head on frozen features."""
@@ -166,3 +170,118 @@ def check_dimension(name: str, dim: SearchDim) -> None:
         check("high - 1", int(dim.high) - 1)  # randint's high is exclusive
     else:
         check("high", dim.high)
+
+
+class FinetuneJobConfig(JobConfig):
+    name: str = Name
+    """Search name (Tune experiment)."""
+    parent: str | None = None
+    """Pretrained registry model 'name[@version]', or a Hugging Face BERT / GPT-2 checkpoint
+    'hf:<folder or hub id>' (imported into the registry on first use); 'random:<either>' takes
+    its architecture and tokenizer but random weights (the no-pretraining baseline). Required,
+    except for seq2seq tasks: without one they train the encoder-decoder in `model` from
+    scratch; with a BERT or GPT parent they warm-start it from its weights (`warm_start`)."""
+    warm_start: Literal["encoder", "decoder", "both"] | None = None
+    """seq2seq with a parent: which side its weights fill (BERT: both (default), encoder or
+    decoder; GPT: decoder). The architecture and the tokenizer (source and target) are the
+    parent's; cross-attention, and a side not warm-started, start from scratch."""
+    task: TaskConfig
+    """What to fine-tune for."""
+    model: TransformerConfig | None = None
+    """seq2seq: the encoder-decoder to train (default: transformer, size mini); its vocab_size
+    and special-token ids are set from the joint tokenizer."""
+    tokenizer: TokenizerConfig | None = None
+    """seq2seq: the joint tokenizer trained over both sides of the training pairs (default:
+    joint_bpe, 8000 tokens)."""
+    transfer: Transfer = "full"
+    """Fine-tune every weight, or train only the head on frozen features."""
+    layer_decay: LayerDecay = 1.0
+    """Layer-wise learning-rate decay (1.0: none)."""
+    train: TrainConfig = TrainConfig(lr=5e-5, epochs=3, eval_every=50, checkpoint_every=50)
+    """Optimisation defaults for each trial (searched fields are overridden)."""
+    search: SearchConfig = SearchConfig()
+    """Hyperparameter search."""
+    scaling: ScalingConfig = ScalingConfig()
+    """Workers per trial."""
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneJobConfig:
+        if task_type(self.task.type).whole_model:
+            if self.transfer == "frozen":
+                raise ValueError(
+                    f"transfer: frozen trains a head on frozen features; a {self.task.type} "
+                    "model has no head and trains in full (transfer: full)"
+                )
+            if self.parent is not None:
+                self._check_warm_start()
+                return self._check_common()
+            if self.warm_start is not None:
+                raise ValueError("warm_start needs `parent` (the BERT or GPT model to start from)")
+            # (assigning re-runs this validator: only when unset)
+            if self.model is None:
+                self.model = TransformerConfig()
+            if self.tokenizer is None:
+                self.tokenizer = TokenizerConfig(kind="joint_bpe")
+            if self.tokenizer.kind != "joint_bpe":
+                raise ValueError(
+                    f"tokenizer.kind={self.tokenizer.kind!r}: a {self.task.type} model needs "
+                    "'joint_bpe' (one vocabulary over source and target)"
+                )
+            if self.task.max_seq_len > self.model.max_seq_len:
+                raise ValueError(
+                    f"task.max_seq_len={self.task.max_seq_len} exceeds "
+                    f"model.max_seq_len={self.model.max_seq_len}"
+                )
+        else:
+            if self.parent is None:
+                raise ValueError(f"a {self.task.type} task needs `parent` (a pretrained model)")
+            if self.model is not None or self.tokenizer is not None:
+                raise ValueError(
+                    "`model` and `tokenizer` are for seq2seq tasks; a "
+                    f"{self.task.type} task takes both from its parent"
+                )
+            if self.warm_start is not None:
+                raise ValueError(
+                    f"warm_start is for seq2seq tasks; a {self.task.type} task always starts "
+                    "from its parent's encoder"
+                )
+            check_model_ref(self.parent.removeprefix("random:"), "parent")
+        return self._check_common()
+
+    @property
+    def trials_on_ray_train(self) -> bool:
+        """Trials with several workers or ZeRO (which needs a process group, even for one
+        worker) run a TorchTrainer each; others are plain Tune function trials."""
+        return self.scaling.num_workers > 1 or self.scaling.zero_stage > 0
+
+    def _check_warm_start(self) -> None:
+        """seq2seq with a parent: everything but the weights' fit (checked against the
+        registry before any trial starts, lmplatform.tune.data)."""
+        if self.parent.startswith("random:"):
+            raise ValueError(
+                "parent: random:… gives random weights; a seq2seq model without pretrained "
+                "weights trains from scratch: remove `parent` (and describe it in `model`)"
+            )
+        if self.model is not None or self.tokenizer is not None:
+            raise ValueError(
+                "a warm-started seq2seq model takes its architecture and tokenizer from "
+                f"`parent` ({self.parent}): remove `model` / `tokenizer` (dropout and "
+                "label_smoothing can be searched)"
+            )
+        check_model_ref(self.parent, "parent")
+
+    def _check_common(self) -> FinetuneJobConfig:
+        check_train_on(self.train, self.scaling)
+        if self.search.scheduler == "pbt" and self.trials_on_ray_train:
+            raise ValueError(
+                "search.scheduler=pbt needs single-worker trials without DeepSpeed "
+                "(scaling.num_workers=1, scaling.zero_stage=0): "
+                "Ray Train's Tune bridge cannot restore one trial from another's checkpoint"
+            )
+        if self.search.scheduler == "pbt" and not any(
+            k in self.search.space for k in ("lr", "weight_decay")
+        ):
+            raise ValueError(
+                "search.scheduler=pbt needs lr or weight_decay in search.space to mutate"
+            )
+        return self

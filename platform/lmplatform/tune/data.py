@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lmplatform.jobconfig import FinetuneJobConfig
 from lmplatform.tasks import task_type
 from lmplatform.tasks.data import data_report, describe_report, load_labelled
+from lmplatform.tune.config import FinetuneJobConfig
 
 
 @dataclass
@@ -40,9 +40,9 @@ class TaskData:
 
 def load_task_data(job: FinetuneJobConfig) -> TaskData:
     """Resolve the parent model in the registry and read and validate the task's data."""
-    from lmplatform.hfimport import resolve_pretrained
     from lmplatform.models.io import read_config
-    from lmplatform.registry import Registry
+    from lmplatform.registry.hub import resolve_pretrained
+    from lmplatform.registry.store import Registry
 
     if task_type(job.task.type).whole_model:
         return _seq2seq_task_data(job)
@@ -81,7 +81,7 @@ def _seq2seq_task_data(job: FinetuneJobConfig) -> TaskData:
     parent's tokenizer and the encoder-decoder its weights fit."""
     from tokenizers import Tokenizer
 
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
     from lmplatform.tokenization import special_tokens, tokenizer_hash
 
     t = job.task
@@ -154,10 +154,10 @@ def _warm_start_parent(job: FinetuneJobConfig):
     checked here on the driver so that a parent that cannot warm-start fails before any trial."""
     from tokenizers import Tokenizer
 
-    from lmplatform.hfimport import resolve_pretrained
     from lmplatform.models.io import model_config, read_config
     from lmplatform.models.warm_start import check_part, warm_start_config
-    from lmplatform.registry import Registry
+    from lmplatform.registry.hub import resolve_pretrained
+    from lmplatform.registry.store import Registry
     from lmplatform.tokenization import special_tokens
 
     reg = Registry(job.registry)

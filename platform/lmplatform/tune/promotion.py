@@ -9,10 +9,9 @@ from pathlib import Path
 from torch import nn
 
 from lmplatform import storage
-from lmplatform.jobconfig import FinetuneJobConfig
 from lmplatform.models.tasks import TaskModel
 from lmplatform.train.worker_parts import consolidated_state_dict
-from lmplatform.tune.config import TrialParams
+from lmplatform.tune.config import FinetuneJobConfig, TrialParams
 from lmplatform.tune.data import TaskData
 from lmplatform.tune.search import SearchResult
 from lmplatform.tune.trial import SELECTION, build_model, evaluate, load_trial_state, task_encoder
@@ -55,7 +54,7 @@ def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
 def promote(sr: SearchResult, force: bool = False) -> dict:
     """Re-evaluate the best checkpoint on the whole dev set, publish it, promote if it wins."""
     from lmplatform import tracking
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
 
     job = sr.job
     metric = job.task.metric

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 
 from lmplatform import storage
-from lmplatform.jobconfig import SEARCHABLE, FinetuneJobConfig
 from lmplatform.runtime import ray_storage
+from lmplatform.tune.config import SEARCHABLE, FinetuneJobConfig
 from lmplatform.tune.data import TaskData, load_task_data
 from lmplatform.tune.space import make_scheduler, search_space
 from lmplatform.tune.trial import SELECTION, train_driver_trial, tune_trial

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from lmplatform.config import ConfigError
-from lmplatform.jobconfig import FinetuneJobConfig, SearchDim
+from lmplatform.tune.config import FinetuneJobConfig, SearchDim
 from lmplatform.tune.trial import steps_per_epoch, total_steps
 
 # hyperparameters PBT may change in a running trial: they only touch the optimizer

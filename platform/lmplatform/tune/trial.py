@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmplatform.jobconfig import FinetuneJobConfig
 from lmplatform.models.tasks import TaskModel, build_encoder
 from lmplatform.tasks import task_type
 from lmplatform.tasks.encoding import TaskEncoder
 from lmplatform.train.loop import to_device
 from lmplatform.train.worker_parts import TAG
-from lmplatform.tune.config import TrialParams
+from lmplatform.tune.config import FinetuneJobConfig, TrialParams
 from lmplatform.tune.data import TaskData, eval_subset
 
 CKPT = "trial.pt"
@@ -78,7 +77,7 @@ def build_model(data: TaskData, hp: TrialParams) -> nn.Module:
     frozen = hp.transfer == "frozen"
     layout = task_type(t.type).layout
     if not data.parent_ref.startswith("random:"):
-        from lmplatform.registry import Registry
+        from lmplatform.registry.store import Registry
 
         name, version = data.parent_ref.split("@")
         path = Registry(data.registry).local_path("pretrained", name, version)  # on this node
@@ -93,7 +92,7 @@ def _warm_start(model: nn.Module, data: TaskData) -> None:
     from lmplatform.models.io import from_pretrained
     from lmplatform.models.tasks import encoder_of
     from lmplatform.models.warm_start import warm_start
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
 
     name, version = data.parent_ref.split("@")
     path = Registry(data.registry).local_path("pretrained", name, version)  # on this node

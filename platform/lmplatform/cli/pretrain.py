@@ -4,13 +4,13 @@ python jobs/pretrain.py --config jobs/configs/pretrain/bert-debug.yaml [key=valu
 ray job submit --working-dir . -- python jobs/pretrain.py --config jobs/configs/pretrain/bert-debug.yaml
 """
 
-from lmplatform.commands import common as cli
-from lmplatform.jobconfig import PretrainJobConfig
+from lmplatform.cli import common as cli
+from lmplatform.pretraining.config import PretrainJobConfig
 
 
 def main() -> None:
     cfg, _ = cli.parse(PretrainJobConfig, __doc__.splitlines()[0])
-    from lmplatform.pretrain import export_and_register, run_pretraining
+    from lmplatform.pretraining.run import export_and_register, run_pretraining
     from lmplatform.runtime import init_ray
 
     init_ray()

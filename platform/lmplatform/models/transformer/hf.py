@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from lmplatform.models.interop import HFAdapter, TokenizerFiles
-from lmplatform.models.transformer import Transformer
+from lmplatform.models.transformer.model import Transformer
 
 
 def not_expressible(model: Transformer) -> str | None:

@@ -4,8 +4,8 @@ python jobs/finetune.py --config jobs/configs/tasks/sentiment-sample.yaml [--for
 ray job submit --working-dir . -- python jobs/finetune.py --config jobs/configs/tasks/sst2.yaml
 """
 
-from lmplatform.commands import common as cli
-from lmplatform.jobconfig import FinetuneJobConfig
+from lmplatform.cli import common as cli
+from lmplatform.tune.config import FinetuneJobConfig
 
 
 def main() -> None:

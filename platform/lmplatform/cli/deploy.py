@@ -11,7 +11,7 @@ registry for new `best` versions now (hot swap) instead of at their next poll.
 
 import time
 
-from lmplatform.commands import common as cli
+from lmplatform.cli import common as cli
 
 
 def main() -> None:

@@ -22,9 +22,11 @@ import torch
 
 from lmplatform import storage
 from lmplatform.config import ConfigError
-from lmplatform.data.pretraining import Objective, objective_of, shard_files
-from lmplatform.jobconfig import PretrainJobConfig
+from lmplatform.models.families import objective_of
+from lmplatform.models.objective import Objective
 from lmplatform.models.tasks import build_pretraining_model
+from lmplatform.pretraining.config import PretrainJobConfig
+from lmplatform.pretraining.data import shard_files
 from lmplatform.runtime import ray_storage
 from lmplatform.train.worker_parts import (
     STATE,
@@ -66,9 +68,9 @@ def make_eval_fn(
 
 def eval_rows(files: list[str], n: int) -> dict[str, list]:
     """The first `n` examples of the shards, as a column dict (small: sent to every worker)."""
-    from lmplatform.data.pretraining import read_shards
+    from lmplatform import storage
 
-    table = read_shards(files[:1])
+    table = storage.read_parquet(files[:1])
     return table.slice(0, min(n, table.num_rows)).to_pydict()
 
 
@@ -160,7 +162,7 @@ def _restored_engine(job: PretrainJobConfig, config: dict, world: int, rank: int
 def load_init_weights(model: torch.nn.Module, registry: str, ref: str) -> None:
     """Continued pretraining: every weight from the registered model (fetched on this node)."""
     from lmplatform.models.io import load_weights
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
 
     name, version = ref.split("@")
     load_weights(model, Registry(registry).local_path("pretrained", name, version))
@@ -199,7 +201,7 @@ def run_pretraining(job: PretrainJobConfig, callbacks: list | None = None):
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    from lmplatform.prepare import prepare
+    from lmplatform.pretraining.prepare import prepare
     from lmplatform.tracking import mlflow_uri
     from lmplatform.train.trainer import torch_trainer
 
@@ -265,7 +267,7 @@ def export_checkpoint(
     """Export any checkpoint of a run (a local folder or a URI; ZeRO shards merged to fp32) into
     the registry. Returns (name, version, the version's location)."""
     from lmplatform import tracking
-    from lmplatform.registry import Registry
+    from lmplatform.registry.store import Registry
 
     with tempfile.TemporaryDirectory() as td:
         if not storage.is_local(checkpoint):

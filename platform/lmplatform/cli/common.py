@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from lmplatform.config import ConfigError, load_config
 from lmplatform.data.sources import DataError
-from lmplatform.registry import RegistryError
+from lmplatform.registry.store import RegistryError
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -53,7 +53,7 @@ BUILDS = {
 def require_model(registry: str, kind: str, ref: str, builder: str | None = None) -> None:
     """Exit 2 with the one command that builds it when `ref` is not in the registry: a bench
     script on a fresh checkout says what to run instead of failing deep inside a search."""
-    from lmplatform.registry import Registry, RegistryError
+    from lmplatform.registry.store import Registry, RegistryError
 
     try:
         Registry(registry).resolve(kind, ref)

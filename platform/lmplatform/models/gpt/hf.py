@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmplatform.models.gpt import GPT, GPTConfig
+from lmplatform.models.gpt.model import GPT, GPTConfig
 from lmplatform.models.interop import HFAdapter, TokenizerFiles, WarmStart, require
 from lmplatform.models.warm_start import layers_into
 

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from lmplatform.commands import common as cli
+from lmplatform.cli import common as cli
 
 ROOT = Path.cwd()  # the working dir `ray job submit` uploads: the repository root
 
@@ -39,11 +39,13 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args):
     """(pretraining, fine-tunings, serve config, storage roots) of any kind of config."""
     from lmplatform.config import load_config, read_yaml
-    from lmplatform.jobconfig import FinetuneJobConfig, PretrainJobConfig
+    from lmplatform.pretraining.config import PretrainJobConfig
+    from lmplatform.tune.config import FinetuneJobConfig
 
     raw = read_yaml(args.config)
     if "pretrain" in raw:
-        from lmplatform.pipeline import PipelineConfig, resolve
+        from lmplatform.pipeline.config import PipelineConfig
+        from lmplatform.pipeline.run import resolve
 
         cfg = load_config(PipelineConfig, args.config, args.overrides)
         return *resolve(cfg), {"registry": cfg.registry, "output_dir": cfg.output_dir}
@@ -61,7 +63,7 @@ def _load(args):
 
 def _submit(args) -> int:
     """The upload and the token checked here, everything else on the cluster, as a job."""
-    from lmplatform import preflight
+    from lmplatform.pipeline import preflight
 
     _load(args)  # a config error is found here, before anything is uploaded
     problems = preflight.check_working_dir(
@@ -103,7 +105,7 @@ def _report(problems) -> int:
 def main(args) -> None:
     if (args.address or "").startswith(("http://", "https://")) and not args.on_cluster:
         sys.exit(_submit(args))
-    from lmplatform import preflight
+    from lmplatform.pipeline import preflight
 
     pre, tasks, serve_cfg, storage = _load(args)
     from lmplatform.runtime import init_ray

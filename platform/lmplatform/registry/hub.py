@@ -16,7 +16,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from lmplatform.registry import Registry, RegistryError
+from lmplatform.registry.store import Registry, RegistryError
 
 PREFIX = "hf:"
 # what a conversion reads: configs, weights, tokenizer files (nothing else is downloaded)

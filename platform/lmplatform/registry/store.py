@@ -45,7 +45,7 @@ KINDS = ("pretrained", "tasks")
 _VERSION = re.compile(r"v([0-9]{4,})")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _RECORD = re.compile(r"([0-9]{8})\.json")
-log = logging.getLogger("lmplatform.registry")
+log = logging.getLogger("lmplatform.registry.store")
 _warned: set[str] = set()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmplatform.models.bert import BertConfig, BertEncoder, BertForPretraining
+from lmplatform.models.bert.model import BertConfig, BertEncoder, BertForPretraining
 from lmplatform.models.interop import HFAdapter, TokenizerFiles, WarmStart, require
 from lmplatform.models.warm_start import layers_into
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from lmplatform import storage
 from lmplatform.config import save_resolved
-from lmplatform.data.pretraining import build_examples
 from lmplatform.data.sources import fingerprint, read_corpus
-from lmplatform.jobconfig import PretrainJobConfig
+from lmplatform.pretraining.config import PretrainJobConfig
+from lmplatform.pretraining.data import build_examples
 from lmplatform.tokenization import TokenizerConfig, load_tokenizer, tokenizer_hash, train_tokenizer
 
 
@@ -86,9 +86,9 @@ def resolve_init(cfg: PretrainJobConfig) -> tuple[str, Path]:
     the job's `model` section describes its architecture (weights of another shape cannot
     load; a silent override would train something else than the config says)."""
     from lmplatform.config import ConfigError
-    from lmplatform.hfimport import resolve_pretrained
     from lmplatform.models.io import read_config
-    from lmplatform.registry import Registry
+    from lmplatform.registry.hub import resolve_pretrained
+    from lmplatform.registry.store import Registry
 
     reg = Registry(cfg.registry)
     name, version = resolve_pretrained(reg, cfg.init_from)

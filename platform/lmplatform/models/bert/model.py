@@ -194,7 +194,7 @@ class BertForPretraining(nn.Module):
         **_,
     ):
         """Losses and metrics as device tensors. `mlm_positions` / `mlm_labels` (from the
-        collator, `data.pretraining.mlm_targets`) pick the predicted tokens without waiting for
+        collator, `models/bert/pretraining.mlm_targets`) pick the predicted tokens without waiting for
         the device; without them they are taken from `labels`."""
         h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, C)
         out: dict[str, torch.Tensor] = {}

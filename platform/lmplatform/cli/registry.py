@@ -20,7 +20,7 @@ import json
 import sys
 import time
 
-from lmplatform.registry import KINDS, Registry, RegistryError
+from lmplatform.registry.store import KINDS, Registry, RegistryError
 from lmplatform.storage import StorageError
 
 

@@ -3,8 +3,8 @@
 python jobs/export.py --config jobs/configs/pretrain/bert-debug.yaml --checkpoint runs/ray/bert-debug/checkpoint_…
 """
 
-from lmplatform.commands import common as cli
-from lmplatform.jobconfig import PretrainJobConfig
+from lmplatform.cli import common as cli
+from lmplatform.pretraining.config import PretrainJobConfig
 
 
 def main() -> None:
@@ -15,8 +15,8 @@ def main() -> None:
             "--checkpoint", required=True, help="a checkpoint folder of the run"
         ),
     )
-    from lmplatform.prepare import prepare
-    from lmplatform.pretrain import export_checkpoint
+    from lmplatform.pretraining.prepare import prepare
+    from lmplatform.pretraining.run import export_checkpoint
     from lmplatform.runtime import init_ray
 
     init_ray(quiet=True)

@@ -12,8 +12,8 @@ output_dir/<name>/); preflight checks run first and stop the job with one line p
 import sys
 from pathlib import Path
 
-from lmplatform.commands import common as cli
-from lmplatform.pipeline import PipelineConfig
+from lmplatform.cli import common as cli
+from lmplatform.pipeline.config import PipelineConfig
 
 ROOT = Path.cwd()  # the working dir `ray job submit` uploads: the repository root
 
@@ -27,7 +27,8 @@ def main() -> None:
             p.add_argument("--no-preflight", action="store_true", help="skip the preflight checks"),
         ),
     )
-    from lmplatform import pipeline, preflight
+    from lmplatform.pipeline import preflight, report
+    from lmplatform.pipeline import run as pipeline
     from lmplatform.runtime import init_ray
 
     pre, tasks, serve_cfg = pipeline.resolve(cfg)  # every stage's config, validated up front
@@ -55,8 +56,8 @@ def main() -> None:
             for inp, pred in zip(cfg.examples[task], a["predictions"]):
                 short = {k: v for k, v in pred.items() if k in ("label", "score", "entities")}
                 print(f"[pipeline] example {task}: {inp!r} -> {short}", flush=True)
-    report = pipeline.write_report(cfg, state, answers)
-    print(f"[pipeline] report: {report}", flush=True)
+    report_path = report.write_report(cfg, state, answers)
+    print(f"[pipeline] report: {report_path}", flush=True)
     if "deploy" in state:
         print(
             f"[pipeline] endpoints: {state['deploy']['url']} (GET /v1/tasks, POST /v1/predict/<task>)"

@@ -3,13 +3,13 @@
 python jobs/prepare.py --config jobs/configs/pretrain/bert-sample.yaml [key=value ...]
 """
 
-from lmplatform.commands import common as cli
-from lmplatform.jobconfig import PretrainJobConfig
+from lmplatform.cli import common as cli
+from lmplatform.pretraining.config import PretrainJobConfig
 
 
 def main() -> None:
     cfg, _ = cli.parse(PretrainJobConfig, __doc__.splitlines()[0])
-    from lmplatform.prepare import prepare
+    from lmplatform.pretraining.prepare import prepare
     from lmplatform.runtime import init_ray
 
     init_ray()

@@ -1,0 +1,42 @@
+"""The pipeline's config: which job configs it runs, with what overrides, and how a stage's
+config is hashed (an unchanged hash and output skip the stage)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import Field
+
+from lmplatform.config import StrictModel
+from lmplatform.jobconfig import JobConfig
+
+
+class StageRef(StrictModel):
+    config: str
+    """A job YAML, relative to the project root (the job's working directory)."""
+    overrides: list[str] = Field(default_factory=list)
+    """key=value overrides applied on top of it."""
+
+
+class PipelineConfig(JobConfig):
+    """A whole pipeline; its `output_dir`, `registry` and `tracking` are every stage's."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    """Pipeline name: its state and report live in output_dir/<name>/."""
+    pretrain: StageRef
+    """Pretraining job config (jobs/configs/pretrain/*.yaml)."""
+    tasks: list[StageRef] = Field(default_factory=list)
+    """Fine-tuning job configs; each task's parent becomes the pretrained model above."""
+    task_overrides: list[str] = Field(default_factory=list)
+    """key=value overrides for every task (e.g. a quick run: search.num_samples=2)."""
+    serve: StageRef | None = None
+    """Serve config (serve/config.yaml) to deploy the promoted tasks with; null: no deployment."""
+    examples: dict[str, list] = Field(default_factory=dict)
+    """task -> example inputs, sent once the endpoints are up (printed and put in the report)."""
+
+
+def config_hash(cfg) -> str:
+    data = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(cfg)
+    data.pop("tracking", None)  # where a run is logged does not change what it computes
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,61 @@
+"""The pretraining job's config: corpus, tokenizer, model family, examples, training, scaling,
+validated as one object with the checks that span them (tokenizer kind vs family, sequence
+length vs model positions)."""
+
+from __future__ import annotations
+
+from pydantic import model_validator
+
+from lmplatform.config import Name
+from lmplatform.data.sources import CorpusConfig
+from lmplatform.jobconfig import JobConfig, check_model_ref
+from lmplatform.models.families import ModelConfig, family
+from lmplatform.models.objective import ExamplesConfig, Objective
+from lmplatform.tokenization import TokenizerConfig
+from lmplatform.train.config import ScalingConfig, TrainConfig, check_train_on
+
+
+class PretrainJobConfig(JobConfig):
+    name: str = Name
+    """Run name: checkpoints, resumption and the registry entry are keyed by it."""
+    init_from: str | None = None
+    """Continue pretraining a registered model, 'name[@version]', or a Hugging Face checkpoint,
+    'hf:<folder or hub id>' (domain- or task-adaptive pretraining): its weights and tokenizer
+    are the start, so `tokenizer` is not used and
+    `model` must describe its architecture (dropouts may differ)."""
+    corpus: CorpusConfig
+    """The text to pretrain on."""
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    """Tokenizer to train (or reuse) on the corpus; not used with `init_from`."""
+    model: ModelConfig
+    """Model family and size."""
+    examples: ExamplesConfig = ExamplesConfig()
+    """How documents become training examples."""
+    train: TrainConfig = TrainConfig()
+    """Optimisation."""
+    scaling: ScalingConfig = ScalingConfig()
+    """Workers and ZeRO."""
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PretrainJobConfig:
+        if self.init_from is not None:
+            check_model_ref(self.init_from, "init_from")
+        check_train_on(self.train, self.scaling)
+        if family(self.model).objective is None:
+            why = family(self.model).why_not["objective"]
+            raise ValueError(f"model.family={self.model.family!r} {why}")
+        want = family(self.model).tokenizer
+        if self.tokenizer.kind != want:
+            raise ValueError(
+                f"tokenizer.kind={self.tokenizer.kind!r} does not fit model.family={self.model.family!r} (use {want!r})"
+            )
+        if self.examples.max_seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"examples.max_seq_len={self.examples.max_seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
+            )
+        return self
+
+    @property
+    def objective(self) -> Objective:
+        """How the family pretrains: example builder, collator, the run's summary metrics."""
+        return family(self.model).objective
