@@ -51,3 +51,24 @@ def test_the_node_image_builds_what_the_tests_run_for_the_clusters_gpus():
         if node["resources"].get("GPU"):
             assert arch_of[family] in archs, (name, family, archs)
     assert cluster["docker"]["image"].split("/")[0] in " ".join(cluster["initialization_commands"])
+
+
+def test_every_file_of_the_package_is_in_git_and_shipped_with_a_job():
+    """`registry/` in .gitignore or the runtime_env excludes matched the package's own
+    `lmplatform/registry/` too: git left its __init__.py out and `ray job submit` dropped the
+    whole folder. The patterns are anchored at the root; this keeps them so."""
+    from lmplatform.pipeline.preflight import _excluded, runtime_env_excludes
+
+    package = sorted(
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "platform" / "lmplatform").rglob("*.py")
+        if "__pycache__" not in p.parts
+    )
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *package], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    assert not ignored, f"git ignores package files: {ignored}"
+    excludes = runtime_env_excludes(ROOT / "jobs" / "runtime_env.yaml")
+    dropped = [f for f in package if _excluded(f, excludes)]
+    assert not dropped, f"jobs/runtime_env.yaml excludes package files: {dropped}"
+    assert _excluded("registry/pretrained/x/v0001/model.safetensors", excludes)

@@ -60,8 +60,8 @@ def test_cluster_yaml_passes_ray_schema_and_fits_the_gpu_pipeline():
         for t in workers.values()
     )
     # the S3 storage the configs point at is what the cluster is set up for
-    assert pre.registry.startswith("s3://") and pre.output_dir.startswith("s3://")
-    assert all(f.registry == pre.registry for f in tasks) and serve.registry == pre.registry
+    assert pre.registry.uri.startswith("s3://") and pre.output_dir.startswith("s3://")
+    assert all(f.registry == pre.registry for f in tasks) and serve.registry == pre.registry.uri
 
 
 CLUSTER_CONFIGS = ["pretrain/bert-base.yaml", "pretrain/gpt-base.yaml", "pretrain/lstm-base.yaml"]
@@ -87,7 +87,7 @@ def test_no_shipped_cluster_config_reads_or_writes_a_local_path():
     ]
     places = {f"{j.name}.corpus": j.corpus.source.path for j in jobs}
     places.update({f"{j.name}.output_dir": j.output_dir for j in [*jobs, *tasks]})
-    places.update({f"{j.name}.registry": j.registry for j in [*jobs, *tasks]})
+    places.update({f"{j.name}.registry": j.registry.uri for j in [*jobs, *tasks]})
     places["serve.registry"] = serve.registry
     for t in tasks:
         places[f"{t.name}.train"] = t.task.train.path

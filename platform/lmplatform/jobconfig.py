@@ -6,10 +6,22 @@ check of a model reference. Each job config lives with its stage and subclasses 
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from typing import Annotated
+
+from pydantic import Field, PlainSerializer, PlainValidator, WithJsonSchema, model_validator
 
 from lmplatform.config import StrictModel
+from lmplatform.registry.store import Registry
 from lmplatform.tracking import TrackingConfig, mlflow_uri
+
+RegistryRoot = Annotated[
+    Registry,
+    PlainValidator(Registry),
+    PlainSerializer(lambda r: r.written, return_type=str),
+    WithJsonSchema({"type": "string"}),
+]
+"""A registry root in a config: written as a path or URI, held as an opened `Registry`, dumped
+back as written (config hashes, `key=value` overrides, the dicts Ray ships to workers)."""
 
 
 class JobConfig(StrictModel):
@@ -19,7 +31,7 @@ class JobConfig(StrictModel):
     output_dir: str = "runs"
     """Local or shared folder (s3://…) for the job's outputs: run folders, checkpoints, plots,
     reports; absolute under `ray job submit`."""
-    registry: str = "registry"
+    registry: RegistryRoot = Field("registry", validate_default=True)
     """Model registry root (local path or s3:// / gs:// URI)."""
     tracking: TrackingConfig | None = None
     """Log runs to MLflow or W&B (none: metrics.jsonl, TensorBoard and the registry only); a

@@ -6,7 +6,7 @@
   the metrics written to metrics.jsonl (a restarted worker opens a new run, tagged with the step
   it resumed from).
 - After publishing, the run that produced a registry version is tagged with it
-  (`lmplatform.registry_version`, `lmplatform.registry.store`): from a run to the model and back
+  (`lmplatform.registry_version`, `lmplatform.registry`): from a run to the model and back
   (the registry's metadata names the experiment and trial).
 
 MLflow's default store is a folder, `<output_dir>/mlruns` (`mlflow ui --backend-store-uri
@@ -27,7 +27,7 @@ from lmplatform import storage
 from lmplatform.config import StrictModel
 
 TAG_VERSION = "lmplatform.registry_version"
-TAG_REGISTRY = "lmplatform.registry.store"
+TAG_REGISTRY = "lmplatform.registry"
 TAG_JOB = "lmplatform.job"
 
 

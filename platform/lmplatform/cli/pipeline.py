@@ -37,7 +37,7 @@ def main() -> None:
         problems = preflight.run_checks(
             working_dir=ROOT,
             excludes=preflight.runtime_env_excludes(ROOT / "jobs" / "runtime_env.yaml"),
-            storage={"registry": cfg.registry, "output_dir": cfg.output_dir},
+            storage={"registry": cfg.registry.uri, "output_dir": cfg.output_dir},
             data=preflight.data_wants(pre, tasks),
             gpus=preflight.gpu_wants(serve=serve_cfg),  # the training stages': their workers'
             workers=preflight.worker_wants(pre, tasks),  # fit on the node types, GPU probes

@@ -48,13 +48,13 @@ def _load(args):
         from lmplatform.pipeline.run import resolve
 
         cfg = load_config(PipelineConfig, args.config, args.overrides)
-        return *resolve(cfg), {"registry": cfg.registry, "output_dir": cfg.output_dir}
+        return *resolve(cfg), {"registry": cfg.registry.uri, "output_dir": cfg.output_dir}
     if "corpus" in raw:
         pre = load_config(PretrainJobConfig, args.config, args.overrides)
-        return pre, [], None, {"registry": pre.registry, "output_dir": pre.output_dir}
+        return pre, [], None, {"registry": pre.registry.uri, "output_dir": pre.output_dir}
     if "task" in raw:
         f = load_config(FinetuneJobConfig, args.config, args.overrides)
-        return None, [f], None, {"registry": f.registry, "output_dir": f.output_dir}
+        return None, [f], None, {"registry": f.registry.uri, "output_dir": f.output_dir}
     from lmplatform.serving.deployments import read_serve_config
 
     serve_cfg = read_serve_config(args.config, args.overrides)

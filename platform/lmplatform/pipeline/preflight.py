@@ -29,7 +29,6 @@ laptop checks the cluster, not itself.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import shlex
 import sys
@@ -52,16 +51,13 @@ class Problem:
 
 
 def _excluded(rel: str, patterns: list[str]) -> bool:
-    parts = rel.split("/")
-    for pat in patterns:
-        p = pat.strip("/")
-        if not p:
-            continue
-        if fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(x, p) for x in parts):
-            return True
-        if rel.startswith(p + "/"):
-            return True
-    return False
+    """Whether Ray leaves `rel` (a file, or a folder: either spelling) out of the job's
+    working_dir: the same gitignore-style matcher its packaging uses (a leading '/' anchors a
+    pattern at the root; `registry/` alone would also drop `platform/lmplatform/registry/`)."""
+    from ray._private.thirdparty.pathspec import PathSpec
+
+    spec = PathSpec.from_lines("gitwildmatch", patterns)
+    return spec.match_file(rel) or spec.match_file(rel.rstrip("/") + "/")
 
 
 def check_working_dir(

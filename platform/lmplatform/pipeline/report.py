@@ -64,12 +64,11 @@ def _pretrain_section(pre: dict | None, out: str) -> list[str]:
     return parts
 
 
-def _finetune_sections(state: dict, registry: str, out: str) -> list[str]:
+def _finetune_sections(state: dict, reg: Registry, out: str) -> list[str]:
     """The winners of every task's search in one table, then each task's details."""
     tasks = {k.split(":", 1)[1]: s for k, s in state.items() if k.startswith("finetune:")}
     if not tasks:
         return []
-    from lmplatform.registry.store import Registry
 
     e = html.escape
     rows = "".join(
@@ -81,7 +80,6 @@ def _finetune_sections(state: dict, registry: str, out: str) -> list[str]:
         "<h2>Fine-tuning winners</h2><table><tr><th>task</th><th>metric</th><th>dev value</th>"
         "<th>version</th><th>best</th><th>trials</th></tr>" + rows + "</table>"
     ]
-    reg = Registry(registry)
     for task, s in tasks.items():
         parts += _task_details(task, s, reg, out)
     return parts

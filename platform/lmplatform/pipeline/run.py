@@ -51,7 +51,7 @@ def resolve(
     cfg: PipelineConfig,
 ) -> tuple[PretrainJobConfig, list[FinetuneJobConfig], ServeConfig | None]:
     """Every stage's config, validated up front: a typo in the last task fails before pretraining."""
-    common = [f"output_dir={cfg.output_dir}", f"registry={cfg.registry}"]
+    common = [f"output_dir={cfg.output_dir}", f"registry={cfg.registry.written}"]
     if cfg.tracking is not None:
         common.append(f"tracking={json.dumps(cfg.tracking.model_dump(mode='json'))}")
     pre = load_config(PretrainJobConfig, cfg.pretrain.config, [*cfg.pretrain.overrides, *common])
@@ -71,18 +71,17 @@ def resolve(
         from lmplatform.serving.deployments import read_serve_config
 
         serve_cfg = read_serve_config(
-            cfg.serve.config, [*cfg.serve.overrides, f"registry={cfg.registry}"]
+            cfg.serve.config, [*cfg.serve.overrides, f"registry={cfg.registry.written}"]
         ).model_copy(update={"tasks": names})
     return pre, tasks, serve_cfg
 
 
 def run(cfg: PipelineConfig, force: bool = False) -> dict:
     """Run (or resume) the pipeline; returns its state."""
-    from lmplatform.registry.store import Registry
 
     pre, tasks, serve_cfg = resolve(cfg)
     state = State(storage.join(cfg.output_dir, cfg.name, "state.json"))
-    reg = Registry(cfg.registry)
+    reg = cfg.registry
     t_all = time.time()
     prepare_stage(pre, state, force)
     parent = pretrain_stage(pre, state, reg, force)

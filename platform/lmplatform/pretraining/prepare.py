@@ -88,9 +88,8 @@ def resolve_init(cfg: PretrainJobConfig) -> tuple[str, Path]:
     from lmplatform.config import ConfigError
     from lmplatform.models.io import read_config
     from lmplatform.registry.hub import resolve_pretrained
-    from lmplatform.registry.store import Registry
 
-    reg = Registry(cfg.registry)
+    reg = cfg.registry
     name, version = resolve_pretrained(reg, cfg.init_from)
     path = reg.local_path("pretrained", name, version)
     theirs = read_config(path)["model"]

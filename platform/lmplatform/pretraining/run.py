@@ -27,6 +27,7 @@ from lmplatform.models.objective import Objective
 from lmplatform.models.tasks import build_pretraining_model
 from lmplatform.pretraining.config import PretrainJobConfig
 from lmplatform.pretraining.data import shard_files
+from lmplatform.registry.store import Registry
 from lmplatform.runtime import ray_storage
 from lmplatform.train.worker_parts import (
     STATE,
@@ -159,13 +160,12 @@ def _restored_engine(job: PretrainJobConfig, config: dict, world: int, rank: int
     return stepper, resume
 
 
-def load_init_weights(model: torch.nn.Module, registry: str, ref: str) -> None:
+def load_init_weights(model: torch.nn.Module, registry: Registry, ref: str) -> None:
     """Continued pretraining: every weight from the registered model (fetched on this node)."""
     from lmplatform.models.io import load_weights
-    from lmplatform.registry.store import Registry
 
     name, version = ref.split("@")
-    load_weights(model, Registry(registry).local_path("pretrained", name, version))
+    load_weights(model, registry.local_path("pretrained", name, version))
     print(f"[pretrain] weights from pretrained/{ref}", flush=True)
 
 
@@ -224,8 +224,9 @@ def run_pretraining(job: PretrainJobConfig, callbacks: list | None = None):
         "vocab_size": prepared.vocab_size,
         "init_from": prepared.init_from,
         "data_fingerprint": data_fingerprint(prepared),
-        # absolute: a relative registry path would resolve in the worker's own directory
-        "registry": storage.normalize(job.registry),
+        # the opened registry (its absolute URI: a relative path would resolve in the
+        # worker's own directory)
+        "registry": job.registry,
         "tracking_uri": (
             mlflow_uri(job.tracking, job.output_dir)
             if job.tracking and job.tracking.backend == "mlflow"
@@ -267,7 +268,6 @@ def export_checkpoint(
     """Export any checkpoint of a run (a local folder or a URI; ZeRO shards merged to fp32) into
     the registry. Returns (name, version, the version's location)."""
     from lmplatform import tracking
-    from lmplatform.registry.store import Registry
 
     with tempfile.TemporaryDirectory() as td:
         if not storage.is_local(checkpoint):
@@ -281,7 +281,7 @@ def export_checkpoint(
         )
         if run is not None:
             metadata["tracking"] = run
-        reg = Registry(job.registry)
+        reg = job.registry
         version = reg.publish("pretrained", job.name, out, metadata)
     tracking.tag_run(run, f"pretrained/{job.name}@{version}", reg.uri)
     return job.name, version, reg.location("pretrained", job.name, version)

@@ -85,9 +85,27 @@ def _warn_once(msg: str) -> None:
 
 
 class Registry:
-    def __init__(self, root: str | os.PathLike):
-        self.uri = storage.normalize(root)
+    """A registry root, opened once where a config is read and passed along as this object
+    (`RegistryRoot` in config fields); equal to another of the same root."""
+
+    def __init__(self, root: str | os.PathLike | Registry):
+        self.written = root.written if isinstance(root, Registry) else os.fspath(root)
+        """The root as the config wrote it: what a config dumps and hashes (a relative path
+        stays relative, so a pipeline's stage hashes do not depend on the working folder)."""
+        self.uri = storage.normalize(self.written)
         storage.filesystem(self.uri)  # an unknown scheme or a missing extra fails here, clearly
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Registry) and other.uri == self.uri
+
+    def __hash__(self) -> int:
+        return hash(self.uri)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.uri!r})"
+
+    def __str__(self) -> str:
+        return self.uri
 
     # ----------------------------------------------------------------- paths
 

@@ -38,7 +38,8 @@ BATCH_WAIT_S = 0.01
 
 class ServeConfig(StrictModel):
     registry: str = "registry"
-    """Model registry root the deployments load from."""
+    """Model registry root the deployments load from (each deployment opens it: the ingress
+    process imports no storage libraries)."""
     host: str = "127.0.0.1"
     """HTTP bind address. Anything but loopback needs `auth` keys (or
     `auth.allow_unauthenticated`)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lmplatform.registry.store import Registry
 from lmplatform.tasks import task_type
 from lmplatform.tasks.data import data_report, describe_report, load_labelled
 from lmplatform.tune.config import FinetuneJobConfig
@@ -20,7 +21,7 @@ class TaskData:
     """Everything a trial needs, resolved once on the driver and shipped by Tune."""
 
     job: dict
-    registry: str  # absolute URI: trials on other nodes fetch the parent from it themselves
+    registry: Registry  # by its absolute URI, trials on other nodes fetch the parent themselves
     parent_ref: str  # "name@version", "random:name@version", or "scratch" (seq2seq)
     model_config: dict  # parent's model config (architecture for random init)
     tokenizer_json: str
@@ -42,11 +43,10 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
     """Resolve the parent model in the registry and read and validate the task's data."""
     from lmplatform.models.io import read_config
     from lmplatform.registry.hub import resolve_pretrained
-    from lmplatform.registry.store import Registry
 
     if task_type(job.task.type).whole_model:
         return _seq2seq_task_data(job)
-    reg = Registry(job.registry)
+    reg = job.registry
     random_init = job.parent.startswith("random:")
     ref = job.parent.removeprefix("random:")
     name, version = resolve_pretrained(reg, ref)  # an hf: checkpoint is imported first
@@ -81,7 +81,6 @@ def _seq2seq_task_data(job: FinetuneJobConfig) -> TaskData:
     parent's tokenizer and the encoder-decoder its weights fit."""
     from tokenizers import Tokenizer
 
-    from lmplatform.registry.store import Registry
     from lmplatform.tokenization import special_tokens, tokenizer_hash
 
     t = job.task
@@ -107,7 +106,7 @@ def _seq2seq_task_data(job: FinetuneJobConfig) -> TaskData:
         tok = Tokenizer.from_str(tokenizer_json)
     return TaskData(
         job=job.model_dump(mode="json"),
-        registry=Registry(job.registry).uri,
+        registry=job.registry,
         parent_ref=parent_ref,
         model_config=model.model_dump(mode="json"),
         tokenizer_json=tokenizer_json,
@@ -157,10 +156,9 @@ def _warm_start_parent(job: FinetuneJobConfig):
     from lmplatform.models.io import model_config, read_config
     from lmplatform.models.warm_start import check_part, warm_start_config
     from lmplatform.registry.hub import resolve_pretrained
-    from lmplatform.registry.store import Registry
     from lmplatform.tokenization import special_tokens
 
-    reg = Registry(job.registry)
+    reg = job.registry
     name, version = resolve_pretrained(reg, job.parent)
     path = reg.local_path("pretrained", name, version)
     parent = model_config(read_config(path))

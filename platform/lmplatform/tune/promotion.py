@@ -54,7 +54,6 @@ def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
 def promote(sr: SearchResult, force: bool = False) -> dict:
     """Re-evaluate the best checkpoint on the whole dev set, publish it, promote if it wins."""
     from lmplatform import tracking
-    from lmplatform.registry.store import Registry
 
     job = sr.job
     metric = job.task.metric
@@ -68,7 +67,7 @@ def promote(sr: SearchResult, force: bool = False) -> dict:
         )
         if run is not None:
             metadata["tracking"] = run
-        reg = Registry(job.registry)
+        reg = job.registry
         version = reg.publish("tasks", job.task.name, out, metadata)
     tracking.tag_run(run, f"tasks/{job.task.name}@{version}", reg.uri)
     promoted, previous = reg.promote(job.task.name, version, value, force=force)

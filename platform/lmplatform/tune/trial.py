@@ -77,10 +77,8 @@ def build_model(data: TaskData, hp: TrialParams) -> nn.Module:
     frozen = hp.transfer == "frozen"
     layout = task_type(t.type).layout
     if not data.parent_ref.startswith("random:"):
-        from lmplatform.registry.store import Registry
-
         name, version = data.parent_ref.split("@")
-        path = Registry(data.registry).local_path("pretrained", name, version)  # on this node
+        path = data.registry.local_path("pretrained", name, version)  # on this node
         return task_model_from_pretrained(
             path, t.type, n, frozen=frozen, dropout=hp.dropout, layout=layout
         )
@@ -92,10 +90,9 @@ def _warm_start(model: nn.Module, data: TaskData) -> None:
     from lmplatform.models.io import from_pretrained
     from lmplatform.models.tasks import encoder_of
     from lmplatform.models.warm_start import warm_start
-    from lmplatform.registry.store import Registry
 
     name, version = data.parent_ref.split("@")
-    path = Registry(data.registry).local_path("pretrained", name, version)  # on this node
+    path = data.registry.local_path("pretrained", name, version)  # on this node
     warm_start(model, encoder_of(from_pretrained(path)), data.cfg.warm_start)
 
 
