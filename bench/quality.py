@@ -87,7 +87,7 @@ def adapt(job: FinetuneJobConfig, steps: int, out: str) -> tuple[str, float]:
         [
             f"name={job.parent.partition('@')[0]}-{job.task.name}",
             f"init_from={job.parent}",
-            f"registry={job.registry}",
+            f"registry={job.registry.written}",
             f"output_dir={out}",
             f"train.max_steps={steps}",
             f"train.checkpoint_every={steps}",

@@ -61,7 +61,7 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
     tokenizer_json = (path / "tokenizer.json").read_text()
     return TaskData(
         job=job.model_dump(mode="json"),
-        registry=reg.uri,
+        registry=reg,
         parent_ref=("random:" if random_init else "") + f"{name}@{version}",
         model_config=cfg["model"],
         tokenizer_json=tokenizer_json,
