@@ -25,6 +25,7 @@ import contextlib
 import statistics
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from lmplatform.models import BertConfig  # noqa: E402
 from lmplatform.models.bert.model import PRESETS, BertForPretraining  # noqa: E402
+from lmplatform.models.bert.pretraining import mlm_targets  # noqa: E402
 from lmplatform.train.perf import matmul_peak_flops  # noqa: E402
 
 VOCAB, SEQ = 30522, 128
@@ -51,19 +53,27 @@ def make_batch(seed: int, batch: int, device: str) -> dict[str, torch.Tensor]:
     out = {
         "input_ids": ids,
         "token_type_ids": types,
-        "labels": labels,
+        "labels": labels,  # Hugging Face's form of the targets
         "next_sentence_label": torch.randint(0, 2, (batch,), generator=g),
+        **mlm_targets(labels),  # ours, as our collator hands them over
     }
     return {k: v.to(device) for k, v in out.items()}
 
 
-def ours(size: str, compile_: bool, device: str):
+OURS = ("input_ids", "token_type_ids", "next_sentence_label", "mlm_positions", "mlm_labels")
+HF = ("input_ids", "token_type_ids", "labels", "next_sentence_label")
+
+
+def ours(size: str, compile_mode: str | None, device: str):
     torch.manual_seed(0)
     model = BertForPretraining(BertConfig(size=size, vocab_size=VOCAB, dropout=0.1)).to(device)
-    fwd = torch.compile(model) if compile_ else model
+    # static shapes: the number of predicted tokens differs per batch (a multiple of 64), and
+    # torch 2.11's dynamic-shape trace of the fused cross-entropy fails (dynamo AssertionError);
+    # each new count compiles once instead
+    fwd = model if compile_mode is None else torch.compile(model, mode=compile_mode, dynamic=False)
 
     def step(batch):
-        return fwd(**batch)["loss"]
+        return fwd(**{k: batch[k] for k in OURS})["loss"]
 
     return model, step
 
@@ -86,7 +96,7 @@ def hf(size: str, attn: str, device: str):
     model = transformers.BertForPreTraining(cfg).to(device)
 
     def step(batch):
-        return model(**batch).loss
+        return model(**{k: batch[k] for k in HF}).loss
 
     return model, step
 
@@ -123,11 +133,12 @@ def build_variants(args) -> dict:
     variants = {}
     for prec in ("bf16", "fp32") if args.fp32 else ("bf16",):
         variants[f"ours/eager/{prec}"] = runner(
-            *ours(args.size, False, args.device), prec, args.device
+            *ours(args.size, None, args.device), prec, args.device
         )
-        if not args.no_compile:
-            variants[f"ours/compile/{prec}"] = runner(
-                *ours(args.size, True, args.device), prec, args.device
+        for mode in [] if args.no_compile else args.compile_modes.split(","):
+            name = "compile" if mode == "default" else f"compile-{mode}"
+            variants[f"ours/{name}/{prec}"] = runner(
+                *ours(args.size, mode, args.device), prec, args.device
             )
         for attn in ("eager", "sdpa"):
             variants[f"hf/{attn}/{prec}"] = runner(
@@ -143,6 +154,7 @@ def time_variants(variants: dict, batches: list, args) -> dict[str, float]:
             run(batches[: args.warmup])
         except Exception as e:  # a variant that cannot run here is reported, not fatal
             print(f"  {name}: failed in warmup: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            print("    " + traceback.format_exc()[-1500:].replace("\n", "\n    "), flush=True)
             del variants[name]
             continue
         print(f"  warmup {name}: {time.perf_counter() - t:.1f}s", flush=True)
@@ -171,7 +183,7 @@ def profile(args, batch: dict) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    run = runner(*ours(args.size, False, args.device), "bf16", args.device)
+    run = runner(*ours(args.size, None, args.device), "bf16", args.device)
     run([batch] * 3)
     acts = [ProfilerActivity.CPU] + (
         [ProfilerActivity.CUDA] if args.device.startswith("cuda") else []
@@ -196,6 +208,12 @@ def parse_args():
         "--no-compile", action="store_true", help="skip the torch.compile variant of ours"
     )
     p.add_argument("--fp32", action="store_true", help="also time fp32 (slower than bf16 here)")
+    p.add_argument(
+        "--compile-modes",
+        default="default",
+        help="torch.compile modes of ours, comma-separated (default, max-autotune-no-cudagraphs, "
+        "reduce-overhead: CUDA graphs)",
+    )
     p.add_argument("--profile", action="store_true", help="profile one step of ours, then stop")
     return p.parse_args()
 
