@@ -1,4 +1,4 @@
-"""Elastic pretraining on a two-node local cluster (run by tests/test_elastic.py in its own process).
+"""Elastic pretraining on a two-node local cluster (run by tests/pretraining/test_elastic.py in its own process).
 
 Ray 2.60's elastic policy counts workers from the nodes' resources, not from what other actors
 hold, so a node joining mid-run is the faithful way to give a run room to grow. Each worker

@@ -5,7 +5,7 @@ pretraining model and the encoder a task model keeps (models/bert/model.py, …)
 Hugging Face layout both ways, tokenizer files, warm-start mapping (models/bert/hf.py, …) —
 and its pretraining `Objective`: example builder, collator and summary metrics
 (models/bert/pretraining.py, …), which families may share. Code outside a family's own modules
-reads these fields and never asks which family it has (tests/test_families.py checks).
+reads these fields and never asks which family it has (tests/models/test_families.py checks).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 from lmplatform.models import ModelConfig
 from lmplatform.models.families import FAMILIES, objectives
 
-PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "lmplatform"
+PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "lmplatform"
 # a family's own folder (models/<family>/), and the table that names them
 OWN = {
     p.relative_to(PACKAGE).as_posix()
