@@ -46,8 +46,7 @@ class JobConfig(StrictModel):
 
 def check_model_ref(ref: str, what: str) -> None:
     """A registry ref ('name[@version]') or a Hugging Face checkpoint ('hf:<folder or id>')."""
-    from lmplatform.registry.hub import check_hf_ref, is_hf
-    from lmplatform.registry.store import check_ref
+    from lmplatform.registry.store import check_hf_ref, check_ref, is_hf
 
     if is_hf(ref):
         check_hf_ref(ref, what)

@@ -16,9 +16,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from lmplatform.registry.store import Registry, RegistryError
+from lmplatform.registry.store import HF_PREFIX, Registry, RegistryError, is_hf
 
-PREFIX = "hf:"
 # what a conversion reads: configs, weights, tokenizer files (nothing else is downloaded)
 _FILES = (
     "config.json",
@@ -35,16 +34,6 @@ _FILES = (
 )
 
 
-def is_hf(ref: str) -> bool:
-    return ref.startswith(PREFIX)
-
-
-def check_hf_ref(ref: str, what: str) -> str:
-    if not ref.removeprefix(PREFIX).strip():
-        raise ValueError(f"{what} {ref!r}: name a folder or hub id after 'hf:'")
-    return ref
-
-
 def resolve_pretrained(reg: Registry, ref: str) -> tuple[str, str]:
     """A registry ref or an `hf:` checkpoint (imported on first use) -> (name, version)."""
     if is_hf(ref):
@@ -58,7 +47,7 @@ def import_hf(reg: Registry, ref: str) -> tuple[str, str]:
     from lmplatform.models.io import load_hf_folder, save_pretrained
     from lmplatform.tokenization import tokenizer_hash
 
-    source = ref.removeprefix(PREFIX)
+    source = ref.removeprefix(HF_PREFIX)
     folder = fetch(source)
     digest = _digest(folder)
     name = "hf-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", _basename(source))[:61]

@@ -78,6 +78,21 @@ def check_ref(ref: str, what: str = "model reference") -> tuple[str, str]:
     return name, version
 
 
+HF_PREFIX = "hf:"
+"""A model reference naming a Hugging Face checkpoint (a folder or hub id) instead of a
+registry model; registry/hub.py imports it into the registry on first use."""
+
+
+def is_hf(ref: str) -> bool:
+    return ref.startswith(HF_PREFIX)
+
+
+def check_hf_ref(ref: str, what: str) -> str:
+    if not ref.removeprefix(HF_PREFIX).strip():
+        raise ValueError(f"{what} {ref!r}: name a folder or hub id after 'hf:'")
+    return ref
+
+
 def _warn_once(msg: str) -> None:
     if msg not in _warned:
         _warned.add(msg)

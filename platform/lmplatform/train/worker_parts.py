@@ -262,8 +262,6 @@ class DataPosition:
                 )
 
     def __iter__(self):
-        from lmplatform.pretraining.data import Prefetcher
-
         # assembled in a background thread that also starts each next epoch's stream early
         for batch in Prefetcher(self._produce(), depth=4):
             self.seen += 1  # counted when the loop takes it
@@ -406,3 +404,42 @@ def consolidated_state_dict(checkpoint_dir: str | os.PathLike) -> dict[str, torc
     with weights_only_loads(str(d)):
         states = torch.load(d / TAG / "mp_rank_00_model_states.pt", map_location="cpu")
     return {k: v.float() for k, v in states["module"].items()}
+
+
+class Prefetcher:
+    """Runs an iterator in a background thread, `depth` items ahead of the consumer.
+
+    Why: the training thread should never wait for batch assembly (masking, padding) or for
+    Ray Data starting the next epoch's stream (~3 s on a laptop). Errors raised by the
+    producer surface in the consumer at the item where they happened.
+    """
+
+    _END = object()
+
+    def __init__(self, iterable, depth: int = 4):
+        import queue
+        import threading
+
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+
+        def run():  # a daemon thread: it ends with the worker process
+            try:
+                for item in iterable:
+                    self._q.put(item)
+                self._q.put(self._END)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                self._q.put(e)
+
+        self._thread = threading.Thread(target=run, name="batch-prefetch", daemon=True)
+        self._thread.start()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._q.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
