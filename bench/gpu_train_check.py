@@ -150,6 +150,8 @@ def main() -> int:
             f"{r['seconds']:.1f}s  {'ok' if r['ok'] else 'LOSS DID NOT FALL'}",
             flush=True,
         )
+    if with_ds:
+        torch.distributed.destroy_process_group()
     print(f"gpu_train_check: {passed}/{len(runs)} runs passed")
     return 0 if passed == len(runs) else 1
 
