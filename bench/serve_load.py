@@ -48,7 +48,7 @@ PLAIN = textwrap.dedent(
     from lmplatform.registry.store import Registry
     from lmplatform.serving.api import make_app
     from lmplatform.serving.local import LocalBackend
-    from lmplatform.serving.deployments import load_task
+    from lmplatform.serving.loading import load_task
     p = load_task(Registry({registry!r}), {task!r})
     app = make_app(LocalBackend({{{task!r}: p}}), max_body_bytes=1_000_000)
     uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", workers=1)
@@ -188,7 +188,7 @@ def main() -> None:
     init_ray(num_cpus=max(2, os.cpu_count() or 2), quiet=True)
     from ray import serve
 
-    from lmplatform.serving.deployments import deploy
+    from lmplatform.serving.graph import deploy
 
     serve_port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})

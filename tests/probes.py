@@ -51,7 +51,7 @@ def http_predict(url: str) -> Callable[[str, list[str]], list[dict]]:
 def registry_predict(registry: str) -> Callable[[str, list[str]], list[dict]]:
     """Predict with each task's promoted model straight from a registry (no Serve)."""
     from lmplatform.registry.store import Registry
-    from lmplatform.serving.deployments import load_task
+    from lmplatform.serving.loading import load_task
 
     reg = Registry(registry)
 

@@ -24,7 +24,7 @@ def sentiment(tmp_path_factory, sample_dir):
     from lmplatform.models.bert.model import BertConfig
     from lmplatform.models.tasks import build_encoder
     from lmplatform.registry.store import Registry
-    from lmplatform.serving.deployments import load_task
+    from lmplatform.serving.loading import load_task
 
     root = tmp_path_factory.mktemp("sec")
     wp, _ = _tokenizers(root, sample_dir)

@@ -30,7 +30,7 @@ def served(ray_local, tmp_path_factory, sample_dir):
     from ray import serve
 
     from lmplatform.serving.config import ServeConfig
-    from lmplatform.serving.deployments import deploy
+    from lmplatform.serving.graph import deploy
 
     root = tmp_path_factory.mktemp("serve")
     registry = build_registry(root, sample_dir)
@@ -343,7 +343,7 @@ def test_overload_gets_503_at_once_and_slow_answers_504(served):
     after it and long before the 10 s batch would have answered.)"""
 
     from lmplatform.serving.config import ServeConfig
-    from lmplatform.serving.deployments import delete, deploy
+    from lmplatform.serving.graph import delete, deploy
 
     cfg = ServeConfig(
         registry=str(served["registry"]),
@@ -399,7 +399,7 @@ def test_a_replica_killed_under_load_loses_at_most_the_requests_in_flight(served
     from ray import serve
 
     from lmplatform.serving.config import ServeConfig
-    from lmplatform.serving.deployments import delete, deploy, task_app_name
+    from lmplatform.serving.graph import delete, deploy, task_app_name
 
     cfg = ServeConfig(
         registry=str(served["registry"]),
@@ -675,7 +675,7 @@ def test_translation_requests_are_batched_across_clients_within_their_limits(ser
 
 def test_shared_encoder_group_runs_one_encoder_forward_for_both_tasks(served):
     from lmplatform.registry.store import Registry
-    from lmplatform.serving.deployments import load_task
+    from lmplatform.serving.loading import load_task
 
     before = _stats("shared-encoder-0")["encoder_calls"]
     bodies = [{"inputs": [f"news item {i}"]} for i in range(16)]
@@ -783,7 +783,7 @@ def _running_replicas(app: str, deployment: str) -> int:
 
 def test_replicas_scale_up_under_load_and_back_down(served):
 
-    from lmplatform.serving.deployments import delete, deploy
+    from lmplatform.serving.graph import delete, deploy
 
     cfg = served["cfg"].model_copy(
         update={
@@ -900,7 +900,7 @@ def test_refresh_token_swaps_without_polling(served):
     from lmplatform.models.io import from_pretrained
     from lmplatform.models.tasks import encoder_of
     from lmplatform.registry.store import Registry
-    from lmplatform.serving.deployments import delete, deploy
+    from lmplatform.serving.graph import delete, deploy
 
     reg = Registry(served["registry"])
     cfg = served["cfg"].model_copy(
@@ -937,7 +937,7 @@ def test_refresh_token_swaps_without_polling(served):
 def test_length_sorted_chunks_keep_each_answer_with_its_input(served):
     """A batch is sorted by length and run in chunks; answers come back in input order."""
     from lmplatform.registry.store import Registry
-    from lmplatform.serving.deployments import load_task
+    from lmplatform.serving.loading import load_task
 
     p = load_task(Registry(served["registry"]), "ner")
     p.max_tokens = 40  # several chunks of a few rows
@@ -958,7 +958,7 @@ def guarded(served):
     """A second application on the same Serve, at /guarded: API keys, every model behind the
     ingress (two hops), and a 1 s request timeout."""
     from lmplatform.serving.config import ServeConfig
-    from lmplatform.serving.deployments import delete, deploy
+    from lmplatform.serving.graph import delete, deploy
 
     keys = served["root"] / "guard-keys.txt"
     keys.write_text(GUARD_KEY + "\n")
@@ -1015,7 +1015,7 @@ def test_through_serve_only_get_healthz_skips_the_key_and_serve_routes_show_no_m
 def test_the_bind_checked_is_the_one_serve_really_has(served):
     """The check reads Serve's controller, not the config's `host`: `serve deploy` binds where
     http_options.host says."""
-    from lmplatform.serving.deployments import check_bind, serve_bind_host
+    from lmplatform.serving.graph import check_bind, serve_bind_host
     from lmplatform.serving.security import AuthConfig, exposure_problem
 
     assert serve_bind_host() == "127.0.0.1"

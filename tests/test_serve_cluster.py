@@ -69,7 +69,7 @@ DRIVER = textwrap.dedent(
     import ray
     from ray import serve
     from lmplatform.serving.config import ServeConfig
-    from lmplatform.serving.deployments import delete, deploy
+    from lmplatform.serving.graph import delete, deploy
 
     registry, port = sys.argv[1], int(sys.argv[2])
     ray.init(address="auto", logging_level="ERROR")

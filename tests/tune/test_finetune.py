@@ -348,7 +348,7 @@ def test_a_transformers_checkpoint_is_imported_fine_tuned_promoted_and_served(
 
     from hf_checkpoints import save_bert
     from lmplatform.registry.store import Registry
-    from lmplatform.serving.deployments import load_task
+    from lmplatform.serving.loading import load_task
     from lmplatform.tune.data import load_task_data
     from lmplatform.tune.promotion import promote
     from lmplatform.tune.search import run_search

@@ -23,7 +23,7 @@ def main() -> None:
     p.add_argument("--refresh", action="store_true", help="replicas re-check the registry now")
     p.add_argument("--wait-s", type=float, default=600, help="give up if not RUNNING by then")
     args = p.parse_args()
-    from lmplatform.serving.deployments import read_serve_config, serve_tasks
+    from lmplatform.serving.graph import read_serve_config, serve_tasks
 
     cfg = read_serve_config(args.config, args.overrides)
 
@@ -31,7 +31,7 @@ def main() -> None:
     if args.refresh:
         cfg = cfg.model_copy(update={"refresh_token": f"{time.time():.6f}"})
     from lmplatform.runtime import init_ray
-    from lmplatform.serving.deployments import run_app
+    from lmplatform.serving.graph import run_app
 
     init_ray()
     t0 = time.time()

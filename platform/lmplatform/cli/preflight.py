@@ -55,7 +55,7 @@ def _load(args):
     if "task" in raw:
         f = load_config(FinetuneJobConfig, args.config, args.overrides)
         return None, [f], None, {"registry": f.registry.uri, "output_dir": f.output_dir}
-    from lmplatform.serving.deployments import read_serve_config
+    from lmplatform.serving.graph import read_serve_config
 
     serve_cfg = read_serve_config(args.config, args.overrides)
     return None, [], serve_cfg, {"registry": serve_cfg.registry}

@@ -694,7 +694,7 @@ def check_serving(serve, tasks: list[str] | None) -> list[Problem]:
     not after an hour of training, when Serve would wait for CPUs that never come."""
     import ray
 
-    from lmplatform.serving.deployments import fit_problem, serve_tasks
+    from lmplatform.serving.graph import fit_problem, serve_tasks
 
     if serve is None:
         return []

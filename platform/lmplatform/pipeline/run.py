@@ -68,7 +68,7 @@ def resolve(
         raise ValueError(f"pipeline {cfg.name}: a task appears twice in {names}")
     serve_cfg = None
     if cfg.serve is not None:
-        from lmplatform.serving.deployments import read_serve_config
+        from lmplatform.serving.graph import read_serve_config
 
         serve_cfg = read_serve_config(
             cfg.serve.config, [*cfg.serve.overrides, f"registry={cfg.registry.written}"]
@@ -185,7 +185,7 @@ def finetune_stage(job: FinetuneJobConfig, state: State, reg: Registry, force: b
 def deploy(cfg: ServeConfig, state: State) -> None:
     from ray import serve
 
-    from lmplatform.serving.deployments import run_app
+    from lmplatform.serving.graph import run_app
 
     h = config_hash(cfg)
     running = False

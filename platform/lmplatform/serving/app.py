@@ -16,7 +16,7 @@ import os
 from ray.serve import Application
 
 from lmplatform.serving.config import ServeConfig
-from lmplatform.serving.deployments import build
+from lmplatform.serving.graph import build
 
 REGISTRY_ENV = "LMPLATFORM_REGISTRY"
 

@@ -1,5 +1,5 @@
 """Ray Serve deployments over the registry: one per task (or per shared-encoder group), fill-mask,
-generate; `build` wires them behind the HTTP ingress (serving/ingress.py).
+generate (the app graph that wires them behind the ingress: serving/graph.py).
 
 - Models come from the registry only: a task serves its `best` version.
 - Dynamic batching: each request is one element of a `@serve.batch` call; the batch's inputs go
@@ -21,13 +21,20 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
-import ray
 from ray import serve
 
 from lmplatform.registry.store import Registry
 from lmplatform.serving.api import ApiError, Limits, make_app
-from lmplatform.serving.config import BATCH_WAIT_S, MAX_BATCH_SIZE, ServeConfig
-from lmplatform.serving.ingress import Ingress, raise_error
+from lmplatform.serving.config import BATCH_WAIT_S, MAX_BATCH_SIZE
+from lmplatform.serving.ingress import raise_error
+from lmplatform.serving.loading import (
+    _error,
+    _task_ref,
+    _timed_out,
+    _Watcher,
+    load_serving,
+    load_task,
+)
 from lmplatform.serving.predictors import (
     FillMaskPredictor,
     GeneratePredictor,
@@ -37,73 +44,10 @@ from lmplatform.serving.predictors import (
     Stopped,
     TaskPredictor,
 )
-from lmplatform.serving.security import AuthConfig, exposure_problem
+from lmplatform.serving.security import AuthConfig
 from lmplatform.serving.telemetry import ServingMetrics
 
 log = logging.getLogger("ray.serve")
-
-
-def _task_ref(reg: Registry, task: str, version: str) -> ModelInfo:
-    meta = reg.metadata("tasks", task, version)
-    evidence = {k: meta.get(k) for k in ("metric", "value", "per_class")}
-    return ModelInfo(name=task, version=version, **evidence)
-
-
-def load_task(
-    reg: Registry, task: str, version: str | None = None, compile: str | None = None
-) -> TaskPredictor:
-    version = version or reg.best(task)
-    if version is None:
-        raise ValueError(f"task {task!r} has no promoted best model in {reg.uri}")
-    p = TaskPredictor(
-        reg.local_path("tasks", task, version), _task_ref(reg, task, version), compile=compile
-    )
-    p.smoke()
-    return p
-
-
-FALLBACKS = 3  # earlier bests a starting replica tries when the promoted one cannot load
-
-
-def load_serving(
-    reg: Registry, task: str, compile: str | None = None
-) -> tuple[TaskPredictor, str | None]:
-    """The task's best, or, when it cannot load (a checksum mismatch, a failed smoke test), the
-    version it replaced (and the one that replaced, up to FALLBACKS back) that can, with why
-    the best failed: a replica that starts must serve something, and the model promoted
-    before beats none. The chain of replacements, not the whole log: a version an operator
-    rolled away from is not on it."""
-    best = reg.best(task)
-    try:
-        return load_task(reg, task, best, compile), None
-    except Exception as e:
-        if best is None:
-            raise
-        error = f"{task}@{best} could not be loaded: {type(e).__name__}: {e}"
-    for version in _replaced_chain(reg, task, best)[:FALLBACKS]:
-        try:
-            p = load_task(reg, task, version, compile)
-        except Exception as e:
-            log.warning("task %s: %s cannot be loaded either: %s", task, version, e)
-            continue
-        log.warning("%s; serving the previous best %s", error, version)
-        return p, error
-    raise RuntimeError(f"{error}; no earlier best loads either")
-
-
-def _replaced_chain(reg: Registry, task: str, best: str) -> list[str]:
-    """The versions `best` replaced, newest first, from the promotion log's `previous`."""
-    log_ = reg.promotions(task)
-    chain, seen = [], {best}
-    current = log_[-1] if log_ else None
-    while current is not None:
-        version = (current.get("previous") or {}).get("version")
-        if not isinstance(version, str) or version in seen:
-            break
-        chain.append(version)
-        seen.add(version)
-        current = next((r for r in reversed(log_) if r.get("version") == version), None)
-    return chain
 
 
 async def _run(long: bool, fn, *args):
@@ -116,79 +60,6 @@ async def _run(long: bool, fn, *args):
     if long:
         return await asyncio.to_thread(fn, *args)
     return fn(*args)
-
-
-def _error(e: Exception) -> dict:
-    status = 422 if isinstance(e, InputError) else 404
-    return {"error": {"status": status, "message": str(e)}}
-
-
-def _timed_out(e: Stopped) -> dict:
-    return {"error": {"status": 504, "type": "timeout", "message": str(e)}}
-
-
-MAX_BACKOFF_S = 300.0
-
-
-class _Watcher:
-    """Polls the registry for new `best` versions of some tasks and calls `swap` with them.
-    A swap that fails (the new best cannot load) keeps the loaded versions and is tried again
-    only after a backoff that doubles per failure (up to MAX_BACKOFF_S), not every poll with a
-    full download; `error` says what failed until a swap succeeds."""
-
-    def __init__(self, reg: Registry, tasks: list[str], refresh_s: float, swap, metrics=None):
-        self.reg, self.tasks, self.refresh_s, self.swap = reg, tasks, refresh_s, swap
-        self.metrics = metrics
-        self._kick = threading.Event()
-        self._failed: dict[tuple, tuple[int, float]] = {}  # wanted -> (failures, retry at)
-        self.failures = 0  # swaps that failed, in all
-        self.error: str | None = None
-        if refresh_s > 0:
-            threading.Thread(target=self._run, daemon=True, name="registry-watch").start()
-
-    def check_now(self) -> None:
-        self._kick.set()
-
-    def _run(self) -> None:
-        while True:
-            self._kick.wait(self.refresh_s)
-            self._kick.clear()
-            self.check()
-
-    def failed(self, wanted: dict[str, str | None], e: Exception) -> None:
-        """Note a swap to `wanted` that failed (also at start): no new try before the backoff."""
-        key = tuple(sorted(wanted.items()))
-        failures = self._failed.get(key, (0, 0.0))[0] + 1
-        self.failures += 1
-        wait = min(max(self.refresh_s, 1.0) * 2**failures, MAX_BACKOFF_S)
-        self._failed = {key: (failures, time.monotonic() + wait)}
-        self.error = f"{_describe(wanted)} could not be loaded: {type(e).__name__}: {e}"
-        log.warning("%s; serving the loaded version, next try in %.0f s", self.error, wait)
-        if self.metrics is not None:
-            for t, v in wanted.items():
-                self.metrics.load_failed(t, v or "none")
-
-    def check(self, force: bool = False) -> None:
-        """Swap to the tasks' current bests unless that failed recently (`force`: try now)."""
-        try:
-            wanted = {t: self.reg.best(t) for t in self.tasks}
-        except Exception as e:  # the registry is unreachable: keep serving, report on health
-            self.error = f"registry check failed: {type(e).__name__}: {e}"
-            log.warning("%s", self.error)
-            return
-        retry_at = self._failed.get(tuple(sorted(wanted.items())), (0, 0.0))[1]
-        if not force and time.monotonic() < retry_at:
-            return
-        try:
-            self.swap(wanted)
-        except Exception as e:
-            self.failed(wanted, e)
-            return
-        self._failed, self.error = {}, None
-
-
-def _describe(versions: dict[str, str | None]) -> str:
-    return ", ".join(f"{t}@{v}" for t, v in versions.items())
 
 
 class _ModelDeployment:
@@ -693,282 +564,3 @@ class GenerateDeployment(_ModelDeployment):
 
     def check_health(self) -> None:
         self.p.predict(self.p.parse(["a"]), 1, 0.0, None)
-
-
-# ----------------------------------------------------------------------------- app builder
-
-
-def serve_tasks(cfg: ServeConfig) -> list[str]:
-    reg = Registry(cfg.registry)
-    if cfg.tasks is not None:
-        missing = [t for t in cfg.tasks if reg.best(t) is None]
-        if missing:
-            raise ValueError(
-                f"tasks without a promoted best model in {reg.uri}: {', '.join(missing)}"
-            )
-        return list(cfg.tasks)
-    return [t for t in reg.names("tasks") if reg.best(t) is not None]
-
-
-def task_app_name(cfg: ServeConfig, task: str) -> str:
-    return f"{cfg.app_name}-{task}"
-
-
-def task_route(cfg: ServeConfig, task: str) -> str:
-    return f"{cfg.route_prefix.rstrip('/')}/v1/predict/{task}"
-
-
-def _options(cfg: ServeConfig) -> dict:
-    """Replica options every model deployment shares."""
-    a = cfg.autoscaling
-    return {
-        "autoscaling_config": {
-            "min_replicas": a.min_replicas,
-            "max_replicas": a.max_replicas,
-            "target_ongoing_requests": a.target_ongoing_requests,
-            "upscale_delay_s": a.upscale_delay_s,
-            "downscale_delay_s": a.downscale_delay_s,
-        },
-        "ray_actor_options": {
-            "num_cpus": cfg.replica_cpus,
-            **({"num_gpus": cfg.replica_gpus} if cfg.replica_gpus else {}),
-        },
-    }
-
-
-def replica_demand(cfg: ServeConfig, tasks: list[str]) -> dict[str, float]:
-    """What the deployments of `tasks` reserve once every one has its `min_replicas`
-    ({"CPU": …, "GPU": …}), and how: one model deployment per task outside a shared-encoder
-    group, one per group, fill-mask and generate when set, and the ingress."""
-    grouped = {t for g in cfg.shared_encoder_groups for t in g}
-    models = len([t for t in tasks if t not in grouped]) + len(cfg.shared_encoder_groups)
-    models += bool(cfg.fill_mask_model) + bool(cfg.generate_model)
-    n = cfg.autoscaling.min_replicas
-    return {
-        "CPU": n * (models * cfg.replica_cpus + cfg.ingress_cpus),
-        "GPU": n * models * cfg.replica_gpus,
-        "model_deployments": models,
-    }
-
-
-def fit_problem(
-    cfg: ServeConfig, tasks: list[str], cluster: dict[str, float]
-) -> tuple[str, str] | None:
-    """Why the deployments cannot all start on a cluster of these total resources, and the fix
-    (None when they fit, or when the cluster launcher may add nodes with what is missing).
-    Serve would otherwise wait for CPUs that never come, logging every 30 s."""
-    from lmplatform.runtime import cluster_can_grow
-
-    need = replica_demand(cfg, tasks)
-    models, n = int(need["model_deployments"]), cfg.autoscaling.min_replicas
-    for res, per in (("CPU", "replica_cpus"), ("GPU", "replica_gpus")):
-        have = cluster.get(res, 0.0)
-        if need[res] <= have + 1e-9 or cluster_can_grow(res):
-            continue
-        ingress = n * cfg.ingress_cpus if res == "CPU" else 0.0
-        fits = max(int((have - ingress) / max(models * n, 1) * 100) / 100, 0)
-        return (
-            f"serving needs {need[res]:g} {res}s with every deployment at its minimum "
-            f"({models} model deployment(s) x min_replicas {n} x {per}={getattr(cfg, per):g}"
-            + (f", plus {ingress:g} for the ingress" if ingress else "")
-            + f"), but the cluster has {have:g}",
-            f"set {per}={fits:g} (or serve fewer tasks)",
-        )
-    return None
-
-
-def _batching(cfg: ServeConfig) -> dict:
-    return {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s}
-
-
-def _http(cfg: ServeConfig) -> dict:
-    """What an HTTP-facing replica needs of the config (plain data: it crosses to replicas)."""
-    return {
-        "max_inputs": cfg.max_inputs,
-        "max_body_bytes": cfg.max_body_bytes,
-        "root_path": cfg.route_prefix.rstrip("/"),
-        "auth": cfg.auth.model_dump(),
-        "cors_origins": cfg.cors_origins,
-        "limits": {
-            k: getattr(cfg, k)
-            for k in ("max_queued_requests", "request_timeout_s", "retry_after_s")
-        },
-    }
-
-
-def _task_deployment(cfg: ServeConfig, task: str, http: dict | None) -> serve.Application:
-    ongoing = max(4 * cfg.max_batch_size, 32)  # batches must be able to fill
-    if http is not None:  # it faces HTTP: Serve hands it more than it admits (our own 503)
-        ongoing = max(ongoing, cfg.max_queued_requests + 64)
-    return (
-        (TaskDeployment if http is None else TaskIngress)
-        .options(
-            name=f"task-{task}",
-            max_ongoing_requests=ongoing,
-            user_config={"refresh_token": cfg.refresh_token},
-            health_check_period_s=cfg.health_check_period_s,
-            **_options(cfg),
-        )
-        .bind(
-            cfg.registry,
-            task,
-            refresh_s=cfg.refresh_s,
-            compile=cfg.compile,
-            http=http,
-            **_batching(cfg),
-        )
-    )
-
-
-def _one_hop_tasks(cfg: ServeConfig, tasks: list[str]) -> list[str]:
-    grouped = {t for g in cfg.shared_encoder_groups for t in g}
-    return [t for t in tasks if t not in grouped] if cfg.one_hop else []
-
-
-def task_apps(cfg: ServeConfig) -> dict[str, tuple[str, serve.Application]]:
-    """With one hop: application name -> (route prefix, application) of each task."""
-    http = _http(cfg)
-    return {
-        task_app_name(cfg, t): (task_route(cfg, t), _task_deployment(cfg, t, http))
-        for t in _one_hop_tasks(cfg, serve_tasks(cfg))
-    }
-
-
-def serve_bind_host() -> str | None:
-    """Where this cluster's Serve proxies really listen (its controller's http_options: what
-    `serve deploy` set, whatever the application's args say), or None when no Serve runs yet
-    (run_app then starts it on the config's host)."""
-    if not ray.is_initialized():
-        return None
-    from ray.serve.context import _get_global_client
-
-    client = _get_global_client(raise_if_no_controller_running=False)
-    return None if client is None else client.http_config.host
-
-
-def check_bind(cfg: ServeConfig, host: str | None) -> None:
-    """Refuse to serve the config's API on a Serve bound beyond loopback without keys."""
-    problem = host is not None and exposure_problem(host, cfg.auth, "http_options.host")
-    if problem:
-        raise ValueError(f"{problem} (Serve's proxies listen where http_options.host says)")
-
-
-def build(cfg: ServeConfig) -> serve.Application:
-    """The main application (the ingress: /v1/tasks, /healthz, fill-mask, generate, and the
-    tasks that have no application of their own) for a validated config."""
-    check_bind(cfg, serve_bind_host())
-    tasks = serve_tasks(cfg)
-    grouped = {t for g in cfg.shared_encoder_groups for t in g}
-    unknown = grouped - set(tasks)
-    if unknown:
-        raise ValueError(f"shared_encoder_groups name tasks that are not served: {sorted(unknown)}")
-    own_app = set(_one_hop_tasks(cfg, tasks))
-    opts, batch = _options(cfg), _batching(cfg)
-    ongoing = max(4 * cfg.max_batch_size, 32)
-    routes: dict = {}
-    shared = []
-    for t in tasks:
-        if t in own_app:  # the ingress still lists it and checks its health, by name
-            routes[t] = (task_app_name(cfg, t), f"task-{t}")
-        elif t not in grouped:
-            routes[t] = _task_deployment(cfg, t, None)
-    for i, g in enumerate(cfg.shared_encoder_groups):
-        h = SharedEncoderDeployment.options(
-            name=f"shared-encoder-{i}",
-            max_ongoing_requests=ongoing,
-            user_config={"refresh_token": cfg.refresh_token},
-            health_check_period_s=cfg.health_check_period_s,
-            **opts,
-        ).bind(cfg.registry, g, refresh_s=cfg.refresh_s, **batch)
-        for t in g:
-            routes[t] = h
-            shared.append(t)
-    fill = gen = None
-    if cfg.fill_mask_model:
-        fill = FillMaskDeployment.options(max_ongoing_requests=ongoing, **opts).bind(
-            cfg.registry, cfg.fill_mask_model, **batch
-        )
-    if cfg.generate_model:
-        gen = GenerateDeployment.options(max_ongoing_requests=ongoing, **opts).bind(
-            cfg.registry, cfg.generate_model, timeout_s=cfg.request_timeout_s, **batch
-        )
-    http = _http(cfg)
-    return Ingress.options(
-        autoscaling_config=opts["autoscaling_config"],
-        ray_actor_options={"num_cpus": cfg.ingress_cpus},
-        # Serve hands the ingress more than it admits: the bound is ours, with our envelope
-        max_ongoing_requests=cfg.max_queued_requests + 64,
-    ).bind(
-        routes,
-        shared,
-        fill,
-        gen,
-        http["max_inputs"],
-        http["max_body_bytes"],
-        http["auth"],
-        http["cors_origins"],
-        http["limits"],
-    )
-
-
-def deploy(cfg: ServeConfig, blocking: bool = False) -> None:
-    """Run every application of the config: each task's own (one hop) first, since the main
-    one looks their deployments up by name; then the main one. Nothing runs when Serve
-    binds beyond loopback and the config has no keys."""
-    check_bind(cfg, serve_bind_host())
-    for name, (prefix, app) in task_apps(cfg).items():
-        serve.run(app, name=name, route_prefix=prefix, blocking=False)
-    serve.run(build(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=blocking)
-
-
-def delete(cfg: ServeConfig) -> None:
-    """Remove the config's applications (the main one and each task's)."""
-    names = [cfg.app_name, *(task_app_name(cfg, t) for t in _one_hop_tasks(cfg, serve_tasks(cfg)))]
-    for name in names:
-        serve.delete(name)
-
-
-def read_serve_config(path, overrides: list[str] = ()) -> ServeConfig:
-    """Ray Serve's config file (its first application's args and http_options) or a plain
-    ServeConfig YAML, with key=value overrides applied to the args."""
-    from lmplatform.config import ConfigError, apply_overrides, read_yaml, validate
-
-    raw = read_yaml(path)
-    if "applications" in raw:
-        apps = raw["applications"] or []
-        if not apps:
-            raise ConfigError(f"{path}: applications is empty")
-        args = dict(apps[0].get("args") or {})
-        http = raw.get("http_options") or {}
-        for k in ("host", "port"):
-            if k in http:
-                args.setdefault(k, http[k])
-        args.setdefault("app_name", apps[0].get("name", "lmplatform"))
-        args.setdefault("route_prefix", apps[0].get("route_prefix", "/"))
-        raw = args
-    return validate(ServeConfig, apply_overrides(raw, list(overrides)))
-
-
-def run_app(cfg: ServeConfig, wait_s: float = 600) -> str:
-    """Deploy the application and wait until it is RUNNING; returns its base URL."""
-    from lmplatform.config import ConfigError
-
-    problem = fit_problem(cfg, serve_tasks(cfg), ray.cluster_resources())
-    if problem:
-        raise ConfigError("{}: {}".format(*problem))
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    deploy(cfg)
-    names = [cfg.app_name, *task_apps(cfg)]
-    deadline = time.time() + wait_s
-    while True:
-        apps = serve.status().applications
-        states = {n: apps.get(n) for n in names}
-        if all(st is not None and st.status == "RUNNING" for st in states.values()):
-            return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
-        for n, st in states.items():
-            if st is not None and st.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-                raise RuntimeError(f"application {n} {st.status}: {st.message}")
-        if time.time() > deadline:
-            waiting = [n for n, st in states.items() if st is None or st.status != "RUNNING"]
-            raise RuntimeError(f"applications {waiting} not RUNNING after {wait_s:.0f}s")
-        time.sleep(1)

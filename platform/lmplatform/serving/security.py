@@ -16,7 +16,7 @@
 The config (`AuthConfig`) is checked at the edge: a non-loopback `host` without keys is refused
 unless `allow_unauthenticated` says a gateway in front authenticates (serving/config.py), and so
 is an application built on a Serve whose proxies really bind beyond loopback
-(`http_options.host` of `serve deploy`; serving/deployments.py `build`).
+(`http_options.host` of `serve deploy`; serving/graph.py `build`).
 """
 
 from __future__ import annotations
