@@ -78,7 +78,7 @@ def ran(sr) -> int:
 
 def adapt(job: FinetuneJobConfig, steps: int, out: str) -> tuple[str, float]:
     """Continue the task's parent on the task's training text; returns (its ref, minutes)."""
-    from lmplatform.data.sources import CorpusConfig
+    from lmplatform.data.corpus import CorpusConfig
     from lmplatform.pretraining.run import export_and_register, run_pretraining
 
     cfg = load_config(

@@ -152,7 +152,8 @@ def sample_dir() -> Path:
 @pytest.fixture(scope="session")
 def wikitext_corpus(shared_data):
     """The shared WikiText-2 files as a documents dataset (articles split at ' = Title = ')."""
-    from lmplatform.data.sources import CorpusConfig, DataSource, load_corpus
+    from lmplatform.data.corpus import CorpusConfig, load_corpus
+    from lmplatform.data.sources import DataSource
 
     cfg = CorpusConfig(
         source=DataSource(path=str(shared_data / "corpus")), document_split="wikitext"

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from lmplatform.data.sources import CorpusConfig, DataError, DataSource, load_corpus
+from lmplatform.data.corpus import CorpusConfig, load_corpus
+from lmplatform.data.sources import DataError, DataSource
 from lmplatform.tasks.data import load_labelled
 
 ROWS = 1000
@@ -352,7 +353,7 @@ def test_data_report_counts_rows_labels_lengths_and_truncation(tmp_path, wordpie
 
 def test_a_corpus_counts_records_not_documents(tmp_path):
     """Corpus lines merge into documents; the bad fraction is of lines read."""
-    from lmplatform.data.sources import read_corpus
+    from lmplatform.data.corpus import read_corpus
 
     lines = [f"Line {i} of a document about nothing much." for i in range(300)]
     text = "\n\n".join("\n".join(lines[i : i + 3]) for i in range(0, 300, 3)).encode()

@@ -3,8 +3,9 @@
 import hashlib
 import math
 
+from lmplatform.data.corpus import CorpusConfig, load_corpus
 from lmplatform.data.sample import ensure_sample
-from lmplatform.data.sources import CorpusConfig, DataSource, load_corpus
+from lmplatform.data.sources import DataSource
 from lmplatform.tasks.data import load_labelled
 
 

@@ -151,7 +151,8 @@ def test_whole_word_masking_masks_every_piece_of_a_word(wordpiece_8k):
 
 
 def test_causal_blocks_are_contiguous_and_unpadded(ray_local, sample_dir, tmp_path):
-    from lmplatform.data.sources import CorpusConfig, DataSource, load_corpus
+    from lmplatform.data.corpus import CorpusConfig, load_corpus
+    from lmplatform.data.sources import DataSource
 
     corpus_cfg = CorpusConfig(source=DataSource(path=str(sample_dir / "corpus" / "train.txt")))
     corpus = load_corpus(corpus_cfg)

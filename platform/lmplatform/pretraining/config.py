@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import model_validator
 
 from lmplatform.config import Name
-from lmplatform.data.sources import CorpusConfig
+from lmplatform.data.corpus import CorpusConfig
 from lmplatform.jobconfig import JobConfig, check_model_ref
 from lmplatform.models.families import ModelConfig, family
 from lmplatform.models.objective import ExamplesConfig, Objective

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from lmplatform import storage
 from lmplatform.config import save_resolved
-from lmplatform.data.sources import fingerprint, read_corpus
+from lmplatform.data.corpus import read_corpus
+from lmplatform.data.sources import fingerprint
 from lmplatform.pretraining.config import PretrainJobConfig
 from lmplatform.pretraining.data import build_examples
 from lmplatform.tokenization import TokenizerConfig, load_tokenizer, tokenizer_hash, train_tokenizer

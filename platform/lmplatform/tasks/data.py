@@ -10,16 +10,9 @@ from dataclasses import dataclass
 
 import datasets
 
-from lmplatform.data.sources import (
-    BadRows,
-    Checked,
-    DataError,
-    DataSource,
-    check_source,
-    generate,
-    iter_records,
-    report_bad_rows,
-)
+from lmplatform.data.badrows import BadRows, report_bad_rows
+from lmplatform.data.readers import generate, iter_records
+from lmplatform.data.sources import Checked, DataError, DataSource, check_source
 from lmplatform.tasks import task_type
 from lmplatform.tasks.base import TaskType
 from lmplatform.tasks.classification import value_text
