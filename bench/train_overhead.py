@@ -39,7 +39,6 @@ def bare(job: PretrainJobConfig, prepared) -> list[float]:
     from lmplatform import storage
     from lmplatform.models.tasks import build_pretraining_model
     from lmplatform.pretraining.data import batch_iterator, shard_files
-    from lmplatform.pretraining.run import _collator
     from lmplatform.train.deepspeed_engine import DeepSpeedStepper
     from lmplatform.train.loop import fit
 
@@ -58,7 +57,7 @@ def bare(job: PretrainJobConfig, prepared) -> list[float]:
     )
     stepper = DeepSpeedStepper(model, job.train, job.scaling, 1, job.train.max_steps)
     rows = storage.read_parquet(shard_files(prepared.examples_dir)).to_pydict()
-    collate = _collator(job.objective, prepared.tokenizer_path.read_text(), job, 0)
+    collate = job.objective.collator(prepared.tokenizer_path.read_text(), job.examples, 0)
     res = fit(
         stepper.engine,
         batch_iterator(rows, job.train.batch_size, collate),

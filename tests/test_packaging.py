@@ -55,8 +55,8 @@ def test_the_node_image_builds_what_the_tests_run_for_the_clusters_gpus():
 
 def test_every_file_of_the_package_is_in_git_and_shipped_with_a_job():
     """`registry/` in .gitignore or the runtime_env excludes matched the package's own
-    `lmplatform/registry/` too: git left its __init__.py out and `ray job submit` dropped the
-    whole folder. The patterns are anchored at the root; this keeps them so."""
+    `lmplatform/registry/` too: git left its __init__.py out, `ray job submit` dropped the
+    whole folder, and so would the cluster launcher's rsync. The patterns are anchored at the root; this keeps them so."""
     from lmplatform.pipeline.preflight import _excluded, runtime_env_excludes
 
     package = sorted(
@@ -72,3 +72,10 @@ def test_every_file_of_the_package_is_in_git_and_shipped_with_a_job():
     dropped = [f for f in package if _excluded(f, excludes)]
     assert not dropped, f"jobs/runtime_env.yaml excludes package files: {dropped}"
     assert _excluded("registry/pretrained/x/v0001/model.safetensors", excludes)
+    # the cluster launcher's rsync to the nodes (rsync's patterns anchor with '/' the same way)
+    import yaml
+
+    rsync = yaml.safe_load((ROOT / "cluster.yaml").read_text())["rsync_exclude"]
+    dropped = [f for f in package if _excluded(f, rsync)]
+    assert not dropped, f"cluster.yaml rsync_exclude drops package files: {dropped}"
+    assert _excluded("registry/pretrained/x", rsync) and _excluded(".venv/bin/python", rsync)

@@ -16,12 +16,23 @@ from lmplatform.tracking import TrackingConfig, mlflow_uri
 
 RegistryRoot = Annotated[
     Registry,
-    PlainValidator(Registry),
+    PlainValidator(lambda root: _open_registry(root)),
     PlainSerializer(lambda r: r.written, return_type=str),
     WithJsonSchema({"type": "string"}),
 ]
 """A registry root in a config: written as a path or URI, held as an opened `Registry`, dumped
 back as written (config hashes, `key=value` overrides, the dicts Ray ships to workers)."""
+
+
+def _open_registry(root) -> Registry:
+    """A storage problem (an unknown scheme, s3:// without its extra) as a config error: one
+    line naming the field, not a traceback."""
+    from lmplatform.storage import StorageError
+
+    try:
+        return Registry(root)
+    except StorageError as e:
+        raise ValueError(str(e)) from None
 
 
 class JobConfig(StrictModel):

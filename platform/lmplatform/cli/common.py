@@ -50,17 +50,18 @@ BUILDS = {
 }
 
 
-def require_model(registry: str, kind: str, ref: str, builder: str | None = None) -> None:
+def require_model(registry, kind: str, ref: str, builder: str | None = None) -> None:
     """Exit 2 with the one command that builds it when `ref` is not in the registry: a bench
     script on a fresh checkout says what to run instead of failing deep inside a search."""
     from lmplatform.registry.store import Registry, RegistryError
 
+    registry = Registry(registry)  # a root as written, or an opened one
     try:
-        Registry(registry).resolve(kind, ref)
+        registry.resolve(kind, ref)
     except RegistryError as e:
         name = (builder or ref).removeprefix("random:").partition("@")[0]
-        how = BUILDS.get(name, f"publish {kind}/{name} to {registry} first").replace(
-            "REGISTRY", registry
+        how = BUILDS.get(name, f"publish {kind}/{name} to {registry.uri} first").replace(
+            "REGISTRY", registry.written
         )
         print(f"error: {e}\nbuild it with:\n  {how}", file=sys.stderr)
         sys.exit(2)

@@ -1,7 +1,7 @@
 """Deploy the Serve application (every promoted task; fill-mask / generate if configured).
 
 python jobs/deploy.py --config serve/config.yaml [key=value ...] [--refresh] [--wait-s 300]
-ray job submit --working-dir . -- python jobs/deploy.py --config serve/config.yaml registry=s3://...
+ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- python jobs/deploy.py --config serve/config.yaml registry=s3://...
 
 The config is Ray Serve's own file (its first application's `args` and `http_options`) or a
 plain ServeConfig YAML; overrides apply to the args. The job returns once the application is

@@ -1,7 +1,7 @@
 """Search fine-tuning hyperparameters for a task with Ray Tune and promote the best model.
 
 python jobs/finetune.py --config jobs/configs/tasks/sentiment-sample.yaml [--force] [key=value ...]
-ray job submit --working-dir . -- python jobs/finetune.py --config jobs/configs/tasks/sst2.yaml
+ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- python jobs/finetune.py --config jobs/configs/tasks/sst2.yaml
 """
 
 from lmplatform.cli import common as cli

@@ -1,7 +1,7 @@
 """Pretrain a model family on a corpus with Ray Train + DeepSpeed and register the result.
 
 python jobs/pretrain.py --config jobs/configs/pretrain/bert-debug.yaml [key=value ...]
-ray job submit --working-dir . -- python jobs/pretrain.py --config jobs/configs/pretrain/bert-debug.yaml
+ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- python jobs/pretrain.py --config jobs/configs/pretrain/bert-debug.yaml
 """
 
 from lmplatform.cli import common as cli

@@ -38,7 +38,7 @@ from lmplatform.data.formats import (
 # and corpus.py (the documents). Not badrows.py (it counts rows after they are cached) nor
 # sample.py (its files are fingerprinted like any other). The files are read by name because
 # readers.py and corpus.py import this module; a new module of reading code joins this list
-# (tests/test_sources.py fails on a module of the package that is in neither). Labelled task
+# (tests/data/test_sources.py fails on a module of the package that is in neither). Labelled task
 # rows add their own code's hash (lmplatform.tasks.data).
 READING_CODE = ("sources.py", "formats.py", "readers.py", "corpus.py")
 

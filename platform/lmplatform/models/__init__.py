@@ -1,4 +1,4 @@
-"""Model families in plain PyTorch, one file per family; nothing here imports Ray or DeepSpeed."""
+"""Model families in plain PyTorch, one folder per family (models/<family>/) and one table (families.py); nothing here imports Ray or DeepSpeed."""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ def check_working_dir(
                 Problem(
                     "working_dir",
                     f"{heavy}/ would be uploaded with the job",
-                    f"add '{heavy}' to excludes in the runtime_env (jobs/runtime_env.yaml)",
+                    f"add '/{heavy}/' to excludes in the runtime_env (jobs/runtime_env.yaml)",
                 )
             )
     total = 0
