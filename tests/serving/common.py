@@ -4,18 +4,11 @@ name, requests to it, a deployment's stats."""
 from __future__ import annotations
 
 import json
-import socket
 
 import requests
 
 APP = "lm"
 GUARD_KEY = "guard-key-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(served, path, body, **kw):

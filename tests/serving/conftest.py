@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import _free_port
 from serving_fixtures import build_registry
 
-from .common import APP, GUARD_KEY, _free_port
+from .common import APP, GUARD_KEY
 
 
 @pytest.fixture(scope="package")
