@@ -10,7 +10,9 @@ repeats. `--device cuda` runs the same on a GPU (batches on the device before th
 MFU counts the FLOPs a training step needs (6 x non-embedding parameters per token, attention,
 and the vocabulary projection at the predicted positions only) against a bf16 matmul peak
 measured in this same run on the same device. `--profile` prints where one step of ours spends
-its time (torch.profiler, self time by op, top 20) and which kernel attention took.
+its time (torch.profiler, self time by op, top 20), which kernel attention took and the page
+faults per step. Both sides run with malloc keeping freed memory (`train/perf.keep_freed_memory`,
+as our training loop does; `--default-malloc` leaves glibc's defaults).
 
     .venv/bin/python bench/pretrain_throughput.py [--steps 20] [--repeats 3] [--no-compile]
     .venv/bin/python bench/pretrain_throughput.py --profile
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import statistics
 import sys
 import time
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 from lmplatform.models import BertConfig  # noqa: E402
 from lmplatform.models.bert.model import PRESETS, BertForPretraining  # noqa: E402
 from lmplatform.models.bert.pretraining import mlm_targets  # noqa: E402
-from lmplatform.train.perf import matmul_peak_flops  # noqa: E402
+from lmplatform.train.perf import keep_freed_memory, matmul_peak_flops  # noqa: E402
 
 VOCAB, SEQ = 30522, 128
 
@@ -188,12 +191,15 @@ def profile(args, batch: dict) -> None:
     acts = [ProfilerActivity.CPU] + (
         [ProfilerActivity.CUDA] if args.device.startswith("cuda") else []
     )
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     with torch_profile(activities=acts) as prof:
         run([batch] * 3)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 3
     key = "self_device_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
     print(f"profile of 3 steps of ours/eager/bf16 on {args.device}, self time by op ({key}):")
     print(prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60))
     print(f"attention kernel: {attention_kernels(prof)}")
+    print(f"page faults per step: {faults:,.0f}")
 
 
 def parse_args():
@@ -215,18 +221,26 @@ def parse_args():
         "reduce-overhead: CUDA graphs)",
     )
     p.add_argument("--profile", action="store_true", help="profile one step of ours, then stop")
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc settings as they are (train/perf.keep_freed_memory off)",
+    )
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     warnings.filterwarnings("ignore")
+    # process-wide, so both sides run with it (`--default-malloc`: glibc's defaults, as before)
+    kept = False if args.default_malloc else keep_freed_memory()
     torch.manual_seed(0)
     batches = [make_batch(i, args.batch, args.device) for i in range(args.steps)]
     print(
         f"torch {torch.__version__} on {args.device}"
         f" ({torch.cuda.get_device_name() if args.device.startswith('cuda') else f'{torch.get_num_threads()} threads'});"
-        f" BERT {args.size}, batch {args.batch} x seq {SEQ}, vocab {VOCAB}"
+        f" BERT {args.size}, batch {args.batch} x seq {SEQ}, vocab {VOCAB};"
+        f" malloc {'keeps freed memory' if kept else 'glibc defaults'}"
     )
     if args.profile:
         return profile(args, batches[0])

@@ -178,15 +178,23 @@ def _ignored(kind: str) -> torch.Tensor:
     return t
 
 
-@pytest.mark.parametrize("chunk", [64, 300, None], ids=["uneven-64", "one-chunk", "device"])
+@pytest.mark.parametrize(
+    "chunk", [64, 300, None, "blocks"], ids=["uneven-64", "one-chunk", "device", "blocks"]
+)
 @pytest.mark.parametrize("ignored", ["none", "some", "all"])
-def test_fused_linear_cross_entropy_matches_the_plain_one(chunk, ignored):
+def test_fused_linear_cross_entropy_matches_the_plain_one(chunk, ignored, monkeypatch):
     """Loss, accuracy and every gradient equal F.cross_entropy(ignore_index=-100) of the full
-    logits, whatever the chunking (a ragged last chunk, one chunk, the device's default) and
+    logits, whatever the chunking (a ragged last chunk, one chunk, the device's default, and
+    gradients taken in blocks of two chunks, summed in fp32, as an accelerator's are) and
     however many rows are ignored (all of them: 0, as a mean over no rows should not be NaN)."""
     import torch.nn.functional as F
 
+    from lmplatform.models import layers
     from lmplatform.models.layers import linear_cross_entropy
+
+    if chunk == "blocks":  # 64-row chunks, gradients every 128 rows: blocks of 128, 128, 44
+        monkeypatch.setattr(layers, "CHUNK_LOGITS", 128 * 1000)
+        chunk = 64
 
     torch.manual_seed(0)
     h = torch.randn(300, 32, requires_grad=True)

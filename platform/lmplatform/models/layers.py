@@ -6,7 +6,6 @@ Nothing here imports Ray, DeepSpeed or torch.distributed.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -28,21 +27,21 @@ def init_weights(module: nn.Module, std: float) -> None:
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout; on CPU with 16-bit random draws, 3 per 64-bit word.
+    """Dropout; on CPU with 16-bit random draws, 4 per 64-bit word.
 
     CPU `bernoulli_` / `rand` produce ~250M numbers/s, which made dropout ~15 % of a BERT-mini
-    training step here. One int64 draw holds 63 random bits: its three low 16-bit halves are
-    three uniform draws (the top half is skipped: its sign bit is always 0), so the same mask
-    costs a third of the generator calls. Keep probability is exact to 1/65536. GPUs use
-    PyTorch's own (Philox) dropout.
+    training step here. One full-range int64 draw holds 64 random bits: its four 16-bit halves
+    are four uniform draws, read in place (a view, no copy), so the same mask costs a quarter
+    of the generator calls. Keep probability is exact to 1/65536. GPUs use PyTorch's own
+    (Philox) dropout.
     """
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or sys.byteorder != "little":
+    if x.device.type != "cpu":
         return F.dropout(x, p, True)
     n = x.numel()
-    words = torch.empty((n + 2) // 3, dtype=torch.int64).random_()
-    draws = words.view(torch.int16).view(-1, 4)[:, :3].reshape(-1)[:n].view(x.shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)
+    draws = words.view(torch.int16)[:n].view(x.shape)  # the halves' order does not matter
     keep = draws >= (-32768 + round(p * 65536))
     return x * keep * (1.0 / (1.0 - p))
 
@@ -177,38 +176,48 @@ def last_token(h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Te
 
 
 CHUNK_LOGITS = 1 << 27
-"""Logits the fused cross-entropy holds at once on an accelerator, in elements: 512 MiB in fp32,
-plus their 16-bit copy for the gradient matmuls under autocast. Whole, GPT-base's logits for a
-batch of 32 x 1023 tokens would be 6.6 GB (and as much again for their gradient)."""
+"""Logits the fused cross-entropy holds at once on an accelerator, in elements: 512 MiB in fp32
+(and as much again for their softmax while a chunk is worked on). Whole, GPT-base's logits for
+a batch of 32 x 1023 tokens would be 6.6 GB (and as much again for their gradient)."""
 
 CPU_CHUNK_ROWS = 256
-"""Rows per chunk on CPU, where a chunk's logits should stay in cache across its passes."""
+"""Most rows per chunk on CPU, where a chunk's logits should stay in cache across its passes."""
 
 
 def chunk_rows(rows: int, vocab: int, device_type: str, budget: int = CHUNK_LOGITS) -> int:
-    """Rows per chunk of the fused cross-entropy.
+    """Rows per chunk of the fused cross-entropy: the fewest chunks of at most `budget` logits
+    (on CPU at most `CPU_CHUNK_ROWS` rows), all of one size (no small tail).
 
-    On an accelerator, the fewest chunks whose logits fit `budget`, all of one size (no small
-    tail): every chunk re-reads the whole (V, C) weight three times, adds a (V, C) partial into
-    the weight's gradient and launches its own kernels, a cost that grows with the number of
-    chunks, not the rows (fixed 256-row chunks made 128 of them per GPT-base micro-batch).
-    On CPU, `CPU_CHUNK_ROWS`: measured on 2 cores with BERT-mini shapes in bf16, 256-row chunks
-    ran the loss and its gradients 1.3-1.5x faster than one chunk of 614 or 4,096 rows."""
-    if device_type == "cpu":
-        return CPU_CHUNK_ROWS
-    chunks = max(1, -(-rows * vocab // budget))
+    On an accelerator every chunk re-reads the whole (V, C) weight and launches its own
+    kernels, a cost that grows with the number of chunks, not the rows (fixed 256-row chunks
+    made 128 of them per GPT-base micro-batch). On CPU, measured on 2 cores with BERT-mini
+    shapes in bf16, 256-row chunks ran the loss and its gradients 1.3-1.5x faster than one
+    chunk of 614 or 4,096 rows."""
+    most = CPU_CHUNK_ROWS if device_type == "cpu" else max(1, budget // vocab)
+    chunks = max(1, -(-rows // most))
     return -(-rows // chunks)
+
+
+def _block_rows(rows: int, vocab: int, chunk: int, device_type: str) -> int:
+    """Rows whose logit gradients are kept (in the matmul dtype) before they go through the
+    two gradient matmuls. On CPU all of them where they fit the budget: one (V, C) weight
+    gradient instead of one partial per chunk, each cast and added (a third of a BERT-mini
+    step's copies). On an accelerator a chunk: memory is the constraint there."""
+    if device_type != "cpu":
+        return chunk
+    return max(chunk, CHUNK_LOGITS // vocab // chunk * chunk)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Cross-entropy of `h @ W.T + b`, computed chunk by chunk with its gradients in one pass.
 
-    The (N, V) logits are made a chunk of rows at a time (`chunk_rows` sizes it), turned into
-    per-row loss and accuracy and into gradients, and dropped; the means are taken once at the
-    end. Rows whose target is -100 are weighed 0 rather
-    than removed, so no step reads a count back from the device. For BERT-mini the logits are
-    the step's largest tensor and their bf16->fp32 copy, log-softmax and backward were ~15 % of
-    a CPU step.
+    The (N, V) logits are made a chunk of rows at a time (`chunk_rows` sizes it) and turned
+    into per-row loss and accuracy and a softmax, from which the logit gradients are written in
+    the matmul dtype; every `_block_rows` rows those go through the gradient matmuls. The means
+    are taken once at the end; rows whose target is -100 are weighed 0 rather than removed, so
+    no step reads a count back from the device. Per chunk it is one fused softmax and two max
+    reductions: `logsumexp` and `argmax` were two more passes over the logits each, and slow
+    ones on CPU (9 and 7 ms for 256 x 30,522 fp32 where `softmax` takes 3.6 and `amax` 0.7).
     """
 
     @staticmethod
@@ -219,24 +228,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
             w, hh = weight.to(dtype), h.to(dtype)
             b = bias.float() if bias is not None else None
             keep = target != -100  # (N,)
-            share = keep.float() / keep.sum().clamp(min=1)  # (N,) each row's part of the mean
+            kept = keep.sum().clamp(min=1)
+            share = keep.float() / kept  # (N,) each row's part of the mean
             tgt = torch.where(keep, target, 0)  # (N,) an ignored row reads column 0, weighed 0
             N = h.shape[0]
             row_loss = torch.empty(N, dtype=torch.float32, device=h.device)
             row_hit = torch.empty(N, dtype=torch.bool, device=h.device)
             grads = _CEGrads(h, weight, bias, dtype) if any(ctx.needs_input_grad[:3]) else None
-            for s in range(0, N, chunk):
-                hc, tc = hh[s : s + chunk], tgt[s : s + chunk]
-                logits = (hc @ w.t()).float()  # (n, V)
-                if b is not None:
-                    logits += b
-                lse = torch.logsumexp(logits, dim=-1)  # (n,)
-                row_loss[s : s + chunk] = lse - logits.gather(1, tc[:, None])[:, 0]
-                row_hit[s : s + chunk] = logits.argmax(-1) == tc
-                if grads is not None:
-                    grads.add(s, hc, w, logits, lse, tc, share[s : s + chunk])
-            loss = torch.where(keep, row_loss, 0.0).sum() / keep.sum().clamp(min=1)
-            acc = (row_hit & keep).sum() / keep.sum().clamp(min=1)
+            block = _block_rows(N, w.shape[0], chunk, dev)
+            # one chunk's logits and softmax, reused by every chunk: fresh ones each chunk
+            # were page-faulted in anew (glibc mmaps blocks this large)
+            bufs = torch.empty((2, min(chunk, N), w.shape[0]), device=h.device)
+            for b0 in range(0, N, block):
+                g = grads.block(min(block, N - b0)) if grads is not None else None
+                for s in range(b0, min(b0 + block, N), chunk):
+                    rows = slice(s, min(s + chunk, N))
+                    p = _chunk_stats(hh[rows], w, b, tgt[rows], bufs, row_loss[rows], row_hit[rows])
+                    if g is not None:
+                        grads.fill(g[s - b0 : rows.stop - b0], p, tgt[rows], share[rows])
+                if g is not None:
+                    grads.flush(g, hh[b0 : b0 + len(g)], w, b0)
+            loss = torch.where(keep, row_loss, 0.0).sum() / kept
+            acc = (row_hit & keep).sum() / kept
         if grads is not None:
             ctx.save_for_backward(*grads.result(h, weight, bias))
         ctx.mark_non_differentiable(acc)
@@ -254,31 +267,64 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
 
 
+def _chunk_stats(hc, w, b, tc, bufs, row_loss, row_hit) -> torch.Tensor:
+    """One chunk's logits into per-row loss and hit (written in place); returns the softmax
+    (in `bufs[1]`).
+
+    A hit is a target whose logit is the row's largest (a tie counts: the target is among the
+    best). logsumexp = max - log(largest probability), which lies in [1/V, 1], so nothing
+    underflows."""
+    logits, p = bufs[0, : len(hc)], bufs[1, : len(hc)]  # (n, V) fp32 each
+    if hc.dtype == torch.float32:
+        torch.mm(hc, w.t(), out=logits)
+        if b is not None:
+            logits += b
+    elif b is not None:
+        torch.add(hc @ w.t(), b, out=logits)  # widened and biased in one pass
+    else:
+        logits.copy_(hc @ w.t())
+    top = logits.amax(-1)  # (n,)
+    target_logit = logits.gather(1, tc[:, None])[:, 0]
+    torch.ops.aten._softmax.out(logits, -1, False, out=p)
+    row_loss.copy_(top - p.amax(-1).log() - target_logit)
+    row_hit.copy_(target_logit >= top)
+    return p
+
+
 class _CEGrads:
-    """The fused cross-entropy's gradients, filled chunk by chunk; weight and bias gradients
-    are summed in fp32 whatever the matmul dtype."""
+    """The fused cross-entropy's gradients: the logit gradients of a block of rows in the
+    matmul dtype, then through the projection; weight and bias gradients are summed in fp32
+    whatever the matmul dtype when there is more than one block."""
 
     def __init__(self, h, weight, bias, dtype):
+        self.dtype = dtype
         self.grad_h = torch.empty(h.shape, dtype=dtype, device=h.device)
-        self.grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
+        self.vocab = weight.shape[0]
+        self.grad_w: torch.Tensor | None = None
         self.grad_b = None
         if bias is not None:
             self.grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=h.device)
 
-    def add(self, s, hc, w, logits, lse, tc, share) -> None:
-        """One chunk: d(mean loss)/d(logits) = (softmax - onehot) * share, made in place of
-        the logits, then through the projection."""
-        p = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-        p[torch.arange(len(tc), device=p.device), tc] -= 1.0
-        p.mul_(share[:, None])
-        g = p.to(hc.dtype)
-        self.grad_h[s : s + len(tc)] = g @ w
-        if g.dtype == torch.float32:
-            self.grad_w.addmm_(g.t(), hc)  # straight into the sum: no (V, C) partial
-        else:
-            self.grad_w += (g.t() @ hc).float()
+    def block(self, rows: int) -> torch.Tensor:
+        return torch.empty((rows, self.vocab), dtype=self.dtype, device=self.grad_h.device)
+
+    def fill(self, g, p, tc, share) -> None:
+        """d(mean loss)/d(logits) = (softmax - onehot) * share, into `g` (the chunk's rows)."""
         if self.grad_b is not None:
-            self.grad_b += p.sum(0)
+            self.grad_b += p.t() @ share  # sum over rows of softmax * share: one pass over p
+            self.grad_b.index_add_(0, tc, -share)
+        p.mul_(share[:, None])  # in place: p is the chunk's buffer
+        p[torch.arange(len(tc), device=p.device), tc] -= share
+        g.copy_(p)
+
+    def flush(self, g, hb, w, start: int) -> None:
+        """The block's logit gradients through the projection."""
+        self.grad_h[start : start + len(g)] = g @ w
+        partial = g.t() @ hb  # (V, C)
+        if self.grad_w is None:
+            self.grad_w = partial
+        else:
+            self.grad_w = self.grad_w.float().add_(partial)  # later blocks: summed in fp32
 
     def result(self, h, weight, bias):
         grad_b = self.grad_b.to(bias.dtype) if bias is not None else None

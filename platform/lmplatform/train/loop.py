@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lmplatform.train.config import Precision, TrainConfig
-from lmplatform.train.perf import format_eta
+from lmplatform.train.perf import format_eta, keep_freed_memory
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -314,6 +314,14 @@ def _log_eval(log, name: str, step: int, ev: dict) -> None:
     log(f"[{name}] eval at step {step}: {shown}")
 
 
+def _prepare(model: nn.Module, cfg: TrainConfig) -> None:
+    """What makes steps fast: memory kept for the next step's activations (no page faults),
+    and the compiled model where the config asks."""
+    keep_freed_memory()
+    if cfg.compile:  # in place (a DeepSpeed engine compiles its module): names stay the same
+        model.compile(backend=cfg.compile)
+
+
 def fit(
     model: nn.Module,
     batches: Iterable[dict],
@@ -342,8 +350,7 @@ def fit(
     """
     device = torch.device(device)
     stepper = stepper or TorchStepper(model, cfg, total_steps)
-    if cfg.compile:  # in place (a DeepSpeed engine compiles its module): names stay the same
-        model.compile(backend=cfg.compile)
+    _prepare(model, cfg)
     stream = _cycle(batches)
     meter = _Meter(getattr(model, "flops_per_token", None), peak_flops, start_step, total_steps)
     readback = _Readback(cfg, start_step + 1, total_steps, evaluate is not None, name)
