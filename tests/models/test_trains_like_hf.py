@@ -1,5 +1,5 @@
 """Our BERT trains like Hugging Face's: the speed work (fused cross-entropy over the predicted
-positions only, the 16-bit dropout draws, softmax in bf16, the malloc setting) must not move
+positions only, the 16-bit dropout draws, the malloc setting) must not move
 the loss. Both start from the same weights and see the same batches under bf16 autocast."""
 
 import pytest

@@ -111,11 +111,7 @@ class SelfAttention(nn.Module):
                 att = att.masked_fill(
                     torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf")
                 )
-            with torch.autocast(x.device.type, enabled=False):
-                # in the scores' dtype: autocast widens the (B, nh, T, T) probabilities to
-                # fp32 and back for the next matmul (the kernel sums in fp32 either way)
-                att = torch.softmax(att, dim=-1)
-            att = dropout(att, self.dropout, True)
+            att = dropout(torch.softmax(att, dim=-1), self.dropout, True)
             y = att.to(v.dtype) @ v  # (B, nh, T, hs)
             return self.out(y.transpose(1, 2).reshape(B, T, C))
         y = F.scaled_dot_product_attention(
