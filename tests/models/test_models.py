@@ -152,6 +152,8 @@ def test_fast_cpu_dropout_keeps_the_right_fraction_and_scale():
     kept = (y != 0).float().mean().item()
     assert abs(kept - 0.9) < 0.002
     assert abs(y.mean().item() - 1.0) < 0.003  # inverted scaling keeps the expectation
+    half = dropout(x.bfloat16(), 0.1, True)
+    assert half.dtype == torch.bfloat16 and abs(half.float().mean().item() - 1.0) < 0.003
     assert torch.equal(dropout(x, 0.1, False), x)
     torch.manual_seed(1)
     a = dropout(x, 0.3, True)
