@@ -13,7 +13,7 @@ from lmplatform.train.loop import FitResult, TorchStepper, fit
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+@pytest.mark.parametrize("engine", ["torch", "deepspeed", "deepspeed-zero2"])
 def test_one_precision_path_with_and_without_deepspeed(engine, precision, request):
     """`train.precision` is torch autocast over fp32 weights, with or without DeepSpeed: the
     loop applies it to a plain model; a DeepSpeed engine takes it from its generated config,
@@ -29,9 +29,10 @@ def test_one_precision_path_with_and_without_deepspeed(engine, precision, reques
         batch_size=4, lr=3e-3, warmup_ratio=0.0, log_every=100, eval_every=8, precision=precision
     )
     trained, stepper, around = model, None, []
-    if engine == "deepspeed":
+    if engine.startswith("deepspeed"):  # with the fused AdamW, over ZeRO's flat partitions too
         request.getfixturevalue("one_rank_group")
-        stepper = DeepSpeedStepper(model, cfg, ScalingConfig(zero_stage=0), 1, 8)
+        stage = 2 if engine.endswith("zero2") else 0
+        stepper = DeepSpeedStepper(model, cfg, ScalingConfig(zero_stage=stage), 1, 8)
         trained = stepper.engine
         trained.register_forward_pre_hook(
             lambda m, args: around.append(torch.is_autocast_enabled("cpu"))
@@ -57,7 +58,7 @@ def test_one_precision_path_with_and_without_deepspeed(engine, precision, reques
     )
     out = torch.float32 if precision == "fp32" else torch.bfloat16
     assert set(seen) == {(True, torch.float32, out), (False, torch.float32, out)}
-    assert around == ([False] * 8 if engine == "deepspeed" else [])
+    assert around == ([False] * 8 if engine.startswith("deepspeed") else [])
     losses = [h["loss"] for h in res.history]
     assert losses[-1] < losses[0] - 0.5, losses  # measured 5.71 -> 4.45 in both precisions
     assert isinstance(res.history[-1]["grad_norm"], float)  # ZeRO-0 too
