@@ -242,8 +242,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grads = _CEGrads(h, weight, bias, dtype) if any(ctx.needs_input_grad[:3]) else None
             block = _block_rows(N, w.shape[0], chunk, dev)
             # one chunk's logits and softmax, reused by every chunk: fresh ones each chunk
-            # were page-faulted in anew (glibc mmaps blocks this large)
-            bufs = torch.empty((2, min(chunk, N), w.shape[0]), device=h.device)
+            # were page-faulted in anew (glibc mmaps blocks this large); two tensors, not one
+            # of twice the size, so that each stays under malloc's 32 MiB mmap threshold
+            bufs = [torch.empty((min(chunk, N), w.shape[0]), device=h.device) for _ in "lp"]
             for b0 in range(0, N, block):
                 g = grads.block(min(block, N - b0)) if grads is not None else None
                 for s in range(b0, min(b0 + block, N), chunk):
@@ -274,12 +275,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def _chunk_stats(hc, w, b, tc, bufs, row_loss, row_hit) -> torch.Tensor:
     """One chunk's logits into per-row loss and hit (written in place); returns the softmax
-    (in `bufs[1]`).
+    (in `bufs[1]`; `bufs[0]` takes the logits).
 
     A hit is a target whose logit is the row's largest (a tie counts: the target is among the
     best). logsumexp = max - log(largest probability), which lies in [1/V, 1], so nothing
     underflows."""
-    logits, p = bufs[0, : len(hc)], bufs[1, : len(hc)]  # (n, V) fp32 each
+    logits, p = bufs[0][: len(hc)], bufs[1][: len(hc)]  # (n, V) fp32 each
     if hc.dtype == torch.float32:
         torch.mm(hc, w.t(), out=logits)
         if b is not None:
