@@ -477,7 +477,9 @@ def test_a_deepspeed_trial_checkpoints_its_shards_and_resumes_at_its_step(
     resumed = run(first, "resumed")
     assert [m["step"] for m, _ in resumed] == [24]
     assert resumed[0][0]["restored_from_step"] == 12
-    assert resumed[0][0]["dev_loss"] == pytest.approx(full[1][0]["dev_loss"], rel=1e-4)
+    # the checkpoint carries the RNG state: the resumed run draws the same dropout masks as the
+    # uninterrupted one (without it the two agreed to ~1e-4 only while the model was near chance)
+    assert resumed[0][0]["dev_loss"] == pytest.approx(full[1][0]["dev_loss"], rel=1e-6)
     # promotion reads the fp32 weights merged from the shards: the same model as trained
     model = build_model(data, TrialParams.of(job))
     model.load_state_dict(consolidated_state_dict(first.path))

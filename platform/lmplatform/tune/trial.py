@@ -215,6 +215,8 @@ def restore(checkpoint, model, stepper, cfg, hp: TrialParams, total: int) -> tup
 
     with checkpoint.as_directory() as d:
         state = load_trial_state(d)
+        if "rng" in state:  # the dropout stream where it stopped (every rank draws the same)
+            torch.set_rng_state(state["rng"])
         if "model" not in state:  # DeepSpeed: every rank loads its shard
             from lmplatform.train.deepspeed_engine import weights_only_loads
 
@@ -275,6 +277,7 @@ class TrialReporter:
             "step": step,
             "trial": self.name,
             "hp": self.hp.model_dump(),  # plain values: checkpoints load without pickle
+            "rng": torch.get_rng_state(),  # dropout continues as if never stopped
         }
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / CKPT)
@@ -289,9 +292,8 @@ class TrialReporter:
         with tempfile.TemporaryDirectory() as d:
             self.engine.save_checkpoint(d, tag=TAG)
             if self.rank == 0:
-                torch.save(
-                    {"step": step, "trial": self.name, "hp": self.hp.model_dump()}, Path(d) / CKPT
-                )
+                state = {"step": step, "trial": self.name, "hp": self.hp.model_dump()}
+                torch.save({**state, "rng": torch.get_rng_state()}, Path(d) / CKPT)
             dist.barrier()
             self.report(metrics, checkpoint=self.make_ckpt(d))
 
