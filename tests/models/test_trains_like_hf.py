@@ -8,7 +8,7 @@ import torch
 from lmplatform.models import BertConfig
 from lmplatform.models.bert.model import BertForPretraining
 from lmplatform.models.bert.pretraining import mlm_targets
-from lmplatform.models.hf import hf_state
+from lmplatform.models.hf import hf_config, hf_state
 from lmplatform.train.perf import keep_freed_memory
 
 V, T, B, STEPS = 512, 64, 16, 150
@@ -34,19 +34,9 @@ def _batch(g: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 def _hf_twin(ours: BertForPretraining):
+    """transformers' BERT from our adapter's config and weights (the export's own path)."""
     transformers = pytest.importorskip("transformers")
-    c = ours.cfg
-    cfg = transformers.BertConfig(
-        vocab_size=V,
-        hidden_size=c.hidden_size,
-        num_hidden_layers=c.num_layers,
-        num_attention_heads=c.num_heads,
-        intermediate_size=c.intermediate_size,
-        max_position_embeddings=c.max_seq_len,
-        hidden_dropout_prob=c.dropout,
-        attention_probs_dropout_prob=c.attention_dropout,
-        layer_norm_eps=c.layer_norm_eps,
-    )
+    cfg = transformers.BertConfig(**hf_config(ours, None, {}))
     theirs = transformers.BertForPreTraining(cfg)
     missing, unexpected = theirs.load_state_dict(
         {k: v.detach().clone() for k, v in hf_state(ours).items()}, strict=False

@@ -325,7 +325,7 @@ class _CEGrads:
 
     def flush(self, g, hb, w, start: int) -> None:
         """The block's logit gradients through the projection."""
-        self.grad_h[start : start + len(g)] = g @ w
+        torch.mm(g, w, out=self.grad_h[start : start + len(g)])  # no temporary to copy
         partial = g.t() @ hb  # (V, C)
         if self.grad_w is None:
             self.grad_w = partial
