@@ -263,6 +263,10 @@ def test_pipeline_job_runs_end_to_end_then_skips_finished_stages(head, tmp_path)
     # the data each task was trained on: rows read and dropped, labels, lengths, truncation
     assert page.count(": data</h3>") == 3 and page.count("over max_seq_len") == 3
     assert "<td>rows read</td><td>3000</td><td>500</td>" in page
+    # every winner beside its classic baseline (title: what was fitted), and the gain over it
+    assert page.count("<td title='TF-IDF 1-2-grams + linear SVM'>") == 2
+    assert page.count("<td title='word features + linear SVM'>") == 1
+    assert "gain vs baseline" in page and log.count("; baseline (") == 3
     assert all((report.parent / src).is_file() for src in images)
 
     second = _submit(head, out, port)

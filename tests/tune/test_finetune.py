@@ -108,6 +108,14 @@ def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, re
     assert meta["parent"] == "tiny-bert@v0001" and meta["tokenizer_hash"]
     assert set(meta["hyperparameters"]) >= {"lr", "batch_size", "layer_decay", "transfer"}
     assert set(meta["data_fingerprint"]) == {"train", "dev"}
+    # the classic baseline, fitted on the same rows before the trials: beside the winner
+    b = out["baseline"]
+    assert b["model"] == "TF-IDF 1-2-grams + linear SVM" and 0.5 <= b["value"] <= 1.0
+    assert b["beats"] == (out["value"] > b["value"])
+    assert b["gain"] == pytest.approx(100 * (out["value"] - b["value"]))
+    assert meta["baseline"]["metrics"]["accuracy"] == b["value"]
+    saved = json.loads((Path(sr.run_dir) / "baseline.json").read_text())
+    assert saved["train_rows"] == len(sr.data.train_rows)
     # MLflow: one run per trial with its hyperparameters and every evaluation; the promoted
     # trial's run names the registry version, and the version names the run
     from mlflow.tracking import MlflowClient
@@ -336,6 +344,8 @@ def test_a_single_class_f1_metric_drives_search_and_promotion(ray_local, registr
     assert (
         meta["value"] == pytest.approx(meta["per_class"]["positive"]["f1"]) and meta["value"] > 0.6
     )
+    # the baseline is read on the same metric: that class's F1
+    assert out["baseline"]["value"] == meta["baseline"]["per_class"]["positive"]["f1"]
 
 
 def test_a_transformers_checkpoint_is_imported_fine_tuned_promoted_and_served(

@@ -19,7 +19,7 @@ def main() -> None:
     from lmplatform.config import save_resolved
     from lmplatform.runtime import init_ray
     from lmplatform.tune.data import load_task_data
-    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.promotion import describe_baseline, promote
     from lmplatform.tune.search import format_table, run_search
     from lmplatform.tune.space import check_scheduler
 
@@ -40,7 +40,8 @@ def main() -> None:
         else f"kept best {out['previous']['version']} ({out['previous']['value']:.4f})"
     )
     print(
-        f"registered tasks/{out['task']}@{out['version']}: dev {out['metric']} {out['value']:.4f} — {verdict}"
+        f"registered tasks/{out['task']}@{out['version']}: dev {out['metric']} {out['value']:.4f} — {verdict}; "
+        + describe_baseline(out["baseline"])
     )
 
 

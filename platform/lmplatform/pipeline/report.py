@@ -73,16 +73,30 @@ def _finetune_sections(state: dict, reg: Registry, out: str) -> list[str]:
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(task)}</td><td>{e(s['metric'])}</td><td>{s['value']:.4f}</td>"
-        f"<td>v{e(s['version'][1:])}</td><td>{e(str(s.get('best')))}</td><td>{s['trials']}</td></tr>"
+        + _baseline_cells(s.get("baseline"))
+        + f"<td>v{e(s['version'][1:])}</td><td>{e(str(s.get('best')))}</td><td>{s['trials']}</td></tr>"
         for task, s in tasks.items()
     )
     parts = [
         "<h2>Fine-tuning winners</h2><table><tr><th>task</th><th>metric</th><th>dev value</th>"
+        "<th>baseline</th><th>gain vs baseline</th>"
         "<th>version</th><th>best</th><th>trials</th></tr>" + rows + "</table>"
     ]
     for task, s in tasks.items():
         parts += _task_details(task, s, reg, out)
     return parts
+
+
+def _baseline_cells(b: dict | None) -> str:
+    """The baseline's value (its model as the tooltip) and the winner's gain over it, in
+    points; a loss in red."""
+    if not b:
+        return "<td>—</td><td>—</td>"
+    style = "" if b["beats"] else " style='color:#b00'"
+    return (
+        f"<td title='{html.escape(b['model'])}'>{b['value']:.4f}</td>"
+        f"<td{style}>{b['gain']:+.2f}{'' if b['beats'] else ' (loses)'}</td>"
+    )
 
 
 def _task_details(task: str, s: dict, reg: Registry, out: str) -> list[str]:

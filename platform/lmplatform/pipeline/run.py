@@ -149,7 +149,7 @@ def pretrain_stage(pre: PretrainJobConfig, state: State, reg: Registry, force: b
 def finetune_stage(job: FinetuneJobConfig, state: State, reg: Registry, force: bool) -> None:
     """One task's search, then its best checkpoint published and promoted if it wins."""
     from lmplatform.tune.data import load_task_data
-    from lmplatform.tune.promotion import promote
+    from lmplatform.tune.promotion import describe_baseline, promote
     from lmplatform.tune.search import format_table, run_search
 
     stage = f"finetune:{job.task.name}"
@@ -174,11 +174,12 @@ def finetune_stage(job: FinetuneJobConfig, state: State, reg: Registry, force: b
         trials=len(sr.table),
         run_dir=sr.run_dir,
         seconds=time.time() - t0,
+        baseline=res["baseline"],
     )
     verdict = "promoted to best" if res["promoted"] else f"best stays {reg.best(job.task.name)}"
     _log(
         f"{stage}: tasks/{job.task.name}@{res['version']} {res['metric']} {res['value']:.4f} "
-        f"({verdict}) in {time.time() - t0:.0f}s"
+        f"({verdict}) in {time.time() - t0:.0f}s; {describe_baseline(res['baseline'])}"
     )
 
 

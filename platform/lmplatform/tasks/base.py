@@ -76,6 +76,11 @@ class Scorer:
     def add(self, logits: torch.Tensor, batch: dict, rows: list[dict]) -> None:
         raise NotImplementedError
 
+    def add_labels(self, predicted: list, rows: list[dict]) -> None:
+        """Predictions made without a model (a baseline's), one per row in the form the type's
+        `baseline_predictions` returns, scored exactly as a model's are."""
+        raise NotImplementedError
+
     def result(self) -> tuple[dict[str, float], dict[str, dict]]:
         """(metrics, precision/recall/F1/support per class)."""
         raise NotImplementedError
@@ -105,6 +110,9 @@ class TaskType:
     whole_model: ClassVar[bool] = False
     """The task model is a whole model of its family (the encoder-decoder for seq2seq), not
     an encoder with a head."""
+    baseline: ClassVar[str | None] = None
+    """The classic model fitted beside every search, in words (None: the type has none);
+    lmplatform/tasks/baseline.py."""
 
     # ------------------------------------------------------------------ config and data
 
@@ -156,6 +164,13 @@ class TaskType:
         """A scorer for one evaluation. Types that score generated output (seq2seq) decode
         with `model` and `encoder` (the TaskEncoder) as `task` (its TaskConfig) says; `final`:
         the promoted score (beam search), not a search's quick one."""
+        raise NotImplementedError
+
+    def baseline_predictions(
+        self, train_rows: list[dict], dev_rows: list[dict], outputs: list[str]
+    ) -> list:
+        """The baseline fitted on `train_rows` (encoded rows, as trials get them): its
+        prediction for each of `dev_rows`, in the form the type's `Scorer.add_labels` takes."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ serving

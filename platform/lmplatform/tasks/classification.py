@@ -70,7 +70,10 @@ class _Scorer(Scorer):
         self.outputs, self.pred, self.gold = outputs, [], []
 
     def add(self, logits, batch, rows):
-        self.pred += logits.argmax(-1).tolist()
+        self.add_labels(logits.argmax(-1).tolist(), rows)
+
+    def add_labels(self, predicted, rows):
+        self.pred += predicted
         self.gold += [r["label"] for r in rows]
 
     def result(self):
@@ -87,6 +90,7 @@ class Classification(TaskType):
     input_schema = StrictStr
     prediction_schema = ClassificationPrediction
     smoke_input = "hello world"
+    baseline = "TF-IDF 1-2-grams + linear SVM"
     pair = False
 
     def check_source(self, source):
@@ -140,6 +144,15 @@ class Classification(TaskType):
 
     def scorer(self, outputs, classes, **_):
         return _Scorer(outputs)
+
+    def baseline_predictions(self, train_rows, dev_rows, outputs):
+        from lmplatform.tasks.baseline import pair_text, text_classifier
+
+        return text_classifier(
+            [pair_text(r) for r in train_rows],
+            [r["label"] for r in train_rows],
+            [pair_text(r) for r in dev_rows],
+        )
 
     def parse(self, x, where, max_len, options):
         if not isinstance(x, str):

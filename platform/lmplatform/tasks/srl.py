@@ -69,8 +69,8 @@ class _Scorer(WordScorer):
     def gold_labels(self, row):
         return list(row["tags"])
 
-    def add(self, logits, batch, rows):
-        super().add(logits, batch, rows)
+    def add_labels(self, predicted, rows):
+        super().add_labels(predicted, rows)
         for p, r in zip(self.pred[-len(rows) :], rows):
             p[r["predicate"]] = PREDICATE
 
@@ -90,6 +90,7 @@ class SemanticRoleLabelling(TaskType):
     input_schema = SrlInput
     prediction_schema = SrlPrediction
     smoke_input = {"text": "hello world", "predicate": 0}
+    baseline = "word and predicate features + linear SVM"
 
     def rows(self, rec, source, labels):
         words, cols = rec.get("tokens", []), rec.get("columns", [])
@@ -166,6 +167,17 @@ class SemanticRoleLabelling(TaskType):
 
     def scorer(self, outputs, classes, **_):
         return _Scorer(outputs, classes)
+
+    def baseline_predictions(self, train_rows, dev_rows, outputs):
+        from lmplatform.tasks.baseline import predicate_features, word_classifier
+
+        def features(rows):
+            return [predicate_features(r["tokens"], r["predicate"]) for r in rows]
+
+        # what the model can learn: the roles of `labels`, everything else (V too) none
+        known = set(outputs)
+        tags = [[t if t in known else NONE for t in r["tags"]] for r in train_rows]
+        return word_classifier(features(train_rows), tags, features(dev_rows))
 
     def parse(self, x, where, max_len, options):
         if isinstance(x, BaseModel):

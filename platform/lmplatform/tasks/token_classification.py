@@ -103,10 +103,16 @@ class WordScorer(Scorer):
 
     def add(self, logits, batch, rows):
         arg = logits.argmax(-1)
+        predicted = []
         for j, r in enumerate(rows):
             p = [self.outputs[x] for x in arg[j][self.first_subtokens(batch, j)].tolist()]
-            self.pred.append(p + [self.none] * (len(r["tokens"]) - len(p)))
-            self.gold.append(self.gold_labels(r))
+            predicted.append(p + [self.none] * (len(r["tokens"]) - len(p)))
+        self.add_labels(predicted, rows)
+
+    def add_labels(self, predicted, rows):
+        """`predicted`: one label name per word of each row."""
+        self.pred += predicted
+        self.gold += [self.gold_labels(r) for r in rows]
 
 
 class _Scorer(WordScorer):
@@ -131,6 +137,7 @@ class TokenClassification(TaskType):
     prediction_schema = TokenPrediction
     smoke_input = "hello world"
     accepts_split_words = True
+    baseline = "word features + linear SVM"
 
     def rows(self, rec, source, labels):
         tokens, tags = rec.get("tokens", []), rec.get("tags", [])
@@ -190,6 +197,15 @@ class TokenClassification(TaskType):
 
     def scorer(self, outputs, classes, **_):
         return _Scorer(outputs, classes)
+
+    def baseline_predictions(self, train_rows, dev_rows, outputs):
+        from lmplatform.tasks.baseline import word_classifier, word_features
+
+        def features(rows):
+            return [[word_features(r["tokens"], i) for i in range(len(r["tokens"]))] for r in rows]
+
+        tags = [[outputs[t] for t in r["tags"]] for r in train_rows]
+        return word_classifier(features(train_rows), tags, features(dev_rows))
 
     def parse(self, x, where, max_len, options):
         split = options.get("is_split_into_words", False)

@@ -124,6 +124,11 @@ class SearchConfig(StrictModel):
     """PBT: the bottom fraction of trials copies the top fraction."""
     eval_rows: int | None = Field(2000, ge=1)
     """Dev rows scored at each trial evaluation (null: all); the winner is scored on all."""
+    baseline: bool = True
+    """Before the trials, fit the task type's classic baseline (TF-IDF + linear SVM for
+    classification; word features + linear SVM for NER and SRL; scikit-learn, seconds) on the
+    same training rows and score it on the whole dev set: the search's report and promotion
+    say whether the winner beats it."""
 
     @model_validator(mode="after")
     def _known(self) -> SearchConfig:

@@ -12,7 +12,7 @@ import numpy as np
 
 from lmplatform.registry.store import Registry
 from lmplatform.tasks import task_type
-from lmplatform.tasks.data import data_report, describe_report, load_labelled
+from lmplatform.tasks.data import LabelledData, data_report, describe_report, load_labelled
 from lmplatform.tune.config import FinetuneJobConfig
 
 
@@ -53,11 +53,7 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
     path = reg.local_path("pretrained", name, version)
     meta = reg.metadata("pretrained", name, version)
     cfg = read_config(path)
-    t = job.task
-    train = load_labelled(t.train, t.type, t.labels, t.max_bad_fraction, t.labels_are_indices)
-    dev = load_labelled(t.dev, t.type, train.labels, t.max_bad_fraction, t.labels_are_indices)
-    tt = task_type(t.type)
-    label_names = tt.outputs(train.labels, t.label_names)
+    rows = read_task_rows(job)
     tokenizer_json = (path / "tokenizer.json").read_text()
     return TaskData(
         job=job.model_dump(mode="json"),
@@ -66,12 +62,41 @@ def load_task_data(job: FinetuneJobConfig) -> TaskData:
         model_config=cfg["model"],
         tokenizer_json=tokenizer_json,
         tokenizer_hash=meta.get("lineage", {}).get("tokenizer_hash", ""),
-        label_names=label_names,
-        classes=tt.classes(train.labels, t.label_names),
+        label_names=rows.label_names,
+        classes=rows.classes,
+        train_rows=rows.train_rows,
+        dev_rows=rows.dev_rows,
+        fingerprints={"train": rows.train.fingerprint, "dev": rows.dev.fingerprint},
+        data_report=_data_report(job, rows.train, rows.dev, tokenizer_json, rows.label_names),
+    )
+
+
+@dataclass
+class TaskRows:
+    """A classification, NER or SRL task's validated rows as its trials train on them."""
+
+    train: LabelledData
+    dev: LabelledData
+    train_rows: list[dict]
+    """At most `task.max_train_rows` of the training rows (a fixed draw)."""
+    dev_rows: list[dict]
+    label_names: list[str]
+    classes: list[str]
+
+
+def read_task_rows(job: FinetuneJobConfig) -> TaskRows:
+    """Read and validate the task's files (no parent needed: what a baseline fits on)."""
+    t = job.task
+    train = load_labelled(t.train, t.type, t.labels, t.max_bad_fraction, t.labels_are_indices)
+    dev = load_labelled(t.dev, t.type, train.labels, t.max_bad_fraction, t.labels_are_indices)
+    tt = task_type(t.type)
+    return TaskRows(
+        train=train,
+        dev=dev,
         train_rows=_subset(train.dataset.to_list(), t.max_train_rows),
         dev_rows=dev.dataset.to_list(),
-        fingerprints={"train": train.fingerprint, "dev": dev.fingerprint},
-        data_report=_data_report(job, train, dev, tokenizer_json, label_names),
+        label_names=tt.outputs(train.labels, t.label_names),
+        classes=tt.classes(train.labels, t.label_names),
     )
 
 

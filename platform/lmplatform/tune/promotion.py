@@ -79,7 +79,28 @@ def promote(sr: SearchResult, force: bool = False) -> dict:
         "promoted": promoted,
         "previous": previous,
         "hyperparameters": state["hp"],
+        "baseline": baseline_verdict(sr, value),
     }
+
+
+def baseline_verdict(sr: SearchResult, value: float) -> dict | None:
+    """The winner against the search's baseline: both values, the gain in points and whether it
+    beats it (None: the search had no baseline)."""
+    b = sr.baseline
+    if b is None:
+        return None
+    base = b.metrics[sr.job.task.metric]
+    return {"model": b.model, "value": base, "gain": 100 * (value - base), "beats": value > base}
+
+
+def describe_baseline(verdict: dict | None) -> str:
+    """One line for the promotion's output: plainly, when the model loses to the baseline."""
+    if verdict is None:
+        return "no baseline"
+    head = f"baseline ({verdict['model']}) {verdict['value']:.4f}, {verdict['gain']:+.2f} points"
+    if verdict["beats"]:
+        return f"{head}: beats it"
+    return f"{head}: does NOT beat it — a user is better served by the baseline"
 
 
 def _export(model: nn.Module, job: FinetuneJobConfig, data: TaskData, folder: Path) -> Path:
@@ -128,6 +149,7 @@ def _task_metadata(sr: SearchResult, state: dict, dev: dict) -> dict:
         "dev": {k: v for k, v in dev.items() if k != "per_class"},
         "hyperparameters": state["hp"],
         "parent": data.parent_ref,
+        "baseline": sr.baseline.to_json() if sr.baseline is not None else None,
         "tokenizer_hash": data.tokenizer_hash,
         "data_fingerprint": data.fingerprints,
         "search": {

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from lmplatform import storage
 from lmplatform.runtime import ray_storage
+from lmplatform.tasks.baseline import Baseline
 from lmplatform.tune.config import SEARCHABLE, FinetuneJobConfig
-from lmplatform.tune.data import TaskData, load_task_data
+from lmplatform.tune.data import TaskData, TaskRows, load_task_data
 from lmplatform.tune.space import make_scheduler, search_space
 from lmplatform.tune.trial import SELECTION, train_driver_trial, tune_trial
 
@@ -22,6 +23,8 @@ class SearchResult:
     run_dir: str
     """output_dir/<search name>: a local folder or a URI."""
     experiment_path: str
+    baseline: Baseline | None = None
+    """The classic baseline on the same rows (None: off, none for the type, or no sklearn)."""
 
 
 def progress_callback(name: str, metric: str):
@@ -70,9 +73,11 @@ def run_search(
     data: TaskData | None = None,
     verbose: int = 0,
     points: list[dict] | None = None,
+    baseline: Baseline | None = None,
 ) -> SearchResult:
     """Run the Tune search for `job`; returns the result grid and a per-trial table.
-    `points`: exact configurations to try first (benchmarks compare schedulers on the same)."""
+    `points`: exact configurations to try first (benchmarks compare schedulers on the same);
+    `baseline`: one already fitted on the same rows (benchmarks run several searches)."""
     from ray import tune
 
     data = data or load_task_data(job)
@@ -81,6 +86,10 @@ def run_search(
     run_dir = storage.join(job.output_dir, job.name)  # results written by the driver
     # before any trial: the data a failed search ran on is worth reading too
     storage.write_json(storage.join(run_dir, "data_report.json"), data.data_report)
+    if baseline is None and job.search.baseline:
+        baseline = search_baseline(job, data)
+    if baseline is not None:
+        storage.write_json(storage.join(run_dir, "baseline.json"), baseline.to_json())
     tuner = tune.Tuner(
         _trainable(job, data),
         param_space=search_space(job.search.space),
@@ -89,7 +98,26 @@ def run_search(
     )
     results = tuner.fit()
     table = _write_results(job, results, run_dir)
-    return SearchResult(job, data, results, table, run_dir, results.experiment_path)
+    return SearchResult(job, data, results, table, run_dir, results.experiment_path, baseline)
+
+
+def search_baseline(job: FinetuneJobConfig, data: TaskData | TaskRows) -> Baseline | None:
+    """The task type's baseline fitted on the search's training rows, scored on the whole dev
+    set, and said in one line: the figure every trial has to beat."""
+    from lmplatform.tasks import task_type
+    from lmplatform.tasks.baseline import fit_baseline
+
+    tt = task_type(job.task.type)
+    b = fit_baseline(tt, data.train_rows, data.dev_rows, data.label_names, data.classes)
+    if b is not None:
+        metric = job.task.metric
+        print(
+            f"[search {job.name}] baseline ({b.model}, {b.train_rows} training rows, "
+            f"{b.seconds:.1f} s): dev {metric} {b.metrics[metric]:.4f} on all "
+            f"{len(data.dev_rows)} dev rows",
+            flush=True,
+        )
+    return b
 
 
 def _trainable(job: FinetuneJobConfig, data: TaskData):
