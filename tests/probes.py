@@ -9,13 +9,17 @@ from pathlib import Path
 import yaml
 
 PROBES = yaml.safe_load((Path(__file__).with_name("probes.yaml")).read_text())
+HELDOUT = yaml.safe_load((Path(__file__).with_name("probes_heldout.yaml")).read_text())
+"""40 per task, written without looking at the sample generator (issue 32's yardstick)."""
 
 
-def score(predict: Callable[[str, list[str]], list[dict]]) -> dict[str, dict]:
+def score(
+    predict: Callable[[str, list[str]], list[dict]], probes: dict = PROBES
+) -> dict[str, dict]:
     """task -> {"right": fraction, "wrong": [(input, expected, got), ...]}.
     `predict(task, texts)` returns the API's prediction objects, one per text."""
     out = {}
-    for task, items in PROBES.items():
+    for task, items in probes.items():
         preds = predict(task, [text for text, _ in items])
         wrong = []
         for (text, want), pred in zip(items, preds):
@@ -60,3 +64,20 @@ def registry_predict(registry: str) -> Callable[[str, list[str]], list[dict]]:
         return p.predict(p.parse(texts))
 
     return predict
+
+
+if __name__ == "__main__":
+    # `.venv/bin/python tests/probes.py runs/demo/registry`: both probe sets against the
+    # promoted demo models of a registry, the misses listed
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+    predict = registry_predict(sys.argv[1])
+    for name, probes in (("probes.yaml", PROBES), ("probes_heldout.yaml", HELDOUT)):
+        result = score(predict, probes)
+        for task, r in result.items():
+            print(f"{name} {task}: {r['right']:.2f} right of {len(probes[task])}")
+            for text, want, got in r["wrong"]:
+                print(f"    {text!r}: want {want}, got {got}")
+        mean = sum(r["right"] for r in result.values()) / len(result)
+        print(f"{name}: {mean:.3f} over all tasks")
