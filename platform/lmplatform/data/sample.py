@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lmplatform.config import atomic_write_text
 
-VERSION = "v2"
+VERSION = "v3"
 
 # Real first and last names, places and organisations (facts, not copied text), so that a demo
 # model meets the kind of names a newcomer types; templates vary the context around them.
@@ -104,24 +104,42 @@ _TOPICS = {
             "president|prime minister|foreign minister|rebels|government troops|protesters|army|"
             "diplomats|world leaders|voters|opposition|parliament|ceasefire|peace talks|election|"
             "border crisis|sanctions|peace deal|constitution|refugees|nuclear programme|"
-            "referendum|war|hostages|embassy|capital|summit|militants|coup|ambassador"
+            "referendum|war|hostages|embassy|capital|summit|militants|coup|ambassador|"
+            "troops|soldiers|police|ministers|lawmakers|senate|congress|cabinet|rebel leader|"
+            "insurgents|bomb attack|air strikes|famine|earthquake|floods|aid workers|"
+            "humanitarian aid|asylum seekers|human rights|treaty|talks|negotiators|polls|"
+            "campaign|candidates|ballot|riots|curfew|occupation|border|regime|dictator|"
+            "king|queen|monarchy|court ruling|death toll|victims|survivors|civilians|"
+            "kidnappers|explosion|gunmen|prisoners|dissidents|independence|province|villagers"
         ).split("|"),
         verb=(
             "meet|met|meets|agree|agreed|agrees|call for|called for|calls for|reject|rejected|"
             "condemn|condemned|warn|warned|sign|signed|vote on|voted on|protest|protested|"
-            "negotiate|negotiated|elect|elected|invade|invaded|withdraw|withdrew"
+            "negotiate|negotiated|elect|elected|invade|invaded|withdraw|withdrew|"
+            "attack|attacked|kill|killed|kills|flee|fled|free|freed|arrest|arrested|"
+            "bomb|bombed|resign|resigns|accuse|accused|deploy|deployed|pass|passed|ban|banned|"
+            "evacuate|evacuated|rule|ruled|sentence|sentenced|release|released|storm|stormed"
         ).split("|"),
     ),
     "Sports": dict(
         noun=(
             "striker|coach|champion|team|captain|goalkeeper|club|quarterback|sprinter|fans|title|"
             "final|match|league|championship|cup final|gold medal|race|tournament|semi-final|"
-            "season|derby|goal|stadium|referee|player|squad|medal|record|playoffs"
+            "season|derby|goal|stadium|referee|player|squad|medal|record|playoffs|"
+            "tennis star|golfer|cyclist|pitcher|batsman|boxer|jockey|swimmer|skier|driver|"
+            "midfielder|defender|manager|rookie|veteran|olympic champion|world champion|"
+            "grand prix|open|marathon|world record|penalty|hat-trick|overtime|innings|"
+            "home run|touchdown|knockout|lap|podium|qualifier|fixture|transfer|contract|"
+            "injury|fans|supporters|relay|sprint|set|round|stage|leaderboard|trophy|"
+            "rugby team|cricket team|basketball team|hockey team|baseball team|racing team"
         ).split("|"),
         verb=(
             "win|won|wins|lose|lost|loses|beat|beats|score|scored|scores|reach|reached|clinch|"
             "clinched|defend|defended|draw|drew|sign|signed|resign|resigned|qualify|qualified|"
-            "train|trained"
+            "train|trained|thrash|thrashed|rally|rallied|retire|retired|retires|"
+            "hit|hits|pitch|pitched|race|raced|finish|finished|sack|sacked|transfer|"
+            "triumph|triumphed|equalise|equalised|withdraw from|withdrew from|crash out|"
+            "crashed out|advance|advanced|edge|edged|outscore|outscored"
         ).split("|"),
     ),
     "Business": dict(
@@ -129,12 +147,20 @@ _TOPICS = {
             "shares|stocks|investors|company|central bank|oil prices|dollar|profits|retail sales|"
             "economy|exports|stock market|earnings|interest rates|inflation|merger|takeover|"
             "quarterly results|revenue|market|prices|budget deficit|banks|jobs|sales|euro|"
-            "bonds|tax|unemployment|fuel costs"
+            "bonds|tax|unemployment|fuel costs|profit|loss|losses|dividend|shareholders|"
+            "chief executive|board|lender|bank|insurer|retailer|airline|car maker|oil giant|"
+            "factory|output|growth|recession|gdp|trade deficit|exports|imports|tariffs|"
+            "currency|yen|pound|gold prices|commodity prices|housing market|mortgage rates|"
+            "consumer spending|wages|workers|strike|layoffs|bankruptcy|debt|loans|"
+            "stock exchange|index|nasdaq|bid|deal|acquisition|sales forecast|costs|recall"
         ).split("|"),
         verb=(
             "fall|fell|falls|rise|rose|rises|jump|jumped|jumps|drop|dropped|slump|slumped|"
             "climb|climbed|climbs|surge|surged|slip|slipped|raise|raised|raises|cut|cuts|"
-            "buy|bought|sell|sold"
+            "buy|bought|sell|sold|report|reported|reports|post|posted|forecast|"
+            "ease|eased|eases|soar|soared|plunge|plunged|acquire|acquired|merge|merged|"
+            "invest|invested|recall|recalled|borrow|borrowed|lend|lent|hire|hired|"
+            "lay off|laid off|trade|traded|beat forecasts|missed forecasts|cheer|cheered"
         ).split("|"),
     ),
     "Sci/Tech": dict(
@@ -142,12 +168,22 @@ _TOPICS = {
             "researchers|scientists|engineers|software|chip|computer|astronomers|internet|hackers|"
             "smartphone|satellite|software update|security flaw|planet|browser|robot|"
             "search engine|wireless network|telescope|operating system|virus|laptop|space|"
-            "study|technology|website|data|phone|network|genome"
+            "study|technology|website|data|phone|network|genome|"
+            "processor|microchip|computer maker|software maker|app|apps|users|passwords|"
+            "email|spam|online music|digital camera|video game|game console|tablet|"
+            "broadband|cloud service|artificial intelligence|algorithm|database|server|"
+            "space probe|rocket|spacecraft|space station|mars|moon|galaxy|comet|asteroid|"
+            "species|fossil|dinosaur|climate change|glaciers|vaccine|gene|cells|brain|"
+            "physicists|biologists|laboratory|experiment|battery|solar panel|electric car|"
+            "web browser|search results|encryption|worm|malware|cyber attack"
         ).split("|"),
         verb=(
             "unveil|unveiled|unveils|launch|launched|launches|discover|discovered|develop|"
             "developed|release|released|releases|test|tested|build|built|fix|fixed|hack|hacked|"
-            "study|studied|upgrade|upgraded|design|designed"
+            "study|studied|upgrade|upgraded|design|designed|"
+            "announce|announced|announces|invent|invented|detect|detected|spot|spotted|"
+            "map|mapped|decode|decoded|patch|patched|download|downloaded|orbit|orbited|"
+            "observe|observed|simulate|simulated|steal data|stole data|crash|crashed"
         ).split("|"),
     ),
 }
@@ -204,13 +240,17 @@ _POS = (
     "wonderful delightful moving brilliant charming gripping warm clever beautiful joyful great "
     "excellent superb funny touching fantastic amazing enjoyable stunning powerful memorable "
     "fresh smart witty engaging lovely terrific outstanding impressive heartfelt inspiring "
-    "entertaining good fun perfect magnificent riveting thoughtful hilarious refreshing"
+    "entertaining good fun perfect magnificent riveting thoughtful hilarious refreshing "
+    "generous original uplifting gorgeous tender sharp exciting compelling elegant rich "
+    "satisfying marvellous lively sweet haunting exhilarating absorbing affecting vivid"
 ).split()
 _NEG = (
     "dull tedious clumsy awful lifeless boring messy bland painful forgettable terrible bad poor "
     "weak predictable silly stupid slow disappointing confusing horrible flat pointless annoying "
     "lazy shallow unfunny overlong ugly mediocre dreadful tiresome muddled pretentious "
-    "incoherent sloppy dismal lame"
+    "incoherent sloppy dismal lame "
+    "thin cheap rushed cliched hollow clunky tired stale empty crude ridiculous irritating "
+    "bloated soulless grim lousy amateurish wooden plodding uninspired"
 ).split()
 _POS_IDIOMS = [
     "highly recommended",
@@ -235,11 +275,29 @@ _NEG_IDIOMS = [
 _LIKE = {1: ["loved", "enjoyed", "liked", "adored"], 0: ["hated", "disliked", "regretted"]}
 _THINGS = (
     "film movie story acting script ending soundtrack cast direction dialogue pacing plot "
-    "performances characters photography comedy drama thriller"
+    "performances characters photography comedy drama thriller remake sequel picture "
+    "direction effects music script humour visuals story-telling"
 ).split()
 _ADV = {
-    1: ["beautifully shot", "well acted", "brilliantly written", "wonderfully played"],
-    0: ["badly acted", "poorly written", "painfully slow", "far too long", "too slow"],
+    1: [
+        "beautifully shot",
+        "well acted",
+        "brilliantly written",
+        "wonderfully played",
+        "beautifully made",
+        "well directed",
+        "skilfully told",
+    ],
+    0: [
+        "badly acted",
+        "poorly written",
+        "painfully slow",
+        "far too long",
+        "too slow",
+        "poorly directed",
+        "badly edited",
+        "clumsily told",
+    ],
 }
 _BE = ["is", "was", "feels", "seems", "felt", "looks"]
 _VERY = ["", "", "", "very ", "really ", "truly ", "so "]
@@ -382,6 +440,90 @@ _NER_FRAMES = [
     "According to {org} , {person} will leave {city} in {month} .",
     "{person} thanked {org} after the {event} .",
 ]
+# Sentences of everyday words around (or without) names: common nouns, roles and verbs are O
+# wherever they stand, capitalised at the start of a sentence too, so a model learns what is
+# *not* a name instead of tagging every word it has not seen in a frame.
+_PLAIN_FRAMES = [
+    "The {noun} {verb} the {noun} {time} .",
+    "{Noun} {verb} the {noun} {time} .",
+    "The {noun} said the {noun} {verb} the {noun} .",
+    "{person} {verb} the {noun} in {place} .",
+    "The {noun} in {place} {verb} the {noun} {time} .",
+    "{org} {verb} the {noun} {time} .",
+    "{person} , a {role} from {place} , {verb} the {noun} .",
+    "Our {noun} {verb} a new {noun} .",
+    "{person} {verb} a {noun} {time} .",
+    "The {role} {verb} {person} in {place} .",
+    "{Noun} in {place} {verb} the {noun} {time} .",
+    "A {role} {verb} the {noun} and the {noun} .",
+    "The {noun} {verb} {time} , the {role} said .",
+    "{person} told the {role} that the {noun} {verb} the {noun} .",
+    "Several {noun} {verb} the {noun} near {place} .",
+    "{Noun} and {noun} {verb} the {noun} .",
+]
+_NOUNS = (
+    "bank company market river storm hospital car money police driver teacher students book "
+    "judge trial government taxes fuel airline quarter neighbours family school union strike "
+    "farmers minister president reporters drought coast rain villages prices profits sales "
+    "court children doctors nurses workers engineers soldiers fans troops officials voters crowd "
+    "council museum bridge road train plane ship factory office shop restaurant hotel church "
+    "garden house village island mountain forest lake snow wind fire flood report plan law "
+    "budget deal contract team match race game season coach player club music film show "
+    "newspaper letter phone computer price job jobs bill vote election meeting talks visit "
+    "project building station airport harbour port bus traffic weather winter summer water "
+    "food crops cattle staff board shareholders customers passengers residents "
+    "tourists protesters police officers firefighters scientists researchers study results"
+).split()
+_ROLES = (
+    "lawyer teacher doctor spokesman spokeswoman engineer farmer student writer banker nurse "
+    "chef pilot judge officer reporter coach manager minister official doctor scientist "
+    "professor priest mayor soldier driver clerk analyst"
+).split()
+_VERBS = (
+    "said bought sold opened closed visited called asked treated delayed raised cut lost won "
+    "built moved left found sent read watched paid hired praised criticised rejected approved "
+    "questioned ignored repaired cleaned signed reviewed blamed welcomed cancelled postponed "
+    "announced expected reported defended attacked reached missed changed improved reduced "
+    "increased warned thanked helped followed joined supported opposed described studied"
+).split()
+_TIMES = [
+    "",
+    "",
+    "on {day}",
+    "in {month}",
+    "next year",
+    "last week",
+    "overnight",
+    "again",
+    "this morning",
+    "after the meeting",
+    "for the first time",
+    "two years ago",
+]
+
+
+def _plain_ner_sentence(w: _World) -> list[tuple[str, str]]:
+    """A sentence of everyday words, with or without names, tagged like `_ner_sentence`."""
+    r = w.rng
+    out: list[tuple[str, str]] = []
+    for part in r.choice(_PLAIN_FRAMES).split():
+        slot = part[1:-1] if part.startswith("{") and part.endswith("}") else None
+        if slot in ("noun", "Noun"):
+            word = r.choice(_NOUNS)
+            out.append((_cap(word) if slot == "Noun" else word, "O"))
+        elif slot in ("role", "verb"):
+            out.append((r.choice(_ROLES if slot == "role" else _VERBS), "O"))
+        elif slot == "time":
+            when = r.choice(_TIMES).format(day=w.pick("day"), month=w.pick("month"))
+            out += [(x, "O") for x in when.split()]
+        elif slot is not None:
+            words, tag = w.pick(slot).split(), _NER_KIND[slot]
+            out += [(words[0], f"B-{tag}")] + [(x, f"I-{tag}") for x in words[1:]]
+        else:
+            out.append((part, "O"))
+    return out
+
+
 _NER_KIND = {"person": "PER", "city": "LOC", "country": "LOC", "place": "LOC", "org": "ORG"}
 _NER_KIND.update(national="MISC", event="MISC")
 
@@ -392,6 +534,8 @@ def _ner_sentence(w: _World) -> list[tuple[str, str]]:
     r = w.rng
     if r.random() < 0.05:
         return [(x, "O") for x in r.choice(_PLAIN).split()]
+    if r.random() < 0.4:
+        return _plain_ner_sentence(w)
     out: list[tuple[str, str]] = []
     for part in r.choice(_NER_FRAMES).split():
         if part.startswith("{") and part.endswith("}"):
@@ -442,7 +586,9 @@ def _files(seed: int = 0) -> dict[str, str]:
         trows = []
         for _ in range(n):
             topic = rng.choice(list(_TOPICS))
-            trows.append((" ".join(_topic_sentence(w, topic) for _ in range(2)), topic))
+            # a headline alone (as users paste them, often without a period) or with its lead
+            text = " ".join(_topic_sentence(w, topic) for _ in range(rng.choice([1, 1, 2])))
+            trows.append((text[:-2] if rng.random() < 0.5 else text, topic))
         out[f"topics/{split}.tsv"] = "".join(f"{t}\t{y}\n" for t, y in trows)
     for split, n in (("train", 3000), ("dev", 500)):
         sents = [_ner_sentence(w) for _ in range(n)]

@@ -92,10 +92,11 @@ def _baseline_cells(b: dict | None) -> str:
     points; a loss in red."""
     if not b:
         return "<td>—</td><td>—</td>"
-    style = "" if b["beats"] else " style='color:#b00'"
+    loses = b["gain"] < 0
+    style = " style='color:#b00'" if loses else ""
     return (
         f"<td title='{html.escape(b['model'])}'>{b['value']:.4f}</td>"
-        f"<td{style}>{b['gain']:+.2f}{'' if b['beats'] else ' (loses)'}</td>"
+        f"<td{style}>{b['gain']:+.2f}{' (loses)' if loses else ''}</td>"
     )
 
 

@@ -100,6 +100,8 @@ def describe_baseline(verdict: dict | None) -> str:
     head = f"baseline ({verdict['model']}) {verdict['value']:.4f}, {verdict['gain']:+.2f} points"
     if verdict["beats"]:
         return f"{head}: beats it"
+    if verdict["gain"] == 0:
+        return f"{head}: only matches it — the baseline does as well"
     return f"{head}: does NOT beat it — a user is better served by the baseline"
 
 
