@@ -36,6 +36,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
@@ -144,14 +145,15 @@ def parse_args() -> argparse.Namespace:
 def baseline_table(jobs: dict[str, FinetuneJobConfig]) -> None:
     """Each task's classic baseline on its config's rows, as a search fits it: what a model
     has to beat, before any pretraining."""
+    from lmplatform.tasks import task_type
     from lmplatform.tune.data import read_task_rows
     from lmplatform.tune.search import search_baseline
 
     lines = ["| task | metric | baseline | model | train rows | dev rows | seconds |"]
     lines.append("|---" * 7 + "|")
     for task, job in jobs.items():
-        if job.parent is None:
-            lines.append(f"| {task} | {job.task.metric} | — | none for seq2seq | | | |")
+        if task_type(job.task.type).baseline is None:
+            lines.append(f"| {task} | {job.task.metric} | — | none for {job.task.type} | | | |")
             continue
         rows = read_task_rows(job)
         b = search_baseline(job, rows)
@@ -163,18 +165,118 @@ def baseline_table(jobs: dict[str, FinetuneJobConfig]) -> None:
     print("\n".join(lines))
 
 
+@dataclass
+class Row:
+    """One task's results: every start's whole-dev score and search, and the baseline's."""
+
+    task: str
+    metric: str
+    res: dict  # start -> {"value", "trials", "search"}
+    starts: dict  # start -> (parent, minutes it took to make)
+    best: str  # the best pretrained start
+    version: str  # what it published
+    baseline: float | None
+
+    def best_points(self) -> float:
+        return 100 * self.res[self.best]["value"]
+
+
+def task_row(task: str, job: FinetuneJobConfig, args, out: str) -> Row:
+    """The task's search from every start on the same configurations, and its baseline
+    (fitted once: every start trains on the same rows); the best pretrained start promoted."""
+    from lmplatform.tune.data import load_task_data
+    from lmplatform.tune.promotion import best_model, describe_baseline, promote
+    from lmplatform.tune.search import run_search, search_baseline
+    from lmplatform.tune.space import sample_points
+
+    starts = {"random": (f"random:{job.parent}", 0.0), "general": (job.parent, 0.0)}
+    if args.adapt_steps:
+        starts["adapted"] = adapt(job, args.adapt_steps, out)
+    # the same configurations for every start: a fair comparison at a small trial count
+    points = sample_points(job.search.space, job.search.num_samples, job.train.seed)
+    res, baseline = {}, None
+    for i, (label, (parent, _)) in enumerate(starts.items()):
+        j = job.model_copy(update={"name": f"{job.name}-{label}", "parent": parent})
+        data = load_task_data(j)
+        if i == 0 and job.search.baseline:
+            baseline = search_baseline(j, data)
+        j = j.model_copy(update={"search": j.search.model_copy(update={"baseline": False})})
+        sr = run_search(j, data, verbose=0, points=points, baseline=baseline)
+        _, _, dev = best_model(sr)
+        res[label] = {"value": dev[j.task.metric], "trials": ran(sr), "search": sr}
+        print(
+            f"[quality] {task} {label} ({parent}): dev {j.task.metric} "
+            f"{100 * res[label]['value']:.2f} ({res[label]['trials']} trials ran)",
+            flush=True,
+        )
+    best = max((k for k in res if k != "random"), key=lambda k: res[k]["value"])
+    promoted = promote(res[best]["search"])
+    print(f"[quality] {task}: {describe_baseline(promoted['baseline'])}", flush=True)
+    base = baseline.metrics[job.task.metric] if baseline is not None else None
+    return Row(task, job.task.metric, res, starts, best, promoted["version"], base)
+
+
+def print_translation_goals(translation: dict) -> None:
+    for task, r in translation.items():
+        met = r["value"] >= GOALS[task] and r["minutes"] <= TRAIN_MINUTES[task]
+        print(
+            f"goal {task} bleu >= {GOALS[task]:g} within {TRAIN_MINUTES[task]:g} min: "
+            f"{'met' if met else 'NOT met'} (measured BLEU {r['value']:.2f}, beam 4, after "
+            f"{r['minutes']:.1f} min; promoted {task}@{r['version']})"
+        )
+
+
+def print_table(rows: list[Row], adapted: bool) -> None:
+    """The markdown table: baseline, every start, the gains, what was promoted."""
+    head = "| task | metric | baseline | random init | general | " + ("adapted | " * adapted)
+    head += "gain (best − random) | gain_vs_baseline | promoted |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for r in rows:
+        pts = {k: 100 * v["value"] for k, v in r.res.items()}
+        cells = ["—" if r.baseline is None else f"{100 * r.baseline:.2f}"]
+        cells += [f"{pts['random']:.2f}", f"{pts['general']:.2f}"]
+        if adapted:
+            cells.append(f"{pts['adapted']:.2f} (+{r.starts['adapted'][1]:.1f} min)")
+        cells.append(f"{r.best_points() - pts['random']:+.2f} ({r.best})")
+        gain = None if r.baseline is None else r.best_points() - 100 * r.baseline
+        cells.append("—" if gain is None else f"{gain:+.2f}")
+        print(f"| {r.task} | {r.metric} | " + " | ".join(cells) + f" | {r.task}@{r.version} |")
+
+
+def print_goals(rows: list[Row]) -> None:
+    """Each goal of the best pretrained start, met or not: absolute, and over the baseline."""
+    for r in rows:
+        got = r.best_points()
+        goals = {}
+        if r.task in GOALS:
+            goals[f"{GOALS[r.task]:g}"] = GOALS[r.task]
+        if r.task in BASELINE_MARGIN and r.baseline is not None:
+            need = 100 * r.baseline + BASELINE_MARGIN[r.task]
+            goals[f"baseline + {BASELINE_MARGIN[r.task]:g} ({need:.2f})"] = need
+        for said, need in goals.items():
+            verdict = "met" if got >= need else "NOT met"
+            print(f"goal {r.task} {r.metric} >= {said}: {verdict} (measured {got:.2f})")
+
+
+def summary_line(rows: list[Row]) -> str:
+    gains = [r.best_points() - 100 * r.res["random"]["value"] for r in rows]
+    vs = [r.best_points() - 100 * r.baseline for r in rows if r.baseline is not None]
+    pairs = " ".join(
+        f"{r.task}={r.best_points():.2f}/{100 * r.res['random']['value']:.2f}" for r in rows
+    )
+    line = f"quality {pairs} min_gain={min(gains):.2f}"
+    return line + (f" min_gain_vs_baseline={min(vs):.2f}" if vs else "")
+
+
 def main() -> None:
     from lmplatform.runtime import setup_process
 
     setup_process()  # before Ray or datasets is imported: loopback, token, console
     args = parse_args()
-    out = tempfile.mkdtemp(prefix="quality-")
+    out = tempfile.mkdtemp(prefix="quality-") if not args.baseline_only else "."
     from lmplatform.cli.common import require_model
     from lmplatform.runtime import init_ray
-    from lmplatform.tune.data import load_task_data
-    from lmplatform.tune.promotion import best_model, describe_baseline, promote
-    from lmplatform.tune.search import run_search, search_baseline
-    from lmplatform.tune.space import sample_points
 
     budget = [f"search.max_time_s={60 * args.search_minutes:g}"] if args.search_minutes else []
     jobs = {
@@ -196,89 +298,14 @@ def main() -> None:
     for task, job in jobs.items():
         if job.parent is None:  # seq2seq: trained from scratch, no start to compare
             translation[task] = translation_row(task, job)
-            continue
-        starts = {"random": (f"random:{job.parent}", 0.0), "general": (job.parent, 0.0)}
-        if args.adapt_steps:
-            starts["adapted"] = adapt(job, args.adapt_steps, out)
-        # the same configurations for every start: a fair comparison at a small trial count
-        points = sample_points(job.search.space, job.search.num_samples, job.train.seed)
-        res, baseline = {}, None
-        for label, (parent, _) in starts.items():
-            j = job.model_copy(update={"name": f"{job.name}-{label}", "parent": parent})
-            data = load_task_data(j)
-            # fitted once: every start trains on the same rows
-            baseline = baseline or search_baseline(j, data)
-            sr = run_search(j, data, verbose=0, points=points, baseline=baseline)
-            _, _, dev = best_model(sr)
-            res[label] = {"value": dev[j.task.metric], "trials": ran(sr), "search": sr}
-            print(
-                f"[quality] {task} {label} ({parent}): dev {j.task.metric} "
-                f"{100 * res[label]['value']:.2f} ({res[label]['trials']} trials ran)",
-                flush=True,
-            )
-        best = max((k for k in res if k != "random"), key=lambda k: res[k]["value"])
-        promoted = promote(res[best]["search"])
-        print(f"[quality] {task}: {describe_baseline(promoted['baseline'])}", flush=True)
-        base = baseline.metrics[job.task.metric] if baseline is not None else None
-        rows.append((task, job.task.metric, res, starts, best, promoted["version"], base))
-
+        else:
+            rows.append(task_row(task, job, args, out))
     print()
-    for task, r in translation.items():
-        verdict = (
-            "met"
-            if r["value"] >= GOALS[task] and r["minutes"] <= TRAIN_MINUTES[task]
-            else "NOT met"
-        )
-        print(
-            f"goal {task} bleu >= {GOALS[task]:g} within {TRAIN_MINUTES[task]:g} min: {verdict} "
-            f"(measured BLEU {r['value']:.2f}, beam 4, after {r['minutes']:.1f} min; "
-            f"promoted {task}@{r['version']})"
-        )
-    if not rows:
-        return
-    adapted = bool(args.adapt_steps)
-    head = "| task | metric | baseline | random init | general | " + (
-        "adapted | " if adapted else ""
-    )
-    head += "gain (best − random) | gain_vs_baseline | promoted |"
-    print(head)
-    print("|---" * (head.count("|") - 1) + "|")
-    gains, vs_baseline = {}, {}
-    for task, metric, res, starts, best, version, base in rows:
-        pts = {k: 100 * v["value"] for k, v in res.items()}
-        gains[task] = pts[best] - pts["random"]
-        cells = ["—" if base is None else f"{100 * base:.2f}", f"{pts['random']:.2f}"]
-        cells.append(f"{pts['general']:.2f}")
-        if adapted:
-            cells.append(f"{pts['adapted']:.2f} (+{starts['adapted'][1]:.1f} min)")
-        cells.append(f"{gains[task]:+.2f} ({best})")
-        if base is not None:
-            vs_baseline[task] = pts[best] - 100 * base
-        cells.append(f"{vs_baseline[task]:+.2f}" if base is not None else "—")
-        print(f"| {task} | {metric} | " + " | ".join(cells) + f" | {task}@{version} |")
-    for task, metric, res, *_, base in rows:
-        if task in BASELINE_MARGIN and base is not None:
-            got = 100 * max(v["value"] for k, v in res.items() if k != "random")
-            need = 100 * base + BASELINE_MARGIN[task]
-            verdict = "met" if got >= need else "NOT met"
-            print(
-                f"goal {task} {metric} >= baseline + {BASELINE_MARGIN[task]:g} ({need:.2f}): "
-                f"{verdict} (measured {got:.2f})"
-            )
-        if task in GOALS:
-            got = 100 * max(v["value"] for k, v in res.items() if k != "random")
-            verdict = "met" if got >= GOALS[task] else "NOT met"
-            print(f"goal {task} {metric} >= {GOALS[task]:g}: {verdict} (measured {got:.2f})")
-    print(
-        "quality "
-        + " ".join(
-            f"{t}={100 * max(v['value'] for k, v in r.items() if k != 'random'):.2f}"
-            f"/{100 * r['random']['value']:.2f}"
-            for t, _, r, *_ in rows
-        )
-        + f" min_gain={min(gains.values()):.2f}"
-        + (f" min_gain_vs_baseline={min(vs_baseline.values()):.2f}" if vs_baseline else "")
-    )
+    print_translation_goals(translation)
+    if rows:
+        print_table(rows, bool(args.adapt_steps))
+        print_goals(rows)
+        print(summary_line(rows))
 
 
 if __name__ == "__main__":

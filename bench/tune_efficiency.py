@@ -70,7 +70,13 @@ def main() -> None:
             update={
                 "name": f"{base.name}-{sched}",
                 "search": base.search.model_copy(
-                    update={"scheduler": sched, "num_samples": args.trials, "max_time_s": None}
+                    # the schedulers are compared with each other, not with the baseline
+                    update={
+                        "scheduler": sched,
+                        "num_samples": args.trials,
+                        "max_time_s": None,
+                        "baseline": False,
+                    }
                 ),
             }
         )

@@ -39,16 +39,29 @@ def test_the_text_baseline_scores_sst2_sentences_as_a_search_would(shared_data):
 
 
 def test_the_pair_baseline_keeps_which_side_a_word_is_on():
-    """The label is the second text's word; the same words appear on both sides, so only a
-    baseline that tells the sides apart gets every row right."""
+    """The label is whether the *second* text says "good"; both texts draw the same words in a
+    random order, so one bag of words for the pair cannot tell, and only a baseline that keeps
+    the sides apart gets every row right."""
     rng = random.Random(0)
-    rows = [
-        {"text": rng.choice(["good", "bad"]), "text_pair": p, "label": int(p == "good")}
-        for p in (rng.choice(["good", "bad"]) for _ in range(200))
-    ]
+
+    def side() -> str:
+        words = [rng.choice(["good", "bad"]), "film", "today", "really"]
+        rng.shuffle(words)
+        return " ".join(words)
+
+    rows = [{"text": side(), "text_pair": side()} for _ in range(300)]
+    for r in rows:
+        r["label"] = int("good" in r["text_pair"].split())
     tt = task_type("pair_classification")
-    b = fit_baseline(tt, rows[:150], rows[150:], ["0", "1"], ["0", "1"])
+    b = fit_baseline(tt, rows[:200], rows[200:], ["0", "1"], ["0", "1"])
     assert b.metrics["accuracy"] == 1.0
+
+
+def test_a_baseline_that_cannot_fit_says_so_and_the_search_goes_on(capsys):
+    """Texts without a word of two letters leave TF-IDF no vocabulary: no baseline, one line."""
+    rows = [{"text": "a b", "label": 0}, {"text": "c d", "label": 1}]
+    assert fit_baseline(task_type("classification"), rows, rows, ["0", "1"], ["0", "1"]) is None
+    assert "could not be fitted" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

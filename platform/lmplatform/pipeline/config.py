@@ -39,4 +39,6 @@ class PipelineConfig(JobConfig):
 def config_hash(cfg) -> str:
     data = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(cfg)
     data.pop("tracking", None)  # where a run is logged does not change what it computes
+    # nor does the baseline printed beside a search (and state files from before it stay valid)
+    data.get("search", {}).pop("baseline", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

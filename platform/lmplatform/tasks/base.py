@@ -194,6 +194,12 @@ class TaskType:
         raise NotImplementedError
 
 
+def class_f1(per_class: dict[str, dict]) -> dict[str, float]:
+    """Per-class F1 as the flat `f1/<class>` values a search records (and `task.metric` may
+    name)."""
+    return {f"f1/{label}": v["f1"] for label, v in per_class.items()}
+
+
 def pad_labels(labels: list[list[int]], width: int) -> torch.Tensor:
     out = torch.full((len(labels), width), -100, dtype=torch.long)
     for i, row in enumerate(labels):

@@ -17,6 +17,8 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
+from lmplatform.tasks.base import class_f1
+
 INSTALL = "pip install 'lmplatform[baseline]'"
 
 
@@ -50,38 +52,39 @@ def fit_baseline(task_type, train_rows, dev_rows, outputs, classes) -> Baseline 
         print(f"[baseline] skipped: scikit-learn is not installed ({INSTALL})", flush=True)
         return None
     t0 = time.time()
-    predicted = task_type.baseline_predictions(train_rows, dev_rows, outputs)
+    try:
+        predicted = task_type.baseline_predictions(train_rows, dev_rows, outputs)
+    except (ValueError, MemoryError) as e:
+        # an advisory figure: data it cannot fit (no word of two letters, too large for the
+        # driver's memory) must not cost the search itself
+        print(f"[baseline] skipped: {model} could not be fitted ({e})", flush=True)
+        return None
     scorer = task_type.scorer(outputs, classes)
     scorer.add_labels(predicted, dev_rows)
     metrics, per_class = scorer.result()
-    # the flat F1 per class a search records too: `f1/spam` may be the task's metric
-    metrics.update({f"f1/{label}": v["f1"] for label, v in per_class.items()})
+    metrics.update(class_f1(per_class))  # `f1/spam` may be the task's metric, as in a search
     return Baseline(model, metrics, per_class, time.time() - t0, len(train_rows))
 
 
 # ---------------------------------------------------------------------- sentences
 
 
-def text_classifier(train_texts: list[str], labels: list[int], dev_texts: list[str]) -> list[int]:
+def text_classifier(train: list[dict], labels: list[int], dev: list[dict]) -> list[int]:
     """TF-IDF of word 1-2-grams (sublinear term frequency) + a linear SVM (C=0.5): the usual
-    strong linear baseline for sentence classification."""
+    strong linear baseline for sentence classification. A pair's second text gets its own
+    vectorizer, so a word's side stays a feature."""
+    from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.svm import LinearSVC
 
     if len(set(labels)) < 2:  # nothing to separate: the one class seen
-        return [labels[0]] * len(dev_texts) if labels else [0] * len(dev_texts)
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-    clf = LinearSVC(C=0.5, random_state=0).fit(vec.fit_transform(train_texts), labels)
-    return clf.predict(vec.transform(dev_texts)).tolist()
-
-
-def pair_text(row: dict) -> str:
-    """Both sides of a pair in one document, the second side's words marked (`b:word`) so
-    that a word's side stays a feature."""
-    pair = row.get("text_pair")
-    if not pair:
-        return row["text"]
-    return row["text"] + " " + " ".join(f"b:{w}" for w in pair.split())
+        return [labels[0] if labels else 0] * len(dev)
+    sides = ["text", "text_pair"] if any(r.get("text_pair") for r in train) else ["text"]
+    vecs = {k: TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True) for k in sides}
+    x = hstack([vecs[k].fit_transform([r.get(k) or "" for r in train]) for k in sides]).tocsr()
+    clf = LinearSVC(C=0.5, dual="auto", random_state=0).fit(x, labels)
+    x_dev = hstack([vecs[k].transform([r.get(k) or "" for r in dev]) for k in sides]).tocsr()
+    return clf.predict(x_dev).tolist()
 
 
 # ---------------------------------------------------------------------- words
@@ -162,7 +165,7 @@ def word_classifier(
     # liblinear with scipy >= 1.15; CountVectorizer's are 32-bit)
     vec = CountVectorizer(analyzer=_same, binary=True, lowercase=False)
     x = vec.fit_transform([f for sent in train for f in sent])
-    clf = LinearSVC(C=0.1, random_state=0).fit(x, flat_tags)
+    clf = LinearSVC(C=0.1, dual="auto", random_state=0).fit(x, flat_tags)
     flat = clf.predict(vec.transform([f for sent in dev for f in sent])).tolist()
     out, k = [], 0
     for sent in dev:

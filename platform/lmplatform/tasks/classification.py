@@ -146,13 +146,9 @@ class Classification(TaskType):
         return _Scorer(outputs)
 
     def baseline_predictions(self, train_rows, dev_rows, outputs):
-        from lmplatform.tasks.baseline import pair_text, text_classifier
+        from lmplatform.tasks.baseline import text_classifier
 
-        return text_classifier(
-            [pair_text(r) for r in train_rows],
-            [r["label"] for r in train_rows],
-            [pair_text(r) for r in dev_rows],
-        )
+        return text_classifier(train_rows, [r["label"] for r in train_rows], dev_rows)
 
     def parse(self, x, where, max_len, options):
         if not isinstance(x, str):

@@ -23,6 +23,7 @@ from torch import nn
 
 from lmplatform.models.tasks import TaskModel, build_encoder
 from lmplatform.tasks import task_type
+from lmplatform.tasks.base import class_f1
 from lmplatform.tasks.encoding import TaskEncoder
 from lmplatform.train.loop import to_device
 from lmplatform.train.worker_parts import TAG
@@ -194,7 +195,7 @@ def evaluate(
     model.train(was_training)
     metrics, per = scorer.result()
     metrics["dev_loss"] = loss_sum / max(n, 1)
-    metrics.update({f"f1/{label}": v["f1"] for label, v in per.items()})
+    metrics.update(class_f1(per))
     if detail:
         metrics["per_class"] = per
     return metrics
