@@ -11,6 +11,9 @@ import yaml
 PROBES = yaml.safe_load((Path(__file__).with_name("probes.yaml")).read_text())
 BROAD = yaml.safe_load((Path(__file__).with_name("probes_broad.yaml")).read_text())
 """40 per task; sample v3 was tuned against them (see the file's head)."""
+BLIND = yaml.safe_load((Path(__file__).with_name("probes_blind.yaml")).read_text())
+"""40 per task, written by someone who never saw the sample generator, and kept unseen: score
+it, never read its misses while changing the sample."""
 
 
 def score(
@@ -73,11 +76,12 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
     predict = registry_predict(sys.argv[1])
-    for name, probes in (("probes.yaml", PROBES), ("probes_broad.yaml", BROAD)):
+    sets = (("probes.yaml", PROBES), ("probes_broad.yaml", BROAD), ("probes_blind.yaml", BLIND))
+    for name, probes in sets:
         result = score(predict, probes)
         for task, r in result.items():
             print(f"{name} {task}: {r['right']:.2f} right of {len(probes[task])}")
-            for text, want, got in r["wrong"]:
+            for text, want, got in [] if probes is BLIND else r["wrong"]:
                 print(f"    {text!r}: want {want}, got {got}")
         mean = sum(r["right"] for r in result.values()) / len(result)
         print(f"{name}: {mean:.3f} over all tasks")
