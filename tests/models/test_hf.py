@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from hf_checkpoints import save_bert
-from lmplatform.models import BertConfig, GPTConfig, LSTMConfig
+from lmplatform.models import BertConfig, ElectraConfig, GPTConfig, LSTMConfig
 from lmplatform.models.io import export_hf, from_pretrained, load_hf_folder, save_pretrained
 from lmplatform.models.tasks import TaskModel, build_encoder, build_pretraining_model
 from lmplatform.tokenization import load_tokenizer, special_tokens
@@ -33,8 +33,10 @@ def toks(sample_dir, tmp_path_factory):
         return (lines[i : i + 500] for i in range(0, len(lines), 500))
 
     cased = TokenizerConfig(kind="wordpiece", vocab_size=1000, lowercase=False)
+    wordpiece = train_tokenizer(cased, batches(), root / "wp")
     return {
-        "bert": train_tokenizer(cased, batches(), root / "wp"),
+        "bert": wordpiece,
+        "electra": wordpiece,
         "gpt": train_tokenizer(
             TokenizerConfig(kind="bpe", vocab_size=1000), batches(), root / "bpe"
         ),
@@ -42,6 +44,8 @@ def toks(sample_dir, tmp_path_factory):
 
 
 def _cfg(family):
+    if family == "electra":  # embeddings narrower than the layers, as in ELECTRA-Small
+        return ElectraConfig(size="debug", vocab_size=1000, max_seq_len=64, embedding_size=32)
     return (BertConfig if family == "bert" else GPTConfig)(
         size="debug", vocab_size=1000, max_seq_len=64
     )
@@ -113,7 +117,7 @@ def test_bert_pretrained_folder_runs_fill_mask_and_matches(tmp_path, toks):
     )
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt"])
+@pytest.mark.parametrize("family", ["bert", "gpt", "electra"])
 def test_sequence_classifier_pipeline_with_pairs_matches(tmp_path, toks, family):
     torch.manual_seed(0)
     labels = ["negative", "neutral", "positive"]
@@ -125,7 +129,7 @@ def test_sequence_classifier_pipeline_with_pairs_matches(tmp_path, toks, family)
         hf = _auto("AutoModelForSequenceClassification", tmp_path / "m")
         tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "m")
         enc = tok(TEXTS, PAIRS, padding=True, return_tensors="pt")
-        assert ("token_type_ids" in enc) == (family == "bert")
+        assert ("token_type_ids" in enc) == (family != "gpt")
         theirs = hf(**enc).logits
     torch.testing.assert_close(theirs, ours, rtol=0, atol=ATOL)
     pipe = _pipe("text-classification", tmp_path / "m", top_k=None)
@@ -137,7 +141,7 @@ def test_sequence_classifier_pipeline_with_pairs_matches(tmp_path, toks, family)
             assert abs(got[k] - want[k]) <= ATOL, (k, got, want)
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt"])
+@pytest.mark.parametrize("family", ["bert", "gpt", "electra"])
 def test_token_classifier_pipeline_matches(tmp_path, toks, family):
     torch.manual_seed(0)
     model = TaskModel(build_encoder(_cfg(family)), "token_classification", len(NER)).eval()
@@ -179,7 +183,7 @@ def test_gpt_folder_generates_like_ours(tmp_path, toks):
     assert out[0]["generated_text"] == tok.decode(ours[0, ids.shape[1] :].tolist())
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt"])
+@pytest.mark.parametrize("family", ["bert", "gpt", "electra"])
 def test_frozen_mean_pool_head_ships_its_code_and_is_refused_without_it(tmp_path, toks, family):
     torch.manual_seed(0)
     model = TaskModel(build_encoder(_cfg(family)), "classification", 2, frozen=True).eval()
@@ -282,3 +286,62 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
         load_hf_folder(tmp_path / "r")
     with pytest.raises(FileNotFoundError, match="parent: hf:"):
         from_pretrained(tmp_path / "r")
+
+
+def test_electra_folder_is_an_electra_for_pretraining_and_imports_back(tmp_path, toks):
+    """The registry version of an ELECTRA is its discriminator: `ElectraForPreTraining` and
+    `ElectraModel` load the folder and compute our replaced-token logits and hidden states (the
+    generator stays out); a checkpoint transformers wrote (ELECTRA-Small's narrower embeddings,
+    a bare `ElectraModel` without the head) imports with parity, the head starting fresh."""
+    torch.manual_seed(0)
+    model = build_pretraining_model(_cfg("electra")).eval()
+    save_pretrained(model, tmp_path / "m", tokenizer=toks["electra"])
+    ids, mask, types = _batch(toks["electra"], TEXTS, PAIRS)
+    with torch.no_grad():
+        h = model.electra(ids, mask, types)
+        ours = model.discriminator_logits(h)
+        hf = _auto("AutoModelForPreTraining", tmp_path / "m")
+        assert type(hf).__name__ == "ElectraForPreTraining"
+        theirs = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        hidden = _auto("AutoModel", tmp_path / "m")(
+            input_ids=ids, attention_mask=mask, token_type_ids=types
+        ).last_hidden_state
+    torch.testing.assert_close(theirs[mask.bool()], ours[mask.bool()], rtol=0, atol=ATOL)
+    torch.testing.assert_close(hidden[mask.bool()], h[mask.bool()], rtol=0, atol=ATOL)
+
+    cfg = transformers.ElectraConfig(
+        vocab_size=1000,
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    for cls, fresh in (
+        ("ElectraForPreTraining", []),
+        ("ElectraModel", ["discriminator_predictions"]),
+    ):
+        torch.manual_seed(4)
+        theirs_model = getattr(transformers, cls)(cfg).eval()
+        folder = tmp_path / cls
+        theirs_model.save_pretrained(folder)
+        transformers.PreTrainedTokenizerFast(
+            tokenizer_file=str(toks["electra"]), mask_token="[MASK]", pad_token="[PAD]"
+        ).save_pretrained(folder)
+        imported, _, missing = load_hf_folder(folder)
+        assert sorted({k.split(".")[0] for k in missing}) == fresh
+        assert imported.cfg.embedding_size == 16 and imported.cfg.hidden_size == 32
+        with torch.no_grad():
+            out = theirs_model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            got = imported.eval().electra(ids, mask, types)
+            want = out.last_hidden_state if cls == "ElectraModel" else None
+            if want is None:
+                torch.testing.assert_close(
+                    imported.discriminator_logits(got)[mask.bool()],
+                    out.logits[mask.bool()],
+                    rtol=0,
+                    atol=ATOL,
+                )
+            else:
+                torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=0, atol=ATOL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lmplatform.models.bert.model import BertConfig
+from lmplatform.models.electra.model import ElectraConfig
 from lmplatform.models.gpt.model import GPTConfig
 from lmplatform.models.lstm.model import LSTMConfig
 from lmplatform.models.transformer.model import TransformerConfig
@@ -18,4 +19,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BertConfig", "GPTConfig", "LSTMConfig", "ModelConfig", "TransformerConfig"]
+__all__ = [
+    "BertConfig",
+    "ElectraConfig",
+    "GPTConfig",
+    "LSTMConfig",
+    "ModelConfig",
+    "TransformerConfig",
+]

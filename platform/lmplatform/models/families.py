@@ -20,6 +20,9 @@ from torch import nn
 from lmplatform.models.bert import hf as bert_hf
 from lmplatform.models.bert.model import BertConfig, BertEncoder, BertForPretraining
 from lmplatform.models.bert.pretraining import MLM_NSP
+from lmplatform.models.electra import hf as electra_hf
+from lmplatform.models.electra.model import ElectraConfig, ElectraEncoder, ElectraForPretraining
+from lmplatform.models.electra.pretraining import ELECTRA
 from lmplatform.models.gpt import hf as gpt_hf
 from lmplatform.models.gpt.model import GPT, GPTConfig
 from lmplatform.models.gpt.pretraining import CAUSAL_LM
@@ -88,6 +91,23 @@ FAMILIES: dict[str, Family] = {
             layer_mix=False,
             pooled_head_bias=True,
             serves=frozenset({"fill-mask"}),
+            why_not={"whole_model_task": _HEAD_ON_ENCODER},
+        ),
+        Family(
+            name="electra",
+            config=ElectraConfig,
+            pretraining=ElectraForPretraining,
+            encoder=ElectraEncoder,
+            encoder_of=lambda m: m.electra,  # the discriminator
+            tokenizer="wordpiece",
+            tokenizer_files=electra_hf.TOKENIZER_FILES,
+            objective=ELECTRA,
+            hf=electra_hf.HF,
+            warm_start=electra_hf.WARM_START,
+            whole_model_task=None,
+            layer_mix=False,
+            pooled_head_bias=True,
+            serves=frozenset(),
             why_not={"whole_model_task": _HEAD_ON_ENCODER},
         ),
         Family(

@@ -11,6 +11,9 @@ from transformers import (
     BertConfig,
     BertModel,
     BertPreTrainedModel,
+    ElectraConfig,
+    ElectraModel,
+    ElectraPreTrainedModel,
     GPT2Config,
     GPT2Model,
     GPT2PreTrainedModel,
@@ -24,6 +27,10 @@ class MeanPoolBertConfig(BertConfig):
 
 class MeanPoolGPT2Config(GPT2Config):
     model_type = "lmplatform_meanpool_gpt2"
+
+
+class MeanPoolElectraConfig(ElectraConfig):
+    model_type = "lmplatform_meanpool_electra"
 
 
 def _mean(h, attention_mask):
@@ -58,6 +65,24 @@ class MeanPoolBertForSequenceClassification(BertPreTrainedModel):
         return _output(self.classifier(self.dropout(_mean(h, attention_mask))), labels)
 
 
+class MeanPoolElectraForSequenceClassification(ElectraPreTrainedModel):
+    config_class = MeanPoolElectraConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.electra = ElectraModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout or 0.0)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
+        h = self.electra(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        return _output(self.classifier(self.dropout(_mean(h, attention_mask))), labels)
+
+
 class MeanPoolGPT2ForSequenceClassification(GPT2PreTrainedModel):
     config_class = MeanPoolGPT2Config
 
@@ -77,6 +102,8 @@ class MeanPoolGPT2ForSequenceClassification(GPT2PreTrainedModel):
 __all__ = [
     "MeanPoolBertConfig",
     "MeanPoolGPT2Config",
+    "MeanPoolElectraConfig",
+    "MeanPoolElectraForSequenceClassification",
     "MeanPoolBertForSequenceClassification",
     "MeanPoolGPT2ForSequenceClassification",
 ]

@@ -7,7 +7,7 @@ The objectives themselves live with their families (`models/bert/pretraining.py`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 from pydantic import Field
@@ -67,3 +67,6 @@ class Objective:
     """The metrics that summarize a pretraining run (registry metadata keys), in order."""
     shard_stats: Callable[[list[str]], dict] = no_stats
     """Its own counts read back from finished shards, for the manifest."""
+    examples_fixed: dict = field(default_factory=dict)
+    """Examples settings it always uses (ELECTRA: `nsp: false`): set in the job's config, and
+    a config that asks for another value is refused."""

@@ -49,11 +49,25 @@ class PretrainJobConfig(JobConfig):
             raise ValueError(
                 f"tokenizer.kind={self.tokenizer.kind!r} does not fit model.family={self.model.family!r} (use {want!r})"
             )
+        self._fix_examples()
         if self.examples.max_seq_len > self.model.max_seq_len:
             raise ValueError(
                 f"examples.max_seq_len={self.examples.max_seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
             )
         return self
+
+    def _fix_examples(self) -> None:
+        """The objective's fixed examples settings, refused where the config asks otherwise."""
+        fixed = self.objective.examples_fixed
+        for key, value in fixed.items():
+            if key in self.examples.model_fields_set and getattr(self.examples, key) != value:
+                raise ValueError(
+                    f"examples.{key}={getattr(self.examples, key)!r} does not fit "
+                    f"model.family={self.model.family!r}: its objective always uses {value!r}"
+                )
+        if any(getattr(self.examples, k) != v for k, v in fixed.items()):
+            # only when it changes: assignment validates the whole job again
+            self.examples = self.examples.model_copy(update=fixed)
 
     @property
     def objective(self) -> Objective:

@@ -119,19 +119,23 @@ class BertEncoder(nn.Module):
     def hidden_size(self) -> int:
         return self.cfg.hidden_size
 
-    def forward(
-        self, input_ids, attention_mask=None, token_type_ids=None, all_layers: bool = False
-    ):
-        B, T = input_ids.shape
+    def embed(self, input_ids, token_type_ids=None) -> torch.Tensor:
+        """Token + position + segment embeddings, normalised and dropped out: (B, T, C)."""
+        T = input_ids.shape[1]
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
         pos = torch.arange(T, device=input_ids.device)
-        x = self.tok_emb(input_ids) + self.pos_emb(pos)  # (B, T, C)
+        x = self.tok_emb(input_ids) + self.pos_emb(pos)
         if token_type_ids is not None:
             x = x + self.type_emb(token_type_ids)
         else:
             x = x + self.type_emb.weight[0]
-        x = self.drop(self.emb_ln(x))
+        return self.drop(self.emb_ln(x))
+
+    def forward(
+        self, input_ids, attention_mask=None, token_type_ids=None, all_layers: bool = False
+    ):
+        x = self.embed(input_ids, token_type_ids)
         mask = padding_mask(attention_mask)
         outs = [x]
         for layer in self.layers:
