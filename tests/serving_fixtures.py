@@ -1,7 +1,7 @@
 """A small registry for the serving tests: random-weight debug models of every kind the API serves.
 
 The API contract does not depend on accuracy, so no training runs here: a classification, a
-pair-classification, a token-classification and a semantic-role task (full fine-tuning), two
+pair-classification (on an ELECTRA discriminator), a token-classification and a semantic-role task (full fine-tuning), two
 frozen-feature tasks from the same parent (a shared-encoder group), a seq2seq task (a random
 encoder-decoder), a pretrained BERT (fill-mask) and a pretrained GPT (generate). Also: the
 HTTP API over in-process predictors (`local_server`).
@@ -97,8 +97,7 @@ def publish_task(
 
 
 def build_registry(root: Path, sample_dir: Path) -> Path:
-    from lmplatform.models.bert.model import BertConfig
-    from lmplatform.models.gpt.model import GPTConfig
+    from lmplatform.models import BertConfig, ElectraConfig, GPTConfig
     from lmplatform.models.io import save_pretrained
     from lmplatform.models.tasks import build_pretraining_model, encoder_of
     from lmplatform.registry.store import Registry
@@ -113,16 +112,24 @@ def build_registry(root: Path, sample_dir: Path) -> Path:
     save_pretrained(gpt, root / "tiny-gpt", tokenizer=bpe)
     reg.publish("pretrained", "tiny-gpt", root / "tiny-gpt", {"kind": "pretrained"})
 
+    # an ELECTRA discriminator (narrower embeddings) under the pairs task: served like any other
+    electra = build_pretraining_model(
+        ElectraConfig(size="debug", vocab_size=2000, max_seq_len=64, embedding_size=32)
+    )
+    save_pretrained(electra, root / "tiny-electra", tokenizer=wp)
+    reg.publish("pretrained", "tiny-electra", root / "tiny-electra", {"kind": "pretrained"})
+
     enc = encoder_of(bert)
     publish_task(reg, root, "sentiment", enc, "classification", ["negative", "positive"], wp)
     publish_task(
         reg,
         root,
         "pairs",
-        enc,
+        encoder_of(electra),
         "pair_classification",
         ["entailment", "neutral", "contradiction"],
         wp,
+        parent="tiny-electra@v0001",
     )
     publish_task(reg, root, "ner", enc, "token_classification", NER_LABELS, wp)
     publish_task(reg, root, "srl", enc, "srl", SRL_LABELS, wp)

@@ -49,6 +49,18 @@ def test_bad_values_name_field_value_and_allowed(override, must_contain):
         assert part in msg, (part, msg)
 
 
+def test_electra_reads_single_segments_and_refuses_nsp():
+    """ELECTRA drops next-sentence prediction: its examples are single segments whatever the
+    default says, and a config that asks for pairs is told why not."""
+    electra = ROOT / "jobs" / "configs" / "pretrain" / "electra-debug.yaml"
+    assert load_config(PretrainJobConfig, electra, []).examples.nsp is False
+    with pytest.raises(ConfigError) as e:
+        load_config(PretrainJobConfig, electra, ["examples.nsp=true"])
+    assert "examples.nsp=True" in str(e.value) and "'electra'" in str(e.value)
+    small = load_config(PretrainJobConfig, electra, ["model.size=small"]).model
+    assert (small.embedding_width, small.hidden_size, small.num_layers) == (128, 256, 12)
+
+
 def test_preset_then_yaml_then_override(tmp_path):
     f = tmp_path / "c.yaml"
     data = yaml.safe_load(PRETRAIN.read_text())

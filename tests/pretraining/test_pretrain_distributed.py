@@ -1,6 +1,7 @@
 """Distributed pretraining on CPU: ZeRO stages agree, export reproduces, failures and restarts resume.
 
-Each run: bert-debug on the embedded sample, 2 Ray Train workers (gloo), DeepSpeed.
+Each run: bert-debug on the embedded sample, 2 Ray Train workers (gloo), DeepSpeed; the restart
+test runs electra-debug (its generator is part of what a checkpoint must bring back).
 """
 
 import json
@@ -16,12 +17,13 @@ from lmplatform.pretraining.config import PretrainJobConfig
 picklable_by_value()
 
 CONFIG = ROOT / "jobs" / "configs" / "pretrain" / "bert-debug.yaml"
+ELECTRA = ROOT / "jobs" / "configs" / "pretrain" / "electra-debug.yaml"
 
 
-def _cfg(tmp, name, *overrides):
+def _cfg(tmp, name, *overrides, config=CONFIG):
     return load_config(
         PretrainJobConfig,
-        CONFIG,
+        config,
         [
             f"name={name}",
             f"output_dir={tmp}",
@@ -212,7 +214,10 @@ def test_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, workd
 
 
 def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local, workdir):
-    from lmplatform.pretraining.run import run_pretraining
+    """An ELECTRA run stopped by a failure with no retry left, started again: it continues from
+    its newest checkpoint (generator and discriminator) and registers the discriminator, which
+    transformers loads as an ElectraForPreTraining."""
+    from lmplatform.pretraining.run import export_and_register, run_pretraining
 
     cfg = _cfg(
         workdir,
@@ -220,6 +225,7 @@ def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local
         "train.max_steps=12",
         "train.checkpoint_every=4",
         "scaling.max_failures=0",
+        config=ELECTRA,
     )
     from ray.train import TrainingFailedError
 
@@ -235,7 +241,23 @@ def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local
     )
     newest = max(c["metrics"]["step"] for c in snapshot["checkpoint_results"])
     assert newest in (4, 8)
-    _, result = run_pretraining(cfg)  # same name: picks up the run's newest checkpoint
+    prepared, result = run_pretraining(cfg)  # same name: picks up the run's newest checkpoint
     steps = [r["step"] for r in _steps(workdir, "restart")][len(first) :]
     assert steps[0] == newest + 1  # continued from the newest checkpoint, not from step 0
     assert result.metrics["step"] == 12
+    # the resumed generator is the trained one: its loss carries on, not back at ln(vocab)
+    resumed = _steps(workdir, "restart")[len(first)]
+    assert resumed["mlm_loss"] < _steps(workdir, "restart")[0]["mlm_loss"] - 0.2
+
+    import transformers
+
+    from lmplatform.registry.store import Registry
+
+    name, version, _ = export_and_register(cfg, prepared, result)
+    reg = Registry(cfg.registry)
+    meta = reg.metadata("pretrained", name, version)
+    assert {"eval_loss", "mlm_acc", "rtd_acc"} <= set(meta["metrics"])
+    hf = transformers.AutoModelForPreTraining.from_pretrained(
+        reg.local_path("pretrained", name, version)
+    )
+    assert type(hf).__name__ == "ElectraForPreTraining"

@@ -45,7 +45,7 @@ def _publish_parent(root, sample_dir, name: str, model_cfg, tokenizer_kind: str)
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, sample_dir):
-    from lmplatform.models.bert.model import BertConfig
+    from lmplatform.models import BertConfig, ElectraConfig
 
     root = tmp_path_factory.mktemp("ft")
     _publish_parent(
@@ -53,6 +53,13 @@ def registry(tmp_path_factory, sample_dir):
         sample_dir,
         "tiny-bert",
         BertConfig(size="debug", vocab_size=2000, max_seq_len=128),
+        "wordpiece",
+    )
+    _publish_parent(
+        root,
+        sample_dir,
+        "tiny-electra",
+        ElectraConfig(size="debug", vocab_size=2000, max_seq_len=128, embedding_size=32),
         "wordpiece",
     )
     return root
@@ -253,7 +260,8 @@ def test_finetune_config_errors_are_one_line(tmp_path):
 def test_multi_worker_trials_run_a_torch_trainer_and_promote(ray_local, registry):
     """num_workers=2: each trial is a driver function running a 2-worker TorchTrainer (DDP)
     whose reports reach Tune through TuneReportCallback; the winner is promoted from Ray Train's
-    checkpoint."""
+    checkpoint. The parent is an ELECTRA discriminator (narrower embeddings): its sequence head
+    is transformers' ElectraForSequenceClassification."""
     from lmplatform.tune.promotion import promote
     from lmplatform.tune.search import run_search
 
@@ -267,12 +275,20 @@ def test_multi_worker_trials_run_a_torch_trainer_and_promote(ray_local, registry
         "scaling.cpus_per_worker=0.5",
         'search.space={"lr": {"kind": "choice", "values": [0.001]}}',
         "task.name=sentiment-ddp",
+        "parent=tiny-electra",
     )
     sr = run_search(job, verbose=0)
     (row,) = sr.table
     assert row["status"] == "done" and row["steps"] == 2 * (3000 // (32 * 2))  # steps split by 2
     out = promote(sr)
     assert out["promoted"] and out["value"] > 0.6
+    import transformers
+
+    from lmplatform.registry.store import Registry
+
+    folder = Registry(registry / "registry").local_path("tasks", "sentiment-ddp", out["version"])
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+    assert type(hf).__name__ == "ElectraForSequenceClassification"
 
 
 def test_pair_classification_trial_learns_and_reports(registry, tmp_path, sample_dir):
