@@ -8,7 +8,11 @@ count, time budget and data:
   jobs/configs/pretrain/bert-shared-cpu.yaml`, about 25 min on 2 cores);
 - `adapted` (with `--adapt-steps N`): the parent continued for N masked-LM steps on the task's own
   training text, labels unused (task-adaptive pretraining, `jobs/configs/pretrain/adapt-cpu.yaml`
-  with `init_from`); the minutes it took are printed beside it.
+  with `init_from`); the minutes it took are printed beside it;
+- `electra` (with `--electra REF`): a registered ELECTRA discriminator (`jobs/pretrain.py --config
+  jobs/configs/pretrain/electra-shared-cpu.yaml`) with the same tokenizer, beside the MLM
+  `general` start; `electra_vs_general` is its mean gain in points over the tasks.
+`--skip-random` leaves out the random start (a cheaper objective comparison).
 Beside them, the task type's classic `baseline` (TF-IDF 1-2-grams + linear SVM for sentences;
 word features + linear SVM for NER and SRL; scikit-learn, seconds) fitted on the same training
 rows, and the best start's `gain_vs_baseline` in points.
@@ -20,13 +24,14 @@ timed and scored (BLEU, beam search, whole dev set), with its greedy BLEU-vs-min
 (`bleu_curve.png` next to the run) and the goal BLEU >= 30 within 30 minutes of training.
 
     .venv/bin/python bench/quality.py [--tasks sst2 agnews] [--search-minutes 20]
-        [--adapt-steps 300] [--baseline-only] [key=value …]   (overrides for every task config)
+        [--adapt-steps 300] [--electra electra-shared-cpu] [--skip-random] [--baseline-only]
+        [key=value …]   (overrides for every task config)
 
 Goals (dev, best pretrained start): sst2 >= 86 (dev-sentences.tsv), agnews >= 90, spam F1 >= 96,
 conll2003 entity F1 >= 88, srl argument F1 >= 70, multi30k-de-en BLEU >= 30, and sst2, agnews and
 spam each >= 2 points over the baseline; each is printed as met or not met.
-Last line: `quality <task>=<best pretrained>/<random> …` (points), `min_gain=<points>` and
-`min_gain_vs_baseline=<points>`.
+Last line: `quality <task>=<best pretrained>/<random> …` (points), `min_gain=<points>`,
+`min_gain_vs_baseline=<points>` and, with `--electra`, `electra_vs_general=<points>`.
 """
 
 from __future__ import annotations
@@ -130,6 +135,10 @@ def parse_args() -> argparse.Namespace:
         "--adapt-steps", type=int, default=0, help="task-adaptive pretraining steps (0: skip)"
     )
     p.add_argument(
+        "--electra", default=None, help="a registered ELECTRA to compare as a start (name[@v])"
+    )
+    p.add_argument("--skip-random", action="store_true", help="no random-weights start")
+    p.add_argument(
         "--baseline-only",
         action="store_true",
         help="only the classic baselines (seconds, no Ray, no pretrained model needed)",
@@ -189,9 +198,12 @@ def task_row(task: str, job: FinetuneJobConfig, args, out: str) -> Row:
     from lmplatform.tune.search import run_search, search_baseline
     from lmplatform.tune.space import sample_points
 
-    starts = {"random": (f"random:{job.parent}", 0.0), "general": (job.parent, 0.0)}
+    starts = {} if args.skip_random else {"random": (f"random:{job.parent}", 0.0)}
+    starts["general"] = (job.parent, 0.0)
     if args.adapt_steps:
         starts["adapted"] = adapt(job, args.adapt_steps, out)
+    if args.electra:
+        starts["electra"] = (args.electra, 0.0)
     # the same configurations for every start: a fair comparison at a small trial count
     points = sample_points(job.search.space, job.search.num_samples, job.train.seed)
     res, baseline = {}, None
@@ -226,19 +238,29 @@ def print_translation_goals(translation: dict) -> None:
         )
 
 
-def print_table(rows: list[Row], adapted: bool) -> None:
+COLUMNS = {
+    "random": "random init",
+    "general": "general (MLM)",
+    "adapted": "adapted",
+    "electra": "ELECTRA",
+}
+
+
+def print_table(rows: list[Row]) -> None:
     """The markdown table: baseline, every start, the gains, what was promoted."""
-    head = "| task | metric | baseline | random init | general | " + ("adapted | " * adapted)
+    starts = [k for k in COLUMNS if k in rows[0].res]
+    head = "| task | metric | baseline | " + " | ".join(COLUMNS[k] for k in starts) + " | "
     head += "gain (best − random) | gain_vs_baseline | promoted |"
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for r in rows:
         pts = {k: 100 * v["value"] for k, v in r.res.items()}
         cells = ["—" if r.baseline is None else f"{100 * r.baseline:.2f}"]
-        cells += [f"{pts['random']:.2f}", f"{pts['general']:.2f}"]
-        if adapted:
-            cells.append(f"{pts['adapted']:.2f} (+{r.starts['adapted'][1]:.1f} min)")
-        cells.append(f"{r.best_points() - pts['random']:+.2f} ({r.best})")
+        for k in starts:
+            made = r.starts[k][1]
+            cells.append(f"{pts[k]:.2f}" + (f" (+{made:.1f} min)" if made else ""))
+        random = f"{r.best_points() - pts['random']:+.2f}" if "random" in pts else "—"
+        cells.append(f"{random} ({r.best})")
         gain = None if r.baseline is None else r.best_points() - 100 * r.baseline
         cells.append("—" if gain is None else f"{gain:+.2f}")
         print(f"| {r.task} | {r.metric} | " + " | ".join(cells) + f" | {r.task}@{r.version} |")
@@ -260,13 +282,20 @@ def print_goals(rows: list[Row]) -> None:
 
 
 def summary_line(rows: list[Row]) -> str:
-    gains = [r.best_points() - 100 * r.res["random"]["value"] for r in rows]
+    def random(r: Row) -> str:
+        return f"{100 * r.res['random']['value']:.2f}" if "random" in r.res else "—"
+
+    pairs = " ".join(f"{r.task}={r.best_points():.2f}/{random(r)}" for r in rows)
+    line = f"quality {pairs}"
+    if "random" in rows[0].res:
+        gains = [r.best_points() - 100 * r.res["random"]["value"] for r in rows]
+        line += f" min_gain={min(gains):.2f}"
     vs = [r.best_points() - 100 * r.baseline for r in rows if r.baseline is not None]
-    pairs = " ".join(
-        f"{r.task}={r.best_points():.2f}/{100 * r.res['random']['value']:.2f}" for r in rows
-    )
-    line = f"quality {pairs} min_gain={min(gains):.2f}"
-    return line + (f" min_gain_vs_baseline={min(vs):.2f}" if vs else "")
+    line += f" min_gain_vs_baseline={min(vs):.2f}" if vs else ""
+    if "electra" in rows[0].res:
+        diff = [100 * (r.res["electra"]["value"] - r.res["general"]["value"]) for r in rows]
+        line += f" electra_vs_general={sum(diff) / len(diff):+.2f}"
+    return line
 
 
 def main() -> None:
@@ -293,6 +322,8 @@ def main() -> None:
     for job in jobs.values():  # before any work: on a fresh checkout, say what to build
         if job.parent is not None:
             require_model(job.registry, "pretrained", job.parent)
+            if args.electra:
+                require_model(job.registry, "pretrained", args.electra)
     init_ray(quiet=True)
     rows, translation = [], {}
     for task, job in jobs.items():
@@ -303,7 +334,7 @@ def main() -> None:
     print()
     print_translation_goals(translation)
     if rows:
-        print_table(rows, bool(args.adapt_steps))
+        print_table(rows)
         print_goals(rows)
         print(summary_line(rows))
 
