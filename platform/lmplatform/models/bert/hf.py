@@ -76,13 +76,18 @@ def task_state(model) -> dict[str, torch.Tensor]:
     return s
 
 
-@torch.no_grad()
-def fixed_pooler(model, views: dict) -> None:
-    # a token head never reads BERT's pooler (transformers' class has none, so it is not
-    # stored): a fixed value keeps reloaded encoders identical (shared groups compare them)
-    if "bert.pooler.dense.weight" not in views:
-        model.encoder.pooler.weight.zero_()
-        model.encoder.pooler.bias.zero_()
+def fixed_pooler_unless(stored: str):
+    """`fill_unstored` for a family whose pooler is stored under `stored` only with some heads."""
+
+    @torch.no_grad()
+    def fill(model, views: dict) -> None:
+        # a head that never reads the pooler does not store it (transformers' class has none):
+        # a fixed value keeps reloaded encoders identical (shared groups compare them)
+        if stored not in views:
+            model.encoder.pooler.weight.zero_()
+            model.encoder.pooler.bias.zero_()
+
+    return fill
 
 
 # --------------------------------------------------------------------------- configs
@@ -202,7 +207,7 @@ HF = HFAdapter(
         "cls.predictions.decoder.bias",  # the same tensor as cls.predictions.bias
     ),
     vocab_tokenizer=vocab_tokenizer,
-    fill_unstored=fixed_pooler,
+    fill_unstored=fixed_pooler_unless("bert.pooler.dense.weight"),
 )
 TOKENIZER_FILES = TokenizerFiles(
     tokenizer_tokens, ("input_ids", "token_type_ids", "attention_mask")

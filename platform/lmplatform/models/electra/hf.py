@@ -56,14 +56,6 @@ def task_state(model) -> dict[str, torch.Tensor]:
     return s
 
 
-@torch.no_grad()
-def fixed_pooler(model, views: dict) -> None:
-    # the classifier's dense layer is stored only under a fine-tuned sequence head
-    if "classifier.dense.weight" not in views:
-        model.encoder.pooler.weight.zero_()
-        model.encoder.pooler.bias.zero_()
-
-
 # --------------------------------------------------------------------------- configs
 
 
@@ -124,7 +116,8 @@ HF = HFAdapter(
     fresh_ok=("discriminator_predictions.",),  # a bare ElectraModel has no head
     ignored=("embeddings.position_ids", "embeddings.token_type_ids"),
     vocab_tokenizer=bert_hf.vocab_tokenizer,
-    fill_unstored=fixed_pooler,
+    # the classifier's dense layer is stored only under a fine-tuned sequence head
+    fill_unstored=bert_hf.fixed_pooler_unless("classifier.dense.weight"),
 )
 TOKENIZER_FILES = bert_hf.TOKENIZER_FILES
 WARM_START = WarmStart(

@@ -24,17 +24,13 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from lmplatform.models._preset import fill_from_preset
+from lmplatform.models.bert.model import PRESETS as BERT_PRESETS
 from lmplatform.models.bert.model import BertConfig, BertEncoder, BertLayer
 from lmplatform.models.layers import init_weights, linear_cross_entropy, padding_mask
 
 PRESETS: dict[str, dict] = {
-    "debug": dict(
-        hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_seq_len=128
-    ),
-    # BERT's mini: the same encoder as `bert` mini, so the two objectives compare like for like
-    "mini": dict(
-        hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_seq_len=512
-    ),
+    # `mini` is BERT's: the same encoder as `bert` mini, so the two objectives compare like for like
+    **{size: BERT_PRESETS[size] for size in ("debug", "mini", "base")},
     # ELECTRA-Small (Clark et al. 2020, table 6): 14M parameters with BERT's vocabulary
     "small": dict(
         hidden_size=256,
@@ -43,9 +39,6 @@ PRESETS: dict[str, dict] = {
         intermediate_size=1024,
         embedding_size=128,
         max_seq_len=512,
-    ),
-    "base": dict(
-        hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_seq_len=512
     ),
 }
 
