@@ -193,8 +193,9 @@ class Row:
 def task_row(task: str, job: FinetuneJobConfig, args, out: str) -> Row:
     """The task's search from every start on the same configurations, and its baseline
     (fitted once: every start trains on the same rows); the best pretrained start promoted."""
+    from lmplatform.registry.store import RegistryError
     from lmplatform.tune.data import load_task_data
-    from lmplatform.tune.promotion import best_model, describe_baseline, promote
+    from lmplatform.tune.promotion import baseline_verdict, best_model, describe_baseline, promote
     from lmplatform.tune.search import run_search, search_baseline
     from lmplatform.tune.space import sample_points
 
@@ -222,10 +223,15 @@ def task_row(task: str, job: FinetuneJobConfig, args, out: str) -> Row:
             flush=True,
         )
     best = max((k for k in res if k != "random"), key=lambda k: res[k]["value"])
-    promoted = promote(res[best]["search"])
-    print(f"[quality] {task}: {describe_baseline(promoted['baseline'])}", flush=True)
+    try:
+        version = promote(res[best]["search"])["version"]
+    except RegistryError as e:  # published, but the registry refuses to rank it: say so, go on
+        print(f"[quality] {task}: not promoted: {e}", flush=True)
+        version = "not promoted"
+    verdict = baseline_verdict(res[best]["search"], res[best]["value"])
+    print(f"[quality] {task}: {describe_baseline(verdict)}", flush=True)
     base = baseline.metrics[job.task.metric] if baseline is not None else None
-    return Row(task, job.task.metric, res, starts, best, promoted["version"], base)
+    return Row(task, job.task.metric, res, starts, best, version, base)
 
 
 def print_translation_goals(translation: dict) -> None:

@@ -346,6 +346,29 @@ def test_electra_pretraining_corrupts_only_masked_tokens_and_reads_nothing_back(
     assert torch.equal(corrupted[real], sampled[labels != -100])
 
 
+def test_electra_samples_follow_the_generator_and_a_correct_sample_is_not_a_replacement(
+    monkeypatch,
+):
+    """Gumbel-max draws tokens as often as softmax says; a generator that samples the original
+    token replaces nothing, however the batch arrives (with the unmasked tokens, or only the
+    masked ones and their targets, from which the model rebuilds the original)."""
+    import lmplatform.models.electra.model as electra
+
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(40_000, 4)
+    freq = torch.bincount(electra._sample(logits), minlength=4) / 40_000
+    # binomial sd <= 0.0025 at n=40,000: 0.015 is six of them
+    torch.testing.assert_close(freq, logits[0].softmax(-1), atol=0.015, rtol=0)
+
+    model = build_pretraining_model(ElectraConfig(size="debug", vocab_size=V))
+    batch = _bert_batch([-100] * 4)
+    targets = batch["mlm_labels"]
+    monkeypatch.setattr(electra, "_sample", lambda chunk: targets[: len(chunk)].clamp(min=0))
+    for given in (batch, {k: v for k, v in batch.items() if k not in ("original_ids", "labels")}):
+        out = model(**given)
+        assert float(out["replaced"]) == 0.0 and float(out["rtd_loss"]) > 0.0
+
+
 def test_electra_discriminator_learns_where_the_replacements_are(sample_dir, tmp_path, monkeypatch):
     """The discriminator's labels line up with the corruptions: with replacements drawn
     uniformly (easy to spot, unlike a trained generator's, which a debug model cannot tell
@@ -384,3 +407,16 @@ def test_electra_discriminator_learns_where_the_replacements_are(sample_dir, tmp
     prior = -(p * math.log(p) + (1 - p) * math.log(1 - p))
     print(f"replaced-token loss {loss:.3f}, entropy of the replaced fraction {prior:.3f}")
     assert loss < 0.85 * prior, (loss, prior)
+
+
+def test_layer_decay_depths_put_electras_classifier_dense_with_the_head():
+    """BERT's pooler is pretrained and sits on the top layer (depth L); ELECTRA's `pooler` is
+    the sequence classifier's dense layer, fresh with the head (L + 1); embeddings and their
+    projection are at 0."""
+    bert = build_encoder(BertConfig(size="debug", vocab_size=V))
+    electra = build_encoder(ElectraConfig(size="debug", vocab_size=V, embedding_size=32))
+    top = bert.cfg.num_layers
+    assert bert.layer_depth("pooler.weight") == top
+    assert electra.layer_depth("pooler.weight") == top + 1
+    assert electra.layer_depth("emb_proj.weight") == electra.layer_depth("tok_emb.weight") == 0
+    assert electra.layer_depth("layers.1.attn.qkv.weight") == bert.layer_depth("layers.1.x") == 2

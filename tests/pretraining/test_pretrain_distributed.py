@@ -261,3 +261,13 @@ def test_restarting_a_stopped_job_continues_from_its_newest_checkpoint(ray_local
         reg.local_path("pretrained", name, version)
     )
     assert type(hf).__name__ == "ElectraForPreTraining"
+
+    # continuing it may change what the folder does not hold (the generator, which starts
+    # afresh, and the loss weight), not the discriminator it does
+    from lmplatform.config import ConfigError
+    from lmplatform.pretraining.prepare import resolve_init
+
+    more = ("init_from=restart", "model.generator_fraction=0.5", "model.discriminator_weight=20")
+    assert resolve_init(_cfg(workdir, "more", *more, config=ELECTRA))[0] == f"restart@{version}"
+    with pytest.raises(ConfigError, match=r"init_from=restart@v0001: .*embedding_size=32"):
+        resolve_init(_cfg(workdir, "more", *more, "model.embedding_size=32", config=ELECTRA))

@@ -333,6 +333,7 @@ def test_the_translator_exports_to_marian_with_equal_greedy_outputs(toy_translat
 def test_warm_started_sides_compute_what_the_parent_computes():
     """BERT fills the encoder (its outputs equal BERT's) and the decoder; GPT fills a pre-LN
     decoder (with cross-attention silenced, its states equal GPT's)."""
+    from lmplatform.models import ElectraConfig, LSTMConfig
     from lmplatform.models.bert.model import BertConfig, BertForPretraining
     from lmplatform.models.gpt.model import GPT, GPTConfig
     from lmplatform.models.warm_start import check_part, warm_start, warm_start_config
@@ -351,7 +352,7 @@ def test_warm_started_sides_compute_what_the_parent_computes():
 
     gpt = GPT(GPTConfig(size="debug", vocab_size=60)).eval()
     model = Transformer(warm_start_config(gpt.cfg, pad=0, bos=0, eos=0)).eval()
-    warm_start(model, gpt, check_part("gpt", None, "parent"))
+    warm_start(model, gpt, check_part(gpt.cfg, None, "parent"))
     assert model.cfg.pre_ln and model.cfg.activation == "gelu_tanh"
     for layer in model.decoder.layers:
         torch.nn.init.zeros_(layer.encoder_attn.out_proj.weight)
@@ -359,9 +360,13 @@ def test_warm_started_sides_compute_what_the_parent_computes():
     memory, memory_mask = model.encode_source(ids, mask)
     assert torch.allclose(model.decode(ids, memory, memory_mask), gpt.hidden(ids), atol=1e-5)
     with pytest.raises(ValueError, match="warm_start='encoder' from a gpt parent"):
-        check_part("gpt", "encoder", "parent")
+        check_part(gpt.cfg, "encoder", "parent")
     with pytest.raises(ValueError, match="lstm model cannot warm-start"):
-        check_part("lstm", None, "parent")
+        check_part(LSTMConfig(size="debug"), None, "parent")
+    narrow = ElectraConfig(size="debug", embedding_size=32)
+    with pytest.raises(ValueError, match="parent: an ELECTRA with embeddings narrower"):
+        check_part(narrow, None, "parent")
+    assert check_part(ElectraConfig(size="debug"), None, "parent") == "both"
 
 
 def test_a_translator_warm_started_from_bert_learns_and_serves(ray_local, tmp_path):

@@ -96,9 +96,13 @@ def test_loss_falls_within_200_steps_on_the_shared_corpus(
         assert acc > 0.03 and "nsp_acc" in res.history[-1]
     if family == "electra":
         # the generator learns as BERT does; the discriminator, fed a debug generator's
-        # samples, learns their share (0.58 -> 0.41 nats), not yet where they are
-        assert sum(h["mlm_acc"] for h in res.history[-20:]) / 20 > 0.03
-        assert sum(h["rtd_loss"] for h in res.history[-20:]) / 20 < 0.45
+        # samples, learns their share (from 0.58 nats to the entropy of the replaced
+        # fraction, ~0.41), not yet where they are (docs/pretraining.md#electra)
+        late = res.history[-20:]
+        assert sum(h["mlm_acc"] for h in late) / 20 > 0.03
+        p = sum(h["replaced"] for h in late) / 20
+        prior = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+        assert sum(h["rtd_loss"] for h in late) / 20 < 1.03 * prior, prior
 
 
 class _CaptureGrads:

@@ -57,7 +57,7 @@ def require_model(registry, kind: str, ref: str, builder: str | None = None) -> 
 
     registry = Registry(registry)  # a root as written, or an opened one
     try:
-        registry.resolve(kind, ref)
+        registry.resolve(kind, ref.removeprefix("random:"))  # random weights: its architecture
     except RegistryError as e:
         name = (builder or ref).removeprefix("random:").partition("@")[0]
         how = BUILDS.get(name, f"publish {kind}/{name} to {registry.uri} first").replace(

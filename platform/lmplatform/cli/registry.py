@@ -197,7 +197,10 @@ def cmd_export(reg: Registry, args) -> None:
     )
 
 
+# the first suffix that matches wins: ELECTRA's pretraining head detects replaced tokens, which no
+# transformers pipeline serves, so its encoder's features are the one use
 _PIPELINES = {
+    "ElectraForPreTraining": "feature-extraction",
     "ForSequenceClassification": "text-classification",
     "ForTokenClassification": "token-classification",
     "ForPreTraining": "fill-mask",

@@ -90,3 +90,6 @@ class WarmStart:
     """(encoder-decoder, the family's encoder, part) -> copy the weights in."""
     why: str = ""
     """Why it fills only these parts (named when another is asked for)."""
+    refuses: Callable[[object], str | None] = lambda cfg: None
+    """A parent config -> why its weights cannot fill an encoder-decoder at all (None: they
+    can), asked on the driver before any trial."""

@@ -31,15 +31,18 @@ def _parents() -> dict:
     return {name: f.warm_start for name, f in FAMILIES.items() if f.warm_start is not None}
 
 
-def check_part(family: str, part: str | None, where: str) -> str:
-    """The part to warm-start (the family's default when None), or a ValueError naming why not."""
-    parents = _parents()
+def check_part(parent, part: str | None, where: str) -> str:
+    """The part of an encoder-decoder the `parent` config's weights warm-start (the family's
+    default when None), or a ValueError naming why not."""
+    family, parents = parent.family, _parents()
     if family not in parents:
         raise ValueError(
             f"{where}: a {family} model cannot warm-start an encoder-decoder "
             f"(parents: {', '.join(parents)})"
         )
     spec = parents[family]
+    if (why := spec.refuses(parent)) is not None:
+        raise ValueError(f"{where}: {why}")
     part = part or spec.parts[0]
     if part not in spec.parts:
         raise ValueError(

@@ -95,12 +95,15 @@ def resolve_init(cfg: PretrainJobConfig) -> tuple[str, Path]:
     path = reg.local_path("pretrained", name, version)
     theirs = read_config(path)["model"]
     ours = cfg.model.model_dump()
-    # vocab: from its tokenizer; size: a preset name (the fields it fills are compared)
-    regularisers = {"dropout", "attention_dropout", "vocab_size", "size"}
+    # vocab: from its tokenizer; size: a preset name (the fields it fills are compared);
+    # ELECTRA's generator is not in the folder (it starts afresh) and its loss weight shapes
+    # no weight: neither needs to match
+    free = {"dropout", "attention_dropout", "vocab_size", "size"}
+    free |= {"generator_fraction", "discriminator_weight"}
     diff = [
         f"{k}={ours.get(k)!r} (it has {v!r})"
         for k, v in theirs.items()
-        if k not in regularisers and ours.get(k) != v
+        if k not in free and ours.get(k) != v
     ]
     if diff:
         raise ConfigError(

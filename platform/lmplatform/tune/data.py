@@ -188,7 +188,7 @@ def _warm_start_parent(job: FinetuneJobConfig):
     path = reg.local_path("pretrained", name, version)
     parent = model_config(read_config(path))
     where = f"parent {name}@{version}"
-    part = check_part(parent.family, job.warm_start, where)
+    part = check_part(parent, job.warm_start, where)
     tokenizer_json = (path / "tokenizer.json").read_text()
     sp = special_tokens(Tokenizer.from_str(tokenizer_json))
     if job.task.max_seq_len > parent.max_seq_len:

@@ -124,5 +124,5 @@ WARM_START = WarmStart(
     parts=bert_hf.WARM_START.parts,
     layout=bert_hf.WARM_START.layout,
     fill=warm_start,
-    why=_NARROW,
+    refuses=lambda cfg: _NARROW if cfg.embedding_width != cfg.hidden_size else None,
 )

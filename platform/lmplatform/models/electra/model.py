@@ -114,6 +114,10 @@ class ElectraEncoder(BertEncoder):
         return F.gelu(self.pooler(self.drop(h[:, 0])))  # (B, C)
 
     def layer_depth(self, name: str) -> int:
+        # the pooler is the classifier's dense layer, trained from scratch with the head (L + 1),
+        # not a pretrained layer on top of the encoder as BERT's is
+        if name.startswith("pooler."):
+            return self.cfg.num_layers + 1
         return 0 if name.startswith("emb_proj.") else super().layer_depth(name)
 
 
@@ -175,16 +179,15 @@ class ElectraForPretraining(nn.Module):
     ):
         """Losses and metrics as device tensors, from the masked batch of the MLM collator
         (`models/bert/pretraining.py`: `mlm_positions` / `mlm_labels`, and `original_ids`, the
-        unmasked tokens; from `labels` when those are missing)."""
+        unmasked tokens; from `labels` when the positions are missing, and from the masked
+        tokens and their targets when the original is)."""
         if mlm_positions is None:
             if labels is None:
                 raise ValueError("ELECTRA needs the masked positions (mlm_positions or labels)")
             sel = (labels != -100).flatten()
             mlm_positions, mlm_labels = sel.nonzero().flatten(), labels.flatten()[sel]
-        if original_ids is None:
-            original_ids = (
-                input_ids if labels is None else torch.where(labels >= 0, labels, input_ids)
-            )
+        if original_ids is None:  # the unmasked tokens: the targets written back in place
+            original_ids = self._corrupt(input_ids, mlm_positions, mlm_labels, mlm_labels)
         out: dict[str, torch.Tensor] = {}
         gen_loss, sampled = self._generate(
             input_ids, attention_mask, token_type_ids, mlm_positions, mlm_labels, out
