@@ -92,9 +92,13 @@ def from_config(hf: dict, source: str) -> ElectraConfig:
 
 
 def warm_start(model: nn.Module, encoder: ElectraEncoder, part: str) -> None:
-    if encoder.emb_proj is not None:
-        raise ValueError(_NARROW)
+    if (why := _refuses(encoder.cfg)) is not None:
+        raise ValueError(why)
     bert_hf.warm_start(model, encoder, part)
+
+
+def _refuses(cfg) -> str | None:
+    return _NARROW if cfg.embedding_width != cfg.hidden_size else None
 
 
 _NARROW = (
@@ -124,5 +128,5 @@ WARM_START = WarmStart(
     parts=bert_hf.WARM_START.parts,
     layout=bert_hf.WARM_START.layout,
     fill=warm_start,
-    refuses=lambda cfg: _NARROW if cfg.embedding_width != cfg.hidden_size else None,
+    refuses=_refuses,
 )
