@@ -100,25 +100,13 @@ def ran(sr) -> int:
 
 def adapt(job: FinetuneJobConfig, steps: int, out: str) -> tuple[str, float]:
     """Continue the task's parent on the task's training text; returns (its ref, minutes)."""
-    from lmplatform.data.corpus import CorpusConfig
+    from lmplatform.pretraining.config import adapted_to_task
     from lmplatform.pretraining.run import export_and_register, run_pretraining
 
-    cfg = load_config(
-        PretrainJobConfig,
-        ADAPT,
-        [
-            f"name={job.parent.partition('@')[0]}-{job.task.name}",
-            f"init_from={job.parent}",
-            f"registry={job.registry.written}",
-            f"output_dir={out}",
-            f"train.max_steps={steps}",
-            f"train.checkpoint_every={steps}",
-        ],
-    )
-    # the task's own training file, read as unlabelled text: one document per row / sentence
-    cfg = cfg.model_copy(
-        update={"corpus": CorpusConfig(source=job.task.train, document_split="line", min_chars=1)}
-    )
+    overrides = [f"registry={job.registry.written}", f"output_dir={out}"]
+    overrides += [f"train.max_steps={steps}", f"train.checkpoint_every={steps}"]
+    base = load_config(PretrainJobConfig, ADAPT, overrides)
+    cfg = adapted_to_task(base, job.parent, job.task.name, job.task.train)
     t0 = time.time()
     prepared, result = run_pretraining(cfg)
     name, version, _ = export_and_register(cfg, prepared, result)

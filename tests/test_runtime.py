@@ -96,7 +96,8 @@ ray.shutdown()
 def test_a_job_on_a_machine_that_never_ran_ray_starts_it_with_token_auth(tmp_path):
     """What `python jobs/<job>.py` does with no Ray running and an empty home: a local Ray with
     token authentication, its token made first (0600); the dashboard refuses a caller without
-    it. Nothing from the test session's own token or Ray is inherited."""
+    it. Nothing from the test session's own token or Ray is inherited; an empty RAY_ADDRESS
+    (once a ValueError from ray.init) means no cluster."""
     home = tmp_path / "home"
     home.mkdir()
     env = {
@@ -105,6 +106,7 @@ def test_a_job_on_a_machine_that_never_ran_ray_starts_it_with_token_auth(tmp_pat
         if not k.startswith(("RAY_AUTH", "RAY_ADDRESS")) and k != "LMPLATFORM_VERBOSE"
     }
     env["HOME"] = str(home)
+    env["RAY_ADDRESS"] = ""  # `RAY_ADDRESS= python jobs/…`: unset, not an address to parse
     out = subprocess.run(
         [sys.executable, "-c", LOCAL_RAY], env=env, capture_output=True, text=True, timeout=300
     )

@@ -87,12 +87,20 @@ def setup_process() -> None:
     points call it first (`cli.run`); `init_ray` again, for scripts that do not go through them."""
     from lmplatform import console
 
-    address = os.environ.get("RAY_ADDRESS")
+    address = ray_address()
+    if address is None:
+        os.environ.pop("RAY_ADDRESS", None)  # an empty one: nothing Ray starts may read it
     if address is None or _on_loopback(address):
         for k, v in LOCAL_ONLY_ENV.items():
             os.environ.setdefault(k, v)
     use_token_auth(starting_local=address is None)
     console.setup_process()
+
+
+def ray_address() -> str | None:
+    """The cluster RAY_ADDRESS names; None when it is unset or empty (`RAY_ADDRESS= cmd`, a
+    common way to "unset" it, means a local Ray, not an address Ray cannot parse)."""
+    return os.environ.get("RAY_ADDRESS") or None
 
 
 def init_ray(
@@ -101,7 +109,7 @@ def init_ray(
     """Join the cluster this process runs in (ray job submit / RAY_ADDRESS) or start a local one."""
     from lmplatform import console
 
-    joining = "RAY_ADDRESS" in os.environ
+    joining = ray_address() is not None
     setup_process()
     import ray
 
@@ -114,7 +122,7 @@ def init_ray(
         runtime_env={"env_vars": console.worker_env_vars()},  # every worker's console settings
     )
     if joining:
-        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+        ray.init(address=ray_address(), **kwargs)
     else:
         ray.init(
             # "local": a new instance even when `ray start` left a cluster running on this

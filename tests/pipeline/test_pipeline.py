@@ -153,6 +153,45 @@ def test_a_deploy_stage_that_cannot_fit_is_refused_before_any_work(
     assert "the cluster has 2" in problem.message and "replica_cpus=0.4" in problem.fix
 
 
+ADAPT_TOPICS = {
+    "config": "jobs/configs/tasks/topics-sample.yaml",
+    "adapt": {
+        "config": "jobs/configs/pretrain/adapt-sample.yaml",
+        "overrides": ["train.max_steps=30"],
+    },
+}
+
+
+def test_task_adaptive_pretraining_reads_the_tasks_own_training_text(tmp_path):
+    """A task's `adapt` config continues the pipeline's pretrained model on that task's training
+    file, labels unused, under its own name; the other tasks start from the pretrained model."""
+    from lmplatform.config import read_yaml
+    from lmplatform.pipeline.config import PipelineConfig
+    from lmplatform.config import ConfigError
+    from lmplatform.pipeline.run import adapt_from, resolve, resolve_adapts
+
+    data = read_yaml(ROOT / "jobs" / "configs" / "pipeline" / "demo.yaml")
+    data["tasks"][1] = ADAPT_TOPICS
+    cfg = PipelineConfig.model_validate({**data, "registry": str(tmp_path / "reg")})
+    pre, tasks, _ = resolve(cfg)
+    (task, adapt), *rest = resolve_adapts(cfg, pre, tasks).items()
+    assert task == "topics-sample" and not rest
+    assert adapt.name == "bert-sample-topics-sample" and adapt.init_from == "bert-sample"
+    assert adapt.corpus.source == tasks[1].task.train and adapt.corpus.document_split == "line"
+    assert adapt.train.max_steps == 30 and not adapt.examples.nsp
+    assert adapt.registry.written == str(tmp_path / "reg")  # the pipeline's storage, not its own
+    # each pretrained version's adaptation runs in its own folder: resuming by name would have
+    # continued the previous parent's adaptation
+    first, second = adapt_from(adapt, "bert-sample@v0001"), adapt_from(adapt, "bert-sample@v0002")
+    assert first.init_from == "bert-sample@v0001" and first.name == adapt.name
+    assert first.output_dir != second.output_dir and first.output_dir.endswith("bert-sample-v0001")
+    # an adapt config that cannot load the pretrained weights fails before any work
+    data["tasks"][1]["adapt"]["overrides"] = ["model.size=mini"]
+    cfg = PipelineConfig.model_validate({**data, "registry": str(tmp_path / "reg")})
+    with pytest.raises(ConfigError, match="task topics-sample: adapt config .* hidden_size="):
+        resolve_adapts(cfg, *resolve(cfg)[:2])
+
+
 def test_preflight_cli_prints_one_line_per_problem(tmp_path):
     work = tmp_path / "w"
     work.mkdir()
@@ -194,7 +233,7 @@ def head():
     stop(proc)
 
 
-def _submit(dashboard: int, out: Path, port: int) -> subprocess.CompletedProcess:
+def _submit(dashboard: int, out: Path, port: int, *extra: str) -> subprocess.CompletedProcess:
     return job_submit(
         dashboard,
         [
@@ -206,6 +245,7 @@ def _submit(dashboard: int, out: Path, port: int) -> subprocess.CompletedProcess
             # the demo exactly as `make demo` runs it (its models must pass the probes), on
             # this test's own port
             f'serve.overrides=["replica_cpus=0", "port={port}", "autoscaling.max_replicas=1"]',
+            *extra,
         ],
         timeout=900,
     )
@@ -292,3 +332,22 @@ def test_pipeline_job_runs_end_to_end_then_skips_finished_stages(head, tmp_path)
     )
     state = json.loads((out / "demo" / "state.json").read_text())
     assert state["pretrain"]["version"] == "v0001"  # nothing was trained twice
+
+    # a task that asks for task-adaptive pretraining: only it re-runs, from the adapted model
+    tasks = yaml.safe_load((ROOT / "jobs" / "configs" / "pipeline" / "demo.yaml").read_text())
+    tasks = tasks["tasks"]
+    tasks[1] = ADAPT_TOPICS
+    third = _submit(head, out, port, f"tasks={json.dumps(tasks)}")
+    log3 = third.stdout + third.stderr
+    assert third.returncode == 0, log3[-4000:]
+    assert_all_skipped(log3, ["pretrain", "finetune:sentiment-sample", "finetune:ner-sample"])
+    adapted = "pretrained/bert-sample-topics-sample@v0001"
+    assert f"[pipeline] adapt:topics-sample: registered {adapted}" in log3, log3[-4000:]
+    assert "[pipeline] finetune:topics-sample: tasks/topics-sample@v0002" in log3
+    state = json.loads((out / "demo" / "state.json").read_text())
+    assert state["finetune:topics-sample"]["parent"] == "bert-sample-topics-sample@v0001"
+    meta = Registry(out / "registry").metadata("pretrained", "bert-sample-topics-sample", "v0001")
+    assert meta["lineage"]["steps"] == 30 and "topics/train.tsv" in meta["lineage"]["corpus"]
+    assert "bert-sample" in str(meta["lineage"]["init_from"])
+    page = (out / "demo" / "report.html").read_text()
+    assert "Task-adaptive pretraining" in page and "bert-sample-topics-sample@v0001" in page

@@ -32,6 +32,7 @@ def main() -> None:
     from lmplatform.runtime import init_ray
 
     pre, tasks, serve_cfg = pipeline.resolve(cfg)  # every stage's config, validated up front
+    adapts = pipeline.resolve_adapts(cfg, pre, tasks)
     init_ray()
     if not args.no_preflight:
         problems = preflight.run_checks(
@@ -40,7 +41,8 @@ def main() -> None:
             storage={"registry": cfg.registry.uri, "output_dir": cfg.output_dir},
             data=preflight.data_wants(pre, tasks),
             gpus=preflight.gpu_wants(serve=serve_cfg),  # the training stages': their workers'
-            workers=preflight.worker_wants(pre, tasks),  # fit on the node types, GPU probes
+            # fit on the node types, GPU probes
+            workers=preflight.worker_wants(pre, tasks, adapts.values()),
             serve=serve_cfg,
         )
         if problems:

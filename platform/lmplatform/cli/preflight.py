@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    """(pretraining, fine-tunings, serve config, storage roots) of any kind of config."""
+    """(pretraining, fine-tunings, serve config, storage roots, task-adaptive pretrainings) of
+    any kind of config."""
     from lmplatform.config import load_config, read_yaml
     from lmplatform.pretraining.config import PretrainJobConfig
     from lmplatform.tune.config import FinetuneJobConfig
@@ -45,20 +46,22 @@ def _load(args):
     raw = read_yaml(args.config)
     if "pretrain" in raw:
         from lmplatform.pipeline.config import PipelineConfig
-        from lmplatform.pipeline.run import resolve
+        from lmplatform.pipeline.run import resolve, resolve_adapts
 
         cfg = load_config(PipelineConfig, args.config, args.overrides)
-        return *resolve(cfg), {"registry": cfg.registry.uri, "output_dir": cfg.output_dir}
+        pre, tasks, serve_cfg = resolve(cfg)
+        roots = {"registry": cfg.registry.uri, "output_dir": cfg.output_dir}
+        return pre, tasks, serve_cfg, roots, list(resolve_adapts(cfg, pre, tasks).values())
     if "corpus" in raw:
         pre = load_config(PretrainJobConfig, args.config, args.overrides)
-        return pre, [], None, {"registry": pre.registry.uri, "output_dir": pre.output_dir}
+        return pre, [], None, {"registry": pre.registry.uri, "output_dir": pre.output_dir}, []
     if "task" in raw:
         f = load_config(FinetuneJobConfig, args.config, args.overrides)
-        return None, [f], None, {"registry": f.registry.uri, "output_dir": f.output_dir}
+        return None, [f], None, {"registry": f.registry.uri, "output_dir": f.output_dir}, []
     from lmplatform.serving.graph import read_serve_config
 
     serve_cfg = read_serve_config(args.config, args.overrides)
-    return None, [], serve_cfg, {"registry": serve_cfg.registry}
+    return None, [], serve_cfg, {"registry": serve_cfg.registry}, []
 
 
 def _submit(args) -> int:
@@ -107,7 +110,7 @@ def main(args) -> None:
         sys.exit(_submit(args))
     from lmplatform.pipeline import preflight
 
-    pre, tasks, serve_cfg, storage = _load(args)
+    pre, tasks, serve_cfg, storage, adapts = _load(args)
     from lmplatform.runtime import init_ray
 
     init_ray(quiet=True)
@@ -117,7 +120,7 @@ def main(args) -> None:
         storage=storage,
         data=preflight.data_wants(pre, tasks),
         gpus=preflight.gpu_wants(serve=serve_cfg),  # the training stages': their workers'
-        workers=preflight.worker_wants(pre, tasks),
+        workers=preflight.worker_wants(pre, tasks, adapts),
         gpu_timeout_s=args.gpu_timeout,
         serve=serve_cfg,
         address=None if args.on_cluster else args.address,

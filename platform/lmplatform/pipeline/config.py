@@ -19,6 +19,17 @@ class StageRef(StrictModel):
     """key=value overrides applied on top of it."""
 
 
+class TaskStage(StageRef):
+    """A fine-tuning job config, optionally preceded by task-adaptive pretraining."""
+
+    adapt: StageRef | None = None
+    """Task-adaptive pretraining (Gururangan et al. 2020) before this task's search: a
+    pretraining config (e.g. jobs/configs/pretrain/adapt-cpu.yaml) run from the pipeline's
+    pretrained model on the task's own training text, labels unused; it is registered as
+    `<pretrained name>-<task>` and the search starts from it. Its `name`, `init_from` and
+    `corpus` are set by the pipeline. null: the search starts from the pretrained model."""
+
+
 class PipelineConfig(JobConfig):
     """A whole pipeline; its `output_dir`, `registry` and `tracking` are every stage's."""
 
@@ -26,7 +37,7 @@ class PipelineConfig(JobConfig):
     """Pipeline name: its state and report live in output_dir/<name>/."""
     pretrain: StageRef
     """Pretraining job config (jobs/configs/pretrain/*.yaml)."""
-    tasks: list[StageRef] = Field(default_factory=list)
+    tasks: list[TaskStage] = Field(default_factory=list)
     """Fine-tuning job configs; each task's parent becomes the pretrained model above."""
     task_overrides: list[str] = Field(default_factory=list)
     """key=value overrides for every task (e.g. a quick run: search.num_samples=2)."""

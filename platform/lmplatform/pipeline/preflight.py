@@ -331,17 +331,18 @@ def _bundle(scaling, custom: bool) -> dict[str, float]:
     return out
 
 
-def worker_wants(pretrain=None, finetunes=()) -> list[Workers]:
-    """Each training stage's workers; a search's are one trial's (its other trials queue)."""
+def worker_wants(pretrain=None, finetunes=(), adapts=()) -> list[Workers]:
+    """Each training stage's workers (pretraining, then each task's adaptive pretraining, then
+    the searches); a search's are one trial's (its other trials queue)."""
     out = []
-    if pretrain is not None:
-        s = pretrain.scaling
+    for pre in [*([pretrain] if pretrain is not None else []), *adapts]:
+        s = pre.scaling
         out.append(
             Workers(
-                f"pretraining {pretrain.name}",
+                f"pretraining {pre.name}",
                 s.min_workers or s.num_workers,
                 _bundle(s, custom=True),
-                pretrain.train.precision == "bf16",
+                pre.train.precision == "bf16",
             )
         )
     for f in finetunes:

@@ -17,6 +17,7 @@ def write_report(cfg: PipelineConfig, state: dict, answers: dict | None = None) 
     parts = [
         *_report_head(cfg.name),
         *_pretrain_section(state.get("pretrain"), out),
+        *_adapt_section(state),
         *_finetune_sections(state, cfg.registry, out),
         *_endpoints_section(state.get("deploy")),
         *_examples_section(answers),
@@ -50,18 +51,35 @@ def _pretrain_section(pre: dict | None, out: str) -> list[str]:
     """The pretrained version, its final metrics and its loss curve."""
     if not pre:
         return []
-    e = html.escape
-    m = pre.get("metrics", {})
-    parts = [
-        "<h2>Pretraining</h2>",
-        f"<p>pretrained/{e(pre['name'])}@{e(pre['version'])}: "
-        + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, int | float))
-        + f" ({pre.get('seconds', 0):.0f} s)</p>",
-    ]
+    parts = ["<h2>Pretraining</h2>", f"<p>{_pretrained_line(pre)}</p>"]
     src = _report_image(out, storage.join(pre["run_dir"], "loss_curve.png"), "pretrain_loss.png")
     if src:
         parts.append(f"<img src='{src}' alt='pretraining loss and throughput'>")
     return parts
+
+
+def _pretrained_line(s: dict) -> str:
+    """A pretraining stage's registered version, final metrics and time, escaped."""
+    metrics = ", ".join(
+        f"{html.escape(k)} {v:.4g}"
+        for k, v in s.get("metrics", {}).items()
+        if isinstance(v, int | float)
+    )
+    return (
+        f"pretrained/{html.escape(s['name'])}@{html.escape(s['version'])}: {metrics}"
+        f" ({s.get('seconds', 0):.0f} s)"
+    )
+
+
+def _adapt_section(state: dict) -> list[str]:
+    """Each task's adaptive pretraining: the version its search started from, final metrics."""
+    adapts = {k.split(":", 1)[1]: s for k, s in state.items() if k.startswith("adapt:")}
+    if not adapts:
+        return []
+    items = "".join(
+        f"<li>{html.escape(task)}: {_pretrained_line(s)}</li>" for task, s in adapts.items()
+    )
+    return ["<h2>Task-adaptive pretraining</h2><ul>" + items + "</ul>"]
 
 
 def _finetune_sections(state: dict, reg: Registry, out: str) -> list[str]:
@@ -74,13 +92,14 @@ def _finetune_sections(state: dict, reg: Registry, out: str) -> list[str]:
     rows = "".join(
         f"<tr><td>{e(task)}</td><td>{e(s['metric'])}</td><td>{s['value']:.4f}</td>"
         + _baseline_cells(s.get("baseline"))
-        + f"<td>v{e(s['version'][1:])}</td><td>{e(str(s.get('best')))}</td><td>{s['trials']}</td></tr>"
+        + f"<td>v{e(s['version'][1:])}</td><td>{e(str(s.get('best')))}</td><td>{s['trials']}</td>"
+        + f"<td>{e(str(s.get('parent', '—')))}</td></tr>"
         for task, s in tasks.items()
     )
     parts = [
         "<h2>Fine-tuning winners</h2><table><tr><th>task</th><th>metric</th><th>dev value</th>"
         "<th>baseline</th><th>gain vs baseline</th>"
-        "<th>version</th><th>best</th><th>trials</th></tr>" + rows + "</table>"
+        "<th>version</th><th>best</th><th>trials</th><th>started from</th></tr>" + rows + "</table>"
     ]
     for task, s in tasks.items():
         parts += _task_details(task, s, reg, out)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from lmplatform import storage
 from lmplatform.config import load_config
 from lmplatform.pipeline.config import PipelineConfig, config_hash
-from lmplatform.pretraining.config import PretrainJobConfig
+from lmplatform.pretraining.config import PretrainJobConfig, adapted_to_task
 from lmplatform.serving.config import ServeConfig
 from lmplatform.tune.config import FinetuneJobConfig
 
@@ -47,13 +47,19 @@ class State:
         storage.write_json(self.path, self.data)
 
 
+def _common(cfg: PipelineConfig) -> list[str]:
+    """The overrides every stage's job config gets: the pipeline's storage and tracking."""
+    common = [f"output_dir={cfg.output_dir}", f"registry={cfg.registry.written}"]
+    if cfg.tracking is not None:
+        common.append(f"tracking={json.dumps(cfg.tracking.model_dump(mode='json'))}")
+    return common
+
+
 def resolve(
     cfg: PipelineConfig,
 ) -> tuple[PretrainJobConfig, list[FinetuneJobConfig], ServeConfig | None]:
     """Every stage's config, validated up front: a typo in the last task fails before pretraining."""
-    common = [f"output_dir={cfg.output_dir}", f"registry={cfg.registry.written}"]
-    if cfg.tracking is not None:
-        common.append(f"tracking={json.dumps(cfg.tracking.model_dump(mode='json'))}")
+    common = _common(cfg)
     pre = load_config(PretrainJobConfig, cfg.pretrain.config, [*cfg.pretrain.overrides, *common])
     tasks = [
         load_config(
@@ -76,17 +82,58 @@ def resolve(
     return pre, tasks, serve_cfg
 
 
+def resolve_adapts(
+    cfg: PipelineConfig, pre: PretrainJobConfig, tasks: list[FinetuneJobConfig]
+) -> dict[str, PretrainJobConfig]:
+    """task -> its task-adaptive pretraining config, for the tasks that ask for one, checked
+    against `pre`'s model now (not after pretraining); `adapt_from` completes it once the
+    pretrained version exists."""
+    from lmplatform.config import ConfigError
+    from lmplatform.pretraining.prepare import model_mismatch
+
+    out = {}
+    for ref, job in zip(cfg.tasks, tasks):
+        if ref.adapt is None:
+            continue
+        base = load_config(
+            PretrainJobConfig, ref.adapt.config, [*ref.adapt.overrides, *_common(cfg)]
+        )
+        adapt = adapted_to_task(base, pre.name, job.task.name, job.task.train)
+        if diff := model_mismatch(adapt.model.model_dump(), pre.model.model_dump()):
+            raise ConfigError(
+                f"task {job.task.name}: adapt config {ref.adapt.config} does not describe the "
+                f"pretrained model {pre.name}: " + ", ".join(diff)
+            )
+        out[job.task.name] = adapt
+    return out
+
+
+def adapt_from(adapt: PretrainJobConfig, parent: str) -> PretrainJobConfig:
+    """The adaptation of the exact pretrained version `parent`, in a run folder of its own:
+    under one folder per name, a run resumes from the newest checkpoint there, so a new parent
+    would have continued the old adaptation instead of starting from its own weights."""
+    out = storage.join(adapt.output_dir, "adapt", parent.replace("@", "-"))
+    return adapt.model_copy(update={"init_from": parent, "output_dir": out})
+
+
 def run(cfg: PipelineConfig, force: bool = False) -> dict:
     """Run (or resume) the pipeline; returns its state."""
 
     pre, tasks, serve_cfg = resolve(cfg)
+    adapts = resolve_adapts(cfg, pre, tasks)
     state = State(storage.join(cfg.output_dir, cfg.name, "state.json"))
+    for stale in [k for k in state.data if k.startswith("adapt:") and k[6:] not in adapts]:
+        del state.data[stale]  # a task that no longer asks for it: not in the report
     reg = cfg.registry
     t_all = time.time()
     prepare_stage(pre, state, force)
     parent = pretrain_stage(pre, state, reg, force)
     for job in tasks:
-        finetune_stage(job.model_copy(update={"parent": parent}), state, reg, force)
+        start = parent
+        if (adapt := adapts.get(job.task.name)) is not None:
+            adapt = adapt_from(adapt, parent)
+            start = pretrain_stage(adapt, state, reg, force, stage=f"adapt:{job.task.name}")
+        finetune_stage(job.model_copy(update={"parent": start}), state, reg, force)
     if serve_cfg is not None:
         deploy(serve_cfg, state)
     state.data["seconds_this_run"] = time.time() - t_all
@@ -117,13 +164,15 @@ def prepare_stage(pre: PretrainJobConfig, state: State, force: bool) -> None:
     _log(f"prepare: done in {time.time() - t0:.0f}s")
 
 
-def pretrain_stage(pre: PretrainJobConfig, state: State, reg: Registry, force: bool) -> str:
-    """Pretraining, registered; returns the pretrained version every task starts from
-    (`name@version`)."""
+def pretrain_stage(
+    pre: PretrainJobConfig, state: State, reg: Registry, force: bool, stage: str = "pretrain"
+) -> str:
+    """Pretraining (or a task's adaptive pretraining), registered; returns the version the
+    tasks after it start from (`name@version`)."""
     h = config_hash(pre)
-    s = state.done("pretrain", h)
+    s = state.done(stage, h)
     if s and not force and s["version"] in reg.versions("pretrained", pre.name):
-        _log(f"pretrain: skipped (same config; pretrained/{pre.name}@{s['version']})")
+        _log(f"{stage}: skipped (same config; pretrained/{pre.name}@{s['version']})")
         return f"{pre.name}@{s['version']}"
     from lmplatform.pretraining.run import export_and_register, run_pretraining
 
@@ -132,7 +181,7 @@ def pretrain_stage(pre: PretrainJobConfig, state: State, reg: Registry, force: b
     name, version, _ = export_and_register(pre, prepared, result)
     meta = reg.metadata("pretrained", name, version)
     state.record(
-        "pretrain",
+        stage,
         h,
         name=name,
         version=version,
@@ -142,7 +191,7 @@ def pretrain_stage(pre: PretrainJobConfig, state: State, reg: Registry, force: b
         run_dir=prepared.run_dir,
         seconds=time.time() - t0,
     )
-    _log(f"pretrain: registered pretrained/{name}@{version} in {time.time() - t0:.0f}s")
+    _log(f"{stage}: registered pretrained/{name}@{version} in {time.time() - t0:.0f}s")
     return f"{pre.name}@{version}"
 
 
@@ -167,6 +216,7 @@ def finetune_stage(job: FinetuneJobConfig, state: State, reg: Registry, force: b
         stage,
         h,
         version=res["version"],
+        parent=job.parent,
         metric=res["metric"],
         value=res["value"],
         promoted=res["promoted"],

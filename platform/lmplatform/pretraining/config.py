@@ -8,6 +8,7 @@ from pydantic import model_validator
 
 from lmplatform.config import Name
 from lmplatform.data.corpus import CorpusConfig
+from lmplatform.data.sources import DataSource
 from lmplatform.jobconfig import JobConfig, check_model_ref
 from lmplatform.models.families import ModelConfig, family
 from lmplatform.models.objective import ExamplesConfig, Objective
@@ -73,3 +74,14 @@ class PretrainJobConfig(JobConfig):
     def objective(self) -> Objective:
         """How the family pretrains: example builder, collator, the run's summary metrics."""
         return family(self.model).objective
+
+
+def adapted_to_task(
+    cfg: PretrainJobConfig, parent: str, task_name: str, train: DataSource
+) -> PretrainJobConfig:
+    """Task-adaptive pretraining (Gururangan et al. 2020): `cfg` continued from `parent` on one
+    task's training file read as unlabelled text, one document per row, and registered as
+    `<parent name>-<task>`."""
+    corpus = CorpusConfig(source=train, document_split="line", min_chars=1)
+    update = {"name": f"{parent.partition('@')[0]}-{task_name}", "init_from": parent}
+    return PretrainJobConfig.model_validate(cfg.model_dump() | update | {"corpus": corpus})

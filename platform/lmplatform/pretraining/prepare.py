@@ -94,23 +94,28 @@ def resolve_init(cfg: PretrainJobConfig) -> tuple[str, Path]:
     name, version = resolve_pretrained(reg, cfg.init_from)
     path = reg.local_path("pretrained", name, version)
     theirs = read_config(path)["model"]
-    ours = cfg.model.model_dump()
-    # vocab: from its tokenizer; size: a preset name (the fields it fills are compared);
-    # ELECTRA's generator is not in the folder (it starts afresh) and its loss weight shapes
-    # no weight: neither needs to match
-    free = {"dropout", "attention_dropout", "vocab_size", "size"}
-    free |= {"generator_fraction", "discriminator_weight"}
-    diff = [
-        f"{k}={ours.get(k)!r} (it has {v!r})"
-        for k, v in theirs.items()
-        if k not in free and ours.get(k) != v
-    ]
+    diff = model_mismatch(cfg.model.model_dump(), theirs)
     if diff:
         raise ConfigError(
             f"init_from={name}@{version}: the model section does not describe that model: "
             + ", ".join(diff)
         )
     return f"{name}@{version}", path
+
+
+def model_mismatch(ours: dict, theirs: dict) -> list[str]:
+    """Where a continued run's `model` section differs from its parent's ('key=ours (it has
+    theirs)'): weights of another shape cannot load."""
+    # vocab: from its tokenizer; size: a preset name (the fields it fills are compared);
+    # ELECTRA's generator is not in the folder (it starts afresh) and its loss weight shapes
+    # no weight: neither needs to match
+    free = {"dropout", "attention_dropout", "vocab_size", "size"}
+    free |= {"generator_fraction", "discriminator_weight"}
+    return [
+        f"{k}={ours.get(k)!r} (it has {v!r})"
+        for k, v in theirs.items()
+        if k not in free and ours.get(k) != v
+    ]
 
 
 def adopt_tokenizer(src: Path, ref: str, out_dir: str) -> str:
