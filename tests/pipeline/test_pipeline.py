@@ -1,6 +1,7 @@
 """The whole path: cluster.yaml against Ray's schema and the GPU pipeline, preflight's planted
 problems, and `ray job submit` of the demo pipeline (then a resubmission that skips every stage)."""
 
+import copy
 import json
 import os
 import re
@@ -165,13 +166,12 @@ ADAPT_TOPICS = {
 def test_task_adaptive_pretraining_reads_the_tasks_own_training_text(tmp_path):
     """A task's `adapt` config continues the pipeline's pretrained model on that task's training
     file, labels unused, under its own name; the other tasks start from the pretrained model."""
-    from lmplatform.config import read_yaml
+    from lmplatform.config import ConfigError, read_yaml
     from lmplatform.pipeline.config import PipelineConfig
-    from lmplatform.config import ConfigError
     from lmplatform.pipeline.run import adapt_from, resolve, resolve_adapts
 
     data = read_yaml(ROOT / "jobs" / "configs" / "pipeline" / "demo.yaml")
-    data["tasks"][1] = ADAPT_TOPICS
+    data["tasks"][1] = copy.deepcopy(ADAPT_TOPICS)  # changed below; the end-to-end test reads it
     cfg = PipelineConfig.model_validate({**data, "registry": str(tmp_path / "reg")})
     pre, tasks, _ = resolve(cfg)
     (task, adapt), *rest = resolve_adapts(cfg, pre, tasks).items()
