@@ -156,6 +156,7 @@ def test_a_deploy_stage_that_cannot_fit_is_refused_before_any_work(
 
 ADAPT_TOPICS = {
     "config": "jobs/configs/tasks/topics-sample.yaml",
+    "overrides": ["search.num_samples=2"],  # the search after adapting: kept short for CI
     "adapt": {
         "config": "jobs/configs/pretrain/adapt-sample.yaml",
         "overrides": ["train.max_steps=30"],

@@ -122,7 +122,8 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict:
     pre, tasks, serve_cfg = resolve(cfg)
     adapts = resolve_adapts(cfg, pre, tasks)
     state = State(storage.join(cfg.output_dir, cfg.name, "state.json"))
-    for stale in [k for k in state.data if k.startswith("adapt:") and k[6:] not in adapts]:
+    asked = {f"adapt:{task}" for task in adapts}
+    for stale in [k for k in state.data if k.startswith("adapt:") and k not in asked]:
         del state.data[stale]  # a task that no longer asks for it: not in the report
     reg = cfg.registry
     t_all = time.time()
