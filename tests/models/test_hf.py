@@ -345,3 +345,8 @@ def test_electra_folder_is_an_electra_for_pretraining_and_imports_back(tmp_path,
                 )
             else:
                 torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=0, atol=ATOL)
+    # a generator checkpoint (google/electra-*-generator) is refused by name, not imported as
+    # if it were the discriminator
+    transformers.ElectraForMaskedLM(cfg).save_pretrained(tmp_path / "generator")
+    with pytest.raises(ValueError, match="ElectraForMaskedLM is ELECTRA's generator"):
+        load_hf_folder(tmp_path / "generator")

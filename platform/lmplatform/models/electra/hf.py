@@ -79,7 +79,15 @@ def pretraining_config(model: nn.Module, specials: dict[str, int | None]) -> dic
 
 def from_config(hf: dict, source: str) -> ElectraConfig:
     """Our config for a transformers ELECTRA config.json (the generator gets our default
-    fraction: checkpoints hold the discriminator)."""
+    fraction: checkpoints hold the discriminator). A generator checkpoint is refused: its
+    encoder is a fraction of the discriminator's width, and importing it silently would hand a
+    user the weaker encoder under the discriminator's name."""
+    if _GENERATOR in hf.get("architectures", []):
+        raise ValueError(
+            f"{source}: {_GENERATOR} is ELECTRA's generator, not the encoder fine-tuning starts "
+            "from; import the discriminator (ElectraForPreTraining, e.g. "
+            "google/electra-small-discriminator)"
+        )
     bert = bert_hf.from_config(hf, source)
     embedding = hf.get("embedding_size", 128)  # transformers' ElectraConfig default
     return ElectraConfig(
@@ -87,6 +95,8 @@ def from_config(hf: dict, source: str) -> ElectraConfig:
         embedding_size=None if embedding == bert.hidden_size else embedding,
     )
 
+
+_GENERATOR = "ElectraForMaskedLM"
 
 # --------------------------------------------------------------------------- warm start
 
