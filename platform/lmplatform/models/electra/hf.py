@@ -77,12 +77,15 @@ def pretraining_config(model: nn.Module, specials: dict[str, int | None]) -> dic
     return {**encoder_config(model.cfg, specials), "architectures": ["ElectraForPreTraining"]}
 
 
+_GENERATOR = "ElectraForMaskedLM"  # transformers' class of ELECTRA's generator
+
+
 def from_config(hf: dict, source: str) -> ElectraConfig:
     """Our config for a transformers ELECTRA config.json (the generator gets our default
     fraction: checkpoints hold the discriminator). A generator checkpoint is refused: its
     encoder is a fraction of the discriminator's width, and importing it silently would hand a
     user the weaker encoder under the discriminator's name."""
-    if _GENERATOR in hf.get("architectures", []):
+    if _GENERATOR in (hf.get("architectures") or []):
         raise ValueError(
             f"{source}: {_GENERATOR} is ELECTRA's generator, not the encoder fine-tuning starts "
             "from; import the discriminator (ElectraForPreTraining, e.g. "
@@ -95,8 +98,6 @@ def from_config(hf: dict, source: str) -> ElectraConfig:
         embedding_size=None if embedding == bert.hidden_size else embedding,
     )
 
-
-_GENERATOR = "ElectraForMaskedLM"
 
 # --------------------------------------------------------------------------- warm start
 
