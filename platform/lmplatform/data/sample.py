@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lmplatform.config import atomic_write_text
 
-VERSION = "v3"
+VERSION = "v4"
 
 # Real first and last names, places and organisations (facts, not copied text), so that a demo
 # model meets the kind of names a newcomer types; templates vary the context around them.
@@ -28,14 +28,38 @@ _FIRST = (
     "John Mary James Anna David Maria Michael Sarah Robert Laura Peter Emma Thomas Julia Daniel "
     "Sofia Carlos Elena Ahmed Fatima Wei Mei Hiroshi Yuki Raj Priya Olga Ivan Pierre Claire Hans "
     "Angela Tony Barack Vladimir Emmanuel Kofi Amara Lucas Isabel Marco Giulia Jan Eva Omar Leila "
-    "Kenji Sven Ingrid Paul George Helen Mark Susan Steve Linda Kevin Nancy Jose Ana Boris Nicola"
+    "Kenji Sven Ingrid Paul George Helen Mark Susan Steve Linda Kevin Nancy Jose Ana Boris Nicola "
+    # v4: a wider inventory from many languages, so that a name the model never saw in
+    # fine-tuning still looks like the names it did see
+    "Alice Andrew Brian Catherine Charles Christopher Deborah Edward Elizabeth Frank Gary Grace "
+    "Henry Jack Jennifer Jessica Karen Katherine Lisa Margaret Matthew Nathan Oliver Patricia "
+    "Rachel Rebecca Richard Ryan Samuel Simon Stephen Victoria William Zoe Abdul Aisha Alejandro "
+    "Aleksandr Amir Anders Antonio Astrid Beatriz Bjorn Chiara Chloe Dmitri Diego Eduardo Erik "
+    "Farid Francesca Gabriel Hamid Hannah Ibrahim Ines Javier Jorge Katarzyna Klaus Lars Lena "
+    "Luis Magnus Mateo Mohammed Nadia Natalia Nikolai Noor Pablo Pedro Rafael Rania Sergei "
+    "Stefan Tariq Tomas Ursula Valentina Wolfgang Yusuf Zainab Akira Haruto Min-jun Ji-woo "
+    "Arjun Ananya Vikram Deepa Xin Jun Ling Hao Chidi Ngozi Kwame Abebe Thabo Zanele Sipho "
+    "Mariam Youssef Leon Felix Maximilian Sophie Camille Louis Hugo Manon Elif Mehmet Ayse"
 ).split()
 _LAST = (
     "Smith Johnson Brown Garcia Miller Davis Wilson Taylor Clark Lewis Walker Young King Wright "
     "Lopez Hill Scott Green Adams Baker Chen Wang Li Zhang Tanaka Sato Kim Park Singh Patel Kumar "
     "Khan Ali Hassan Ivanov Petrov Muller Schmidt Fischer Weber Merkel Dubois Martin Bernard Rossi "
     "Bianchi Silva Santos Costa Fernandez Novak Jansen Andersson Nielsen Okafor Mensah Blair Obama "
-    "Putin Macron Johnson Sturgeon"
+    "Putin Macron Johnson Sturgeon "
+    "Anderson Thomas Jackson White Harris Martinez Robinson Rodriguez Thompson Moore Allen "
+    "Hernandez Nelson Carter Mitchell Perez Roberts Turner Phillips Campbell Parker Evans "
+    "Edwards Collins Stewart Morris Murphy Cook Rogers Morgan Cooper Peterson Reed Bailey Bell "
+    "Gomez Kelly Howard Cox Diaz Richardson Watson Bennett Hughes "
+    "Sanders Myers Ross Foster Kowalski Nowak Wojcik Horvath Nagy Popescu Papadopoulos "
+    "Yilmaz Kaya Demir Haddad Nasser Rahman Hussain Chaudhry Gupta Sharma Reddy Iyer Nair "
+    "Nguyen Tran Pham Liu Huang Zhao Wu Zhou Suzuki Takahashi Watanabe Yamamoto Nakamura Choi "
+    "Jung Lee Oliveira Pereira Alves Ribeiro Rocha Gonzalez Ramirez Torres Flores Morales "
+    "Castillo Romero Moreno Navarro Esposito Romano Colombo Ricci Bruno Lefebvre Moreau "
+    "Laurent Girard Fontaine Becker Hoffmann Schulz Koch Richter Wagner Neumann Bauer Larsen "
+    "Hansen Johansson Karlsson Lindqvist Virtanen Korhonen Janssens Peeters Visser Smit "
+    "Adeyemi Okonkwo Banda Mwangi Otieno Dlamini Nkosi Abubakar Mahmoud Farouk Petrova Volkov "
+    "Sokolov Kuznetsov Popov Morozov Shevchenko Bondarenko Novotny Svoboda Dvorak"
 ).split()
 _CITIES = [
     *"London Paris Berlin Madrid Rome Moscow Tokyo Beijing Shanghai Delhi Mumbai Cairo Lagos "
@@ -43,18 +67,50 @@ _CITIES = [
     "Vienna Prague Warsaw Stockholm Oslo Dublin Lisbon Athens Istanbul Dubai Singapore Seoul "
     "Bangkok Jakarta Manila Lima Brussels Amsterdam Geneva Zurich Frankfurt Munich Milan "
     "Barcelona Jerusalem Baghdad Kabul Tehran Glasgow Manchester Liverpool Osaka".split(),
+    *"Edinburgh Cardiff Belfast Leeds Birmingham Bristol Oxford Cambridge Lyon Marseille "
+    "Toulouse Bordeaux Hamburg Cologne Stuttgart Leipzig Dresden Naples Turin Venice Florence "
+    "Valencia Seville Bilbao Porto Krakow Gdansk Budapest Bucharest Belgrade Zagreb Kyiv "
+    "Minsk Riga Vilnius Tallinn Helsinki Copenhagen Rotterdam Antwerp Ankara Beirut "
+    "Damascus Amman Riyadh Doha Karachi Lahore Islamabad Dhaka Kolkata Chennai Bangalore "
+    "Kathmandu Hanoi Taipei Kyoto Nagoya Busan Perth Melbourne Brisbane Auckland Wellington "
+    "Vancouver Montreal Ottawa Calgary Philadelphia Phoenix Detroit Baltimore Pittsburgh "
+    "Nashville Orlando Portland Minneapolis Cleveland Havana Bogota Caracas Santiago Quito "
+    "Montevideo Accra Dakar Khartoum Kampala Kinshasa Harare Johannesburg Durban "
+    "Casablanca Algiers Tunis Tripoli".split(),
     "New York",
     "Los Angeles",
     "San Francisco",
     "Hong Kong",
     "Mexico City",
     "Buenos Aires",
+    "Addis Ababa",
+    "Cape Town",
+    "Rio de Janeiro",
+    "Tel Aviv",
+    "Kuala Lumpur",
+    "St Petersburg",
 ]
 _COUNTRIES = [
     *"France Germany Italy Spain Britain Russia China Japan India Brazil Canada Mexico Egypt "
     "Nigeria Kenya Australia Iraq Iran Israel Pakistan Turkey Poland Sweden Norway Ireland Greece "
     "Argentina Chile Peru Korea Vietnam Thailand Indonesia Ukraine Texas California Florida Ohio "
-    "Europe Asia Africa Scotland".split(),
+    "Europe Asia Africa Scotland "
+    "Portugal Belgium Netherlands Switzerland Austria Denmark Finland Hungary Romania Bulgaria "
+    "Serbia Croatia Czechia Slovakia Lithuania Latvia Estonia Belarus Georgia Armenia Syria "
+    "Lebanon Jordan Yemen Oman Qatar Kuwait Afghanistan Bangladesh Nepal Myanmar Cambodia "
+    "Malaysia Philippines Singapore Taiwan Mongolia Kazakhstan Uzbekistan Colombia Venezuela "
+    "Ecuador Bolivia Uruguay Paraguay Cuba Jamaica Haiti Morocco Algeria Tunisia Libya Sudan "
+    "Ethiopia Somalia Uganda Tanzania Rwanda Ghana Senegal Cameroon Angola Zambia Zimbabwe "
+    "Mozambique Namibia Botswana Madagascar Iceland Wales England Bavaria Siberia Kashmir "
+    "Gaza Crimea Catalonia Quebec Ontario Alaska Georgia Virginia Arizona Nevada Michigan".split(),
+    "New Zealand",
+    "Saudi Arabia",
+    "North Korea",
+    "Sri Lanka",
+    "Costa Rica",
+    "Ivory Coast",
+    "Latin America",
+    "Middle East",
     "South Africa",
     "United States",
 ]
@@ -62,7 +118,19 @@ _ORGS = [
     *"Reuters Google Microsoft Apple Amazon IBM Intel Toyota Honda Ford Siemens Nokia Samsung "
     "Sony Boeing Airbus Shell BP Exxon Pfizer Nestle Unilever Volkswagen BMW Fiat Renault "
     "Citigroup Barclays HSBC Walmart Disney Netflix Oracle Yahoo NASA NATO FIFA BBC CNN Chelsea "
-    "Arsenal Juventus Interpol UNICEF".split(),
+    "Arsenal Juventus Interpol UNICEF "
+    "Adidas Nike Puma Ikea Lego Zara Carrefour Tesco Aldi Lidl Danone Heineken Carlsberg "
+    "Ericsson Philips Bosch Bayer BASF Novartis Roche AstraZeneca Sanofi Merck Moderna Nissan "
+    "Hyundai Kia Peugeot Volvo Porsche Ferrari Tesla Uber Airbnb Spotify Twitter Facebook Meta "
+    "Instagram YouTube TikTok Alibaba Tencent Baidu Huawei Xiaomi Lenovo Infosys Tata Reliance "
+    "Gazprom Rosneft Aeroflot Lufthansa Ryanair easyJet Qantas Emirates KLM Chevron "
+    "Petrobras Glencore ArcelorMittal Nvidia AMD Qualcomm Cisco Dell HP Adobe "
+    "Salesforce PayPal Visa Mastercard JPMorgan Citibank UBS Santander Allianz AXA "
+    "Starbucks McDonald's Coca-Cola PepsiCo Kellogg Nintendo Panasonic Canon Hitachi Toshiba "
+    "Fujitsu Bloomberg NHK Greenpeace Amnesty Oxfam WHO UNESCO OPEC IMF WTO "
+    "Europol Hamas Hezbollah Taliban Kremlin Pentagon Bundesbank Bayern "
+    "Celtic Ajax Benfica Napoli Lakers Yankees Harvard Stanford MIT "
+    "Yale Princeton Sorbonne Labour Conservatives Democrats Republicans".split(),
     "Goldman Sachs",
     "United Nations",
     "European Union",
@@ -73,10 +141,52 @@ _ORGS = [
     "Associated Press",
     "Federal Reserve",
     "General Motors",
+    "Bank of England",
+    "European Central Bank",
+    "Deutsche Bank",
+    "Morgan Stanley",
+    "Bank of America",
+    "Royal Dutch Shell",
+    "British Airways",
+    "Air France",
+    "Wall Street Journal",
+    "New York Times",
+    "Financial Times",
+    "Amnesty International",
+    "World Health Organization",
+    "International Monetary Fund",
+    "Security Council",
+    "Bayern Munich",
+    "Paris Saint-Germain",
+    "Inter Milan",
+    "AC Milan",
+    "Ajax Amsterdam",
+    "New York Yankees",
+    "Los Angeles Lakers",
+    "Boston Red Sox",
+    "Oxford University",
+    "Harvard University",
+    "University of Tokyo",
+    "Labour Party",
+    "Democratic Party",
+    "Republican Party",
+    "Social Democrats",
+    "Microsoft Corp",
+    "Sony Corp",
+    "Toyota Motor",
+    "Ford Motor",
+    "Rio Tinto",
+    "Al Jazeera",
+    "FC Barcelona",
 ]
 _NATIONAL = (
     "German French Italian Spanish British Russian Chinese Japanese American European Indian "
-    "Brazilian Canadian Mexican Egyptian Australian Iraqi Israeli Turkish Polish Swedish Irish"
+    "Brazilian Canadian Mexican Egyptian Australian Iraqi Israeli Turkish Polish Swedish Irish "
+    "Dutch Belgian Swiss Austrian Danish Norwegian Finnish Greek Portuguese Hungarian Czech "
+    "Romanian Ukrainian Serbian Croatian Scottish Welsh English Korean Vietnamese Thai "
+    "Indonesian Pakistani Iranian Afghan Syrian Lebanese Saudi Palestinian Kenyan Nigerian "
+    "Ghanaian Ethiopian Moroccan Algerian Argentine Chilean Colombian Peruvian Cuban Muslim "
+    "Christian Catholic Jewish Arab Asian African Western Olympic Islamic"
 ).split()
 _EVENTS = [
     "Olympics",
@@ -89,6 +199,29 @@ _EVENTS = [
     "Wimbledon",
     "Oscars",
     "Euro 2024",
+    "Davis Cup",
+    "Ryder Cup",
+    "US Open",
+    "French Open",
+    "Australian Open",
+    "Formula One",
+    "Copa America",
+    "Africa Cup of Nations",
+    "Winter Olympics",
+    "Paralympics",
+    "Cannes Film Festival",
+    "Golden Globes",
+    "Grammy Awards",
+    "Eurovision",
+    "Christmas",
+    "Ramadan",
+    "Easter",
+    "Cold War",
+    "World War Two",
+    "English",
+    "Spanish",
+    "Arabic",
+    "Mandarin",
 ]
 _DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 _MONTHS = "January February March April May June July August September October November December"
@@ -110,7 +243,15 @@ _TOPICS = {
             "humanitarian aid|asylum seekers|human rights|treaty|talks|negotiators|polls|"
             "campaign|candidates|ballot|riots|curfew|occupation|border|regime|dictator|"
             "king|queen|monarchy|court ruling|death toll|victims|survivors|civilians|"
-            "kidnappers|explosion|gunmen|prisoners|dissidents|independence|province|villagers"
+            "kidnappers|explosion|gunmen|prisoners|dissidents|independence|province|villagers|"
+            "foreign ministry|state media|opposition leader|separatists|rebel group|warlord|"
+            "peacekeepers|United Nations envoy|aid convoy|refugee camp|missile strike|drone strike|"
+            "hostage crisis|general strike|state of emergency|martial law|prime ministership|"
+            "interim government|exiled leader|junta|militia|clashes|uprising|crackdown|massacre|"
+            "genocide|war crimes|tribunal|extradition|deportation|migrants|border guards|"
+            "diplomatic row|trade war|nuclear talks|arms deal|missile test|inauguration|"
+            "coalition|landslide victory|runoff|vote count|exit polls|impeachment|scandal|"
+            "Pope|cardinal|pilgrims|cyclone|hurricane|typhoon|tsunami|volcano|wildfire|evacuees"
         ).split("|"),
         verb=(
             "meet|met|meets|agree|agreed|agrees|call for|called for|calls for|reject|rejected|"
@@ -118,7 +259,10 @@ _TOPICS = {
             "negotiate|negotiated|elect|elected|invade|invaded|withdraw|withdrew|"
             "attack|attacked|kill|killed|kills|flee|fled|free|freed|arrest|arrested|"
             "bomb|bombed|resign|resigns|accuse|accused|deploy|deployed|pass|passed|ban|banned|"
-            "evacuate|evacuated|rule|ruled|sentence|sentenced|release|released|storm|stormed"
+            "evacuate|evacuated|rule|ruled|sentence|sentenced|release|released|storm|stormed|"
+            "overthrow|overthrew|annex|annexed|impose|imposed|lift|lifted|expel|expelled|"
+            "veto|vetoed|ratify|ratified|swear in|sworn in|mourn|mourned|shell|shelled|"
+            "retake|retook|surrender|surrendered|execute|executed|pardon|pardoned|oust|ousted"
         ).split("|"),
     ),
     "Sports": dict(
@@ -131,7 +275,15 @@ _TOPICS = {
             "grand prix|open|marathon|world record|penalty|hat-trick|overtime|innings|"
             "home run|touchdown|knockout|lap|podium|qualifier|fixture|transfer|contract|"
             "injury|fans|supporters|relay|sprint|set|round|stage|leaderboard|trophy|"
-            "rugby team|cricket team|basketball team|hockey team|baseball team|racing team"
+            "rugby team|cricket team|basketball team|hockey team|baseball team|racing team|"
+            "forward|winger|centre-back|full-back|point guard|pitcher|wicket|test match|"
+            "one-day series|grand slam title|seeded player|top seed|wild card|doubles|singles|"
+            "free kick|corner|red card|yellow card|extra time|shootout|clean sheet|comeback|"
+            "relegation|promotion|league leaders|title race|transfer window|loan deal|"
+            "olympic team|national team|coach of the year|most valuable player|draft pick|"
+            "heavyweight title|bout|fight|knockout win|pole position|qualifying|pit stop|"
+            "Formula One|grand tour|stage win|yellow jersey|slam dunk|three-pointer|playoff game|"
+            "World Series|Super Bowl|Stanley Cup|Wimbledon|Masters|Open Championship|Ryder Cup"
         ).split("|"),
         verb=(
             "win|won|wins|lose|lost|loses|beat|beats|score|scored|scores|reach|reached|clinch|"
@@ -139,7 +291,10 @@ _TOPICS = {
             "train|trained|thrash|thrashed|rally|rallied|retire|retired|retires|"
             "hit|hits|pitch|pitched|race|raced|finish|finished|sack|sacked|transfer|"
             "triumph|triumphed|equalise|equalised|withdraw from|withdrew from|crash out|"
-            "crashed out|advance|advanced|edge|edged|outscore|outscored"
+            "crashed out|advance|advanced|edge|edged|outscore|outscored|"
+            "sink|sank|stun|stunned|rout|routed|hammer|hammered|overcome|overcame|"
+            "tie|tied|knock out|knocked out|sweep|swept|dominate|dominated|"
+            "crown|crowned|relegate|relegated|promote|promoted|bench|benched"
         ).split("|"),
     ),
     "Business": dict(
@@ -149,10 +304,18 @@ _TOPICS = {
             "quarterly results|revenue|market|prices|budget deficit|banks|jobs|sales|euro|"
             "bonds|tax|unemployment|fuel costs|profit|loss|losses|dividend|shareholders|"
             "chief executive|board|lender|bank|insurer|retailer|airline|car maker|oil giant|"
-            "factory|output|growth|recession|gdp|trade deficit|exports|imports|tariffs|"
+            "factory|output|growth|recession|GDP|trade deficit|exports|imports|tariffs|"
             "currency|yen|pound|gold prices|commodity prices|housing market|mortgage rates|"
             "consumer spending|wages|workers|strike|layoffs|bankruptcy|debt|loans|"
-            "stock exchange|index|nasdaq|bid|deal|acquisition|sales forecast|costs|recall"
+            "stock exchange|index|Nasdaq|bid|deal|acquisition|sales forecast|costs|recall|"
+            "Wall Street|Dow Jones|FTSE|Nikkei|treasury yields|bond market|hedge fund|"
+            "private equity|venture capital|initial public offering|share price|market value|"
+            "annual report|outlook|guidance|analysts|economists|consumer confidence|"
+            "factory orders|jobless claims|payrolls|trade surplus|current account|"
+            "crude oil|natural gas|steel|copper|coffee prices|wheat prices|supermarket chain|"
+            "carmaker|drugmaker|chipmaker|telecoms group|media group|mining company|"
+            "pension fund|credit rating|downgrade|bailout|stimulus|fiscal policy|rate cut|"
+            "rate hike|price war|supply chain|shareholder vote|buyout|spin-off|job cuts"
         ).split("|"),
         verb=(
             "fall|fell|falls|rise|rose|rises|jump|jumped|jumps|drop|dropped|slump|slumped|"
@@ -160,7 +323,11 @@ _TOPICS = {
             "buy|bought|sell|sold|report|reported|reports|post|posted|forecast|"
             "ease|eased|eases|soar|soared|plunge|plunged|acquire|acquired|merge|merged|"
             "invest|invested|recall|recalled|borrow|borrowed|lend|lent|hire|hired|"
-            "lay off|laid off|trade|traded|beat forecasts|missed forecasts|cheer|cheered"
+            "lay off|laid off|trade|traded|beat forecasts|missed forecasts|cheer|cheered|"
+            "tumble|tumbled|rally|rallied|rebound|rebounded|stall|stalled|shrink|shrank|"
+            "expand|expanded|downgrade|downgraded|upgrade|upgraded|list|listed|delist|delisted|"
+            "restructure|restructured|outsource|outsourced|profit from|profited from|"
+            "go bankrupt|went bankrupt|file for bankruptcy|filed for bankruptcy"
         ).split("|"),
     ),
     "Sci/Tech": dict(
@@ -172,10 +339,19 @@ _TOPICS = {
             "processor|microchip|computer maker|software maker|app|apps|users|passwords|"
             "email|spam|online music|digital camera|video game|game console|tablet|"
             "broadband|cloud service|artificial intelligence|algorithm|database|server|"
-            "space probe|rocket|spacecraft|space station|mars|moon|galaxy|comet|asteroid|"
+            "space probe|rocket|spacecraft|space station|Mars|Moon|galaxy|comet|asteroid|"
             "species|fossil|dinosaur|climate change|glaciers|vaccine|gene|cells|brain|"
             "physicists|biologists|laboratory|experiment|battery|solar panel|electric car|"
-            "web browser|search results|encryption|worm|malware|cyber attack"
+            "web browser|search results|encryption|worm|malware|cyber attack|"
+            "quantum computer|supercomputer|semiconductor|microprocessor|graphics card|"
+            "social network|online service|streaming service|mobile network|5G network|"
+            "Wi-Fi|Bluetooth|open source|Linux|Windows|source code|programmers|developers|"
+            "chatbot|language model|machine learning|neural network|data centre|privacy|"
+            "touchscreen|headset|virtual reality|drone|self-driving car|electric vehicle|"
+            "Mars rover|lunar lander|space telescope|black hole|exoplanet|solar system|"
+            "particle physics|DNA|stem cells|clinical trial|gene therapy|antibiotics|"
+            "bacteria|ocean|coral reef|ice sheet|carbon emissions|fusion reactor|"
+            "lab|NASA mission|launch pad|astronauts|orbit"
         ).split("|"),
         verb=(
             "unveil|unveiled|unveils|launch|launched|launches|discover|discovered|develop|"
@@ -183,7 +359,10 @@ _TOPICS = {
             "study|studied|upgrade|upgraded|design|designed|"
             "announce|announced|announces|invent|invented|detect|detected|spot|spotted|"
             "map|mapped|decode|decoded|patch|patched|download|downloaded|orbit|orbited|"
-            "observe|observed|simulate|simulated|steal data|stole data|crash|crashed"
+            "observe|observed|simulate|simulated|steal data|stole data|crash|crashed|"
+            "code|coded|program|programmed|encrypt|encrypted|stream|streamed|"
+            "sequence|sequenced|clone|cloned|measure|measured|photograph|photographed|"
+            "land on|landed on|dock with|docked with|compute|computed|install|installed"
         ).split("|"),
     ),
 }
@@ -242,7 +421,18 @@ _POS = (
     "fresh smart witty engaging lovely terrific outstanding impressive heartfelt inspiring "
     "entertaining good fun perfect magnificent riveting thoughtful hilarious refreshing "
     "generous original uplifting gorgeous tender sharp exciting compelling elegant rich "
-    "satisfying marvellous lively sweet haunting exhilarating absorbing affecting vivid"
+    "satisfying marvellous lively sweet haunting exhilarating absorbing affecting vivid "
+    "awesome excellent fabulous splendid glorious wonderful lovable likeable charismatic "
+    "captivating enchanting mesmerising mesmerizing spellbinding breathtaking dazzling "
+    "astonishing remarkable extraordinary exceptional sublime masterful accomplished "
+    "polished assured confident ambitious bold daring inventive imaginative creative "
+    "inspired intelligent insightful profound poignant powerful rousing stirring thrilling "
+    "suspenseful tense taut nail-biting gripping unforgettable timeless classic flawless "
+    "beautiful pretty cute adorable heartwarming feel-good sweet genuine honest sincere "
+    "convincing believable authentic nuanced layered rich deep satisfying rewarding fun "
+    "hilarious amusing charming delightful playful clever smart sharp fresh original "
+    "unique stylish slick gorgeous lush epic grand spectacular jaw-dropping top-notch "
+    "first-rate superb wonderful brilliant great fine solid strong nice pleasant cool"
 ).split()
 _NEG = (
     "dull tedious clumsy awful lifeless boring messy bland painful forgettable terrible bad poor "
@@ -250,7 +440,18 @@ _NEG = (
     "lazy shallow unfunny overlong ugly mediocre dreadful tiresome muddled pretentious "
     "incoherent sloppy dismal lame "
     "thin cheap rushed cliched hollow clunky tired stale empty crude ridiculous irritating "
-    "bloated soulless grim lousy amateurish wooden plodding uninspired"
+    "bloated soulless grim lousy amateurish wooden plodding uninspired "
+    "atrocious abysmal appalling pathetic useless worthless hopeless tedious monotonous "
+    "repetitive formulaic derivative unoriginal generic lazy sloppy shoddy careless "
+    "incompetent amateur unwatchable unbearable insufferable excruciating cringeworthy "
+    "embarrassing awkward stiff hammy overacted wooden lifeless joyless humourless "
+    "pointless aimless meandering rambling confused convoluted nonsensical illogical "
+    "implausible unbelievable contrived forced heavy-handed preachy smug sentimental "
+    "mawkish sappy syrupy cheesy corny trite hackneyed stale worn-out predictable obvious "
+    "shallow superficial vapid empty hollow thin weak feeble limp tepid lukewarm bland "
+    "dreary drab gloomy depressing miserable ugly nasty vile gross offensive disgusting "
+    "unpleasant irritating annoying grating obnoxious exhausting draining long overlong "
+    "sluggish slow dull boring tiresome terrible horrible awful dreadful bad worse worst"
 ).split()
 _POS_IDIOMS = [
     "highly recommended",
@@ -261,6 +462,21 @@ _POS_IDIOMS = [
     "one of the best films of the year",
     "i loved every minute of it",
     "a joy to watch",
+    "an instant classic",
+    "a real gem",
+    "a masterpiece",
+    "pure magic",
+    "worth the price of admission",
+    "do not miss it",
+    "go and see it",
+    "five stars",
+    "ten out of ten",
+    "a perfect evening out",
+    "it made my day",
+    "i could watch it again and again",
+    "it blew me away",
+    "it kept me on the edge of my seat",
+    "a crowd pleaser",
 ]
 _NEG_IDIOMS = [
     "a waste of time",
@@ -271,8 +487,32 @@ _NEG_IDIOMS = [
     "i hated every minute of it",
     "a chore to sit through",
     "avoid it",
+    "a complete disaster",
+    "a total flop",
+    "a huge letdown",
+    "what a mess",
+    "save your money",
+    "skip this one",
+    "do not bother",
+    "one star",
+    "zero out of ten",
+    "i fell asleep",
+    "i want my money back",
+    "it put me to sleep",
+    "it goes nowhere",
+    "nothing happens",
+    "i could not wait for it to end",
+    "a painful experience",
 ]
-_LIKE = {1: ["loved", "enjoyed", "liked", "adored"], 0: ["hated", "disliked", "regretted"]}
+_LIKE = {
+    1: ["loved", "enjoyed", "liked", "adored", "really liked", "really enjoyed", "admired"],
+    0: ["hated", "disliked", "regretted", "could not stand", "was bored by", "despised"],
+}
+# nouns that carry the verdict themselves: "a gem", "a mess"
+_VERDICT = {
+    1: "gem masterpiece triumph delight treat joy winner pleasure marvel classic knockout".split(),
+    0: "mess disaster bore failure flop letdown chore dud mistake joke disgrace snooze".split(),
+}
 _THINGS = (
     "film movie story acting script ending soundtrack cast direction dialogue pacing plot "
     "performances characters photography comedy drama thriller remake sequel picture "
@@ -359,7 +599,12 @@ def _topic_sentence(w: _World, topic: str) -> str:
     text = frame.format(
         N1=n1, N2=n2, N3=n3, V=r.choice(t["verb"]), V2=r.choice(t["verb"]), **filler
     )
+    if r.random() < 0.3:  # headline case, as many wires and sites write them
+        text = " ".join(x if x in _SMALL_WORDS else _cap(x) for x in text.split())
     return _cap(f"{text}{tail} .")
+
+
+_SMALL_WORDS = set("a an the of in on at to as and or for by with from after over".split())
 
 
 def _review(w: _World) -> tuple[str, int]:
@@ -405,9 +650,41 @@ def _review(w: _World) -> tuple[str, int]:
         lambda: r.choice(_POS_IDIOMS if label else _NEG_IDIOMS),
         lambda: f"the {thing} by {w.person()} {r.choice(_BE)} {adj(label)}",
         lambda: f"the {'best' if label else 'worst'} {thing} of the year",
+        *_more_reviews(w, label, adj, clause, thing),
     ]
-    text = r.choice(forms)() + r.choice([" .", " .", " !", ""])
-    return (_cap(text) if r.random() < 0.5 else text), label
+    text = r.choice(forms)()
+    if not text.endswith("?"):
+        text += r.choice([" .", " .", " !", "", " !!", " ..."])
+    if r.random() < 0.7:  # most people write "I"; some type everything in lower case
+        text = " ".join("I" if x == "i" else x for x in text.split())
+    return (_cap(text) if r.random() < 0.6 else text), label
+
+
+def _more_reviews(w: _World, label: int, adj, clause, thing: str) -> list:
+    """v4's shapes: verdict nouns, questions, "not ... at all", exclamations, a named actor."""
+    r = w.rng
+    other = 1 - label
+    return [
+        lambda: f"a {r.choice(_VERDICT[label])}",
+        lambda: f"the {thing} is a {adj(label)} {r.choice(_VERDICT[label])}",
+        lambda: f"what a {r.choice(_VERDICT[label])}",
+        lambda: f"what a {adj(label)} {thing}",
+        lambda: f"not {adj(other)} at all",
+        lambda: f"anything but {adj(other)}",
+        lambda: f"how can a {thing} be so {adj(label)} ?",
+        lambda: f"why is the {thing} so {adj(label)} ?",
+        lambda: f"{adj(label)} from start to finish",
+        lambda: f"{adj(label)} , {adj(label)} {thing}",
+        lambda: f"{w.person()} is {adj(label)} in it",
+        lambda: f"even the {thing} {r.choice(_BE)} {adj(label)}",
+        lambda: f"i {r.choice(_LIKE[label])} every minute of it",
+        lambda: f"easily the {'best' if label else 'worst'} {thing} i have seen",
+        lambda: f"i {'would' if label else 'would never'} recommend it",
+        lambda: f"i {'can not wait' if label else 'do not want'} to see it again",
+        lambda: f"{clause(label)} and {clause(label)}",
+        lambda: f"{clause(other)} , and yet {clause(label)}",
+        lambda: f"not a {r.choice(_VERDICT[other])} , {clause(label)}",
+    ]
 
 
 _NER_FRAMES = [
@@ -439,6 +716,22 @@ _NER_FRAMES = [
     "The {national} company {org} hired {person} as chief executive .",
     "According to {org} , {person} will leave {city} in {month} .",
     "{person} thanked {org} after the {event} .",
+    "{person} , who grew up in {place} , now lives in {city} .",
+    "Fans of {org} celebrated in the streets of {city} .",
+    "{org} and {org} agreed to merge , the companies said on {day} .",
+    "The {national} striker {person} joined {org} for 20 million euros .",
+    "{person} will speak at a conference in {city} in {month} .",
+    "Talks between {country} and {country} ended without a deal .",
+    "{person} beat {person} in the final of the {event} .",
+    "Heavy rain caused floods in {place} last week .",
+    "{org} chief executive {person} resigned on {day} .",
+    "Tourists from {country} flocked to {city} during the {event} .",
+    "{person} , 34 , has played for {org} since 2019 .",
+    "A {national} court fined {org} over the deal .",
+    "{person} spent ten years in {country} before returning to {place} .",
+    "Is {person} coming to {city} for the {event} ?",
+    "{person} lost to {person} at the {event} .",
+    "Engineers at {org} in {city} built the new engine .",
 ]
 # Sentences of everyday words around (or without) names: common nouns, roles and verbs are O
 # wherever they stand, capitalised at the start of a sentence too, so a model learns what is
@@ -472,19 +765,37 @@ _NOUNS = (
     "newspaper letter phone computer price job jobs bill vote election meeting talks visit "
     "project building station airport harbour port bus traffic weather winter summer water "
     "food crops cattle staff board shareholders customers passengers residents "
-    "tourists protesters police officers firefighters scientists researchers study results"
+    "tourists protesters police officers firefighters scientists researchers study results "
+    "apple window door table chair kitchen bedroom garage street park beach hill valley desert "
+    "castle palace tower library university college hall stage theatre concert festival "
+    "party wedding funeral birthday holiday trip journey flight ticket passport border "
+    "army navy ships boats engine machine software website network battery signal "
+    "doctor patient medicine vaccine virus disease hospital clinic ambulance accident "
+    "crash storm earthquake election campaign debate speech interview article story novel "
+    "poem painting photo camera screen radio television studio album song band singer actor "
+    "actress director audience stadium track pool gym horse dog cat bird fish farm field "
+    "harvest wheat coffee tea bread milk wine beer market supermarket mall bakery pharmacy "
+    "lawyers judges jury verdict sentence prison cell guard gate fence wall roof floor stairs"
 ).split()
 _ROLES = (
     "lawyer teacher doctor spokesman spokeswoman engineer farmer student writer banker nurse "
     "chef pilot judge officer reporter coach manager minister official doctor scientist "
-    "professor priest mayor soldier driver clerk analyst"
+    "professor priest mayor soldier driver clerk analyst "
+    "captain goalkeeper striker referee singer actor director editor designer architect "
+    "accountant mechanic plumber electrician cashier waiter baker butcher fisherman miner "
+    "surgeon dentist pharmacist vet detective sergeant general colonel ambassador senator "
+    "governor chairman president founder owner neighbour landlord tenant volunteer"
 ).split()
 _VERBS = (
     "said bought sold opened closed visited called asked treated delayed raised cut lost won "
     "built moved left found sent read watched paid hired praised criticised rejected approved "
     "questioned ignored repaired cleaned signed reviewed blamed welcomed cancelled postponed "
     "announced expected reported defended attacked reached missed changed improved reduced "
-    "increased warned thanked helped followed joined supported opposed described studied"
+    "increased warned thanked helped followed joined supported opposed described studied "
+    "fixed painted cooked carried dropped broke stole chased caught taught learned wrote "
+    "sang played watched heard saw met married hosted invited arrested fined sued charged "
+    "interviewed inspected tested designed launched delivered ordered shipped planted "
+    "harvested crossed climbed entered emptied filled locked unlocked shared"
 ).split()
 _TIMES = [
     "",
