@@ -12,8 +12,8 @@ PROBES = yaml.safe_load((Path(__file__).with_name("probes.yaml")).read_text())
 BROAD = yaml.safe_load((Path(__file__).with_name("probes_broad.yaml")).read_text())
 """40 per task; sample v3 was tuned against them (see the file's head)."""
 BLIND = yaml.safe_load((Path(__file__).with_name("probes_blind.yaml")).read_text())
-"""40 per task, written by someone who never saw the sample generator, and kept unseen: score
-it, never read its misses while changing the sample. (Its sentiment lines were seen while sample
+"""40 per task, written by a helper who never opened the repository, and kept unseen: score it,
+never read its misses while changing the sample. (Its sentiment lines were seen while sample
 v4 was written, so v4's sentiment score on it is not a blind figure; BLIND2 is.)"""
 BLIND2 = yaml.safe_load((Path(__file__).with_name("probes_blind2.yaml")).read_text())
 """A second blind set (40 per task), written for sample v4 by a helper who never opened the
@@ -74,8 +74,8 @@ def registry_predict(registry: str) -> Callable[[str, list[str]], list[dict]]:
 
 
 if __name__ == "__main__":
-    # `.venv/bin/python tests/probes.py runs/demo/registry`: both probe sets against the
-    # promoted demo models of a registry, the misses listed
+    # `.venv/bin/python tests/probes.py runs/demo/registry`: every probe set against the
+    # promoted demo models of a registry; misses listed for the two sets that are not blind
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
