@@ -585,6 +585,10 @@ class _World:
         return self.rng.choice(table[kind])
 
 
+# words headline case leaves in lower case
+_SMALL_WORDS = set("a an the of in on at to as and or for by with from after over".split())
+
+
 def _topic_sentence(w: _World, topic: str) -> str:
     r = w.rng
     t = _TOPICS[topic]
@@ -602,9 +606,6 @@ def _topic_sentence(w: _World, topic: str) -> str:
     if r.random() < 0.3:  # headline case, as many wires and sites write them
         text = " ".join(x if x in _SMALL_WORDS else _cap(x) for x in text.split())
     return _cap(f"{text}{tail} .")
-
-
-_SMALL_WORDS = set("a an the of in on at to as and or for by with from after over".split())
 
 
 def _review(w: _World) -> tuple[str, int]:
