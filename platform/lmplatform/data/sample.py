@@ -20,7 +20,13 @@ from pathlib import Path
 
 from lmplatform.config import atomic_write_text
 
-VERSION = "v4"
+VERSION = "v5"
+
+
+def _words(text: str, sep: str | None = None) -> list[str]:
+    """The words of a list, without repeats, in order (a repeat would be drawn twice as often)."""
+    return list(dict.fromkeys(text.split(sep)))
+
 
 # Real first and last names, places and organisations (facts, not copied text), so that a demo
 # model meets the kind of names a newcomer types; templates vary the context around them.
@@ -41,7 +47,7 @@ _FIRST = (
     "Arjun Ananya Vikram Deepa Xin Jun Ling Hao Chidi Ngozi Kwame Abebe Thabo Zanele Sipho "
     "Mariam Youssef Leon Felix Maximilian Sophie Camille Louis Hugo Manon Elif Mehmet Ayse"
 ).split()
-_LAST = (
+_LAST = _words(
     "Smith Johnson Brown Garcia Miller Davis Wilson Taylor Clark Lewis Walker Young King Wright "
     "Lopez Hill Scott Green Adams Baker Chen Wang Li Zhang Tanaka Sato Kim Park Singh Patel Kumar "
     "Khan Ali Hassan Ivanov Petrov Muller Schmidt Fischer Weber Merkel Dubois Martin Bernard Rossi "
@@ -60,7 +66,7 @@ _LAST = (
     "Hansen Johansson Karlsson Lindqvist Virtanen Korhonen Janssens Peeters Visser Smit "
     "Adeyemi Okonkwo Banda Mwangi Otieno Dlamini Nkosi Abubakar Mahmoud Farouk Petrova Volkov "
     "Sokolov Kuznetsov Popov Morozov Shevchenko Bondarenko Novotny Svoboda Dvorak"
-).split()
+)
 _CITIES = [
     *"London Paris Berlin Madrid Rome Moscow Tokyo Beijing Shanghai Delhi Mumbai Cairo Lagos "
     "Nairobi Sydney Toronto Chicago Boston Washington Seattle Houston Miami Dallas Atlanta Denver "
@@ -102,7 +108,7 @@ _COUNTRIES = [
     "Ecuador Bolivia Uruguay Paraguay Cuba Jamaica Haiti Morocco Algeria Tunisia Libya Sudan "
     "Ethiopia Somalia Uganda Tanzania Rwanda Ghana Senegal Cameroon Angola Zambia Zimbabwe "
     "Mozambique Namibia Botswana Madagascar Iceland Wales England Bavaria Siberia Kashmir "
-    "Gaza Crimea Catalonia Quebec Ontario Alaska Georgia Virginia Arizona Nevada Michigan".split(),
+    "Gaza Crimea Catalonia Quebec Ontario Alaska Virginia Arizona Nevada Michigan".split(),
     "New Zealand",
     "Saudi Arabia",
     "North Korea",
@@ -233,7 +239,7 @@ _MONTHS = _MONTHS.split()
 # every topic, so only the words tell topics apart and a model learns the words, not the frames.
 _TOPICS = {
     "World": dict(
-        noun=(
+        noun=_words(
             "president|prime minister|foreign minister|rebels|government troops|protesters|army|"
             "diplomats|world leaders|voters|opposition|parliament|ceasefire|peace talks|election|"
             "border crisis|sanctions|peace deal|constitution|refugees|nuclear programme|"
@@ -251,22 +257,24 @@ _TOPICS = {
             "genocide|war crimes|tribunal|extradition|deportation|migrants|border guards|"
             "diplomatic row|trade war|nuclear talks|arms deal|missile test|inauguration|"
             "coalition|landslide victory|runoff|vote count|exit polls|impeachment|scandal|"
-            "Pope|cardinal|pilgrims|cyclone|hurricane|typhoon|tsunami|volcano|wildfire|evacuees"
-        ).split("|"),
-        verb=(
+            "Pope|cardinal|pilgrims|cyclone|hurricane|typhoon|tsunami|volcano|wildfire|evacuees",
+            sep="|",
+        ),
+        verb=_words(
             "meet|met|meets|agree|agreed|agrees|call for|called for|calls for|reject|rejected|"
             "condemn|condemned|warn|warned|sign|signed|vote on|voted on|protest|protested|"
             "negotiate|negotiated|elect|elected|invade|invaded|withdraw|withdrew|"
             "attack|attacked|kill|killed|kills|flee|fled|free|freed|arrest|arrested|"
             "bomb|bombed|resign|resigns|accuse|accused|deploy|deployed|pass|passed|ban|banned|"
-            "evacuate|evacuated|rule|ruled|sentence|sentenced|release|released|storm|stormed|"
+            "evacuate|evacuated|rule|ruled|sentence|sentenced|storm|stormed|"
             "overthrow|overthrew|annex|annexed|impose|imposed|lift|lifted|expel|expelled|"
-            "veto|vetoed|ratify|ratified|swear in|sworn in|mourn|mourned|shell|shelled|"
-            "retake|retook|surrender|surrendered|execute|executed|pardon|pardoned|oust|ousted"
-        ).split("|"),
+            "veto|vetoed|ratify|ratified|swear in|sworn in|mourn|mourned|"
+            "retake|retook|surrender|surrendered|execute|executed|pardon|pardoned|oust|ousted",
+            sep="|",
+        ),
     ),
     "Sports": dict(
-        noun=(
+        noun=_words(
             "striker|coach|champion|team|captain|goalkeeper|club|quarterback|sprinter|fans|title|"
             "final|match|league|championship|cup final|gold medal|race|tournament|semi-final|"
             "season|derby|goal|stadium|referee|player|squad|medal|record|playoffs|"
@@ -283,22 +291,24 @@ _TOPICS = {
             "olympic team|national team|coach of the year|most valuable player|draft pick|"
             "heavyweight title|bout|fight|knockout win|pole position|qualifying|pit stop|"
             "Formula One|grand tour|stage win|yellow jersey|slam dunk|three-pointer|playoff game|"
-            "World Series|Super Bowl|Stanley Cup|Wimbledon|Masters|Open Championship|Ryder Cup"
-        ).split("|"),
-        verb=(
+            "World Series|Super Bowl|Stanley Cup|Wimbledon|Masters|Open Championship|Ryder Cup",
+            sep="|",
+        ),
+        verb=_words(
             "win|won|wins|lose|lost|loses|beat|beats|score|scored|scores|reach|reached|clinch|"
-            "clinched|defend|defended|draw|drew|sign|signed|resign|resigned|qualify|qualified|"
-            "train|trained|thrash|thrashed|rally|rallied|retire|retired|retires|"
+            "clinched|defend|defended|draw|drew|qualify|qualified|"
+            "train|trained|thrash|thrashed|retire|retired|retires|"
             "hit|hits|pitch|pitched|race|raced|finish|finished|sack|sacked|transfer|"
             "triumph|triumphed|equalise|equalised|withdraw from|withdrew from|crash out|"
             "crashed out|advance|advanced|edge|edged|outscore|outscored|"
             "sink|sank|stun|stunned|rout|routed|hammer|hammered|overcome|overcame|"
             "tie|tied|knock out|knocked out|sweep|swept|dominate|dominated|"
-            "crown|crowned|relegate|relegated|promote|promoted|bench|benched"
-        ).split("|"),
+            "crown|crowned|relegate|relegated|promote|promoted|bench|benched",
+            sep="|",
+        ),
     ),
     "Business": dict(
-        noun=(
+        noun=_words(
             "shares|stocks|investors|company|central bank|oil prices|dollar|profits|retail sales|"
             "economy|exports|stock market|earnings|interest rates|inflation|merger|takeover|"
             "quarterly results|revenue|market|prices|budget deficit|banks|jobs|sales|euro|"
@@ -315,9 +325,10 @@ _TOPICS = {
             "crude oil|natural gas|steel|copper|coffee prices|wheat prices|supermarket chain|"
             "carmaker|drugmaker|chipmaker|telecoms group|media group|mining company|"
             "pension fund|credit rating|downgrade|bailout|stimulus|fiscal policy|rate cut|"
-            "rate hike|price war|supply chain|shareholder vote|buyout|spin-off|job cuts"
-        ).split("|"),
-        verb=(
+            "rate hike|price war|supply chain|shareholder vote|buyout|spin-off|job cuts",
+            sep="|",
+        ),
+        verb=_words(
             "fall|fell|falls|rise|rose|rises|jump|jumped|jumps|drop|dropped|slump|slumped|"
             "climb|climbed|climbs|surge|surged|slip|slipped|raise|raised|raises|cut|cuts|"
             "buy|bought|sell|sold|report|reported|reports|post|posted|forecast|"
@@ -325,13 +336,14 @@ _TOPICS = {
             "invest|invested|recall|recalled|borrow|borrowed|lend|lent|hire|hired|"
             "lay off|laid off|trade|traded|beat forecasts|missed forecasts|cheer|cheered|"
             "tumble|tumbled|rally|rallied|rebound|rebounded|stall|stalled|shrink|shrank|"
-            "expand|expanded|downgrade|downgraded|upgrade|upgraded|list|listed|delist|delisted|"
+            "expand|expanded|downgrade|downgraded|list|listed|delist|delisted|"
             "restructure|restructured|outsource|outsourced|profit from|profited from|"
-            "go bankrupt|went bankrupt|file for bankruptcy|filed for bankruptcy"
-        ).split("|"),
+            "go bankrupt|went bankrupt|file for bankruptcy|filed for bankruptcy",
+            sep="|",
+        ),
     ),
     "Sci/Tech": dict(
-        noun=(
+        noun=_words(
             "researchers|scientists|engineers|software|chip|computer|astronomers|internet|hackers|"
             "smartphone|satellite|software update|security flaw|planet|browser|robot|"
             "search engine|wireless network|telescope|operating system|virus|laptop|space|"
@@ -351,9 +363,10 @@ _TOPICS = {
             "Mars rover|lunar lander|space telescope|black hole|exoplanet|solar system|"
             "particle physics|DNA|stem cells|clinical trial|gene therapy|antibiotics|"
             "bacteria|ocean|coral reef|ice sheet|carbon emissions|fusion reactor|"
-            "lab|NASA mission|launch pad|astronauts|orbit"
-        ).split("|"),
-        verb=(
+            "lab|NASA mission|launch pad|astronauts|orbit",
+            sep="|",
+        ),
+        verb=_words(
             "unveil|unveiled|unveils|launch|launched|launches|discover|discovered|develop|"
             "developed|release|released|releases|test|tested|build|built|fix|fixed|hack|hacked|"
             "study|studied|upgrade|upgraded|design|designed|"
@@ -362,8 +375,9 @@ _TOPICS = {
             "observe|observed|simulate|simulated|steal data|stole data|crash|crashed|"
             "code|coded|program|programmed|encrypt|encrypted|stream|streamed|"
             "sequence|sequenced|clone|cloned|measure|measured|photograph|photographed|"
-            "land on|landed on|dock with|docked with|compute|computed|install|installed"
-        ).split("|"),
+            "land on|landed on|dock with|docked with|compute|computed|install|installed",
+            sep="|",
+        ),
     ),
 }
 _TOPIC_FRAMES = [
@@ -415,7 +429,7 @@ _TOPIC_NAMES = {
 
 # ---------------------------------------------------------------------------- reviews
 
-_POS = (
+_POS = _words(
     "wonderful delightful moving brilliant charming gripping warm clever beautiful joyful great "
     "excellent superb funny touching fantastic amazing enjoyable stunning powerful memorable "
     "fresh smart witty engaging lovely terrific outstanding impressive heartfelt inspiring "
@@ -433,8 +447,8 @@ _POS = (
     "hilarious amusing charming delightful playful clever smart sharp fresh original "
     "unique stylish slick gorgeous lush epic grand spectacular jaw-dropping top-notch "
     "first-rate superb wonderful brilliant great fine solid strong nice pleasant cool"
-).split()
-_NEG = (
+)
+_NEG = _words(
     "dull tedious clumsy awful lifeless boring messy bland painful forgettable terrible bad poor "
     "weak predictable silly stupid slow disappointing confusing horrible flat pointless annoying "
     "lazy shallow unfunny overlong ugly mediocre dreadful tiresome muddled pretentious "
@@ -452,7 +466,7 @@ _NEG = (
     "dreary drab gloomy depressing miserable ugly nasty vile gross offensive disgusting "
     "unpleasant irritating annoying grating obnoxious exhausting draining long overlong "
     "sluggish slow dull boring tiresome terrible horrible awful dreadful bad worse worst"
-).split()
+)
 _POS_IDIOMS = [
     "highly recommended",
     "a must see",
@@ -513,11 +527,14 @@ _VERDICT = {
     1: "gem masterpiece triumph delight treat joy winner pleasure marvel classic knockout".split(),
     0: "mess disaster bore failure flop letdown chore dud mistake joke disgrace snooze".split(),
 }
+# what a review talks about: countable nouns take "a" ("a dull film"); mass nouns only "the"
+# ("the acting is dull"); plurals "are"
 _THINGS = (
-    "film movie story acting script ending soundtrack cast direction dialogue pacing plot "
-    "performances characters photography comedy drama thriller remake sequel picture "
-    "direction effects music script humour visuals story-telling"
+    "film movie story script ending soundtrack cast plot comedy drama thriller remake sequel "
+    "picture performance documentary musical cartoon show series episode"
 ).split()
+_MASS = "acting direction dialogue pacing photography music humour story-telling editing".split()
+_PLURAL = "performances characters effects visuals jokes songs actors scenes".split()
 _ADV = {
     1: [
         "beautifully shot",
@@ -541,6 +558,29 @@ _ADV = {
 }
 _BE = ["is", "was", "feels", "seems", "felt", "looks"]
 _VERY = ["", "", "", "very ", "really ", "truly ", "so "]
+_VERY_BEFORE_NOUN = _VERY[:-1]  # "a so dull film" is not English
+
+
+_YOU_WORDS = {"unique", "union", "unit", "united", "university", "universal", "uniform"}
+
+
+def _a(phrase: str) -> str:
+    """The phrase with its indefinite article, by sound ("an awful film", "a unique film")."""
+    first = phrase.split()[0]
+    sounds_y_or_w = first.startswith(("one", "eu", "use", "usu")) or first in _YOU_WORDS
+    vowel = first[0] in "aeiou" and not sounds_y_or_w
+    return f"{'an' if vowel or first.startswith(('hon', 'hour')) else 'a'} {phrase}"
+
+
+def _articles(words: list[str]) -> list[str]:
+    """Each "a" / "A" of a frame made "an" where the word drawn after it needs it."""
+    out = list(words)
+    for i, word in enumerate(out[:-1]):
+        if word in ("a", "A"):
+            article = _a(out[i + 1].lower()).split()[0]
+            out[i] = article if word == "a" else _cap(article)
+    return out
+
 
 _PLAIN = [
     "The meeting ended without an agreement .",
@@ -603,9 +643,10 @@ def _topic_sentence(w: _World, topic: str) -> str:
     text = frame.format(
         N1=n1, N2=n2, N3=n3, V=r.choice(t["verb"]), V2=r.choice(t["verb"]), **filler
     )
+    text = " ".join(_articles((text + tail).split()))
     if r.random() < 0.3:  # headline case, as many wires and sites write them
         text = " ".join(x if x in _SMALL_WORDS else _cap(x) for x in text.split())
-    return _cap(f"{text}{tail} .")
+    return _cap(f"{text} .")
 
 
 def _review(w: _World) -> tuple[str, int]:
@@ -615,12 +656,13 @@ def _review(w: _World) -> tuple[str, int]:
     r = w.rng
     label = r.randint(0, 1)
 
-    def adj(pol: int) -> str:
-        return r.choice(_VERY) + r.choice(_POS if pol else _NEG)
+    def adj(pol: int, very: list[str] = _VERY) -> str:
+        return r.choice(very) + r.choice(_POS if pol else _NEG)
 
     def clause(pol: int) -> str:
-        thing, be = r.choice(_THINGS), r.choice(_BE)
+        thing, be = r.choice(_THINGS + _MASS), r.choice(_BE)
         forms = [
+            f"the {r.choice(_PLURAL)} {r.choice(['are', 'were', 'feel', 'seem'])} {adj(pol)}",
             f"the {thing} {be} {adj(pol)}",
             f"the {thing} {be} {adj(pol)} and {adj(pol)}",
             f"the {thing} {be} not {adj(1 - pol)}",  # negated opposite
@@ -638,8 +680,12 @@ def _review(w: _World) -> tuple[str, int]:
         lambda: f"although {clause(1 - label)} , {clause(label)}",
         lambda: f"{adj(label)} and {adj(label)}",
         lambda: f"{adj(label)} , {adj(label)} and {adj(label)}",
-        lambda: f"a {adj(label)} {thing}",
-        lambda: f"a {adj(label)} {thing} with a {adj(label)} {r.choice(_THINGS)}",
+        lambda: _a(f"{adj(label, _VERY_BEFORE_NOUN)} {thing}"),
+        lambda: (
+            _a(f"{adj(label, _VERY_BEFORE_NOUN)} {thing}")
+            + " with "
+            + _a(f"{adj(label, _VERY_BEFORE_NOUN)} {r.choice(_THINGS)}")
+        ),
         lambda: f"{r.choice(_ADV[label])}",
         lambda: f"i {r.choice(_LIKE[label])} the {thing}",
         lambda: f"i {r.choice(_LIKE[label])} it",
@@ -665,15 +711,17 @@ def _more_reviews(w: _World, label: int, adj, clause, thing: str) -> list:
     """v4's shapes: verdict nouns, questions, "not ... at all", exclamations, a named actor."""
     r = w.rng
     other = 1 - label
+    verdict = r.choice(_VERDICT[label])
+    before_noun = _VERY_BEFORE_NOUN
     return [
-        lambda: f"a {r.choice(_VERDICT[label])}",
-        lambda: f"the {thing} is a {adj(label)} {r.choice(_VERDICT[label])}",
-        lambda: f"what a {r.choice(_VERDICT[label])}",
-        lambda: f"what a {adj(label)} {thing}",
-        lambda: f"not {adj(other)} at all",
-        lambda: f"anything but {adj(other)}",
-        lambda: f"how can a {thing} be so {adj(label)} ?",
-        lambda: f"why is the {thing} so {adj(label)} ?",
+        lambda: _a(verdict),
+        lambda: f"the {thing} is {_a(adj(label, before_noun) + ' ' + verdict)}",
+        lambda: f"what {_a(verdict)}",
+        lambda: f"what {_a(adj(label, before_noun) + ' ' + thing)}",
+        lambda: f"not {adj(other, before_noun)} at all",
+        lambda: f"anything but {adj(other, [''])}",
+        lambda: f"how can {_a(thing)} be so {adj(label, [''])} ?",
+        lambda: f"why is the {thing} so {adj(label, [''])} ?",
         lambda: f"{adj(label)} from start to finish",
         lambda: f"{adj(label)} , {adj(label)} {thing}",
         lambda: f"{w.person()} is {adj(label)} in it",
@@ -684,7 +732,7 @@ def _more_reviews(w: _World, label: int, adj, clause, thing: str) -> list:
         lambda: f"i {'can not wait' if label else 'do not want'} to see it again",
         lambda: f"{clause(label)} and {clause(label)}",
         lambda: f"{clause(other)} , and yet {clause(label)}",
-        lambda: f"not a {r.choice(_VERDICT[other])} , {clause(label)}",
+        lambda: f"not {_a(r.choice(_VERDICT[other]))} , {clause(label)}",
     ]
 
 
@@ -755,7 +803,7 @@ _PLAIN_FRAMES = [
     "Several {noun} {verb} the {noun} near {place} .",
     "{Noun} and {noun} {verb} the {noun} .",
 ]
-_NOUNS = (
+_NOUNS = _words(
     "bank company market river storm hospital car money police driver teacher students book "
     "judge trial government taxes fuel airline quarter neighbours family school union strike "
     "farmers minister president reporters drought coast rain villages prices profits sales "
@@ -767,7 +815,7 @@ _NOUNS = (
     "project building station airport harbour port bus traffic weather winter summer water "
     "food crops cattle staff board shareholders customers passengers residents "
     "tourists protesters police officers firefighters scientists researchers study results "
-    "apple window door table chair kitchen bedroom garage street park beach hill valley desert "
+    "window door table chair kitchen bedroom garage street beach valley desert "
     "castle palace tower library university college hall stage theatre concert festival "
     "party wedding funeral birthday holiday trip journey flight ticket passport border "
     "army navy ships boats engine machine software website network battery signal "
@@ -777,8 +825,8 @@ _NOUNS = (
     "actress director audience stadium track pool gym horse dog cat bird fish farm field "
     "harvest wheat coffee tea bread milk wine beer market supermarket mall bakery pharmacy "
     "lawyers judges jury verdict sentence prison cell guard gate fence wall roof floor stairs"
-).split()
-_ROLES = (
+)
+_ROLES = _words(
     "lawyer teacher doctor spokesman spokeswoman engineer farmer student writer banker nurse "
     "chef pilot judge officer reporter coach manager minister official doctor scientist "
     "professor priest mayor soldier driver clerk analyst "
@@ -786,8 +834,8 @@ _ROLES = (
     "accountant mechanic plumber electrician cashier waiter baker butcher fisherman miner "
     "surgeon dentist pharmacist vet detective sergeant general colonel ambassador senator "
     "governor chairman president founder owner neighbour landlord tenant volunteer"
-).split()
-_VERBS = (
+)
+_VERBS = _words(
     "said bought sold opened closed visited called asked treated delayed raised cut lost won "
     "built moved left found sent read watched paid hired praised criticised rejected approved "
     "questioned ignored repaired cleaned signed reviewed blamed welcomed cancelled postponed "
@@ -797,7 +845,7 @@ _VERBS = (
     "sang played watched heard saw met married hosted invited arrested fined sued charged "
     "interviewed inspected tested designed launched delivered ordered shipped planted "
     "harvested crossed climbed entered emptied filled locked unlocked shared"
-).split()
+)
 _TIMES = [
     "",
     "",
@@ -833,7 +881,8 @@ def _plain_ner_sentence(w: _World) -> list[tuple[str, str]]:
             out += [(words[0], f"B-{tag}")] + [(x, f"I-{tag}") for x in words[1:]]
         else:
             out.append((part, "O"))
-    return out
+    # the frames say "a {role}": the word drawn picks "a" or "an" (articles are tagged O)
+    return list(zip(_articles([word for word, _ in out]), [tag for _, tag in out]))
 
 
 _NER_KIND = {"person": "PER", "city": "LOC", "country": "LOC", "place": "LOC", "org": "ORG"}
