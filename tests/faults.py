@@ -22,6 +22,18 @@ class KillOnce:
         os.kill(os.getpid(), 9)
 
 
+class WorsenEval:
+    """Make the eval_loss reported at `step` (not the one early stopping reads) much worse:
+    the registered checkpoint must then be an earlier one."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        if step == self.step and "eval_loss" in metrics:
+            metrics["eval_loss"] += 10.0
+
+
 class HoldUntilGrown:
     """From `step` on, while the run has one worker, wait (up to `seconds`) instead of training:
     the elastic resize then always comes mid-run, however fast the CPU trains the steps left

@@ -182,6 +182,67 @@ def test_schedule_warms_up_then_decays():
     assert lrs[8] == pytest.approx(1.0) and lrs[11] < 1.0
 
 
+class _Scalar(torch.nn.Module):
+    """The smallest model the loop trains: one weight, its square as the loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, input_ids):
+        return {"loss": (self.w * input_ids).pow(2).sum()}
+
+
+@pytest.mark.parametrize(
+    "watch, scores, min_delta, stop",
+    [
+        # higher is better: best 0.8 at eval 2; evals 3 and 4 do not beat it -> stop at eval 4
+        (("accuracy", "max"), [0.5, 0.8, 0.8, 0.79, 0.9, 0.95], 0.0, 4),
+        # a gain of 0.005 is below min_delta: evals 2 and 3 wait, the run stops at eval 3
+        (("accuracy", "max"), [0.5, 0.505, 0.509, 0.9, 0.95, 0.99], 0.01, 3),
+        # lower is better, every evaluation improves: runs to the end
+        (("eval_loss", "min"), [5.0, 4.0, 3.0, 2.5, 2.0, 1.0], 0.0, None),
+    ],
+)
+def test_early_stopping_ends_the_run_after_patience_evaluations(watch, scores, min_delta, stop):
+    from lmplatform.train.config import EarlyStopping
+
+    cfg = TrainConfig(
+        lr=1e-3,
+        eval_every=5,
+        log_every=5,
+        early_stopping=EarlyStopping(patience=2, min_delta=min_delta),
+    )
+    figures = iter(scores)
+    seen: list[tuple[int, dict]] = []
+    result = fit(
+        _Scalar(),
+        itertools.repeat({"input_ids": torch.ones(1)}),
+        cfg,
+        total_steps=30,
+        evaluate=lambda m: {watch[0]: next(figures)},
+        on_step=lambda step, metrics: seen.append((step, dict(metrics))),
+        log=None,
+        watch=watch,
+    )
+    last = 5 * stop if stop else 30
+    assert result.stopped_early_at == (last if stop else None)
+    assert result.steps == last and seen[-1][0] == last
+    assert [m.get("early_stop") for _, m in seen if "early_stop" in m] == ([1] if stop else [])
+    assert len(result.evals) == last // 5
+    # without `watch` (or without the config) nothing stops
+    figures = iter(scores)
+    plain = fit(
+        _Scalar(),
+        itertools.repeat({"input_ids": torch.ones(1)}),
+        cfg,
+        total_steps=30,
+        log=None,
+        evaluate=lambda m: {watch[0]: next(figures)},
+    )
+    assert plain.steps == 30 and plain.stopped_early_at is None
+
+
 @pytest.mark.parametrize("frozen", [True, False])
 def test_feature_extraction_leaves_the_encoder_bit_identical(frozen, sample_dir, small_tokenizers):
     torch.manual_seed(0)

@@ -79,7 +79,7 @@ def _job(root, name, *overrides):
     )
 
 
-def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, registry):
+def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, registry, capsys):
     from lmplatform.registry.store import Registry
     from lmplatform.tune.promotion import promote
     from lmplatform.tune.search import run_search
@@ -158,6 +158,36 @@ def test_asha_stops_trials_early_and_promotes_a_model_above_chance(ray_local, re
     enc = TaskEncoder(Tokenizer.from_file(str(path / "tokenizer.json")), "classification", 64)
     again = evaluate(model, sr.data, sr.data.dev_rows, enc)
     assert again["accuracy"] == pytest.approx(out["value"])
+
+    # TPE through Ray Tune, warm-started from the trials above: told, not run again; and
+    # early stopping, which no accuracy gain can satisfy here: every trial ends, to Tune
+    # normally, after its second evaluation
+    from lmplatform.config import ConfigError
+
+    tpe = [
+        "search.algorithm=tpe",
+        'search.space={"lr": {"kind": "loguniform", "low": 1e-6, "high": 3e-3}}',
+        "search.warm_start_from=asha",
+    ]
+    with pytest.raises(ConfigError, match="searched task 'sentiment-sample' for accuracy"):
+        run_search(_job(registry, "x", *tpe, "task.name=other"))
+    capsys.readouterr()
+    job = _job(
+        registry,
+        "tpe",
+        *tpe,
+        "search.scheduler=fifo",
+        "search.num_samples=2",
+        "search.max_concurrent=1",
+        "train.epochs=1",
+        "train.early_stopping={patience: 1, min_delta: 1.0}",
+        "search.baseline=false",
+    )
+    sr = run_search(job, verbose=0)
+    assert "warm start: TPE is told 4 trial(s)" in capsys.readouterr().out
+    assert [(r["status"], r["evaluations"]) for r in sr.table] == [("done", 2), ("done", 2)]
+    told = {0.001, 0.002, 0.0005, 0.000001}
+    assert all(1e-6 <= r["lr"] <= 3e-3 and r["lr"] not in told for r in sr.table), sr.table
 
 
 def test_pbt_restores_trials_from_other_trials_checkpoints(ray_local, registry):

@@ -51,6 +51,13 @@ class PretrainJobConfig(JobConfig):
                 f"tokenizer.kind={self.tokenizer.kind!r} does not fit model.family={self.model.family!r} (use {want!r})"
             )
         self._fix_examples()
+        t = self.train
+        if t.early_stopping and t.checkpoint_every % t.eval_every:
+            raise ValueError(
+                f"train.early_stopping registers the best evaluation's checkpoint, so every "
+                f"checkpoint must follow an evaluation: train.checkpoint_every="
+                f"{t.checkpoint_every} is not a multiple of train.eval_every={t.eval_every}"
+            )
         if self.examples.max_seq_len > self.model.max_seq_len:
             raise ValueError(
                 f"examples.max_seq_len={self.examples.max_seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"

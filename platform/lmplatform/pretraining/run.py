@@ -127,6 +127,7 @@ def worker_loop(config: dict) -> None:
         log=(lambda s: print(s, flush=True)) if rank == 0 else None,
         name=f"pretrain {job.name}",
         device=stepper.engine.device,
+        watch=("eval_loss", "min"),  # train.early_stopping, when set
     )
     run_log.finish()
 
@@ -199,7 +200,7 @@ def run_pretraining(job: PretrainJobConfig, callbacks: list | None = None):
     """Prepare the data and run the `TorchTrainer`. `callbacks`: picklable `(step, metrics)`
     callables every worker runs at each step (tests inject faults with them)."""
     import ray.train
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import FailureConfig, RunConfig
 
     from lmplatform.pretraining.prepare import prepare
     from lmplatform.tracking import mlflow_uri
@@ -238,7 +239,7 @@ def run_pretraining(job: PretrainJobConfig, callbacks: list | None = None):
     run_config = RunConfig(
         name=job.name,
         **ray_storage(job.output_dir, "ray"),
-        checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
+        checkpoint_config=_checkpoint_config(job),
         failure_config=FailureConfig(max_failures=job.scaling.max_failures),
     )
     trainer = torch_trainer(worker_loop, loop_config, job.scaling, run_config, {"train": train_ds})
@@ -246,15 +247,39 @@ def run_pretraining(job: PretrainJobConfig, callbacks: list | None = None):
     return prepared, result
 
 
-def export_and_register(job: PretrainJobConfig, prepared, result) -> tuple[str, str, str]:
-    """Consolidate the run's final checkpoint to fp32, save it as a model folder and publish it."""
+def _checkpoint_config(job: PretrainJobConfig):
+    from ray.train import CheckpointConfig
+
+    if not job.train.early_stopping:  # the newest are kept
+        return CheckpointConfig(num_to_keep=job.train.keep_checkpoints)
+    # the best by eval_loss (every checkpoint follows an evaluation); Ray keeps the newest too,
+    # for resumption
+    return CheckpointConfig(
+        num_to_keep=job.train.keep_checkpoints,
+        checkpoint_score_attribute="eval_loss",
+        checkpoint_score_order="min",
+    )
+
+
+def registered_checkpoint(job: PretrainJobConfig, result):
+    """(checkpoint, its metrics) the run registers: the final one, or with early stopping the
+    one of the best evaluation."""
     if result.checkpoint is None:
         raise RuntimeError(f"pretraining run {job.name!r} produced no checkpoint: {result.error}")
-    final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    where = result.checkpoint.path
+    if job.train.early_stopping and result.best_checkpoints:
+        return min(result.best_checkpoints, key=lambda cm: cm[1]["eval_loss"])
+    return result.checkpoint, result.metrics or {}
+
+
+def export_and_register(job: PretrainJobConfig, prepared, result) -> tuple[str, str, str]:
+    """Consolidate the run's registered checkpoint (`registered_checkpoint`) to fp32, save it as
+    a model folder and publish it."""
+    checkpoint, metrics = registered_checkpoint(job, result)
+    final = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    where = checkpoint.path
     if not storage.is_local(job.output_dir):  # Ray's path inside the bucket: name it fully
         where = f"{job.output_dir.split('://')[0]}://{where}"
-    with result.checkpoint.as_directory() as d:
+    with checkpoint.as_directory() as d:
         return export_checkpoint(job, prepared, d, final, source=where)
 
 

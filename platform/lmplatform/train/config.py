@@ -21,6 +21,16 @@ ResumeMismatch = Literal["error", "warn"]
 """What a resumed pretraining run does when its examples are not its checkpoint's."""
 
 
+class EarlyStopping(StrictModel):
+    """Stop a run whose watched figure has stopped improving: a trial's task metric (higher is
+    better), pretraining's eval_loss (lower is better)."""
+
+    patience: int = Field(ge=1, le=100_000)
+    """Evaluations in a row without an improvement before the run stops."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """The least change that counts as an improvement, in the figure's own units."""
+
+
 class TrainConfig(StrictModel):
     """The training loop: shared by pretraining workers and fine-tuning trials."""
 
@@ -57,6 +67,10 @@ class TrainConfig(StrictModel):
     """Steps between evaluations."""
     eval_batches: int = Field(20, ge=1)
     """Batches per evaluation."""
+    early_stopping: EarlyStopping | None = None
+    """Stop when the watched figure (a trial: its task metric; pretraining: eval_loss) has not
+    improved by `min_delta` for `patience` evaluations; the best evaluation's checkpoint is the
+    one kept (a trial's promotion reads it; pretraining registers it). Null: run to the end."""
     log_every: int = Field(10, ge=1)
     """Steps between progress lines."""
     checkpoint_every: int = Field(500, ge=1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lmplatform.train.config import Precision, TrainConfig
+from lmplatform.train.config import EarlyStopping, Precision, TrainConfig
 from lmplatform.train.perf import format_eta, keep_freed_memory
 
 
@@ -165,6 +165,49 @@ class FitResult:
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    stopped_early_at: int | None = None
+    """The step at which early stopping ended the run (None: it ran to `total_steps`)."""
+
+
+class EarlyStop:
+    """`train.early_stopping` on one figure of the evaluations: `watch` = (key, "max" | "min")."""
+
+    def __init__(self, cfg: EarlyStopping, watch: tuple[str, str]):
+        self.cfg, (self.key, self.mode) = cfg, watch
+        self.best: float | None = None
+        self.best_step, self.waited = 0, 0
+
+    def update(self, ev: dict) -> bool:
+        """Take an evaluation; True when the run should stop after it."""
+        value = float(ev[self.key])
+        if self.best is None:
+            gain = math.inf
+        else:
+            gain = value - self.best if self.mode == "max" else self.best - value
+        if gain > self.cfg.min_delta:
+            self.best, self.best_step, self.waited = value, ev["step"], 0
+        else:
+            self.waited += 1
+        return self.waited >= self.cfg.patience
+
+    def reason(self, step: int) -> str:
+        return (
+            f"early stop at step {step}: {self.key} has not improved by more than "
+            f"{self.cfg.min_delta:g} in {self.waited} evaluations (best {self.best:.4g} at "
+            f"step {self.best_step})"
+        )
+
+
+def _everyone_stops(stop: bool, device) -> bool:
+    """Rank 0's decision for every rank: all must leave the loop at the same step, and their
+    evaluations can differ in the last bits."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stop
+    flag = torch.tensor([int(stop)], device=device)  # NCCL broadcasts only device tensors
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 class _Meter:
@@ -338,6 +381,7 @@ def fit(
     log: Callable[[str], None] | None = print,
     log_evals: bool = True,
     name: str = "train",
+    watch: tuple[str, str] | None = None,
 ) -> FitResult:
     """Run optimizer steps `start_step + 1 … total_steps`, each over `grad_accum_steps` batches.
 
@@ -347,6 +391,8 @@ def fit(
     `log_evals=False` leaves printing evaluations to the caller. The metrics `on_step` gets are
     numbers at log, evaluation and checkpoint steps and at the first and last; at other steps
     the model's metrics and `grad_norm` are still device tensors (see `_Readback`).
+    `watch`: the evaluation figure `cfg.early_stopping` follows, (key, "max" | "min"); the step
+    it stops at is the last `on_step` sees, with `metrics["early_stop"] = 1`.
     """
     device = torch.device(device)
     stepper = stepper or TorchStepper(model, cfg, total_steps)
@@ -355,6 +401,7 @@ def fit(
     meter = _Meter(getattr(model, "flops_per_token", None), peak_flops, start_step, total_steps)
     readback = _Readback(cfg, start_step + 1, total_steps, evaluate is not None, name)
     result = FitResult()
+    stopper = EarlyStop(cfg.early_stopping, watch) if cfg.early_stopping and watch else None
     model.train()
     for step in range(start_step + 1, total_steps + 1):
         sums = _accumulate(model, stream, stepper, cfg, device, meter)
@@ -375,9 +422,17 @@ def fit(
                 _log_eval(log, name, step, ev)
             if on_eval:
                 on_eval(step, ev)
+            if stopper and _everyone_stops(stopper.update(ev), device) and step < total_steps:
+                metrics["early_stop"] = 1
+                result.stopped_early_at = step
+                if log:
+                    log(f"[{name}] {stopper.reason(step)}")
         result.history.append(metrics)
         if on_step:
             on_step(step, metrics)
-    result.steps, result.tokens = total_steps - start_step, meter.total_tokens
+        if result.stopped_early_at:
+            break
+    last = result.stopped_early_at or total_steps
+    result.steps, result.tokens = last - start_step, meter.total_tokens
     result.seconds = time.perf_counter() - meter.t_start
     return result

@@ -330,7 +330,7 @@ class Reporter:
 
     def __call__(self, step: int, metrics: dict) -> None:
         metrics["workers"] = self.world
-        last = step == self.total
+        last = step == self.total or bool(metrics.get("early_stop"))
         # per log line (and the first step after a (re)start, to show where it resumed), not per
         # step: per-step writes cost the loop ~5 % of its throughput
         if (

@@ -102,6 +102,18 @@ SEARCHABLE = tuple(TrialParams.model_fields)
 class SearchConfig(StrictModel):
     scheduler: Literal["asha", "pbt", "fifo"] = "asha"
     """Trial scheduler."""
+    algorithm: Literal["random", "tpe"] = "random"
+    """How configurations are drawn: `random` (independent draws, grids expanded) or `tpe`
+    (Optuna's Tree-structured Parzen Estimator through Ray Tune: after `startup_trials` random
+    draws, each configuration is proposed from the results so far; needs `lmplatform[search]`,
+    works with ASHA and FIFO, not PBT, and takes no grid dimensions)."""
+    startup_trials: int = Field(3, ge=1)
+    """TPE: random draws before it proposes (trials told by `warm_start_from` count)."""
+    points: list[dict[str, Any]] = Field(default_factory=list)
+    """Configurations to try first, as given (any algorithm); a key left out is drawn."""
+    warm_start_from: str | None = None
+    """TPE: an earlier search of the same task (its name under output_dir, or its folder or
+    URI): its finished trials are told to TPE before the first draw, not run again."""
     num_samples: int = Field(8, ge=1)
     """Trials to run."""
     max_time_s: float | None = Field(None, gt=0)
@@ -137,6 +149,27 @@ class SearchConfig(StrictModel):
             raise ValueError(
                 f"space has unknown hyperparameter(s) {unknown} (allowed: {', '.join(SEARCHABLE)})"
             )
+        for i, point in enumerate(self.points):
+            outside = sorted(set(point) - set(self.space))
+            if outside:
+                raise ValueError(f"points[{i}] sets {outside}, which the space does not search")
+            for name, value in point.items():
+                check_value(name, f"points[{i}]", value)
+        return self
+
+    @model_validator(mode="after")
+    def _algorithm(self) -> SearchConfig:
+        if self.algorithm == "random":
+            if self.warm_start_from:
+                raise ValueError("warm_start_from needs algorithm=tpe (random draws learn nothing)")
+            return self
+        if self.scheduler == "pbt":
+            raise ValueError("algorithm=tpe works with scheduler asha or fifo; PBT draws its own")
+        grids = sorted(k for k, d in self.space.items() if d.kind == "grid")
+        if grids:
+            raise ValueError(f"algorithm=tpe samples: make {grids} kind choice, not grid")
+        if not self.space:
+            raise ValueError("algorithm=tpe needs a space to search")
         return self
 
     @field_validator("space")
@@ -148,19 +181,23 @@ class SearchConfig(StrictModel):
         return space
 
 
+def check_value(name: str, what: str, value) -> None:
+    """Fail on a value the trial's field `name` refuses, saying where it came from."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name}: {what}={value} is not a finite number")
+    try:
+        TypeAdapter(_like(TrialParams, name)).validate_python(value)
+    except ValidationError as e:
+        why = "; ".join(err["msg"] for err in e.errors())
+        raise ValueError(f"{name}: {what}={value!r} is not a valid {name} ({why})") from None
+
+
 def check_dimension(name: str, dim: SearchDim) -> None:
     """Fail on a dimension that could draw a value its field refuses, naming it: a bad space
     fails when the config loads, not inside trials on the cluster."""
-    adapter = TypeAdapter(_like(TrialParams, name))
 
     def check(what: str, value) -> None:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{name}: {what}={value} is not a finite number")
-        try:
-            adapter.validate_python(value)
-        except ValidationError as e:
-            why = "; ".join(err["msg"] for err in e.errors())
-            raise ValueError(f"{name}: {what}={value!r} is not a valid {name} ({why})") from None
+        check_value(name, what, value)
 
     if dim.kind in ("choice", "grid"):
         for i, v in enumerate(dim.values):

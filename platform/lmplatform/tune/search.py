@@ -6,11 +6,12 @@ import time
 from dataclasses import dataclass
 
 from lmplatform import storage
+from lmplatform.config import ConfigError
 from lmplatform.runtime import ray_storage
 from lmplatform.tasks.baseline import Baseline
 from lmplatform.tune.config import SEARCHABLE, FinetuneJobConfig
 from lmplatform.tune.data import TaskData, TaskRows, load_task_data
-from lmplatform.tune.space import make_scheduler, search_space
+from lmplatform.tune.space import in_space, make_scheduler, search_algorithm
 from lmplatform.tune.trial import SELECTION, train_driver_trial, tune_trial
 
 
@@ -80,8 +81,12 @@ def run_search(
     `baseline`: one already fitted on the same rows (benchmarks run several searches)."""
     from ray import tune
 
+    # before any work: an earlier search that is not this task's is a config error
+    alg, param_space = search_algorithm(
+        job, [*job.search.points, *(points or [])], told_trials(job)
+    )
     data = data or load_task_data(job)
-    # first: a budget the scheduler cannot work with is a config error, not a failed search
+    # a budget the scheduler cannot work with is a config error, not a failed search
     scheduler = make_scheduler(job, len(data.train_rows))
     run_dir = storage.join(job.output_dir, job.name)  # results written by the driver
     # before any trial: the data a failed search ran on is worth reading too
@@ -92,13 +97,46 @@ def run_search(
         storage.write_json(storage.join(run_dir, "baseline.json"), baseline.to_json())
     tuner = tune.Tuner(
         _trainable(job, data),
-        param_space=search_space(job.search.space),
-        tune_config=_tune_config(job, scheduler, points),
+        param_space=param_space,
+        tune_config=_tune_config(job, scheduler, alg),
         run_config=_run_config(job, data, verbose),
     )
     results = tuner.fit()
     table = _write_results(job, results, run_dir)
     return SearchResult(job, data, results, table, run_dir, results.experiment_path, baseline)
+
+
+def told_trials(job: FinetuneJobConfig) -> list[tuple[dict, float]]:
+    """(configuration, best metric) of each finished trial of `search.warm_start_from` that
+    this space can draw: what TPE is told before its first proposal."""
+    src = job.search.warm_start_from
+    if not src:
+        return []
+    folder = src if "/" in src else storage.join(job.output_dir, src)
+    path = storage.join(folder, "trials.json")
+    if not storage.exists(path):
+        raise ConfigError(
+            f"search.warm_start_from={src!r}: no {path} (a search writes it when it ends)"
+        )
+    earlier = storage.read_json(path)
+    metric = job.task.metric
+    if (earlier["task"], earlier["metric"]) != (job.task.name, metric):
+        raise ConfigError(
+            f"search.warm_start_from={src!r} searched task {earlier['task']!r} for "
+            f"{earlier['metric']}; this search is task {job.task.name!r} for {metric}"
+        )
+    told = [
+        ({k: row[k] for k in job.search.space}, row[f"best_{metric}"])
+        for row in earlier["trials"]
+        if row.get("status") == "done" and in_space(job.search.space, row)
+    ]
+    skipped = len(earlier["trials"]) - len(told)
+    print(
+        f"[search {job.name}] warm start: TPE is told {len(told)} trial(s) of {folder}"
+        + (f"; {skipped} not finished or outside this space" if skipped else ""),
+        flush=True,
+    )
+    return told
 
 
 def search_baseline(job: FinetuneJobConfig, data: TaskData | TaskRows) -> Baseline | None:
@@ -135,9 +173,8 @@ def _trainable(job: FinetuneJobConfig, data: TaskData):
     )
 
 
-def _tune_config(job: FinetuneJobConfig, scheduler, points: list[dict] | None):
+def _tune_config(job: FinetuneJobConfig, scheduler, search_alg):
     from ray import tune
-    from ray.tune.search import BasicVariantGenerator
 
     s = job.search
     return tune.TuneConfig(
@@ -147,11 +184,7 @@ def _tune_config(job: FinetuneJobConfig, scheduler, points: list[dict] | None):
         num_samples=s.num_samples,
         time_budget_s=s.max_time_s,
         reuse_actors=False,
-        # the generator enforces max_concurrent itself: Tune ignores max_concurrent_trials
-        # when a SearchGenerator is passed (it said so, and ran every trial at once)
-        search_alg=BasicVariantGenerator(
-            points_to_evaluate=points, random_state=s.seed, max_concurrent=s.max_concurrent or 0
-        ),
+        search_alg=search_alg,
     )
 
 
@@ -194,6 +227,11 @@ def _write_results(job: FinetuneJobConfig, results, run_dir: str) -> list[dict]:
     metric = job.task.metric
     table = trial_table(results, metric)
     write_table(table, storage.join(run_dir, "trials.csv"))
+    # typed, with what was searched for: a later search's warm_start_from reads it
+    storage.write_json(
+        storage.join(run_dir, "trials.json"),
+        {"task": job.task.name, "metric": metric, "trials": table},
+    )
     trials_plot(
         results, metric, storage.join(run_dir, "trials.png"), title=f"{job.name}: {job.task.name}"
     )

@@ -1,5 +1,6 @@
-"""The search: the config's space as Tune's, fixed draws for comparisons, and the scheduler
-(ASHA, PBT or FIFO) sized to the longest trial the space allows."""
+"""The search: the config's space as Tune's, how configurations are drawn (random or TPE),
+fixed draws for comparisons, and the scheduler (ASHA, PBT or FIFO) sized to the longest trial
+the space allows."""
 
 from __future__ import annotations
 
@@ -31,6 +32,69 @@ def search_space(space: dict[str, SearchDim]) -> dict:
         else:
             out[k] = tune.grid_search(d.values)
     return out
+
+
+def in_space(space: dict[str, SearchDim], config: dict) -> bool:
+    """Whether `space` can draw `config`'s value of each of its dimensions."""
+    for k, d in space.items():
+        v = config.get(k, ...)
+        if d.kind in ("choice", "grid"):
+            ok = v in d.values
+        elif not isinstance(v, int | float) or isinstance(v, bool):
+            ok = False
+        else:
+            ok = d.low <= v < d.high if d.kind == "randint" else d.low <= v <= d.high
+        if not ok:
+            return False
+    return True
+
+
+def search_algorithm(
+    job: FinetuneJobConfig, points: list[dict], told: list[tuple[dict, float]]
+) -> tuple[object, dict]:
+    """Tune's searcher for the job and the param_space to pass beside it. `points`: tried
+    first; `told`: (configuration, metric) of trials already run, which TPE learns from."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    s = job.search
+    space = search_space(s.space)
+    if s.algorithm == "random":
+        # the generator enforces max_concurrent itself: Tune ignores max_concurrent_trials
+        # when a SearchGenerator is passed (it said so, and ran every trial at once)
+        alg = BasicVariantGenerator(
+            points_to_evaluate=points or None,
+            random_state=s.seed,
+            max_concurrent=s.max_concurrent or 0,
+        )
+        return alg, space
+    alg = _tpe(job, space, points, told)
+    # the space lives in the searcher: Tune refuses domains in both places
+    return (ConcurrencyLimiter(alg, s.max_concurrent) if s.max_concurrent else alg), {}
+
+
+def _tpe(job: FinetuneJobConfig, space: dict, points: list[dict], told):
+    try:
+        import optuna
+        from optuna.samplers import TPESampler
+    except ImportError:
+        raise ConfigError(
+            "search.algorithm=tpe needs optuna: pip install 'lmplatform[search]'"
+        ) from None
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per study and trial else
+    s = job.search
+    alg = OptunaSearch(
+        OptunaSearch.convert_search_space(space),
+        metric=job.task.metric,
+        mode="max",
+        points_to_evaluate=points or None,
+        # the constant liar keeps concurrent trials from being proposed the same point
+        sampler=TPESampler(seed=s.seed, n_startup_trials=s.startup_trials, constant_liar=True),
+    )
+    for config, value in told:
+        alg.add_evaluated_point(config, value)
+    return alg
 
 
 def sample_points(space: dict[str, SearchDim], n: int, seed: int = 0) -> list[dict]:

@@ -349,6 +349,9 @@ def run_trial(
         log=(lambda line: print(line, flush=True)) if rank == 0 else None,
         log_evals=False,
         name=f"trial {on_eval.name}".strip(),
+        # train.early_stopping ends a trial whose metric stopped improving: to Tune a normal
+        # finish, and its best evaluation's checkpoint is the one promotion reads
+        watch=(job.task.metric, "max"),
     )
 
 
