@@ -17,6 +17,12 @@ Ours runs as deployed by default: one hop (the task's replica answers its route)
 HAProxy (`RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1`, set here before Ray
 starts); `--proxy serve` uses Serve's Python proxy actor, `--two-hop` puts the task behind the
 ingress. On a GPU node: `--replica-gpus 1` (the plain server then uses the GPU too).
+
+`--int8` also deploys the task served in int8 (`quantize: {<task>: int8}`, at route prefix
+/int8 on the same Serve) and loads it at each point beside ours; it then scores both models on
+the task's whole dev set (its config, `jobs/configs/tasks/<task>.yaml`) and adds
+`int8_throughput_ratio_c<top>=<int8 req/s over ours> int8_dev_change=<points>` to the last
+line. Goal (issue 33): ratio >= 1.5, change >= -0.5.
 """
 
 from __future__ import annotations
@@ -133,6 +139,30 @@ async def load(url: str, task: str, texts: list[str], clients: int, seconds: flo
     }
 
 
+def int8_dev_change(args) -> str:
+    """Both models (as trained, int8) scored on the task's whole dev set: `int8_dev_change=`."""
+    from lmplatform.config import load_config
+    from lmplatform.registry.store import Registry
+    from lmplatform.serving.loading import load_task
+    from lmplatform.tune.config import FinetuneJobConfig
+    from lmplatform.tune.data import load_task_data
+    from lmplatform.tune.trial import evaluate, task_encoder
+
+    config = ROOT / "jobs" / "configs" / "tasks" / f"{args.task}.yaml"
+    job = load_config(FinetuneJobConfig, config, [f"registry={args.registry}"])
+    data = load_task_data(job)
+    metric, scores = job.task.metric, {}
+    for quantize in (None, "int8"):
+        model = load_task(Registry(args.registry), args.task, quantize=quantize).model
+        scores[quantize] = evaluate(model, data, data.dev_rows, task_encoder(data))[metric]
+    print(
+        f"dev {metric} on all {len(data.dev_rows)} rows: as trained {scores[None]:.4f}, "
+        f"int8 {scores['int8']:.4f}",
+        flush=True,
+    )
+    return f"int8_dev_change={100 * (scores['int8'] - scores[None]):+.2f}"
+
+
 def main() -> None:
     from lmplatform.runtime import setup_process
 
@@ -155,6 +185,7 @@ def main() -> None:
     )
     p.add_argument("--two-hop", action="store_true", help="every task behind the ingress")
     p.add_argument("--replica-gpus", type=float, default=0.0, help="GPU per model replica")
+    p.add_argument("--int8", action="store_true", help="also the task served in int8")
     args = p.parse_args()
     if args.proxy == "haproxy":  # read when Serve starts: before Ray is
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
@@ -208,9 +239,13 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     deploy(cfg, blocking=False)
     servers = {"plain": f"http://127.0.0.1:{plain_port}", "ours": f"http://127.0.0.1:{serve_port}"}
+    if args.int8:
+        int8 = {"app_name": "bench-int8", "route_prefix": "/int8", "quantize": {args.task: "int8"}}
+        deploy(cfg.model_copy(update=int8), blocking=False)
+        servers["int8"] = servers["ours"] + "/int8"
     try:
-        asyncio.run(wait_ready(servers["plain"]))
-        asyncio.run(wait_ready(servers["ours"]))
+        for url in servers.values():
+            asyncio.run(wait_ready(url))
         print(
             f"task {args.task} ({reg.best(args.task)}), {len(texts)} sentences, {args.seconds:.0f}s per "
             f"point, {args.threads} torch thread(s) per model process, ours max_batch_size "
@@ -223,7 +258,7 @@ def main() -> None:
         )
         results: dict[tuple[str, int], dict] = {}
         for c in levels:
-            for name in ("plain", "ours"):
+            for name in servers:
                 r = asyncio.run(load(servers[name], args.task, texts, c, args.seconds, args.warmup))
                 results[(name, c)] = r
                 print(
@@ -234,10 +269,14 @@ def main() -> None:
         ratio = results[("ours", top)]["rps"] / max(results[("plain", top)]["rps"], 1e-9)
         added = results[("ours", low)]["p50"] - results[("plain", low)]["p50"]
         errors = sum(r["errors"] for r in results.values())
-        print(
+        line = (
             f"throughput_ratio_c{top}={ratio:.2f} p99_ms_c{top}={results[('ours', top)]['p99']:.1f} "
             f"added_p50_ms_c{low}={added:+.1f} errors={errors}"
         )
+        if args.int8:
+            gain = results[("int8", top)]["rps"] / max(results[("ours", top)]["rps"], 1e-9)
+            line += f" int8_throughput_ratio_c{top}={gain:.2f} " + int8_dev_change(args)
+        print(line)
     finally:
         plain.terminate()
         plain.wait(timeout=30)

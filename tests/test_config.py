@@ -135,6 +135,19 @@ def test_finetune_and_serve_configs_validate():
     assert validate(ServeConfig, {}).host == "127.0.0.1"
     with pytest.raises(ConfigError, match="autoscaling"):
         validate(ServeConfig, {"autoscaling": {"min_replicas": 3, "max_replicas": 1}})
+    # int8 per task, "*" for the rest; refused where it cannot apply, saying why
+    q = validate(ServeConfig, {"quantize": {"*": "int8", "ner": "int8"}})
+    assert q.quantize_of("sst2") == q.quantize_of("ner") == "int8"
+    assert validate(ServeConfig, {"quantize": {"ner": "int8"}}).quantize_of("sst2") is None
+    for extra, why in [
+        ({"replica_gpus": 1}, "int8 runs on CPU replicas"),
+        ({"compile": "inductor"}, "drop compile"),
+        ({"shared_encoder_groups": [["ner", "pos"]]}, r"\['ner'\] share an encoder"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            validate(ServeConfig, {"quantize": {"ner": "int8"}, **extra})
+    with pytest.raises(ConfigError, match="quantize"):
+        validate(ServeConfig, {"quantize": {"ner": "int4"}})
 
 
 def test_job_fails_before_any_work(tmp_path):

@@ -48,7 +48,7 @@ def served(ray_local, tmp_path_factory, sample_dir):
 @pytest.fixture(scope="package")
 def guarded(served):
     """A second application on the same Serve, at /guarded: API keys, every model behind the
-    ingress (two hops), and a 1 s request timeout."""
+    ingress (two hops), a 1 s request timeout, and its sentiment model served in int8."""
     from lmplatform.serving.config import ServeConfig
     from lmplatform.serving.graph import delete, deploy
 
@@ -64,8 +64,9 @@ def guarded(served):
             "one_hop": False,
             "request_timeout_s": 1.0,
             "auth": {"api_keys_file": str(keys)},
+            "quantize": {"sentiment": "int8"},
         }
     )
     deploy(cfg)
-    yield {"url": served["url"] + "/guarded", "cfg": cfg}
+    yield {"url": served["url"] + "/guarded", "cfg": cfg, "served": served}
     delete(cfg)

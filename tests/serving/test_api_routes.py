@@ -27,8 +27,8 @@ def test_health_tasks_and_openapi(served):
     assert by["ner"]["labels"] == NER_LABELS
     assert by["srl"]["type"] == "srl" and by["srl"]["labels"] == SRL_LABELS
     for t in tasks:
-        assert set(t) == {"task", "type", "labels", "model", "load_error"}
-        assert t["load_error"] is None
+        assert set(t) == {"task", "type", "labels", "model", "quantized", "load_error"}
+        assert t["load_error"] is None and t["quantized"] is None
         assert set(t["model"]) == {"name", "version", "metric", "value", "per_class"}
         assert t["model"]["version"].startswith("v")
     # dev evidence per class (per entity type for NER) of the served version, from the registry

@@ -32,6 +32,15 @@ def test_through_serve_only_get_healthz_skips_the_key_and_serve_routes_show_no_m
         assert "sentiment" not in r.text  # no task list before the key check
     r = _guarded(guarded, "POST", "/v1/predict/sentiment", {"inputs": ["a fine film"]})
     assert r.status_code == 200, r.text
+    # its sentiment model is served in int8 (`quantize`): said in /v1/tasks, and its scores
+    # are the fp32 model's within the rounding of int8 weights and activations
+    tasks = _guarded(guarded, "GET", "/v1/tasks").json()["tasks"]
+    assert [(t["task"], t["quantized"]) for t in tasks] == [("sentiment", "int8")]
+    texts = ["a fine film", "dull and far too long", "the acting is wonderful", "I hated it"]
+    int8 = _guarded(guarded, "POST", "/v1/predict/sentiment", {"inputs": texts}).json()
+    fp32 = _post(guarded["served"], "/v1/predict/sentiment", {"inputs": texts}).json()
+    for a, b in zip(int8["predictions"], fp32["predictions"]):
+        assert abs(a["scores"]["positive"] - b["scores"]["positive"]) < 0.05, (a, b)
     routes = requests.get(guarded["url"].rsplit("/", 1)[0] + "/-/routes", timeout=10)
     assert routes.status_code == 200 and "/guarded" in routes.json()
     assert GUARD_KEY not in routes.text

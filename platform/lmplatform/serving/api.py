@@ -114,6 +114,9 @@ class TaskInfo(BaseModel):
     """Its task type (lmplatform.tasks.TASK_TYPES)."""
     labels: list[str]
     model: ModelInfo
+    quantized: Literal["int8"] | None = None
+    """How the replica serves it: `int8` (dynamic quantization, the serve config's `quantize`)
+    or null (as trained)."""
     load_error: str | None = None
     """Set when the task's promoted `best` could not be loaded (a checksum mismatch, a failed
     smoke test): `model` is the version still served, this says which one failed and why."""

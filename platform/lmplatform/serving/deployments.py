@@ -120,14 +120,15 @@ class TaskReplica(_ModelDeployment):
         batch_wait_timeout_s: float = BATCH_WAIT_S,
         refresh_s: float = 2.0,
         compile: str | None = None,
+        quantize: str | None = None,
         http: dict | None = None,
     ):
         self._setup(registry, max_batch_size, batch_wait_timeout_s)
         self.task = task
-        self.compile = compile
+        self.compile, self.quantize = compile, quantize
         self.http = http or {}
         self.batches = self.batched_inputs = 0
-        self.predictor, self.start_error = load_serving(self.reg, task, compile)
+        self.predictor, self.start_error = load_serving(self.reg, task, compile, quantize)
         self.metrics.serving(task, self.predictor.ref.version)
         self._swap_lock = threading.Lock()
         self.watcher = _Watcher(self.reg, [task], refresh_s, self._swap, self.metrics)
@@ -163,7 +164,8 @@ class TaskReplica(_ModelDeployment):
             if version == self.predictor.ref.version:
                 self.start_error = None  # (a rollback to it) the best is what this serves
                 return
-            new = load_task(self.reg, self.task, version, self.compile)  # smoke-tested first
+            # smoke-tested first
+            new = load_task(self.reg, self.task, version, self.compile, self.quantize)
             old = self.predictor.ref.version
             self.predictor = new  # one assignment: requests see the old or the new model
             self.start_error = None

@@ -138,6 +138,7 @@ def _task_deployment(cfg: ServeConfig, task: str, http: dict | None) -> serve.Ap
             task,
             refresh_s=cfg.refresh_s,
             compile=cfg.compile,
+            quantize=cfg.quantize_of(task),
             http=http,
             **_batching(cfg),
         )

@@ -24,14 +24,17 @@ def _task_ref(reg: Registry, task: str, version: str) -> ModelInfo:
 
 
 def load_task(
-    reg: Registry, task: str, version: str | None = None, compile: str | None = None
+    reg: Registry,
+    task: str,
+    version: str | None = None,
+    compile: str | None = None,
+    quantize: str | None = None,
 ) -> TaskPredictor:
     version = version or reg.best(task)
     if version is None:
         raise ValueError(f"task {task!r} has no promoted best model in {reg.uri}")
-    p = TaskPredictor(
-        reg.local_path("tasks", task, version), _task_ref(reg, task, version), compile=compile
-    )
+    folder, ref = reg.local_path("tasks", task, version), _task_ref(reg, task, version)
+    p = TaskPredictor(folder, ref, compile=compile, quantize=quantize)
     p.smoke()
     return p
 
@@ -43,7 +46,7 @@ FALLBACKS = 3  # earlier bests a starting replica tries when the promoted one ca
 
 
 def load_serving(
-    reg: Registry, task: str, compile: str | None = None
+    reg: Registry, task: str, compile: str | None = None, quantize: str | None = None
 ) -> tuple[TaskPredictor, str | None]:
     """The task's best, or, when it cannot load (a checksum mismatch, a failed smoke test), the
     version it replaced (and the one that replaced, up to FALLBACKS back) that can, with why
@@ -52,14 +55,14 @@ def load_serving(
     rolled away from is not on it."""
     best = reg.best(task)
     try:
-        return load_task(reg, task, best, compile), None
+        return load_task(reg, task, best, compile, quantize), None
     except Exception as e:
         if best is None:
             raise
         error = f"{task}@{best} could not be loaded: {type(e).__name__}: {e}"
     for version in _replaced_chain(reg, task, best)[:FALLBACKS]:
         try:
-            p = load_task(reg, task, version, compile)
+            p = load_task(reg, task, version, compile, quantize)
         except Exception as e:
             log.warning("task %s: %s cannot be loaded either: %s", task, version, e)
             continue

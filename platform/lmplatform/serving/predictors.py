@@ -12,10 +12,12 @@ each task's head its rows: N frozen-feature tasks from one parent cost one encod
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lmplatform.models.families import families_serving, family
 from lmplatform.models.io import from_pretrained, read_config
@@ -79,6 +81,22 @@ def _batch(encodings: list[Encoding], pad_id: int, to: torch.device) -> dict[str
     return batch
 
 
+def quantized_int8(model: nn.Module, on: torch.device) -> nn.Module:
+    """The model with every Linear layer dynamically quantized to int8 (weights stored in int8,
+    inputs quantized per batch from their observed range); the rest stays fp32."""
+    engines = torch.backends.quantized.supported_engines
+    if on.type != "cpu" or not set(engines) & {"x86", "fbgemm", "qnnpack"}:
+        raise ValueError(
+            f"int8 quantization runs on CPU with a quantized engine (this replica: {on.type}, "
+            f"engines {engines})"
+        )
+    with warnings.catch_warnings():
+        # torch 2.13 marks its quantized tensor constructors deprecated (pytorch#184982); the
+        # path still works and is the one torch ships without another library
+        warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*", category=UserWarning)
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
 class TaskPredictor:
     """A registered task model (folder from the registry) ready to predict batches of inputs.
     What an input looks like and how an output reads is the task type's (lmplatform.tasks)."""
@@ -89,6 +107,7 @@ class TaskPredictor:
         ref: ModelInfo,
         model: TaskModel | None = None,
         compile: str | None = None,
+        quantize: str | None = None,
     ):
         meta = read_config(folder)
         if meta.get("kind") != "task":
@@ -103,6 +122,9 @@ class TaskPredictor:
         self.model: TaskModel = model if model is not None else from_pretrained(folder)
         self.device = device()
         self.model.to(self.device).eval()
+        self.quantize = quantize
+        if quantize:
+            self.model = quantized_int8(self.model, self.device)
         if compile:  # in place: the state dict keeps its names
             self.model.compile(backend=compile, dynamic=True)
         self.tokenizer = load_tokenizer(Path(folder) / "tokenizer.json")
@@ -116,7 +138,13 @@ class TaskPredictor:
     def info(self) -> dict:
         """The /v1/tasks entry of this task."""
         model = self.ref.model_dump()
-        return {"task": self.ref.name, "type": self.kind, "labels": self.labels, "model": model}
+        return {
+            "task": self.ref.name,
+            "type": self.kind,
+            "labels": self.labels,
+            "model": model,
+            "quantized": self.quantize,
+        }
 
     def smoke(self) -> None:
         """One tiny prediction: a model that cannot answer this must not go live."""
