@@ -241,7 +241,7 @@ def main() -> None:
     servers = {"plain": f"http://127.0.0.1:{plain_port}", "ours": f"http://127.0.0.1:{serve_port}"}
     if args.int8:
         int8 = {"app_name": "bench-int8", "route_prefix": "/int8", "quantize": {args.task: "int8"}}
-        deploy(cfg.model_copy(update=int8), blocking=False)
+        deploy(ServeConfig.model_validate({**cfg.model_dump(), **int8}), blocking=False)
         servers["int8"] = servers["ours"] + "/int8"
     try:
         for url in servers.values():

@@ -139,10 +139,13 @@ def test_finetune_and_serve_configs_validate():
     q = validate(ServeConfig, {"quantize": {"*": "int8", "ner": "int8"}})
     assert q.quantize_of("sst2") == q.quantize_of("ner") == "int8"
     assert validate(ServeConfig, {"quantize": {"ner": "int8"}}).quantize_of("sst2") is None
+    grouped = validate(ServeConfig, {"quantize": {"*": "int8"}, "shared_encoder_groups": [["a"]]})
+    assert grouped.quantize_of("a") is None and grouped.quantize_of("b") == "int8"
     for extra, why in [
         ({"replica_gpus": 1}, "int8 runs on CPU replicas"),
         ({"compile": "inductor"}, "drop compile"),
         ({"shared_encoder_groups": [["ner", "pos"]]}, r"\['ner'\] share an encoder"),
+        ({"tasks": ["sst2"]}, r"quantize names \['ner'\], which `tasks` does not serve"),
     ]:
         with pytest.raises(ConfigError, match=why):
             validate(ServeConfig, {"quantize": {"ner": "int8"}, **extra})
@@ -255,6 +258,12 @@ TASK = ROOT / "jobs" / "configs" / "tasks" / "sentiment-sample.yaml"
         ),
         ("search.points=[{lr: -1}]", ["lr: points[0]=-1"]),
         ("search.points=[{epochs: 2}]", ["points[0] sets ['epochs']"]),
+        ("search.points=[{lr: 0.5}]", ["points[0]: lr=0.5 is outside its space"]),
+        (
+            "search={algorithm: tpe, space: {lr: {kind: uniform, low: 0.001, high: 0.01}, "
+            "dropout: {kind: choice, values: [0.0, 0.1]}}, points: [{lr: 0.005}]}",
+            ["points[0] leaves out ['dropout']: with algorithm=tpe a point sets all"],
+        ),
         ("search.warm_start_from=earlier", ["warm_start_from needs algorithm=tpe"]),
         ("search={algorithm: tpe, scheduler: pbt}", ["algorithm=tpe works with scheduler asha"]),
         (

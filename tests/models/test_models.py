@@ -420,3 +420,55 @@ def test_layer_decay_depths_put_electras_classifier_dense_with_the_head():
     assert electra.layer_depth("pooler.weight") == top + 1
     assert electra.layer_depth("emb_proj.weight") == electra.layer_depth("tok_emb.weight") == 0
     assert electra.layer_depth("layers.1.attn.qkv.weight") == bert.layer_depth("layers.1.x") == 2
+
+
+def _mlm_labels(ids):
+    labels = torch.full_like(ids, -100)
+    labels[:, 3::5] = ids[:, 3::5]
+    return labels
+
+
+@pytest.mark.parametrize("family", ["bert", "electra", "gpt", "lstm", "transformer"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(family):
+    """Recomputed activations (dropout on: the recompute must draw the same masks) give the
+    plain run's loss and gradients, for every family's layer stacks; only memory changes."""
+    from lmplatform.models.layers import set_activation_checkpointing
+    from lmplatform.models.transformer.model import Transformer, TransformerConfig
+
+    ids = _ids(B=4, T=32, seed=1)
+    cfgs = {
+        "bert": BertConfig(size="debug", vocab_size=V, dropout=0.2),
+        "electra": ElectraConfig(size="debug", vocab_size=V, dropout=0.2),
+        "gpt": GPTConfig(size="debug", vocab_size=V, dropout=0.2),
+        "lstm": LSTMConfig(size="debug", vocab_size=V, dropout=0.2),
+    }
+    batch = {"input_ids": ids}
+    if family in ("bert", "electra"):
+        batch["labels"] = _mlm_labels(ids)
+    if family == "transformer":
+        batch["labels"] = _ids(B=4, T=20, seed=2)
+
+    def run(checkpointing: bool):
+        torch.manual_seed(0)
+        if family == "transformer":
+            model = Transformer(TransformerConfig(size="debug", vocab_size=V, dropout=0.2))
+        else:
+            model = build_pretraining_model(cfgs[family])
+        assert set_activation_checkpointing(model, checkpointing) >= 1
+        model.train()
+        torch.manual_seed(1)  # dropout and ELECTRA's samples: the same draws in both runs
+        kept = []  # bytes of every tensor the forward keeps for the backward
+        pack = lambda t: kept.append(t.numel() * t.element_size()) or t  # noqa: E731
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(**batch)["loss"]
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, sum(kept)
+
+    (plain, grads, kept), (ckpt, ckpt_grads, ckpt_kept) = run(False), run(True)
+    assert ckpt_kept < 0.8 * kept, (ckpt_kept, kept)  # checkpointing really happened
+    assert torch.equal(plain, ckpt)
+    assert grads.keys() == ckpt_grads.keys() and len(grads) > 4
+    for n, g in grads.items():
+        # the same ops on the same values: equal up to the order a backward sums in
+        torch.testing.assert_close(ckpt_grads[n], g, rtol=1e-5, atol=1e-7, msg=n)

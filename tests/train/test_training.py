@@ -317,3 +317,21 @@ def test_compiled_training_and_serving_match_eager(small_tokenizers, tmp_path):
     compiled = TaskPredictor(folder, ModelInfo(name="t", version="v1"), compile="aot_eager")
     for a, b in zip(eager.predict(eager.parse(texts)), compiled.predict(compiled.parse(texts))):
         assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_the_loop_turns_activation_checkpointing_on_and_it_compiles():
+    """`train.activation_checkpointing` reaches every layer stack through the loop (refused
+    for a model with none); with torch.compile the steps' losses are the eager ones."""
+    cfg = TrainConfig(lr=1e-3, warmup_ratio=0.0, log_every=1, activation_checkpointing=True)
+    with pytest.raises(ValueError, match="has no layer stack to checkpoint"):
+        fit(_Scalar(), itertools.repeat({"input_ids": torch.ones(1)}), cfg, total_steps=1, log=None)
+    data = {"input_ids": torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))}
+    losses = {}
+    for backend in (None, "aot_eager"):
+        torch.manual_seed(0)
+        model = build_pretraining_model(GPTConfig(size="debug", vocab_size=300))
+        run = cfg.model_copy(update={"compile": backend})
+        r = fit(model, itertools.repeat(data), run, total_steps=3, log=None)
+        assert model.activation_checkpointing
+        losses[backend] = [h["loss"] for h in r.history]
+    assert losses["aot_eager"] == pytest.approx(losses[None], rel=1e-4)

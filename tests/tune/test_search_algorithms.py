@@ -80,3 +80,11 @@ def test_in_space_checks_every_dimension():
     assert not in_space(space, {"lr": 1e-3, "batch_size": 64})
     assert not in_space(space, {"lr": 0.5, "batch_size": 32})
     assert not in_space(space, {"batch_size": 32})
+
+
+def test_preflight_names_a_warm_start_that_is_not_there(tmp_path):
+    from lmplatform.pipeline.preflight import check_searches
+
+    job = _job(f"output_dir={tmp_path}", "search.warm_start_from=monday")
+    (problem,) = check_searches([job, _job(f"output_dir={tmp_path}")])
+    assert problem.check == "search" and f"no {tmp_path}/monday/trials.json" in problem.message

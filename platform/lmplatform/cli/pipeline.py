@@ -44,6 +44,7 @@ def main() -> None:
             # fit on the node types, GPU probes
             workers=preflight.worker_wants(pre, tasks, adapts.values()),
             serve=serve_cfg,
+            finetunes=tasks,
         )
         if problems:
             for p in problems:

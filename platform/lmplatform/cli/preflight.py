@@ -125,6 +125,7 @@ def main(args) -> None:
         serve=serve_cfg,
         address=None if args.on_cluster else args.address,
         pretraining=pre is not None,
+        finetunes=tasks,
     )
     print(f"preflight: checked on {preflight.cluster_summary()}", flush=True)
     sys.exit(_report(problems))

@@ -567,7 +567,7 @@ _YOU_WORDS = {"unique", "union", "unit", "united", "university", "universal", "u
 def _a(phrase: str) -> str:
     """The phrase with its indefinite article, by sound ("an awful film", "a unique film")."""
     first = phrase.split()[0]
-    sounds_y_or_w = first.startswith(("one", "eu", "use", "usu")) or first in _YOU_WORDS
+    sounds_y_or_w = first.startswith(("one", "eu", "use", "usu", "ukrain")) or first in _YOU_WORDS
     vowel = first[0] in "aeiou" and not sounds_y_or_w
     return f"{'an' if vowel or first.startswith(('hon', 'hour')) else 'a'} {phrase}"
 
@@ -723,7 +723,7 @@ def _more_reviews(w: _World, label: int, adj, clause, thing: str) -> list:
         lambda: f"how can {_a(thing)} be so {adj(label, [''])} ?",
         lambda: f"why is the {thing} so {adj(label, [''])} ?",
         lambda: f"{adj(label)} from start to finish",
-        lambda: f"{adj(label)} , {adj(label)} {thing}",
+        lambda: f"{adj(label)} , {adj(label, before_noun)} {thing}",
         lambda: f"{w.person()} is {adj(label)} in it",
         lambda: f"even the {thing} {r.choice(_BE)} {adj(label)}",
         lambda: f"i {r.choice(_LIKE[label])} every minute of it",
@@ -881,8 +881,7 @@ def _plain_ner_sentence(w: _World) -> list[tuple[str, str]]:
             out += [(words[0], f"B-{tag}")] + [(x, f"I-{tag}") for x in words[1:]]
         else:
             out.append((part, "O"))
-    # the frames say "a {role}": the word drawn picks "a" or "an" (articles are tagged O)
-    return list(zip(_articles([word for word, _ in out]), [tag for _, tag in out]))
+    return _tagged_articles(out)  # the frames say "a {role}": the word drawn picks a or an
 
 
 _NER_KIND = {"person": "PER", "city": "LOC", "country": "LOC", "place": "LOC", "org": "ORG"}
@@ -909,7 +908,12 @@ def _ner_sentence(w: _World) -> list[tuple[str, str]]:
                 out += [(words[0], f"B-{tag}")] + [(x, f"I-{tag}") for x in words[1:]]
         else:
             out.append((part, "O"))
-    return out
+    return _tagged_articles(out)
+
+
+def _tagged_articles(out: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The frames' "a" made "an" where the word drawn after it needs it (tags unchanged)."""
+    return list(zip(_articles([word for word, _ in out]), [tag for _, tag in out]))
 
 
 def _document(w: _World) -> str:

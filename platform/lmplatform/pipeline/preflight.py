@@ -771,6 +771,29 @@ def gpu_wants(pretrain=None, finetunes=(), serve=None) -> dict[str, float]:
     return wants
 
 
+def check_searches(finetunes=()) -> list[Problem]:
+    """What a TPE search needs on this (the driver's) node before any stage runs: optuna, and
+    the earlier search its `warm_start_from` names, of the same task."""
+    import importlib.util
+
+    from lmplatform.config import ConfigError
+    from lmplatform.tune.search import told_trials
+
+    problems = []
+    for job in finetunes:
+        if job.search.algorithm != "tpe":
+            continue
+        if importlib.util.find_spec("optuna") is None:
+            fix = "pip install 'lmplatform[search]' where the pipeline runs"
+            problems.append(Problem("search", f"{job.name}: algorithm=tpe needs optuna", fix))
+            continue
+        try:
+            told_trials(job)
+        except ConfigError as e:
+            problems.append(Problem("search", f"{job.name}: {e}", "name an earlier search"))
+    return problems
+
+
 def run_checks(
     *,
     working_dir: str | os.PathLike | None = None,
@@ -784,10 +807,11 @@ def run_checks(
     address: str | None = None,
     cluster: bool = True,
     pretraining: bool = True,
+    finetunes=(),
 ) -> list[Problem]:
     """All checks; the cluster ones (fit, GPU nodes, per-node storage, imports, GPUs) need Ray
     initialised."""
-    problems: list[Problem] = []
+    problems: list[Problem] = check_searches(finetunes)
     if working_dir is not None:
         problems += check_working_dir(working_dir, list(excludes))
     problems += check_auth(address)

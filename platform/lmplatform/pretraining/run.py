@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -109,6 +110,11 @@ def worker_loop(config: dict) -> None:
         stepper.engine, job.train, job.train.max_steps, world, rank, run_log, data, resume
     )
     callbacks = [*config.get("callbacks", ()), reporter]
+    total = job.train.max_steps
+    if resume.stopped_early and job.train.early_stopping:  # a finished run started again
+        total = resume.start_step
+        if rank == 0:
+            print(f"[pretrain {job.name}] stopped early at step {total}: nothing to do", flush=True)
     fit(
         stepper.engine,
         data,
@@ -120,7 +126,7 @@ def worker_loop(config: dict) -> None:
             job,
             stepper.engine.device,
         ),
-        total_steps=job.train.max_steps,
+        total_steps=total,
         stepper=stepper,
         start_step=resume.start_step,
         on_step=lambda step, metrics: [cb(step, metrics) for cb in callbacks],
@@ -266,8 +272,13 @@ def registered_checkpoint(job: PretrainJobConfig, result):
     one of the best evaluation."""
     if result.checkpoint is None:
         raise RuntimeError(f"pretraining run {job.name!r} produced no checkpoint: {result.error}")
-    if job.train.early_stopping and result.best_checkpoints:
-        return min(result.best_checkpoints, key=lambda cm: cm[1]["eval_loss"])
+    scored = [
+        (c, m)
+        for c, m in (result.best_checkpoints or [])
+        if isinstance(m.get("eval_loss"), int | float) and math.isfinite(m["eval_loss"])
+    ]
+    if job.train.early_stopping and scored:  # an earlier run's checkpoint may have no score
+        return min(scored, key=lambda cm: cm[1]["eval_loss"])
     return result.checkpoint, result.metrics or {}
 
 

@@ -91,6 +91,11 @@ class TrainConfig(StrictModel):
     compile: CompileBackend | None = None
     """torch.compile the model with this backend (null: eager). `inductor` generates fused
     kernels (on CPU it needs a C++ compiler); the first steps are slower while it compiles."""
+    activation_checkpointing: bool = False
+    """Recompute each layer's activations in the backward instead of keeping them (every
+    family's layer stacks: BERT / ELECTRA encoder and generator, GPT blocks, biLM layers,
+    encoder-decoder): a stack then holds about one layer's activations, for about a third
+    more compute. Same losses and gradients; works with compile and ZeRO."""
 
 
 class ScalingConfig(StrictModel):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lmplatform.models.layers import set_activation_checkpointing
 from lmplatform.train.config import EarlyStopping, Precision, TrainConfig
 from lmplatform.train.perf import format_eta, keep_freed_memory
 
@@ -198,16 +199,26 @@ class EarlyStop:
         )
 
 
-def _everyone_stops(stop: bool, device) -> bool:
-    """Rank 0's decision for every rank: all must leave the loop at the same step, and their
-    evaluations can differ in the last bits."""
+def rank0_decides(flag: bool, device) -> bool:
+    """Rank 0's `flag` on every rank (as given without a process group): decisions every rank
+    must take alike, at the same step, from values that can differ between ranks."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return stop
-    flag = torch.tensor([int(stop)], device=device)  # NCCL broadcasts only device tensors
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
+        return flag
+    t = torch.tensor([int(flag)], device=device)  # NCCL broadcasts only device tensors
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _stops_after(stopper: EarlyStop | None, ev: dict, more: bool, device, log, name: str) -> bool:
+    """Whether early stopping ends the run at this evaluation (`more`: steps are left);
+    rank 0 decides for every rank, and says why."""
+    if stopper is None or not rank0_decides(stopper.update(ev), device) or not more:
+        return False
+    if log:
+        log(f"[{name}] {stopper.reason(ev['step'])}")
+    return True
 
 
 class _Meter:
@@ -361,6 +372,11 @@ def _prepare(model: nn.Module, cfg: TrainConfig) -> None:
     """What makes steps fast: memory kept for the next step's activations (no page faults),
     and the compiled model where the config asks."""
     keep_freed_memory()
+    if cfg.activation_checkpointing and not set_activation_checkpointing(model):
+        raise ValueError(
+            f"train.activation_checkpointing: {type(model).__name__} has no layer stack to "
+            "checkpoint"
+        )
     if cfg.compile:  # in place (a DeepSpeed engine compiles its module): names stay the same
         model.compile(backend=cfg.compile)
 
@@ -422,17 +438,14 @@ def fit(
                 _log_eval(log, name, step, ev)
             if on_eval:
                 on_eval(step, ev)
-            if stopper and _everyone_stops(stopper.update(ev), device) and step < total_steps:
-                metrics["early_stop"] = 1
-                result.stopped_early_at = step
-                if log:
-                    log(f"[{name}] {stopper.reason(step)}")
+            if _stops_after(stopper, ev, step < total_steps, device, log, name):
+                metrics["early_stop"], result.stopped_early_at = 1, step
         result.history.append(metrics)
         if on_step:
             on_step(step, metrics)
         if result.stopped_early_at:
             break
-    last = result.stopped_early_at or total_steps
-    result.steps, result.tokens = last - start_step, meter.total_tokens
+    result.steps = (result.stopped_early_at or total_steps) - start_step
+    result.tokens = meter.total_tokens
     result.seconds = time.perf_counter() - meter.t_start
     return result

@@ -30,6 +30,7 @@ import torch
 from lmplatform.config import ConfigError
 from lmplatform.train.config import ResumeMismatch, TrainConfig
 from lmplatform.train.deepspeed_engine import engine_layout, weights_only_loads
+from lmplatform.train.loop import rank0_decides
 
 STATE = "train_state.json"
 TAG = "state"
@@ -55,9 +56,13 @@ class DataLayout:
         return self.batch_size * self.grad_accum_steps * self.world_size
 
 
-def checkpoint_state(step: int, batches_seen: int, tokens: int, layout: DataLayout) -> dict:
-    """`train_state.json`: where the run is, and the layout its position is counted in."""
-    return {"step": step, "batches_seen": batches_seen, "tokens": tokens, **asdict(layout)}
+def checkpoint_state(
+    step: int, batches_seen: int, tokens: int, layout: DataLayout, stopped_early: bool = False
+) -> dict:
+    """`train_state.json`: where the run is, the layout its position is counted in, and
+    whether early stopping ended the run here (a restart then has nothing to do)."""
+    state = {"step": step, "batches_seen": batches_seen, "tokens": tokens, **asdict(layout)}
+    return {**state, "stopped_early": True} if stopped_early else state
 
 
 def resume_position(
@@ -158,6 +163,8 @@ class Resume:
     """What changed since the checkpoint, for the log."""
     engine_change: str = ""
     """The engine layout the checkpoint was written in -> this run's, where they differ."""
+    stopped_early: bool = False
+    """Early stopping ended the run at this checkpoint."""
 
     @property
     def world(self) -> int:
@@ -193,6 +200,7 @@ class Resume:
         return cls(
             layout,
             start_step=state["step"],
+            stopped_early=bool(state.get("stopped_early")),
             batches_seen=skip,
             tokens_seen=state["tokens"],
             old_world=old,
@@ -358,15 +366,8 @@ class Reporter:
         """Ray Train V2 holds one unread report per worker and reads them every 2 s: reporting
         faster blocks the loop. Every rank must make the same report calls, so rank 0's clock
         decides for all (one tiny broadcast per log line)."""
-        due = torch.tensor(
-            [int(time.time() - self.last_report >= self.train.report_every_s)],
-            device=self.engine.device,  # NCCL broadcasts only CUDA tensors
-        )
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.broadcast(due, src=0)
-        return bool(due.item())
+        due = time.time() - self.last_report >= self.train.report_every_s
+        return rank0_decides(due, self.engine.device)
 
     def _checkpoint(self, step: int, metrics: dict, report: dict, last: bool) -> None:
         import ray.train
@@ -376,7 +377,8 @@ class Reporter:
             self.engine.save_checkpoint(d, tag=TAG)  # every rank writes its own shard
             if self.rank == 0:
                 tokens = self.resume.tokens_seen + int(metrics.get("tokens", 0))
-                state = checkpoint_state(step, self.data.seen, tokens, self.resume.layout)
+                stopped = bool(metrics.get("early_stop"))
+                state = checkpoint_state(step, self.data.seen, tokens, self.resume.layout, stopped)
                 (Path(d) / STATE).write_text(json.dumps(state))
             dist.barrier()
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))

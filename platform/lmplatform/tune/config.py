@@ -44,6 +44,16 @@ class SearchDim(StrictModel):
             raise ValueError("loguniform needs low > 0")
         return self
 
+    def contains(self, v) -> bool:
+        """Whether this dimension can draw `v`."""
+        if self.kind in ("choice", "grid"):
+            return v in self.values
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            return False
+        if self.kind == "randint":
+            return float(v).is_integer() and self.low <= v < self.high
+        return self.low <= v <= self.high
+
 
 def _like(model: type, name: str) -> Any:
     """The type and bounds of `model.name`: a searched value passes exactly the checks a fixed
@@ -110,7 +120,8 @@ class SearchConfig(StrictModel):
     startup_trials: int = Field(3, ge=1)
     """TPE: random draws before it proposes (trials told by `warm_start_from` count)."""
     points: list[dict[str, Any]] = Field(default_factory=list)
-    """Configurations to try first, as given (any algorithm); a key left out is drawn."""
+    """Configurations to try first, as given, each value inside its dimension (random: a key
+    left out is drawn; tpe: a point sets every dimension)."""
     warm_start_from: str | None = None
     """TPE: an earlier search of the same task (its name under output_dir, or its folder or
     URI): its finished trials are told to TPE before the first draw, not run again."""
@@ -155,6 +166,8 @@ class SearchConfig(StrictModel):
                 raise ValueError(f"points[{i}] sets {outside}, which the space does not search")
             for name, value in point.items():
                 check_value(name, f"points[{i}]", value)
+                if not self.space[name].contains(value):
+                    raise ValueError(f"points[{i}]: {name}={value!r} is outside its space")
         return self
 
     @model_validator(mode="after")
@@ -170,6 +183,12 @@ class SearchConfig(StrictModel):
             raise ValueError(f"algorithm=tpe samples: make {grids} kind choice, not grid")
         if not self.space:
             raise ValueError("algorithm=tpe needs a space to search")
+        for i, point in enumerate(self.points):
+            left = sorted(set(self.space) - set(point))
+            if left:
+                raise ValueError(
+                    f"points[{i}] leaves out {left}: with algorithm=tpe a point sets all"
+                )
         return self
 
     @field_validator("space")
@@ -196,22 +215,19 @@ def check_dimension(name: str, dim: SearchDim) -> None:
     """Fail on a dimension that could draw a value its field refuses, naming it: a bad space
     fails when the config loads, not inside trials on the cluster."""
 
-    def check(what: str, value) -> None:
-        check_value(name, what, value)
-
     if dim.kind in ("choice", "grid"):
         for i, v in enumerate(dim.values):
-            check(f"values[{i}]", v)
+            check_value(name, f"values[{i}]", v)
         return
     if name == "transfer":
         raise ValueError(f"{name}: kind {dim.kind} draws numbers; use choice or grid")
-    check("low", dim.low)
+    check_value(name, "low", dim.low)
     if dim.kind == "randint":
         if dim.low != int(dim.low) or dim.high != int(dim.high):
             raise ValueError(f"{name}: randint needs whole-number low and high")
-        check("high - 1", int(dim.high) - 1)  # randint's high is exclusive
+        check_value(name, "high - 1", int(dim.high) - 1)  # randint's high is exclusive
     else:
-        check("high", dim.high)
+        check_value(name, "high", dim.high)
 
 
 class FinetuneJobConfig(JobConfig):

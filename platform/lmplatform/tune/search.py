@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -125,15 +126,24 @@ def told_trials(job: FinetuneJobConfig) -> list[tuple[dict, float]]:
             f"search.warm_start_from={src!r} searched task {earlier['task']!r} for "
             f"{earlier['metric']}; this search is task {job.task.name!r} for {metric}"
         )
+    # what Tune tells TPE of a trial it runs: the metric it ended at
     told = [
-        ({k: row[k] for k in job.search.space}, row[f"best_{metric}"])
+        ({k: row[k] for k in job.search.space}, row[f"last_{metric}"])
         for row in earlier["trials"]
-        if row.get("status") == "done" and in_space(job.search.space, row)
+        if row.get("status") == "done"
+        and in_space(job.search.space, row)
+        and math.isfinite(row.get(f"last_{metric}", math.nan))
     ]
     skipped = len(earlier["trials"]) - len(told)
+    other = earlier.get("parent") != job.parent
     print(
         f"[search {job.name}] warm start: TPE is told {len(told)} trial(s) of {folder}"
-        + (f"; {skipped} not finished or outside this space" if skipped else ""),
+        + (f"; {skipped} not finished or outside this space" if skipped else "")
+        + (
+            f"; they trained from {earlier.get('parent')}, this search from {job.parent}"
+            if other
+            else ""
+        ),
         flush=True,
     )
     return told
@@ -230,7 +240,7 @@ def _write_results(job: FinetuneJobConfig, results, run_dir: str) -> list[dict]:
     # typed, with what was searched for: a later search's warm_start_from reads it
     storage.write_json(
         storage.join(run_dir, "trials.json"),
-        {"task": job.task.name, "metric": metric, "trials": table},
+        {"task": job.task.name, "metric": metric, "parent": job.parent, "trials": table},
     )
     trials_plot(
         results, metric, storage.join(run_dir, "trials.png"), title=f"{job.name}: {job.task.name}"

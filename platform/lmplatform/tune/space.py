@@ -36,17 +36,7 @@ def search_space(space: dict[str, SearchDim]) -> dict:
 
 def in_space(space: dict[str, SearchDim], config: dict) -> bool:
     """Whether `space` can draw `config`'s value of each of its dimensions."""
-    for k, d in space.items():
-        v = config.get(k, ...)
-        if d.kind in ("choice", "grid"):
-            ok = v in d.values
-        elif not isinstance(v, int | float) or isinstance(v, bool):
-            ok = False
-        else:
-            ok = d.low <= v < d.high if d.kind == "randint" else d.low <= v <= d.high
-        if not ok:
-            return False
-    return True
+    return all(k in config and d.contains(config[k]) for k, d in space.items())
 
 
 def search_algorithm(

@@ -18,6 +18,7 @@ from lmplatform.models._preset import fill_from_preset
 from lmplatform.models.layers import (
     Dropout,
     Encoded,
+    LayerStack,
     SelfAttention,
     init_weights,
     linear_cross_entropy,
@@ -100,7 +101,7 @@ class BertLayer(nn.Module):
         return self.ffn_ln(x + self.drop(self.ffn_out(F.gelu(self.ffn_in(x)))))  # (B, T, C)
 
 
-class BertEncoder(nn.Module):
+class BertEncoder(LayerStack, nn.Module):
     """Embeddings + encoder layers + pooler: Hugging Face's BertModel."""
 
     def __init__(self, cfg: BertConfig):
@@ -139,7 +140,7 @@ class BertEncoder(nn.Module):
         mask = padding_mask(attention_mask)
         outs = [x]
         for layer in self.layers:
-            x = layer(x, mask)
+            x = self.run_layer(layer, x, mask)
             if all_layers:
                 outs.append(x)
         return outs if all_layers else x

@@ -26,7 +26,12 @@ from torch import nn
 from lmplatform.models._preset import fill_from_preset
 from lmplatform.models.bert.model import PRESETS as BERT_PRESETS
 from lmplatform.models.bert.model import BertConfig, BertEncoder, BertLayer
-from lmplatform.models.layers import init_weights, linear_cross_entropy, padding_mask
+from lmplatform.models.layers import (
+    LayerStack,
+    init_weights,
+    linear_cross_entropy,
+    padding_mask,
+)
 
 PRESETS: dict[str, dict] = {
     # `mini` is BERT's: the same encoder as `bert` mini, so the two objectives compare like for like
@@ -121,7 +126,7 @@ class ElectraEncoder(BertEncoder):
         return 0 if name.startswith("emb_proj.") else super().layer_depth(name)
 
 
-class ElectraGenerator(nn.Module):
+class ElectraGenerator(LayerStack, nn.Module):
     """The masked-LM generator on the discriminator's embeddings: its own projection (when
     the embeddings are not its width), layers, and an LM head tied to the word embeddings."""
 
@@ -141,7 +146,7 @@ class ElectraGenerator(nn.Module):
         if self.proj is not None:
             x = self.proj(x)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = self.run_layer(layer, x, mask)
         return x
 
     def transform(self, h: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from lmplatform.models.layers import (
     Dropout,
     Encoded,
     KVCache,
+    LayerStack,
     SelfAttention,
     init_weights,
     last_token,
@@ -99,7 +100,7 @@ class GPTBlock(nn.Module):
         return x + self.drop(self.proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh")))
 
 
-class GPT(nn.Module):
+class GPT(LayerStack, nn.Module):
     """Decoder-only causal LM with the output layer tied to the token embeddings."""
 
     def __init__(self, cfg: GPTConfig):
@@ -140,7 +141,7 @@ class GPT(nn.Module):
         x = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))  # (B, T, C)
         outs = [x]
         for i, block in enumerate(self.blocks):
-            x = block(x, cache[i] if cache else None)
+            x = self.run_layer(block, x, cache[i] if cache else None)
             if all_layers:
                 outs.append(x)
         x = self.ln_f(x)

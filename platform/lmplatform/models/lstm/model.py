@@ -15,7 +15,7 @@ from torch import nn
 
 from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
-from lmplatform.models.layers import Dropout, Encoded
+from lmplatform.models.layers import Dropout, Encoded, LayerStack
 
 PRESETS: dict[str, dict] = {
     "debug": dict(embedding_size=64, hidden_size=64, num_layers=1, max_seq_len=128),
@@ -67,7 +67,7 @@ def reverse_padded(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
     return torch.gather(x, 1, idx)
 
 
-class _Direction(nn.Module):
+class _Direction(LayerStack, nn.Module):
     """A stack of single-layer RNNs, each projected back to the embedding width, with residuals."""
 
     def __init__(self, cfg: LSTMConfig):
@@ -85,7 +85,7 @@ class _Direction(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
         for rnn, proj in zip(self.rnns, self.projs):
-            h, _ = rnn(x)  # (B, T, H)
+            h, _ = self.run_layer(rnn, x)  # (B, T, H)
             x = x + self.drop(proj(h))  # (B, T, E), residual as in ELMo
             outs.append(x)
         return outs

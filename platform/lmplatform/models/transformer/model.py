@@ -24,7 +24,14 @@ from torch import nn
 
 from lmplatform.config import StrictModel
 from lmplatform.models._preset import fill_from_preset
-from lmplatform.models.layers import Dropout, Encoded, dropout, init_weights, padding_mask
+from lmplatform.models.layers import (
+    Dropout,
+    Encoded,
+    LayerStack,
+    dropout,
+    init_weights,
+    padding_mask,
+)
 
 PRESETS: dict[str, dict] = {
     "debug": dict(
@@ -303,7 +310,7 @@ class Stack(nn.Module):
         )
 
 
-class Transformer(nn.Module):
+class Transformer(LayerStack, nn.Module):
     """Encoder-decoder with one shared embedding matrix (source, target, output layer)."""
 
     def __init__(self, cfg: TransformerConfig):
@@ -359,7 +366,7 @@ class Transformer(nn.Module):
         mask = padding_mask(attention_mask)
         x = self._embed(input_ids, self.encoder)
         for layer in self.encoder.layers:
-            x = layer(x, mask)
+            x = self.run_layer(layer, x, mask)
         if self.encoder.layer_norm is not None:
             x = self.encoder.layer_norm(x)
         return x, mask
@@ -378,7 +385,8 @@ class Transformer(nn.Module):
             cache.layers = [LayerCache() for _ in self.decoder.layers]
         x = self._embed(decoder_input_ids, self.decoder, start)
         for i, layer in enumerate(self.decoder.layers):
-            x = layer(x, memory, memory_mask, cache.layers[i] if cache is not None else None)
+            layer_cache = cache.layers[i] if cache is not None else None
+            x = self.run_layer(layer, x, memory, memory_mask, layer_cache)
         if self.decoder.layer_norm is not None:
             x = self.decoder.layer_norm(x)
         if cache is not None:
