@@ -155,12 +155,16 @@ def test_continued_pretraining_starts_from_the_parent_model(ray_local, workdir, 
         _cfg(workdir, "x", "train.early_stopping={patience: 2}", "train.checkpoint_every=3")
     prepared, result = run_pretraining(cfg, callbacks=[WorsenEval(6)])
     # evaluations at 2 (the first: best), 4 and 6 (no gain of 0.01): stopped at 6, not 40
-    assert [r["step"] for r in _steps(workdir, "adapt") if "eval_loss" in r] == [2, 4, 6]
+    rows = _steps(workdir, "adapt")
+    assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4, 6]
     assert result.metrics["step"] == 6 and result.metrics["early_stop"] == 1
     name, version, _ = export_and_register(cfg, prepared, result)
     meta = reg.metadata("pretrained", name, version)
     assert meta["lineage"]["steps"] in (2, 4)  # step 6 reported the worst eval_loss
     assert meta["metrics"]["eval_loss"] < 9
+    # started again, the run that stopped early has nothing to do (not 34 more steps)
+    _, again = run_pretraining(cfg)
+    assert again.metrics["step"] == 6 and len(_steps(workdir, "adapt")) == len(rows)
     imported = reg.metadata("pretrained", "hf-hf-tiny", "v0001")["lineage"]
     assert imported["imported_from"] == f"hf:{tmp_path}/hf-tiny"
     assert meta["lineage"]["init_from"] == "hf-hf-tiny@v0001"
