@@ -271,8 +271,8 @@ def test_feature_extraction_leaves_the_encoder_bit_identical(frozen, sample_dir,
     res = fit(
         model,
         batches,
-        TrainConfig(lr=5e-3, weight_decay=0.1, warmup_ratio=0.0, log_every=100),
-        total_steps=30,
+        TrainConfig(lr=1e-3, weight_decay=0.1, warmup_ratio=0.0, log_every=100),
+        total_steps=120,
         log=None,
     )
     after = model.encoder.state_dict()
@@ -280,7 +280,12 @@ def test_feature_extraction_leaves_the_encoder_bit_identical(frozen, sample_dir,
     assert unchanged is frozen
     assert not torch.equal(head_before, model.head.weight)
     if not frozen:  # a random-init encoder gives weak features; full fine-tuning must learn
-        assert sum(h["loss"] for h in res.history[-5:]) < sum(h["loss"] for h in res.history[:5])
+        # (measured on sample v5: mean loss 0.70 over the first 10 steps, 0.20 over the last
+        # 10; at lr 5e-3 this debug encoder stays at chance, 0.69, for 120 steps)
+        first, last = (
+            sum(h["loss"] for h in hs) / 10 for hs in (res.history[:10], res.history[-10:])
+        )
+        assert last < 0.6 * first, (first, last)
 
 
 def test_compiled_training_and_serving_match_eager(small_tokenizers, tmp_path):

@@ -171,7 +171,8 @@ class FitResult:
 
 
 class EarlyStop:
-    """`train.early_stopping` on one figure of the evaluations: `watch` = (key, "max" | "min")."""
+    """`train.early_stopping` on one figure of the evaluations: `watch` = (key, "max" | "min").
+    The step it stops at is the last `on_step` sees, with `metrics["early_stop"] = 1`."""
 
     def __init__(self, cfg: EarlyStopping, watch: tuple[str, str]):
         self.cfg, (self.key, self.mode) = cfg, watch
@@ -353,11 +354,14 @@ class _Readback:
                 raise FloatingPointError(f"{self.name}: non-finite loss at step {step}: {sums}")
 
 
-def _evaluate(model, evaluate, cfg: TrainConfig, device, step: int) -> dict:
+def _evaluate(model, evaluate, cfg: TrainConfig, device, step: int, log, name: str) -> dict:
+    """One evaluation in eval mode and the run's precision; printed when `log` is given."""
     model.eval()
     with torch.no_grad(), precision_context(model, cfg.precision, device, evaluating=True):
         ev = {"step": step, **evaluate(model)}
     model.train()
+    if log:
+        _log_eval(log, name, step, ev)
     return ev
 
 
@@ -406,10 +410,8 @@ def fit(
     the micro-batches and logged. `on_step` / `on_eval` let a caller report or checkpoint;
     `log_evals=False` leaves printing evaluations to the caller. The metrics `on_step` gets are
     numbers at log, evaluation and checkpoint steps and at the first and last; at other steps
-    the model's metrics and `grad_norm` are still device tensors (see `_Readback`).
-    `watch`: the evaluation figure `cfg.early_stopping` follows, (key, "max" | "min"); the step
-    it stops at is the last `on_step` sees, with `metrics["early_stop"] = 1`.
-    """
+    the model's metrics and `grad_norm` are still device tensors (see `_Readback`). `watch`:
+    (key, "max" | "min") of the evaluations `cfg.early_stopping` follows (`EarlyStop`)."""
     device = torch.device(device)
     stepper = stepper or TorchStepper(model, cfg, total_steps)
     _prepare(model, cfg)
@@ -421,21 +423,16 @@ def fit(
     model.train()
     for step in range(start_step + 1, total_steps + 1):
         sums = _accumulate(model, stream, stepper, cfg, device, meter)
-        grad_norm = stepper.step()
-        metrics = {"step": step, **sums, "lr": stepper.lr, "tokens": meter.total_tokens}
-        if grad_norm is not None:
-            metrics["grad_norm"] = grad_norm
+        metrics = _optimizer_step(step, sums, stepper, meter)
         readback.add(step, metrics, list(sums))
         if step % cfg.log_every == 0 or step == total_steps:
             metrics.update(meter.window(step))
             if log:
                 log(progress_line(name, step, total_steps, metrics))
         if evaluate is not None and (step % cfg.eval_every == 0 or step == total_steps):
-            ev = _evaluate(model, evaluate, cfg, device, step)
+            ev = _evaluate(model, evaluate, cfg, device, step, log if log_evals else None, name)
             result.evals.append(ev)
             metrics.update({k: v for k, v in ev.items() if k != "step"})
-            if log and log_evals:
-                _log_eval(log, name, step, ev)
             if on_eval:
                 on_eval(step, ev)
             if _stops_after(stopper, ev, step < total_steps, device, log, name):
@@ -446,6 +443,15 @@ def fit(
         if result.stopped_early_at:
             break
     result.steps = (result.stopped_early_at or total_steps) - start_step
-    result.tokens = meter.total_tokens
-    result.seconds = time.perf_counter() - meter.t_start
+    result.tokens, result.seconds = meter.total_tokens, time.perf_counter() - meter.t_start
     return result
+
+
+def _optimizer_step(step: int, sums: dict, stepper, meter: _Meter) -> dict:
+    """The optimizer step, and its metrics: the model's (over the micro-batches), lr, tokens,
+    grad norm."""
+    grad_norm = stepper.step()  # first: the lr shown is the one after this step's update
+    metrics = {"step": step, **sums, "lr": stepper.lr, "tokens": meter.total_tokens}
+    if grad_norm is not None:
+        metrics["grad_norm"] = grad_norm
+    return metrics
