@@ -64,6 +64,9 @@ def test_zero_stages_agree_and_zero3_export_reproduces_eval_loss(ray_local, work
             f"scaling.zero_stage={stage}",
             # recomputed activations change no loss: ZeRO-3 gathers its weights again for them
             f"train.activation_checkpointing={stage == 3}",
+            # 5 eval batches, scored by 2 workers (3 + 2; under ZeRO-3 the second runs one
+            # forward more to stay in step): the run's eval_loss must equal one process's
+            "train.eval_batches=5",
         )
         prepared, result = run_pretraining(cfg)
         rows = _steps(workdir, f"zero{stage}")

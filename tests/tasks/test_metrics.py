@@ -1,4 +1,5 @@
-"""Metrics: entity F1 identical to seqeval; classification metrics by hand."""
+"""Metrics: entity F1 identical to seqeval; classification metrics by hand; counts of shards
+that add up to the whole's scores."""
 
 import random
 
@@ -6,7 +7,8 @@ import pytest
 from seqeval.metrics import f1_score, precision_score, recall_score
 
 from lmplatform.data.sources import DataSource
-from lmplatform.metrics import classification_report, entity_report, get_entities
+from lmplatform.metrics import add_counts, classification_report, entity_report, get_entities
+from lmplatform.tasks import task_type
 from lmplatform.tasks.data import load_labelled
 from lmplatform.tasks.token_classification import bio_tags
 
@@ -67,3 +69,62 @@ def test_classification_report():
         {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
     )
     assert rep["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+
+
+def _shards(scorer_of, predicted, rows, world=2, bs=7):
+    """Scores of every row by one scorer, and the sum of `world` scorers' counts, each scorer
+    taking every world-th batch of `bs` rows (as sharded evaluation cuts them)."""
+    whole = scorer_of()
+    whole.add_labels(predicted, rows)
+    parts = []
+    for rank in range(world):
+        part = scorer_of()
+        for lo in range(rank * bs, len(rows), world * bs):
+            part.add_labels(predicted[lo : lo + bs], rows[lo : lo + bs])
+        parts.append(part.counts())
+    return whole.result(), whole.result_of(add_counts(parts))
+
+
+def test_sharded_counts_score_exactly_as_one_rank(shared_data):
+    """Every task type's scorer: the counts of two shards, added, give the metrics of one
+    scorer over all rows, exactly (accuracy and macro F1, entity F1 on CoNLL dev, SRL argument
+    F1, corpus BLEU and chrF on Multi30k)."""
+    rng = random.Random(0)
+    labels = ["neg", "neu", "pos"]
+    rows = [{"label": rng.randrange(3)} for _ in range(101)]
+    pred = [r["label"] if rng.random() < 0.7 else rng.randrange(3) for r in rows]
+    one, summed = _shards(lambda: task_type("classification").scorer(labels, labels), pred, rows)
+    assert one == summed and 0.6 < one[0]["accuracy"] < 0.9
+
+    data = load_labelled(
+        DataSource(path=str(shared_data / "conll2003" / "dev.txt")), "token_classification", TYPES
+    )
+    names = bio_tags(TYPES)
+    rows = [{"tags": t, "tokens": w} for t, w in zip(data.dataset["tags"], data.dataset["tokens"])]
+    pred = _perturb([[names[t] for t in r["tags"]] for r in rows], rng)
+    scorer = task_type("token_classification").scorer
+    one, summed = _shards(lambda: scorer(names, TYPES), pred, rows)
+    assert one == summed and 0.5 < one[0]["entity_f1"] < 1.0
+
+    roles = ["ARG0", "ARG1", "ARGM-TMP"]
+    rows = []
+    for _ in range(60):
+        n = rng.randrange(3, 12)
+        tags = [rng.choice(["O", "O", *roles]) for _ in range(n)]
+        p = rng.randrange(n)
+        tags[p] = "V"
+        rows.append({"tokens": ["w"] * n, "tags": tags, "predicate": p})
+    pred = [[t if rng.random() < 0.8 else rng.choice(roles) for t in r["tags"]] for r in rows]
+    one, summed = _shards(lambda: task_type("srl").scorer(roles, roles), pred, rows)
+    assert one == summed and 0.5 < one[0]["argument_f1"] < 1.0
+
+    refs = (shared_data / "multi30k" / "val.en").read_text().splitlines()[:300]
+    hyps = [" ".join(w for w in r.split() if rng.random() < 0.85) for r in refs]
+    rows = [{"target": r} for r in refs]
+    seq2seq = task_type("seq2seq")
+    one, summed = _shards(lambda: seq2seq.scorer([], [], task=_Seq2SeqTask), hyps, rows)
+    assert one == summed and 20 < one[0]["bleu"] < 90
+
+
+class _Seq2SeqTask:
+    decoding = None

@@ -310,6 +310,7 @@ def test_multi_worker_trials_run_a_torch_trainer_and_promote(ray_local, registry
     sr = run_search(job, verbose=0)
     (row,) = sr.table
     assert row["status"] == "done" and row["steps"] == 2 * (3000 // (32 * 2))  # steps split by 2
+    _one_rank_scores_as_the_two_ranks_did(sr)
     out = promote(sr)
     assert out["promoted"] and out["value"] > 0.6
     import transformers
@@ -319,6 +320,29 @@ def test_multi_worker_trials_run_a_torch_trainer_and_promote(ray_local, registry
     folder = Registry(registry / "registry").local_path("tasks", "sentiment-ddp", out["version"])
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
     assert type(hf).__name__ == "ElectraForSequenceClassification"
+
+
+def _one_rank_scores_as_the_two_ranks_did(sr):
+    """Each of the trial's 2 ranks scored half the dev batches and their counts were added:
+    the metrics it reported are those of one process scoring every row with the same model."""
+    from lmplatform.tune.data import eval_subset
+    from lmplatform.tune.promotion import best_checkpoint, best_model
+    from lmplatform.tune.trial import SELECTION, evaluate, task_encoder
+
+    best, _ = best_checkpoint(sr.results, output_dir=sr.job.output_dir)
+    reported = best.metrics_dataframe
+    reported = reported.loc[reported[SELECTION].idxmax()]
+    model, _, _ = best_model(sr)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers ran (cpus_per_worker 0.5): the same kernels
+    try:
+        one = evaluate(model, sr.data, eval_subset(sr.data), task_encoder(sr.data))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(eval_subset(sr.data)) > 64  # more than one batch: both ranks scored some
+    shared = ["accuracy"] + [k for k in one if k.startswith("f1/")]
+    assert len(shared) == 3 and all(one[k] == reported[k] for k in shared), (one, reported)
+    assert one["dev_loss"] == pytest.approx(reported["dev_loss"], rel=1e-5)
 
 
 def test_pair_classification_trial_learns_and_reports(registry, tmp_path, sample_dir):

@@ -30,6 +30,7 @@ from lmplatform.pretraining.config import PretrainJobConfig
 from lmplatform.pretraining.data import shard_files
 from lmplatform.registry.store import Registry
 from lmplatform.runtime import ray_storage
+from lmplatform.train.shards import batch_starts, gathered
 from lmplatform.train.worker_parts import (
     STATE,
     DataLayout,
@@ -48,22 +49,24 @@ def make_eval_fn(
     job: PretrainJobConfig,
     device="cpu",
 ):
-    """Loss on fixed rows with fixed masks: comparable across steps, runs and exported copies."""
+    """Loss on fixed rows with fixed masks: comparable across steps, runs and exported copies.
+    With several workers each rank scores every N-th batch and the sums are added
+    (lmplatform/train/shards.py); batch k's masks are drawn from its own seed, so they do not
+    depend on which rank scores it."""
     objective = objective_of(objective)
+    n = len(rows["input_ids"])
+    bs = job.train.batch_size
 
     def evaluate(model) -> dict:
-        # a collator seeded the same way every time: the same masks every time
-        collate = objective.collator(tokenizer_json, job.examples, EVAL_SEED)
-        n = len(rows["input_ids"])
-        bs = job.train.batch_size
-        total, count = 0.0, 0
-        for i in range(0, n, bs):
-            batch = collate({k: v[i : i + bs] for k, v in rows.items()})
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(**batch)
-            total += float(out["loss"]) * len(batch["input_ids"])
-            count += len(batch["input_ids"])
-        return {"eval_loss": total / max(count, 1)}
+        total = 0.0
+        for lo in batch_starts(n, bs, lockstep=job.scaling.zero_stage == 3):
+            start = lo if lo is not None else 0  # None: a forward that keeps ZeRO-3 in step
+            collate = objective.collator(tokenizer_json, job.examples, EVAL_SEED + start // bs)
+            batch = collate({k: v[start : start + bs] for k, v in rows.items()})
+            out = model(**{k: v.to(device) for k, v in batch.items()})
+            if lo is not None:
+                total += float(out["loss"]) * len(batch["input_ids"])
+        return {"eval_loss": sum(gathered(total)) / max(n, 1)}
 
     return evaluate
 

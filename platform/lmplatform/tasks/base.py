@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from lmplatform.metrics import Counts
+
 # a token covers at least one character: text beyond this many characters per position can
 # never reach the model, so it is cut before tokenizing (keeps a 1 MB string cheap)
 CHARS_PER_POSITION = 64
@@ -81,9 +83,18 @@ class Scorer:
         `baseline_predictions` returns, scored exactly as a model's are."""
         raise NotImplementedError
 
-    def result(self) -> tuple[dict[str, float], dict[str, dict]]:
-        """(metrics, precision/recall/F1/support per class)."""
+    def counts(self) -> Counts:
+        """Summable statistics of the rows added so far (lmplatform.metrics.Counts): a sharded
+        evaluation adds every rank's and scores the sum with `result_of`."""
         raise NotImplementedError
+
+    def result_of(self, counts: Counts) -> tuple[dict[str, float], dict[str, dict]]:
+        """(metrics, precision/recall/F1/support per class) of `counts`."""
+        raise NotImplementedError
+
+    def result(self) -> tuple[dict[str, float], dict[str, dict]]:
+        """(metrics, precision/recall/F1/support per class) of the rows added so far."""
+        return self.result_of(self.counts())
 
 
 class TaskType:
@@ -110,6 +121,8 @@ class TaskType:
     whole_model: ClassVar[bool] = False
     """The task model is a whole model of its family (the encoder-decoder for seq2seq), not
     an encoder with a head."""
+    generates: ClassVar[bool] = False
+    """Scoring decodes with the model: a number of forward passes that depends on the rows."""
     baseline: ClassVar[str | None] = None
     """The classic model fitted beside every search, in words (None: the type has none);
     lmplatform/tasks/baseline.py."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, StrictStr
 
-from lmplatform.metrics import classification_report
+from lmplatform.metrics import classification_counts, classification_report_of
 from lmplatform.tasks.base import Encoding, InputError, Item, Scorer, TaskType, parse_text
 
 
@@ -76,8 +76,11 @@ class _Scorer(Scorer):
         self.pred += predicted
         self.gold += [r["label"] for r in rows]
 
-    def result(self):
-        rep = classification_report(self.pred, self.gold, self.outputs)
+    def counts(self):
+        return classification_counts(self.pred, self.gold, self.outputs)
+
+    def result_of(self, counts):
+        rep = classification_report_of(counts, self.outputs)
         return {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]}, rep["per_class"]
 
 

@@ -76,19 +76,46 @@ class Seq2SeqScorer(Scorer):
 
     def add(self, logits: torch.Tensor, batch: dict, rows: list[dict]) -> None:
         preds = self.task.generate(self.model, batch, self.encoder, self.decoding, self.options)
-        self.hyps += [p["text"] for p in preds]
-        self.refs += [r["target"] for r in rows]
+        self.add_labels([p["text"] for p in preds], rows)
         self.cut += sum(p["truncated"] for p in preds)
 
-    def result(self) -> tuple[dict[str, float], dict[str, dict]]:
-        import sacrebleu
+    def add_labels(self, predicted: list[str], rows: list[dict]) -> None:
+        """`predicted`: one output text per row."""
+        self.hyps += predicted
+        self.refs += [r["target"] for r in rows]
 
+    def counts(self):
+        # sacrebleu's corpus scores are functions of per-sentence statistics summed over the
+        # corpus (BLEU: n-gram matches and totals, lengths; chrF: character and word n-grams)
+        bleu, chrf = _corpus_metrics()
+        return {
+            "bleu": _summed(bleu, self.hyps, self.refs),
+            "chrf": _summed(chrf, self.hyps, self.refs),
+            "outputs": [self.cut, len(self.hyps)],
+        }
+
+    def result_of(self, counts):
+        bleu, chrf = _corpus_metrics()
+        cut, n = counts["outputs"]
         metrics = {
-            "bleu": sacrebleu.corpus_bleu(self.hyps, [self.refs]).score,
-            "chrf": sacrebleu.corpus_chrf(self.hyps, [self.refs]).score,
-            "cut_outputs": self.cut / max(len(self.hyps), 1),
+            "bleu": bleu._compute_score_from_stats(counts["bleu"]).score,
+            "chrf": chrf._compute_score_from_stats(counts["chrf"]).score,
+            "cut_outputs": cut / max(n, 1),
         }
         return metrics, {}
+
+
+def _corpus_metrics():
+    """sacrebleu's BLEU and chrF with the defaults `corpus_bleu` / `corpus_chrf` use."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    return BLEU(), CHRF()
+
+
+def _summed(metric, hyps: list[str], refs: list[str]) -> list[int]:
+    """`metric`'s statistics of every sentence, summed (zeros of the right width for none)."""
+    stats = metric._extract_corpus_statistics(hyps or ["-"], [refs or ["-"]])
+    return [sum(column) if hyps else 0 for column in zip(*stats)]
 
 
 class Seq2Seq(TaskType):
@@ -100,6 +127,7 @@ class Seq2Seq(TaskType):
     prediction_schema = Seq2SeqPrediction
     smoke_input = "Hello ."
     whole_model = True
+    generates = True
 
     def check_config(self, task) -> None:
         if task.labels is not None or task.label_names is not None:

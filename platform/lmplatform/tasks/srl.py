@@ -20,7 +20,7 @@ from collections import Counter
 import torch
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
-from lmplatform.metrics import srl_report
+from lmplatform.metrics import srl_counts, srl_report_of
 from lmplatform.tasks.base import (
     EMPTY_SCORES,
     Encoding,
@@ -74,8 +74,11 @@ class _Scorer(WordScorer):
         for p, r in zip(self.pred[-len(rows) :], rows):
             p[r["predicate"]] = PREDICATE
 
-    def result(self):
-        rep = srl_report(self.pred, self.gold)
+    def counts(self):
+        return srl_counts(self.pred, self.gold)
+
+    def result_of(self, counts):
+        rep = srl_report_of(counts)
         per = {c: rep["per_label"].get(c, EMPTY_SCORES) for c in self.classes}
         metrics = {k: rep[k] for k in ("argument_f1", "argument_precision", "argument_recall")}
         return metrics, per

@@ -9,7 +9,7 @@ from collections import Counter
 import torch
 from pydantic import BaseModel, StrictStr
 
-from lmplatform.metrics import entity_report, get_entities
+from lmplatform.metrics import entity_counts, entity_report_of, get_entities
 from lmplatform.tasks.base import (
     CHARS_PER_POSITION,
     EMPTY_SCORES,
@@ -116,8 +116,11 @@ class WordScorer(Scorer):
 
 
 class _Scorer(WordScorer):
-    def result(self):
-        rep = entity_report(self.pred, self.gold)
+    def counts(self):
+        return entity_counts(self.pred, self.gold)
+
+    def result_of(self, counts):
+        rep = entity_report_of(counts)
         # every entity type of the task, also those never predicted nor in these rows
         per = {e: rep["per_type"].get(e, EMPTY_SCORES) for e in self.classes}
         return {"entity_f1": rep["entity_f1"]}, per

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmplatform.metrics import add_counts
 from lmplatform.models.tasks import TaskModel, build_encoder
 from lmplatform.tasks import task_type
 from lmplatform.tasks.base import class_f1
 from lmplatform.tasks.encoding import TaskEncoder
 from lmplatform.train.loop import to_device
+from lmplatform.train.shards import batch_starts, gathered
 from lmplatform.train.worker_parts import TAG
 from lmplatform.tune.config import FinetuneJobConfig, TrialParams
 from lmplatform.tune.data import TaskData, eval_subset
@@ -173,32 +175,52 @@ def evaluate(
     encoder: TaskEncoder,
     bs: int = 64,
     detail: bool = False,
+    zero_stage: int = 0,
 ) -> dict:
     """Dev metrics of `model` on `rows`: the task's metrics, dev_loss, and F1 per class (per
     entity type for NER) as flat `f1/<label>` values that Tune records for every evaluation.
-    `detail`: also precision, recall, F1 and support per class under `per_class`."""
+    `detail`: also precision, recall, F1 and support per class under `per_class`.
+
+    Under a process group every rank scores its share of the batches and the ranks' counts are
+    added (lmplatform/train/shards.py): the metrics are those of one rank scoring every row.
+    `zero_stage`: the model's ZeRO stage (stage 3 needs every rank to run as many forwards)."""
     was_training = model.training
     model.eval()
     task = data.cfg.task
-    scorer = task_type(task.type).scorer(
+    ttype = task_type(task.type)
+    scorer = ttype.scorer(
         data.label_names, data.classes, model=model, encoder=encoder, task=task, final=detail
     )
-    device = next(model.parameters()).device
-    loss_sum, n = 0.0, 0
-    for i in range(0, len(rows), bs):
-        chunk = rows[i : i + bs]
-        batch = to_device(encoder.collate(chunk), device)
-        out = model(**batch)
-        loss_sum += float(out["loss"]) * len(chunk)
-        n += len(chunk)
-        scorer.add(out["logits"].float(), batch, chunk)
+    # under ZeRO-3 each decoding step is a forward that gathers parameters from every rank,
+    # and decoding lengths differ between shards: there every rank decodes every row
+    alike = zero_stage == 3 and ttype.generates
+    starts = (
+        list(range(0, len(rows), bs)) if alike else batch_starts(len(rows), bs, zero_stage == 3)
+    )
+    loss_sum = _score_batches(model, scorer, encoder, rows, starts, bs)
     model.train(was_training)
-    metrics, per = scorer.result()
-    metrics["dev_loss"] = loss_sum / max(n, 1)
+    parts = [(scorer.counts(), loss_sum)] if alike else gathered((scorer.counts(), loss_sum))
+    metrics, per = scorer.result_of(add_counts(c for c, _ in parts))
+    metrics["dev_loss"] = sum(loss for _, loss in parts) / max(len(rows), 1)
     metrics.update(class_f1(per))
     if detail:
         metrics["per_class"] = per
     return metrics
+
+
+def _score_batches(model, scorer, encoder, rows, starts, bs: int) -> float:
+    """Adds the batches at `starts` to `scorer` (None: a forward pass thrown away, to keep
+    ZeRO-3 ranks in step); returns their summed loss (mean per batch x rows)."""
+    device = next(model.parameters()).device
+    loss_sum = 0.0
+    for lo in starts:
+        chunk = rows[lo : lo + bs] if lo is not None else rows[:bs]
+        batch = to_device(encoder.collate(chunk), device)
+        out = model(**batch)
+        if lo is not None:
+            loss_sum += float(out["loss"]) * len(chunk)
+            scorer.add(out["logits"].float(), batch, chunk)
+    return loss_sum
 
 
 def trial_train_config(job: FinetuneJobConfig, hp: TrialParams, total: int):
@@ -341,7 +363,13 @@ def run_trial(
         total_steps=total,
         stepper=stepper,
         start_step=start,
-        evaluate=lambda m: evaluate(m.module if hasattr(m, "module") else m, data, dev, encoder),
+        evaluate=lambda m: evaluate(
+            m.module if hasattr(m, "module") else m,
+            data,
+            dev,
+            encoder,
+            zero_stage=job.scaling.zero_stage,
+        ),
         on_eval=on_eval,
         device=device,
         # step, loss, throughput and ETA every `train.log_every` steps (evaluations are
