@@ -144,7 +144,7 @@ def test_fill_mask_and_generate(served):
     assert r.status_code == 200, r.text
     gens = r.json()["predictions"]
     assert len(gens) == 2 and all(
-        set(g) == {"text", "tokens", "truncated", "finish_reason"} for g in gens
+        set(g) == {"text", "tokens", "prompt_tokens", "truncated", "finish_reason"} for g in gens
     )
     assert all(0 <= g["tokens"] <= 4 for g in gens)
     assert _post(served, "/v1/fill-mask", {"inputs": ["no mask here"]}).status_code == 422

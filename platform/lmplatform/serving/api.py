@@ -48,14 +48,14 @@ from lmplatform.tasks import TASK_TYPES
 M = TypeVar("M", bound=BaseModel)
 
 
-class _Strict(BaseModel):
+class StrictBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ----------------------------------------------------------------------------- requests
 
 
-class FillMaskRequest(_Strict):
+class FillMaskRequest(StrictBody):
     inputs: Annotated[list[StrictStr], Field(min_length=1)]
     """Texts with at least one [MASK]."""
     top_k: Annotated[StrictInt, Field(ge=1, le=100)] = 5
@@ -64,12 +64,14 @@ class FillMaskRequest(_Strict):
 MIN_TEMPERATURE = 1e-3
 
 
-class GenerateRequest(_Strict):
+class GenerateRequest(StrictBody):
     inputs: Annotated[list[StrictStr], Field(min_length=1)]
     max_new_tokens: Annotated[StrictInt, Field(ge=1, le=512)] = 32
     temperature: Annotated[StrictFloat | StrictInt, Field(ge=0, le=10)] = 0.0
     """0: greedy; otherwise at least 0.001 (below it the softmax overflows to NaN)."""
     top_k: Annotated[StrictInt, Field(ge=1)] | None = None
+    top_p: Annotated[StrictFloat | StrictInt, Field(gt=0, le=1)] = 1.0
+    """Nucleus sampling: draw from the most likely tokens holding this much probability."""
     stop: Annotated[
         list[Annotated[StrictStr, Field(min_length=1, max_length=64)]], Field(max_length=4)
     ] = []
@@ -145,6 +147,8 @@ class FillMaskResponse(BaseModel):
 class Generation(BaseModel):
     text: str
     tokens: int
+    prompt_tokens: int
+    """Tokens of the prompt the model read (its newest part when it had to be cut)."""
     truncated: bool = False
     finish_reason: Literal["eos", "stop", "length"] = "length"
     """End of text, a stop sequence, or max_new_tokens."""
@@ -197,7 +201,7 @@ def predict_models() -> tuple[type[BaseModel], type[BaseModel]]:
     predictions = _union([t.prediction_schema for t in TASK_TYPES.values()])
     request = create_model(
         "PredictRequest",
-        __base__=_Strict,
+        __base__=StrictBody,
         __doc__="classification: strings; pair_classification: [text_a, text_b]; "
         "token_classification: strings, or lists of words with `is_split_into_words`; srl: "
         '{"words": [...], "predicate": i} or {"text": "...", "predicate": i}; seq2seq: source '
@@ -300,9 +304,10 @@ class Backend(Protocol):
     async def fill_mask(self, inputs: list[str], top_k: int) -> dict: ...
     async def generate(self, inputs: list[str], **params) -> dict: ...
     async def generate_stream(self, text: str, **params) -> AsyncIterator[dict]: ...
+    async def generation_model(self) -> dict | None: ...
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in {
         400: "Malformed JSON",
@@ -317,7 +322,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _request_body(model: type[BaseModel]) -> dict:
+def request_body(model: type[BaseModel]) -> dict:
     """OpenAPI requestBody for a route that parses its own body (strictly)."""
     return {
         "requestBody": {
@@ -375,14 +380,18 @@ def make_app(
     app = FastAPI(
         title=title,
         version="1",
-        description="Task predictions, fill-mask and generation from the model registry.",
+        description="Task predictions, fill-mask and generation from the model registry; "
+        "OpenAI-compatible completions.",
     )
     # one key ring for both its readers: healthz reports its problems, Guard checks requests
+    from lmplatform.serving.openai_api import add_openai_routes  # it builds on this module
+
     keys = KeyRing(auth) if auth is not None and auth.enabled else None
     add_error_handlers(app)
     add_status_routes(app, backend, keys)
     add_predict_routes(app, backend)
     add_generate_route(app, backend)
+    add_openai_routes(app, backend)
     add_middleware(app, max_body_bytes, keys, cors_origins, limits or Limits())
     return app
 
@@ -450,8 +459,8 @@ def add_predict_routes(app: FastAPI, backend: Backend) -> None:
     @app.post(
         "/v1/predict/{task}",
         response_model=PredictResponse,
-        responses=_ERRORS,
-        openapi_extra=_request_body(PredictRequest),
+        responses=ERROR_RESPONSES,
+        openapi_extra=request_body(PredictRequest),
     )
     async def predict(task: str, request: Request):
         body = await parse_body(request, PredictRequest)
@@ -467,8 +476,8 @@ def add_predict_routes(app: FastAPI, backend: Backend) -> None:
     @app.post(
         "/v1/fill-mask",
         response_model=FillMaskResponse,
-        responses=_ERRORS,
-        openapi_extra=_request_body(FillMaskRequest),
+        responses=ERROR_RESPONSES,
+        openapi_extra=request_body(FillMaskRequest),
     )
     async def fill_mask(request: Request):
         body = await parse_body(request, FillMaskRequest)
@@ -482,8 +491,8 @@ def add_generate_route(app: FastAPI, backend: Backend) -> None:
     @app.post(
         "/v1/generate",
         response_model=GenerateResponse,
-        responses=_ERRORS,
-        openapi_extra=_request_body(GenerateRequest),
+        responses=ERROR_RESPONSES,
+        openapi_extra=request_body(GenerateRequest),
     )
     async def generate(request: Request):
         body = await parse_body(request, GenerateRequest)
@@ -492,6 +501,7 @@ def add_generate_route(app: FastAPI, backend: Backend) -> None:
             "max_new_tokens": body.max_new_tokens,
             "temperature": float(body.temperature),
             "top_k": body.top_k,
+            "top_p": float(body.top_p),
             "stop": body.stop,
         }
         if not body.stream:

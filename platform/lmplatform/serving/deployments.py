@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from ray import serve
 
+from lmplatform.models.gpt.model import Sampling
 from lmplatform.registry.store import Registry
 from lmplatform.serving.api import ApiError, Limits, make_app
 from lmplatform.serving.config import BATCH_WAIT_S, MAX_BATCH_SIZE
@@ -275,6 +276,9 @@ class _OneTask:
     async def generate_stream(self, text: str, **params):
         raise ApiError(404, "not_found", "no such route (see /docs)")
 
+    async def generation_model(self) -> dict | None:
+        return None
+
 
 @serve.deployment(max_ongoing_requests=256)
 class SharedEncoderDeployment(_ModelDeployment):
@@ -441,7 +445,7 @@ class _Deadline:
 @serve.deployment(max_ongoing_requests=64)
 class GenerateDeployment(_ModelDeployment):
     """A pretrained GPT: continuations batched across requests that ask the same (length,
-    temperature, top-k, stop), or one streamed token by token. Work stops between two decoding
+    temperature, top-k, top-p, stop), or one streamed token by token. Work stops between two decoding
     steps once its requests timed out or were cancelled, and requests interleave step by step
     (the model lock is held per step), so one long request does not hold the replica."""
 
@@ -467,8 +471,9 @@ class GenerateDeployment(_ModelDeployment):
         temperature: float,
         top_k: int | None,
         stop: list[str] | None = None,
+        top_p: float = 1.0,
     ) -> dict:
-        params = (max_new_tokens, temperature, top_k, tuple(stop or ()))
+        params = (max_new_tokens, Sampling(temperature, top_k, top_p), tuple(stop or ()))
 
         async def batched(items: list):
             deadline = _Deadline(self.timeout_s)
@@ -492,7 +497,7 @@ class GenerateDeployment(_ModelDeployment):
         for i, (_, params, _) in enumerate(requests):
             groups.setdefault(params, []).append(i)
         out: list = [[] for _ in requests]
-        for (n, temperature, top_k, stop), idx in groups.items():
+        for (n, sampling, stop), idx in groups.items():
             flat = [it for i in idx for it in requests[i][0]]
             ends = [requests[i][2] for i in idx]
             self.metrics.model_call("generate", self.version, len(flat))
@@ -502,8 +507,7 @@ class GenerateDeployment(_ModelDeployment):
                     self.p.predict,
                     flat,
                     n,
-                    temperature,
-                    top_k,
+                    sampling,
                     None,
                     list(stop),
                     lambda ends=ends: all(e.passed() for e in ends),
@@ -526,6 +530,7 @@ class GenerateDeployment(_ModelDeployment):
         temperature: float,
         top_k: int | None,
         stop: list[str] | None = None,
+        top_p: float = 1.0,
     ):
         """Events of one streamed continuation (an `error` event first if the input is bad)."""
         t0 = time.perf_counter()
@@ -537,7 +542,9 @@ class GenerateDeployment(_ModelDeployment):
             return
         self.metrics.model_call("generate", self.version, 1)
         deadline = _Deadline(self.timeout_s)
-        steps = self.p.stream(items[0], max_new_tokens, temperature, top_k, stop, deadline.passed)
+        steps = self.p.stream(
+            items[0], max_new_tokens, Sampling(temperature, top_k, top_p), stop, deadline.passed
+        )
         try:
             # each step in a thread: the loop keeps serving other requests between tokens
             while (event := await asyncio.to_thread(next, steps, None)) is not None:
@@ -564,5 +571,16 @@ class GenerateDeployment(_ModelDeployment):
             "pid": os.getpid(),
         }
 
+    async def model(self) -> dict:
+        """What /v1/models says of it: registry name and version, when it was registered, and
+        its context length in tokens."""
+        ref = self.p.ref
+        return {
+            "name": ref.name,
+            "version": ref.version,
+            "created": self.p.created,
+            "context": self.p.max_len,
+        }
+
     def check_health(self) -> None:
-        self.p.predict(self.p.parse(["a"]), 1, 0.0, None)
+        self.p.predict(self.p.parse(["a"]), 1, Sampling())

@@ -122,6 +122,12 @@ class Ingress:
 
         return all_events()
 
+    async def generation_model(self) -> dict | None:
+        """The served GPT's name, version, registration time and context (None: none)."""
+        if self.gen is None:
+            return None
+        return await _call(lambda: self.gen.model.remote(), "generate")
+
     async def stats(self) -> dict:
         out = {}
         for t, h in self.routes.items():

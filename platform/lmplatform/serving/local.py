@@ -45,3 +45,6 @@ class LocalBackend:
 
     async def generate_stream(self, text: str, **params):
         raise ApiError(404, "not_found", "no generation model in this server")
+
+    async def generation_model(self) -> dict | None:
+        return None

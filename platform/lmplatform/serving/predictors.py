@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lmplatform.models.families import families_serving, family
+from lmplatform.models.gpt.model import Sampling
 from lmplatform.models.io import from_pretrained, read_config
 from lmplatform.models.layers import Encoded
 from lmplatform.models.tasks import TaskModel
@@ -310,6 +311,7 @@ class _PretrainedPredictor:
                 f"{ref.name} is not one"
             )
         self.ref = ref
+        self.created: str | None = meta.get("created")  # registered at (ISO 8601, UTC)
         self.device = device()
         self.model = from_pretrained(folder).to(self.device).eval()
         self.tokenizer = load_tokenizer(Path(folder) / "tokenizer.json")
@@ -405,8 +407,7 @@ class GeneratePredictor(_PretrainedPredictor):
         self,
         items: list[Item],
         max_new_tokens: int,
-        temperature: float,
-        top_k: int | None,
+        sampling: Sampling,
         seed: int | None = None,
         stop: list[str] | None = None,
         should_stop=None,
@@ -425,16 +426,14 @@ class GeneratePredictor(_PretrainedPredictor):
                 self.calls += 1
             x = torch.tensor([prompts[k][0] for k in ks], device=self.device)
             rows = [Continuation(self.tokenizer, self.sp.eot, stop) for _ in ks]
-            steps = self.model.generate_steps(
-                x, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen
-            )
+            steps = self.model.generate_steps(x, max_new_tokens, sampling, generator=gen)
             for nxt in self._stepped(steps, should_stop):
                 for row, t in zip(rows, nxt[:, 0].tolist()):
                     row.add(t)
                 if all(r.finish for r in rows):  # end of text or a stop sequence each
                     break
             for row, k in zip(rows, ks):
-                out[k] = row.result(prompts[k][1])
+                out[k] = row.result(prompts[k][1], len(prompts[k][0]))
         return out  # type: ignore[return-value]
 
     def _generate_chunks(self, groups: dict[int, list[int]], max_new_tokens: int):
@@ -470,8 +469,7 @@ class GeneratePredictor(_PretrainedPredictor):
         self,
         item: Item,
         max_new_tokens: int,
-        temperature: float,
-        top_k: int | None,
+        sampling: Sampling,
         stop: list[str] | None = None,
         should_stop=None,
     ) -> Iterator[dict]:
@@ -483,7 +481,7 @@ class GeneratePredictor(_PretrainedPredictor):
         x = torch.tensor([ids], device=self.device)
         with self._lock:
             self.calls += 1
-        steps = self.model.generate_steps(x, max_new_tokens, temperature, top_k)
+        steps = self.model.generate_steps(x, max_new_tokens, sampling)
         for nxt in self._stepped(steps, should_stop):
             delta = row.add(int(nxt[0, 0]))
             if delta:
@@ -493,7 +491,7 @@ class GeneratePredictor(_PretrainedPredictor):
         rest = row.flush()
         if rest:
             yield {"text": rest}
-        yield {**row.result(cut), "done": True}
+        yield {**row.result(cut, len(ids)), "done": True}
 
 
 class Continuation:
@@ -536,10 +534,11 @@ class Continuation:
         delta, self.sent = self.text[self.sent : upto], upto
         return delta
 
-    def result(self, cut: bool) -> dict:
+    def result(self, cut: bool, prompt_tokens: int) -> dict:
         return {
             "text": self.text,
             "tokens": len(self.tokens),
+            "prompt_tokens": prompt_tokens,
             "truncated": cut,
             "finish_reason": self.finish or "length",
         }

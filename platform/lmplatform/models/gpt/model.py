@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -100,6 +101,37 @@ class GPTBlock(nn.Module):
         return x + self.drop(self.proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh")))
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked: greedy (temperature 0), or drawn from the softmax at
+    `temperature` over the `top_k` most likely tokens (None: all) and, of those, the smallest
+    set holding `top_p` of the probability (nucleus sampling; 1: all)."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or (self.top_k or 1) < 1:
+            raise ValueError(f"invalid sampling {self}")
+
+    def pick(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, V) logits -> (B, 1) token ids."""
+        if self.temperature <= 0:
+            return logits.argmax(-1, keepdim=True)
+        logits = logits / self.temperature
+        if self.top_k:
+            kth = torch.topk(logits, min(self.top_k, logits.shape[-1])).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1:
+            ordered, order = logits.sort(-1, descending=True)
+            probs = torch.softmax(ordered, -1)
+            # a token goes once the more likely ones before it hold top_p (the first stays)
+            drop = probs.cumsum(-1) - probs >= self.top_p
+            logits = logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+        return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+
+
 class GPT(LayerStack, nn.Module):
     """Decoder-only causal LM with the output layer tied to the token embeddings."""
 
@@ -187,11 +219,14 @@ class GPT(LayerStack, nn.Module):
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        top_p: float = 1.0,
     ) -> torch.Tensor:
-        """Greedy (temperature 0), or sampling with temperature and optional top-k: the prompt
-        and its continuation, (B, T + new). Rows that ended (eos_id) are filled with eos_id."""
+        """Greedy (temperature 0), or sampling with temperature and optional top-k / top-p: the
+        prompt and its continuation, (B, T + new). Rows that ended (eos_id) are filled with
+        eos_id."""
+        sampling = Sampling(temperature, top_k, top_p)
         steps = self.generate_steps(
-            input_ids, max_new_tokens, temperature, top_k, eos_id, generator, use_cache
+            input_ids, max_new_tokens, sampling, eos_id, generator, use_cache
         )
         return torch.cat([input_ids, *steps], dim=1)
 
@@ -199,19 +234,20 @@ class GPT(LayerStack, nn.Module):
         self,
         input_ids: torch.Tensor,
         max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
+        sampling: Sampling | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
     ) -> Iterator[torch.Tensor]:
         """The next token of every row, (B, 1), one step at a time (streaming reads them as
-        they come); stops when every row has produced eos_id or after max_new_tokens.
+        they come), picked as `sampling` says (None: greedy); stops when every row has produced
+        eos_id or after max_new_tokens.
 
         Incremental: each block keeps the keys and values of the positions so far, so a step
         computes one position, not the whole prefix (`use_cache=False`: the full recompute,
         kept as the reference the tests compare with). Past `max_seq_len` the context slides as
         without a cache: the window of the newest max_seq_len tokens is recomputed each step."""
+        sampling = sampling or Sampling()
         out = input_ids
         done = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
         cache: list[KVCache] | None = None
@@ -224,14 +260,7 @@ class GPT(LayerStack, nn.Module):
             else:
                 h = self.hidden(out[:, -1:], cache=cache)
             logits = F.linear(h[:, -1], self.tok_emb.weight).float()  # (B, V)
-            if temperature <= 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+            nxt = sampling.pick(logits, generator)
             if eos_id is not None:
                 nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
                 done |= nxt[:, 0] == eos_id
