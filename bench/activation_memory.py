@@ -1,14 +1,14 @@
 """Activation checkpointing: the activation memory it saves at a long sequence, and what the
 recompute costs, side by side in one process.
 
-For each family (`mini` BERT with masked-LM labels, `mini` GPT), batch `--batch` x
+For each family (BERT with masked-LM labels, GPT; `--size`, default `mini`), batch `--batch` x
 `--seq` tokens, training mode: the bytes of every tensor the forward keeps for the backward
 (counted with autograd's saved-tensor hooks: the activation memory a step holds at its peak,
 independent of the allocator) and the seconds of a forward + backward (median of `--repeats`,
 interleaved), with `train.activation_checkpointing` off and on. On a GPU (`--device cuda`) it
 also reads the CUDA allocator's peak.
 
-    .venv/bin/python bench/activation_memory.py [--seq 512] [--batch 8] [--device cpu]
+    .venv/bin/python bench/activation_memory.py [--seq 512] [--batch 8] [--device cpu] [--size mini]
 
 Last line: `<family>_kept_ratio=<on over off> <family>_time_ratio=<on over off>` per family.
 """
@@ -80,10 +80,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--size", default="mini", choices=["debug", "mini", "small", "base"])
     args = p.parse_args()
     families = {
-        "bert": BertConfig(size="mini", vocab_size=8000, max_seq_len=args.seq),
-        "gpt": GPTConfig(size="mini", vocab_size=8000, max_seq_len=args.seq),
+        "bert": BertConfig(size=args.size, vocab_size=8000, max_seq_len=args.seq),
+        "gpt": GPTConfig(size=args.size, vocab_size=8000, max_seq_len=args.seq),
     }
     print(f"batch {args.batch} x {args.seq} tokens, {args.device}, torch {torch.__version__}")
     print(

@@ -7,7 +7,8 @@ size `mini`. Each run cycles 8 fixed batches of a learnable text for 40 steps:
 the check is that the loss is finite and falls below 0.8 of its first value. Also printed: tokens
 per second and MFU as the loop measures them, against a bf16 matmul peak measured here.
 
-    python3 bench/gpu_train_check.py [--steps 40]   (part of bench/gpu_check.sh)
+    python3 bench/gpu_train_check.py [--steps 40] [--size mini] [--only bert/bf16/deepspeed-zero2]
+    (part of bench/gpu_check.sh, which also runs BERT-base under ZeRO-2 in bf16 with it)
 
 Last line: `gpu_train_check: N/M runs passed`; exit status 1 when any failed.
 """
@@ -63,11 +64,11 @@ def batches(family: str) -> list[dict]:
     return out
 
 
-def model_for(family: str) -> torch.nn.Module:
+def model_for(family: str, size: str = "mini") -> torch.nn.Module:
     torch.manual_seed(0)
     if family == "gpt":
-        return GPT(GPTConfig(size="mini", vocab_size=VOCAB, max_seq_len=SEQ))
-    return BertForPretraining(BertConfig(size="mini", vocab_size=VOCAB))
+        return GPT(GPTConfig(size=size, vocab_size=VOCAB, max_seq_len=SEQ))
+    return BertForPretraining(BertConfig(size=size, vocab_size=VOCAB))
 
 
 def stepper_for(model, cfg: TrainConfig, zero: int | None, steps: int):
@@ -81,12 +82,12 @@ def stepper_for(model, cfg: TrainConfig, zero: int | None, steps: int):
     return stepper.engine, stepper
 
 
-def one_run(family, precision, zero, steps: int, peak: float, device: str) -> dict:
+def one_run(family, precision, zero, steps: int, peak: float, device: str, size: str) -> dict:
     cfg = TrainConfig(
         batch_size=BATCH, max_steps=steps, lr=1e-3, warmup_ratio=0.1, precision=precision,
         log_every=steps, eval_every=10**6, checkpoint_every=10**6,
     )  # fmt: skip
-    model = model_for(family).to(device)
+    model = model_for(family, size).to(device)
     model, stepper = stepper_for(model, cfg, zero, steps)
     t = time.perf_counter()
     res = fit(
@@ -117,10 +118,18 @@ def plan(with_deepspeed: bool, device: str) -> list[tuple[str, str, int | None]]
     return runs
 
 
+def run_name(family: str, precision: str, zero: int | None) -> str:
+    return f"{family}/{precision}/" + ("plain" if zero is None else f"deepspeed-zero{zero}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--device", default="cuda", help="cuda (cpu: a smoke test of this script)")
+    p.add_argument("--size", default="mini", choices=["debug", "mini", "small", "base"])
+    p.add_argument(
+        "--only", default=None, help="runs whose name starts so, e.g. bert/bf16/deepspeed-zero2"
+    )
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     cuda = args.device == "cuda"
@@ -135,11 +144,12 @@ def main() -> int:
     except Exception as e:  # reported: the DeepSpeed rows are then missing, not passed
         print(f"DeepSpeed unavailable here ({type(e).__name__}: {e}); plain loop only")
         with_ds = False
-    passed, runs = 0, plan(with_ds, args.device)
-    for family, precision, zero in runs:
-        name = f"{family}/{precision}/" + ("plain" if zero is None else f"deepspeed-zero{zero}")
+    runs = [(run_name(*r), *r) for r in plan(with_ds, args.device)]
+    runs = [r for r in runs if r[0].startswith(args.only or "")]
+    passed = 0
+    for name, family, precision, zero in runs:
         try:
-            r = one_run(family, precision, zero, args.steps, peak, args.device)
+            r = one_run(family, precision, zero, args.steps, peak, args.device, args.size)
         except Exception:
             print(f"  {name:<28} FAILED\n{traceback.format_exc(limit=6)}", flush=True)
             continue
@@ -152,8 +162,8 @@ def main() -> int:
         )
     if with_ds:
         torch.distributed.destroy_process_group()
-    print(f"gpu_train_check: {passed}/{len(runs)} runs passed")
-    return 0 if passed == len(runs) else 1
+    print(f"gpu_train_check ({args.size}): {passed}/{len(runs)} runs passed")
+    return 0 if runs and passed == len(runs) else 1
 
 
 if __name__ == "__main__":

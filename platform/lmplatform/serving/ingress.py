@@ -42,6 +42,7 @@ class Ingress:
         self.shared = set(shared)
         self.fill = fill_mask
         self.gen = generate
+        self._gen_model: dict | None = None
         self.max_inputs = max_inputs
         self.max_body_bytes = max_body_bytes
 
@@ -126,7 +127,9 @@ class Ingress:
         """The served GPT's name, version, registration time and context (None: none)."""
         if self.gen is None:
             return None
-        return await _call(lambda: self.gen.model.remote(), "generate")
+        if self._gen_model is None:  # fixed for the deployment's life: asked once
+            self._gen_model = await _call(lambda: self.gen.model.remote(), "generate")
+        return self._gen_model
 
     async def stats(self) -> dict:
         out = {}
