@@ -46,8 +46,8 @@ if [ "$dry" = 0 ]; then
   export PYTHONUNBUFFERED=1
   if [ -d .gpu/whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 1
-    if [ -f .gpu/ray.tar.xz ]; then tar -xJf .gpu/ray.tar.xz -C /tmp/site || exit 1; fi
-    export PYTHONPATH=/tmp/site:$PWD/.gpu/site
+    for t in .gpu/*.tar.xz; do [ -f "$t" ] && { tar -xJf "$t" -C /tmp/site || exit 1; }; done
+    export PYTHONPATH=/tmp/site
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'

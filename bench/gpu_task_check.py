@@ -9,14 +9,14 @@ on the sample corpus and a BERT `mini` with random weights, published as
 
     python3 bench/gpu_task_check.py [--out bench-out/task] [--device cuda] [--epochs 2]
 
-Last line: `gpu_task_check: <task> dev accuracy <a> (<steps> steps in <s> s), registry <path>`;
+Last line: `gpu_task_check: <task> dev accuracy <a> (checkpoint of step <n>; <s> s with Ray's
+start), registry <path>`;
 exit status 1 when the search or the promotion failed or accuracy stayed at chance (< 0.6).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -68,7 +68,10 @@ def finetune(registry: Path, out: Path, device: str, epochs: float) -> int:
         f"train.epochs={epochs}",
         f"scaling.use_gpu={str(device == 'cuda').lower()}",
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")]),
+    }
     return subprocess.run(cmd, env=env, cwd=ROOT).returncode
 
 
@@ -94,10 +97,10 @@ def main() -> int:
     version = reg.best(TASK)
     meta = reg.metadata("tasks", TASK, version)
     value = float(meta["value"])
-    steps = json.dumps(meta.get("lineage", {}).get("steps"))
     print(
-        f"gpu_task_check: {TASK} dev accuracy {value:.3f} ({steps} steps in "
-        f"{time.perf_counter() - t0:.0f} s with Ray's start), registry {registry}"
+        f"gpu_task_check: {TASK} dev accuracy {value:.3f} (checkpoint of step "
+        f"{meta['search']['step']}; {time.perf_counter() - t0:.0f} s with Ray's start), "
+        f"registry {registry}"
     )
     return 0 if value >= 0.6 else 1
 
