@@ -123,6 +123,7 @@ def theirs(data: TaskData, folder: Path, steps: int) -> tuple[float, float]:
             weight_decay=hp.weight_decay,
             warmup_steps=int(round(hp.warmup_ratio * steps)),
             lr_scheduler_type="linear",
+            optim="adamw_torch_fused",  # ours is torch's fused AdamW too
             max_grad_norm=job.train.clip_grad_norm or 0.0,
             max_steps=steps,
             dataloader_drop_last=True,

@@ -162,10 +162,6 @@ def _set_counts(gold: set, pred: set, key) -> Counts:
     return counts
 
 
-def entity_f1(pred: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> float:
-    return entity_report(pred, gold)["entity_f1"]
-
-
 # --------------------------------------------------------------------------- semantic roles
 
 

@@ -47,9 +47,10 @@ def test_models_and_completions_as_the_openai_client_sees_them(served):
     both = _post(served, "/v1/generate", {"inputs": [PROMPT, "the"], "max_new_tokens": 1})
     assert many.usage.prompt_tokens == sum(p["prompt_tokens"] for p in both.json()["predictions"])
     assert 0 < many.usage.completion_tokens <= 6 * 5
-    assert len({c.text for c in many.choices}) > 1  # sampled
+    assert len({c.text for c in many.choices[:3]}) > 1  # one prompt's n choices: sampled
 
     text = greedy["text"]
+    assert len(text) >= 6, greedy  # the tiny model writes something to cut
     stop = text[len(text) // 2 : len(text) // 2 + 2]
     cut = client.completions.create(
         model="tiny-gpt", prompt=PROMPT, max_tokens=8, temperature=0, stop=stop

@@ -4,6 +4,7 @@ that add up to the whole's scores."""
 import random
 
 import pytest
+import sacrebleu
 from seqeval.metrics import f1_score, precision_score, recall_score
 
 from lmplatform.data.sources import DataSource
@@ -124,6 +125,9 @@ def test_sharded_counts_score_exactly_as_one_rank(shared_data):
     seq2seq = task_type("seq2seq")
     one, summed = _shards(lambda: seq2seq.scorer([], [], task=_Seq2SeqTask), hyps, rows)
     assert one == summed and 20 < one[0]["bleu"] < 90
+    # and the statistics are sacrebleu's own: its corpus scores, as papers report them
+    assert one[0]["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score
+    assert one[0]["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
 
 
 class _Seq2SeqTask:

@@ -339,7 +339,9 @@ def _one_rank_scores_as_the_two_ranks_did(sr):
         one = evaluate(model, sr.data, eval_subset(sr.data), task_encoder(sr.data))
     finally:
         torch.set_num_threads(threads)
-    assert len(eval_subset(sr.data)) > 64  # more than one batch: both ranks scored some
+    n = len(eval_subset(sr.data))
+    assert n > 64 and one["dev_rows_scored"] == n  # more than a batch; one process scores all
+    assert 0 < reported["dev_rows_scored"] < n  # ... where rank 0 scored its share only
     shared = ["accuracy"] + [k for k in one if k.startswith("f1/")]
     assert len(shared) == 3 and all(one[k] == reported[k] for k in shared), (one, reported)
     assert one["dev_loss"] == pytest.approx(reported["dev_loss"], rel=1e-5)

@@ -78,7 +78,7 @@ class GenerateRequest(StrictBody):
     """Up to 4 strings; the text ends before the first one produced (not included)."""
     stream: StrictBool = False
     """Server-sent events (one input only): `{"text": <new text>}` as tokens come, then the
-    final `{"text", "tokens", "truncated", "finish_reason", "done": true}`."""
+    final `{"text", "tokens", "prompt_tokens", "truncated", "finish_reason", "done": true}`."""
 
     @field_validator("temperature")
     @classmethod

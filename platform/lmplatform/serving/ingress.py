@@ -117,9 +117,12 @@ class Ingress:
         first = raise_error(await events.__anext__())
 
         async def all_events():
-            yield first
-            async for event in events:
-                yield event
+            try:
+                yield first
+                async for event in events:
+                    yield event
+            finally:  # closed early (the client left): the replica stops decoding too
+                events.cancel()
 
         return all_events()
 

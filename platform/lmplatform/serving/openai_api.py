@@ -10,7 +10,8 @@ streamed token by token, stopped on timeout), behind the same API keys, limits a
   or up to 4), `stream` (server-sent `text_completion` chunks, then `data: [DONE]`),
   `stream_options.include_usage`, and `user` (an end-user id for the provider's records; kept
   nowhere). Every choice is one sequence: `best_of` may only equal `n`.
-- Refused with 422 naming the field, rather than silently ignored: `echo`, `suffix`,
+- Refused with 422 naming the field, rather than silently ignored: `stream_options` without
+  `stream`, `echo`, `suffix`,
   `logprobs`, `best_of` other than `n`, non-zero `presence_penalty` / `frequency_penalty`, a
   `logit_bias`, a `seed` (sampling here is batched with other requests, so not reproducible),
   and prompts of token ids (ids of another tokenizer would mean other words here).
@@ -23,6 +24,7 @@ streamed token by token, stopped on timeout), behind the same API keys, limits a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -178,6 +180,8 @@ def add_openai_routes(app: FastAPI, backend: Backend) -> None:
         body = await parse_body(request, CompletionRequest)
         if why := body.refused():
             raise ApiError(422, "invalid_input", why)
+        if body.stream_options is not None and not body.stream:
+            raise ApiError(422, "invalid_input", "stream_options: only with stream: true")
         served = await _served(backend, body.model)
         prompts = [p for p in body.prompt for _ in range(body.n or 1)]  # choice i*n+j
         check_count(backend, len(prompts))
@@ -186,14 +190,32 @@ def add_openai_routes(app: FastAPI, backend: Backend) -> None:
         if not body.stream:
             out = await backend.generate(prompts, **params)
             return _completion(head, out["predictions"], body.n or 1)
-        # every stream is opened (a bad request fails here, as a status) before the first byte
-        streams = [await backend.generate_stream(p, **params) for p in prompts]
+        streams = await _open_streams(backend, prompts, params)
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
             _sse(head, streams, body.n or 1, usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
+
+
+async def _open_streams(backend: Backend, prompts: list[str], params: dict) -> list:
+    """Every choice's event stream, opened together (a bad request fails here, as a status,
+    before the first byte); when one fails the others are closed, so none decodes on."""
+    opened = await asyncio.gather(
+        *(backend.generate_stream(p, **params) for p in prompts), return_exceptions=True
+    )
+    failed = [e for e in opened if isinstance(e, BaseException)]
+    if failed:
+        await _close([s for s in opened if not isinstance(s, BaseException)])
+        raise failed[0]
+    return opened
+
+
+async def _close(streams: list) -> None:
+    for s in streams:
+        with contextlib.suppress(Exception):
+            await s.aclose()
 
 
 def _card(served: dict) -> dict:
@@ -237,9 +259,10 @@ def _completion(head: dict, predictions: list[dict], n: int) -> dict:
 
 
 def _usage(finals: list[dict], n: int) -> dict:
-    """Each prompt counted once (its n choices read the same prompt), every choice's tokens."""
-    prompt = sum(p["prompt_tokens"] for p in finals[::n])
-    completion = sum(p["tokens"] for p in finals)
+    """Each prompt counted once (its n choices read the same prompt), every choice's tokens
+    (a choice without its final event counts none)."""
+    prompt = sum(p.get("prompt_tokens", 0) for p in finals[::n])
+    completion = sum(p.get("tokens", 0) for p in finals)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -250,19 +273,23 @@ def _usage(finals: list[dict], n: int) -> dict:
 async def _sse(head: dict, streams: list, n: int, usage: bool) -> AsyncIterator[str]:
     """The chunks of every choice as their tokens come, each choice ending with its
     finish_reason; the usage chunk when asked for; then `[DONE]`."""
-    head = {**head, "object": "text_completion"}
+    # with include_usage, every chunk but the last says "usage": null (OpenAI's format)
+    head = {**head, "object": "text_completion", **({"usage": None} if usage else {})}
     finals: list[dict] = [{} for _ in streams]
-    async for i, event in _merged(streams):
-        if "error" in event:  # a timeout mid-stream: OpenAI's clients raise on an error chunk
-            yield _data({"error": {k: v for k, v in event["error"].items() if k != "status"}})
-            return
-        done = event.get("done", False)
-        if done:
-            finals[i] = event
-        reason = FINISH[event["finish_reason"]] if done else None
-        text = "" if done else event["text"]
-        choice = {"text": text, "index": i, "logprobs": None, "finish_reason": reason}
-        yield _data({**head, "choices": [choice]})
+    try:
+        async for i, event in _merged(streams):
+            if "error" in event:  # a timeout mid-stream: OpenAI's clients raise on this chunk
+                yield _data({"error": {k: v for k, v in event["error"].items() if k != "status"}})
+                return
+            done = event.get("done", False)
+            if done:
+                finals[i] = event
+            reason = FINISH[event["finish_reason"]] if done else None
+            text = "" if done else event["text"]
+            choice = {"text": text, "index": i, "logprobs": None, "finish_reason": reason}
+            yield _data({**head, "choices": [choice]})
+    finally:  # the client left, or an error ended it: no stream decodes on for nobody
+        await _close(streams)
     if usage:
         yield _data({**head, "choices": [], "usage": _usage(finals, n)})
     yield "data: [DONE]\n\n"
@@ -297,3 +324,4 @@ async def _merged(streams: list) -> AsyncIterator[tuple[int, dict]]:
     finally:
         for t in tasks:
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

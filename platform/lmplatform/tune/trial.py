@@ -192,7 +192,8 @@ def evaluate(
         data.label_names, data.classes, model=model, encoder=encoder, task=task, final=detail
     )
     # under ZeRO-3 each decoding step is a forward that gathers parameters from every rank,
-    # and decoding lengths differ between shards: there every rank decodes every row
+    # and decoding lengths differ between shards: there every rank decodes every row (the
+    # same rows with the same weights: the same lengths, as before sharding existed)
     alike = zero_stage == 3 and ttype.generates
     starts = (
         list(range(0, len(rows), bs)) if alike else batch_starts(len(rows), bs, zero_stage == 3)
@@ -202,6 +203,8 @@ def evaluate(
     parts = [(scorer.counts(), loss_sum)] if alike else gathered((scorer.counts(), loss_sum))
     metrics, per = scorer.result_of(add_counts(c for c, _ in parts))
     metrics["dev_loss"] = sum(loss for _, loss in parts) / max(len(rows), 1)
+    # this process's share of the rows (all of them in one process): what sharding saved
+    metrics["dev_rows_scored"] = sum(len(rows[lo : lo + bs]) for lo in starts if lo is not None)
     metrics.update(class_f1(per))
     if detail:
         metrics["per_class"] = per
@@ -280,6 +283,7 @@ class TrialReporter:
         metrics = {
             self.metric: ev[self.metric],
             "dev_loss": ev["dev_loss"],
+            "dev_rows_scored": ev["dev_rows_scored"],
             SELECTION: selection_score(ev[self.metric], ev["dev_loss"]),
             "step": step,
             "epoch": step / self.per_epoch,
