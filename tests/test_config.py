@@ -36,6 +36,8 @@ def test_banana_hidden_size_is_one_line_naming_the_field():
         ("examples.max_seq_len=1024", ["examples.max_seq_len", "model.max_seq_len"]),
         ("model.num_heads=3", ["num_heads", "divisible"]),
         ("name=has space", ["name", "has space"]),
+        ("train.adapters={rank: 8}", ["train.adapters", "fine-tuning"]),
+        ("train.adapters={rank: 0}", ["train.adapters.rank", "greater than or equal to 1"]),
         # DeepSpeed refuses fp16 on most CPUs, in every worker, every restart
         ("train.precision=fp16", ["train.precision=fp16", "scaling.use_gpu=true", "bf16"]),
     ],

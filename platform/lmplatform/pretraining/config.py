@@ -52,6 +52,8 @@ class PretrainJobConfig(JobConfig):
             )
         self._fix_examples()
         t = self.train
+        if t.adapters is not None:
+            raise ValueError("train.adapters are for fine-tuning: pretraining trains every weight")
         if t.early_stopping and t.checkpoint_every % t.eval_every:
             raise ValueError(
                 f"train.early_stopping registers the best evaluation's checkpoint, so every "

@@ -21,6 +21,23 @@ ResumeMismatch = Literal["error", "warn"]
 """What a resumed pretraining run does when its examples are not its checkpoint's."""
 
 
+class Adapters(StrictModel):
+    """Fine-tune low-rank adapters instead of every weight (models/lora.py): the targeted
+    Linear layers of the encoder stay frozen beside a trained update of rank `rank`, scaled by
+    `alpha / rank`; with the task head they are all that trains."""
+
+    kind: Literal["lora"] = "lora"
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapters' input."""
+    targets: list[Literal["attention", "ffn"]] = Field(
+        default_factory=lambda: ["attention", "ffn"], min_length=1
+    )
+    """Which Linear layers of every layer get an adapter: the attention projections, the
+    feed-forward layers, or both."""
+
+
 class EarlyStopping(StrictModel):
     """Stop a run whose watched figure has stopped improving: a trial's task metric (higher is
     better), pretraining's eval_loss (lower is better)."""
@@ -91,6 +108,8 @@ class TrainConfig(StrictModel):
     compile: CompileBackend | None = None
     """torch.compile the model with this backend (null: eager). `inductor` generates fused
     kernels (on CPU it needs a C++ compiler); the first steps are slower while it compiles."""
+    adapters: Adapters | None = None
+    """Fine-tuning: train LoRA adapters and the head, not every weight (null: every weight)."""
     activation_checkpointing: bool = False
     """Recompute each layer's activations in the backward instead of keeping them (every
     family's layer stacks: BERT / ELECTRA encoder and generator, GPT blocks, biLM layers,

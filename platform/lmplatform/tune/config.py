@@ -92,6 +92,12 @@ class TrialParams(StrictModel):
     """Layer-wise learning-rate decay (`layer_decay`)."""
     transfer: Transfer = "full"
     """Fine-tune every weight or only the head on frozen features (`transfer`)."""
+    lora_rank: Annotated[int, Field(ge=1, le=1024)] | None = None
+    """LoRA adapters' rank (`train.adapters.rank`; null: no adapters, every weight trains)."""
+    lora_alpha: Annotated[float, Field(gt=0.0)] | None = None
+    """LoRA scale numerator: updates are scaled by alpha / rank (`train.adapters.alpha`)."""
+    lora_targets: Annotated[list[Literal["attention", "ffn"]], Field(min_length=1)] | None = None
+    """Which layers get adapters (`train.adapters.targets`)."""
 
     @classmethod
     def of(cls, job, drawn: dict | None = None) -> TrialParams:
@@ -99,6 +105,8 @@ class TrialParams(StrictModel):
         Tune config, which may hold other keys); validated here, once."""
         fixed = {k: getattr(job.train, k) for k in _TRAIN}
         fixed.update(layer_decay=job.layer_decay, transfer=job.transfer)
+        if (a := job.train.adapters) is not None:
+            fixed.update(lora_rank=a.rank, lora_alpha=a.alpha, lora_targets=list(a.targets))
         if job.model is not None:
             fixed.update(dropout=job.model.dropout, label_smoothing=job.model.label_smoothing)
         searched = {k: v for k, v in (drawn or {}).items() if k in cls.model_fields}
@@ -133,7 +141,8 @@ class SearchConfig(StrictModel):
     """Trials at once (null: as many as resources allow)."""
     space: dict[str, SearchDim] = Field(default_factory=dict)
     """Hyperparameter -> range; keys: the fields of `TrialParams` (lr, batch_size, epochs,
-    warmup_ratio, weight_decay, dropout, label_smoothing, layer_decay, transfer)."""
+    warmup_ratio, weight_decay, dropout, label_smoothing, layer_decay, transfer; with
+    `train.adapters`: lora_rank, lora_alpha, lora_targets)."""
     seed: int | None = 0
     """Seed of the configurations drawn from `space`: a re-run tries the same ones (null: fresh
     draws each run). Which trials ASHA stops still depends on when results arrive."""
@@ -306,6 +315,18 @@ class FinetuneJobConfig(JobConfig):
             check_model_ref(self.parent.removeprefix("random:"), "parent")
         return self._check_common()
 
+    def _check_adapters(self) -> None:
+        lora = sorted(k for k in self.search.space if k.startswith("lora_"))
+        if lora and self.train.adapters is None:
+            raise ValueError(f"search.space names {lora}: set train.adapters to train adapters")
+        if self.train.adapters is not None and (
+            self.transfer == "frozen" or "transfer" in self.search.space
+        ):
+            raise ValueError(
+                "train.adapters trains adapters and the head; transfer (frozen features) is "
+                "the other way to spare the encoder: use one"
+            )
+
     @property
     def trials_on_ray_train(self) -> bool:
         """Trials with several workers or ZeRO (which needs a process group, even for one
@@ -330,6 +351,7 @@ class FinetuneJobConfig(JobConfig):
 
     def _check_common(self) -> FinetuneJobConfig:
         check_train_on(self.train, self.scaling)
+        self._check_adapters()
         if self.search.scheduler == "pbt" and self.trials_on_ray_train:
             raise ValueError(
                 "search.scheduler=pbt needs single-worker trials without DeepSpeed "

@@ -9,6 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from lmplatform import storage
+from lmplatform.models.lora import merge_lora
 from lmplatform.models.tasks import TaskModel
 from lmplatform.train.worker_parts import consolidated_state_dict
 from lmplatform.tune.config import FinetuneJobConfig, TrialParams
@@ -48,6 +49,7 @@ def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
         weights = state["model"] if "model" in state else consolidated_state_dict(d)
     model = build_model(data, TrialParams.model_validate(state["hp"]))
     model.load_state_dict(weights)
+    merge_lora(model)  # adapters folded into their weights: the family's plain model again
     return model, state, evaluate(model, data, data.dev_rows, task_encoder(data), detail=True)
 
 

@@ -63,6 +63,27 @@ def selection_score(metric_value: float, dev_loss: float) -> float:
 
 
 def build_model(data: TaskData, hp: TrialParams) -> nn.Module:
+    """The trial's model: the parent's weights (or random ones) with the task's head, and LoRA
+    adapters when `hp.lora_rank` is set."""
+    model = _base_model(data, hp)
+    if hp.lora_rank is not None:
+        add_adapters(model, hp, data.cfg.train.adapters.dropout)
+    return model
+
+
+def add_adapters(model: nn.Module, hp: TrialParams, dropout: float) -> None:
+    """LoRA on the encoder (the whole encoder-decoder for seq2seq); of the encoder only the
+    adapters then train, the head (and scalar mix) does as before."""
+    from lmplatform.models.lora import LoraSpec, add_lora
+
+    spec = LoraSpec(hp.lora_rank, hp.lora_alpha, dropout, tuple(hp.lora_targets))
+    body = model.encoder if isinstance(model, TaskModel) else model
+    add_lora(body, spec)
+    for name, p in body.named_parameters():
+        p.requires_grad_(name.endswith(("lora_a", "lora_b")))
+
+
+def _base_model(data: TaskData, hp: TrialParams) -> nn.Module:
     from lmplatform.models.io import model_config, task_model_from_pretrained
 
     t = data.cfg.task
