@@ -515,7 +515,9 @@ def test_a_deepspeed_trial_checkpoints_its_shards_and_resumes_at_its_step(
 ):
     """scaling.zero_stage 2 / 3: the trial trains on a DeepSpeed engine (in-process here, a
     one-rank gloo group), checkpoints its ZeRO shard, and a trial restored from its first
-    checkpoint continues at the next step exactly as the uninterrupted trial did."""
+    checkpoint continues at the next step exactly as the uninterrupted trial did. Under ZeRO-3
+    the trial trains LoRA adapters: the frozen weights are partitioned too, and the merged fp32
+    checkpoint holds them beside the adapters."""
     import shutil
 
     from ray.train import Checkpoint
@@ -535,6 +537,7 @@ def test_a_deepspeed_trial_checkpoints_its_shards_and_resumes_at_its_step(
         "train.max_steps=24",
         "train.eval_every=12",
         "search.eval_rows=64",
+        *(["train.adapters={rank: 4, alpha: 8}"] if stage == 3 else []),
     )
     assert job.trials_on_ray_train  # ZeRO needs a process group: a TorchTrainer per trial
     data = load_task_data(job)
