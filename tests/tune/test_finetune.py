@@ -619,6 +619,34 @@ def test_a_lora_trial_trains_adapters_and_head_only_and_merges_to_its_scores(reg
     assert merge_lora(parent) == len(wrapped)
     one = evaluate(parent, data, eval_subset(data), task_encoder(data))
     assert one["accuracy"] == pytest.approx(reports[-1]["accuracy"], abs=1 / len(eval_subset(data)))
+    # rank, alpha and targets are searchable: a drawn configuration is the model built
+    searched = _job(
+        registry,
+        "lora-search",
+        "train.adapters={rank: 8}",
+        'search.space={"lora_rank": {"kind": "choice", "values": [2, 4]}, '
+        '"lora_targets": {"kind": "choice", "values": [["ffn"], ["attention", "ffn"]]}}',
+    )
+    hp = TrialParams.of(searched, {"lora_rank": 2, "lora_targets": ["ffn"]})
+    drawn = build_model(data, hp)
+    ffn_only = {n for n, m in drawn.named_modules() if isinstance(m, LoraLinear)}
+    assert ffn_only and all(n.endswith(("ffn_in", "ffn_out")) for n in ffn_only)
+    assert {m.lora_a.shape[0] for m in drawn.modules() if isinstance(m, LoraLinear)} == {2}
+    with pytest.raises(ConfigError, match="cannot draw lists"):
+        _job(
+            registry,
+            "x",
+            "train.adapters={rank: 8}",
+            "search.algorithm=tpe",
+            'search.space={"lora_targets": {"kind": "choice", "values": [["ffn"]]}}',
+        )
+    with pytest.raises(ConfigError, match="lora_rank"):
+        _job(
+            registry,
+            "x",
+            "train.adapters={rank: 8}",
+            'search.space={"lora_rank": {"kind": "choice", "values": [0, 4]}}',
+        )
     with pytest.raises(ConfigError, match="set train.adapters"):
         _job(registry, "x", 'search.space={"lora_rank": {"kind": "choice", "values": [4, 8]}}')
     with pytest.raises(ConfigError, match="use one"):

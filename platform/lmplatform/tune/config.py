@@ -192,6 +192,13 @@ class SearchConfig(StrictModel):
             raise ValueError(f"algorithm=tpe samples: make {grids} kind choice, not grid")
         if not self.space:
             raise ValueError("algorithm=tpe needs a space to search")
+        listed = sorted(
+            k for k, d in self.space.items() if any(isinstance(v, list) for v in d.values or [])
+        )
+        if listed:  # Optuna's categorical choices are numbers, strings and booleans only
+            raise ValueError(
+                f"algorithm=tpe cannot draw lists: search {listed} with algorithm=random"
+            )
         for i, point in enumerate(self.points):
             left = sorted(set(self.space) - set(point))
             if left:
