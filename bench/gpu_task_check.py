@@ -70,7 +70,10 @@ def finetune(registry: Path, out: Path, device: str, epochs: float) -> int:
     ]
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")]),
+        # an empty entry would put the working folder on the path: only what is set
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT / "platform"), os.environ.get("PYTHONPATH")) if p
+        ),
     }
     return subprocess.run(cmd, env=env, cwd=ROOT).returncode
 
