@@ -96,6 +96,59 @@ def publish_task(
     return version
 
 
+def publish_adapter_task(
+    reg,
+    root: Path,
+    name: str,
+    kind: str,
+    labels: list[str],
+    *,
+    base: str = "tiny-bert@v0001",
+    targets: tuple[str, ...] = ("attention", "ffn"),
+    rank: int = 4,
+    seed: int = 0,
+    value: float = 0.5,
+) -> str:
+    """An adapter version on a pretrained model of the registry: LoRA with random updates
+    (B != 0: the task answers unlike its base) and a random head; published and promoted."""
+    from lmplatform.models.io import task_model_from_pretrained
+    from lmplatform.models.lora import LoraLinear, LoraSpec, add_lora
+    from lmplatform.registry.adapters import save_adapter
+    from lmplatform.tasks import task_type
+
+    torch.manual_seed(seed)
+    folder = reg.local_path("pretrained", *base.split("@"))
+    model = task_model_from_pretrained(folder, kind, len(labels), layout=task_type(kind).layout)
+    spec = LoraSpec(rank, 2.0 * rank, 0.0, targets)
+    add_lora(model.encoder, spec)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoraLinear):
+                m.lora_b.normal_(0.0, 0.2)
+    out = root / f"{name}-adapter-{seed}"
+    extra = {"labels": labels, "max_seq_len": 32, "task_name": name}
+    save_adapter(model, out, spec, (reg, base), folder / "tokenizer.json", extra)
+    metric = task_type(kind).metrics[0]
+    per_class = {
+        c: {"precision": value, "recall": value, "f1": value, "support": 10} for c in labels
+    }
+    version = reg.publish(
+        "tasks",
+        name,
+        out,
+        {
+            "kind": "task",
+            "metric": metric,
+            "value": value,
+            "parent": base,
+            "labels": labels,
+            "per_class": per_class,
+        },
+    )
+    reg.promote(name, version, value, force=True)
+    return version
+
+
 def build_registry(root: Path, sample_dir: Path) -> Path:
     from lmplatform.models import BertConfig, ElectraConfig, GPTConfig
     from lmplatform.models.io import save_pretrained

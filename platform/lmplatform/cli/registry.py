@@ -2,7 +2,8 @@
 
     list     [--kind K] [NAME]          every complete version, its metric and which is best
     show     REF [--json]               metadata, lineage, metrics (and a task's promotion log)
-    export   REF --hf DIR               a folder for transformers alone (AutoModel…, pipeline)
+    export   REF --hf DIR [--merge]     a folder for transformers alone (AutoModel…, pipeline);
+                                        an adapter version in peft's layout (--merge: folded in)
     promote  TASK@VERSION [--force]     make it the best if it beats the current one
     rollback TASK [--to VERSION] [--force]
                                         the best back to an earlier version (worse: --force)
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("export", help="write a version as a transformers folder")
     c.add_argument("ref")
     c.add_argument("--hf", required=True, metavar="DIR", help="output folder")
+    c.add_argument(
+        "--merge",
+        action="store_true",
+        help="an adapter version: fold the adapters into the weights (one plain folder)",
+    )
     c.set_defaults(run=cmd_export)
 
     c = sub.add_parser("promote", help="make TASK@VERSION the best if it beats the current")
@@ -145,7 +151,14 @@ def cmd_show(reg: Registry, args) -> None:
             f"{k}={model[k]}" for k in ("hidden_size", "num_layers", "num_heads") if k in model
         )
         print(f"  model     {model.get('family')} ({shape})")
-    print(f"  files     {len(files)}, {sum(f['bytes'] for f in files.values()) / 1e6:.1f} MB")
+    print(f"  files     {len(files)}, {_mb(files)}")
+    adapter = meta.get("adapter")
+    if isinstance(adapter, dict):
+        print(
+            f"  adapter   LoRA rank {adapter.get('rank')}, alpha {adapter.get('alpha')}, "
+            f"{', '.join(adapter.get('targets') or [])} ({len(adapter.get('modules') or [])} layers)"
+        )
+        print(f"  base      pretrained/{adapter.get('base')}  {_base_size(reg, adapter)}")
     if kind == "tasks":
         best = reg.best(name)
         print(f"  task      {meta.get('type')}  labels: {', '.join(meta.get('labels') or [])}")
@@ -182,19 +195,36 @@ def cmd_show(reg: Registry, args) -> None:
 
 def cmd_export(reg: Registry, args) -> None:
     from lmplatform.models.io import export_hf
+    from lmplatform.registry.adapters import adapter_of, export_adapter
 
     kind, name, version = parse_ref(reg, args.ref)
-    out = export_hf(reg.local_path(kind, name, version), args.hf)
+    folder = reg.local_path(kind, name, version)
+    adapter = adapter_of(reg.metadata(kind, name, version))
+    if adapter is None and args.merge:
+        raise ValueError(
+            f"{kind}/{name}@{version} is a whole model: --merge is for adapter versions"
+        )
+    if adapter is None:
+        out = export_hf(folder, args.hf)
+    else:
+        out = export_adapter(reg, folder, args.hf, args.merge)
     arch = json.loads((out / "config.json").read_text()).get("architectures", ["?"])[0]
     remote = ", trust_remote_code=True" if (out / "modeling_lmplatform.py").is_file() else ""
     task = next(
         (t for suffix, t in _PIPELINES.items() if arch.endswith(suffix)), "feature-extraction"
     )
-    print(
-        f"exported {kind}/{name}@{version} -> {out} ({arch})\n"
-        f"  from transformers import pipeline\n"
-        f"  pipeline({task!r}, model={str(out)!r}{remote})"
-    )
+    print(f"exported {kind}/{name}@{version} -> {args.hf} ({arch})")
+    if adapter is not None and not args.merge:
+        auto = "AutoModel" + (arch[arch.index("For") :] if "For" in arch else "")
+        print(
+            f"  LoRA adapters in peft's layout on pretrained/{adapter['base']} (a transformers "
+            f"folder of it with the task's head: {out})\n"
+            f"  from peft import PeftModel\n  from transformers import {auto}\n"
+            f"  model = PeftModel.from_pretrained({auto}.from_pretrained({str(out)!r}), "
+            f"{str(args.hf)!r})"
+        )
+        return
+    print(f"  from transformers import pipeline\n  pipeline({task!r}, model={str(out)!r}{remote})")
 
 
 # the first suffix that matches wins: ELECTRA's pretraining head detects replaced tokens, which no
@@ -240,6 +270,26 @@ def cmd_gc(reg: Registry, args) -> None:
         print(f"{verb} {kind}/{name}@{version} (incomplete, claimed {age / 3600:.1f} h ago)")
     if not stale:
         print(f"nothing to remove (no version incomplete for over {args.older_than:g} h)")
+
+
+def _mb(files: dict) -> str:
+    return f"{sum(f['bytes'] for f in files.values()) / 1e6:.1f} MB"
+
+
+def _base_size(reg: Registry, adapter: dict) -> str:
+    """The base's size on disk, and whether it is still the content the adapters were
+    trained on (loading refuses it otherwise)."""
+    from lmplatform.registry.adapters import base_digest
+
+    name, _, version = str(adapter.get("base")).partition("@")
+    try:
+        files = reg.metadata("pretrained", name, version).get("files") or {}
+        same = base_digest(reg, name, version) == adapter.get("base_digest")
+    except (RegistryError, ValueError, FileNotFoundError) as e:
+        return f"(cannot be read: {e})"
+    return f"{_mb(files)}" + (
+        "" if same else "  (CHANGED since training: the version will not load)"
+    )
 
 
 def _table(head: list[str], rows: list[list[str]]) -> None:

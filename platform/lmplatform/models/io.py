@@ -176,6 +176,12 @@ def model_config(meta: dict):
 def from_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     """Rebuild the saved model (pretraining or task) with its weights."""
     meta = read_config(path)
+    if meta.get("adapter"):
+        raise ValueError(
+            f"{path}: an adapter version (LoRA on pretrained/{meta['adapter'].get('base')}): "
+            "it loads with its base from the registry (lmplatform.registry.adapters."
+            "load_task_model), or export it (lmplatform-registry export)"
+        )
     cfg = model_config(meta)
     if meta["kind"] == "task" and family(cfg).whole_model_task is not None:
         model = build_pretraining_model(cfg)  # the encoder-decoder is the whole task model

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 
+from lmplatform.registry.adapters import load_task_model
 from lmplatform.registry.store import Registry
 from lmplatform.serving.predictors import (
     InputError,
@@ -34,7 +35,8 @@ def load_task(
     if version is None:
         raise ValueError(f"task {task!r} has no promoted best model in {reg.uri}")
     folder, ref = reg.local_path("tasks", task, version), _task_ref(reg, task, version)
-    p = TaskPredictor(folder, ref, compile=compile, quantize=quantize)
+    model = load_task_model(reg, folder)  # an adapter version: on its base, merged
+    p = TaskPredictor(folder, ref, model, compile=compile, quantize=quantize)
     p.smoke()
     return p
 

@@ -9,13 +9,20 @@ from pathlib import Path
 from torch import nn
 
 from lmplatform import storage
-from lmplatform.models.lora import merge_lora
+from lmplatform.models.lora import LoraLinear, merge_lora
 from lmplatform.models.tasks import TaskModel
 from lmplatform.train.worker_parts import consolidated_state_dict
 from lmplatform.tune.config import FinetuneJobConfig, TrialParams
 from lmplatform.tune.data import TaskData
 from lmplatform.tune.search import SearchResult
-from lmplatform.tune.trial import SELECTION, build_model, evaluate, load_trial_state, task_encoder
+from lmplatform.tune.trial import (
+    SELECTION,
+    build_model,
+    evaluate,
+    load_trial_state,
+    lora_spec,
+    task_encoder,
+)
 
 
 def best_checkpoint(results, metric: str = SELECTION, output_dir: str = "."):
@@ -49,8 +56,21 @@ def best_model(sr: SearchResult) -> tuple[TaskModel, dict, dict]:
         weights = state["model"] if "model" in state else consolidated_state_dict(d)
     model = build_model(data, TrialParams.model_validate(state["hp"]))
     model.load_state_dict(weights)
-    merge_lora(model)  # adapters folded into their weights: the family's plain model again
+    if not publishes_adapters(data, model):
+        merge_lora(model)  # adapters folded into their weights: the family's plain model again
     return model, state, evaluate(model, data, data.dev_rows, task_encoder(data), detail=True)
+
+
+def publishes_adapters(data: TaskData, model: nn.Module) -> bool:
+    """Whether the winner is published as an adapter version (adapters and head only, naming
+    the pretrained version they sit on): a LoRA task model whose parent is a registry version.
+    From random weights, or the encoder-decoder warm-started from a pretrained encoder, there is
+    no registry version to sit on: those are published whole, adapters merged."""
+    return (
+        isinstance(model, TaskModel)
+        and any(isinstance(m, LoraLinear) for m in model.modules())
+        and not data.parent_ref.startswith("random:")
+    )
 
 
 def promote(sr: SearchResult, force: bool = False) -> dict:
@@ -62,7 +82,7 @@ def promote(sr: SearchResult, force: bool = False) -> dict:
     model, state, dev = best_model(sr)
     value = dev[metric]
     with tempfile.TemporaryDirectory() as td:
-        out = _export(model, job, sr.data, Path(td))
+        out = _export(model, job, sr.data, Path(td), TrialParams.model_validate(state["hp"]))
         metadata = _task_metadata(sr, state, dev)
         run = tracking.find_run(
             job.tracking, job.output_dir, job.name, {"trial_name": str(state.get("trial"))}
@@ -107,31 +127,30 @@ def describe_baseline(verdict: dict | None) -> str:
     return f"{head}: does NOT beat it — a user is better served by the baseline"
 
 
-def _export(model: nn.Module, job: FinetuneJobConfig, data: TaskData, folder: Path) -> Path:
-    """The model as a registry-ready folder under `folder`: weights, tokenizer, what serving
-    needs to decode its outputs, and the resolved job config."""
+def _export(
+    model: nn.Module, job: FinetuneJobConfig, data: TaskData, folder: Path, hp: TrialParams
+) -> Path:
+    """The model as a registry-ready folder under `folder`: weights (or adapters and head),
+    tokenizer, what serving needs to decode its outputs, and the resolved job config."""
     from lmplatform.config import save_resolved
     from lmplatform.models.io import save_pretrained
+    from lmplatform.registry.adapters import save_adapter
 
     out = folder / "export"
     tok_file = folder / "tokenizer.json"
     tok_file.write_text(data.tokenizer_json)
-    save_pretrained(
-        model,
-        out,
-        tokenizer=tok_file,
-        extra={
-            "labels": data.label_names,
-            "classes": data.classes,
-            "max_seq_len": job.task.max_seq_len,
-            "task_name": job.task.name,
-            **(
-                {"decoding": job.task.decoding.model_dump()}
-                if job.task.decoding is not None
-                else {}
-            ),
-        },
-    )
+    extra = {
+        "labels": data.label_names,
+        "classes": data.classes,
+        "max_seq_len": job.task.max_seq_len,
+        "task_name": job.task.name,
+        **({"decoding": job.task.decoding.model_dump()} if job.task.decoding is not None else {}),
+    }
+    if publishes_adapters(data, model):
+        spec = lora_spec(data, hp)
+        save_adapter(model, out, spec, (data.registry, data.parent_ref), tok_file, extra)
+    else:
+        save_pretrained(model, out, tokenizer=tok_file, extra=extra)
     save_resolved(job, out)
     return out
 

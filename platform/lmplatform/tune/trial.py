@@ -67,16 +67,23 @@ def build_model(data: TaskData, hp: TrialParams) -> nn.Module:
     adapters when `hp.lora_rank` is set."""
     model = _base_model(data, hp)
     if hp.lora_rank is not None:
-        add_adapters(model, hp, data.cfg.train.adapters.dropout)
+        add_adapters(model, lora_spec(data, hp))
     return model
 
 
-def add_adapters(model: nn.Module, hp: TrialParams, dropout: float) -> None:
+def lora_spec(data: TaskData, hp: TrialParams):
+    """The trial's adapters: rank, alpha and targets as drawn, dropout as configured."""
+    from lmplatform.models.lora import LoraSpec
+
+    dropout = data.cfg.train.adapters.dropout
+    return LoraSpec(hp.lora_rank, hp.lora_alpha, dropout, tuple(hp.lora_targets))
+
+
+def add_adapters(model: nn.Module, spec) -> None:
     """LoRA on the encoder (the whole encoder-decoder for seq2seq); of the encoder only the
     adapters then train, the head (and scalar mix) does as before."""
-    from lmplatform.models.lora import LoraSpec, add_lora
+    from lmplatform.models.lora import add_lora
 
-    spec = LoraSpec(hp.lora_rank, hp.lora_alpha, dropout, tuple(hp.lora_targets))
     body = model.encoder if isinstance(model, TaskModel) else model
     add_lora(body, spec)
     for name, p in body.named_parameters():
