@@ -19,7 +19,7 @@ SENTENCES = ["the film was a delight", "a dull , lifeless story", "nothing happe
 
 @pytest.fixture(scope="module")
 def reg_root(tmp_path_factory, sample_dir):
-    from lmplatform.models import BertConfig, GPTConfig
+    from lmplatform.models import BertConfig, ElectraConfig, GPTConfig
     from lmplatform.models.io import save_pretrained
     from lmplatform.models.tasks import build_pretraining_model
     from lmplatform.registry.store import Registry
@@ -31,6 +31,11 @@ def reg_root(tmp_path_factory, sample_dir):
     for name, cfg, tok in (
         ("tiny-bert", BertConfig(size="debug", vocab_size=2000, max_seq_len=64), wp),
         ("tiny-gpt", GPTConfig(size="debug", vocab_size=2000, max_seq_len=64), bpe),
+        (
+            "tiny-electra",
+            ElectraConfig(size="debug", vocab_size=2000, max_seq_len=64, embedding_size=32),
+            wp,
+        ),
     ):
         save_pretrained(build_pretraining_model(cfg), root / name, tokenizer=tok)
         reg.publish("pretrained", name, root / name, {"kind": "pretrained"})
@@ -39,6 +44,9 @@ def reg_root(tmp_path_factory, sample_dir):
         reg, root, "sent-gpt", "classification", ["neg", "pos"], base="tiny-gpt@v0001", seed=1
     )
     publish_adapter_task(reg, root, "ner", "token_classification", ["O", "B-PER", "I-PER"])
+    publish_adapter_task(
+        reg, root, "sent-electra", "classification", ["neg", "pos"], base="tiny-electra@v0001"
+    )
     return root
 
 
@@ -124,7 +132,9 @@ def test_adapter_versions_on_s3_share_one_cached_base_per_node(reg_root, s3_buck
     for kind, name in (("pretrained", "tiny-bert"), ("tasks", "sent"), ("tasks", "ner")):
         folder = local.local_path(kind, name, "v0001")
         meta = {k: v for k, v in local.metadata(kind, name, "v0001").items() if k != "files"}
-        shutil.copytree(folder, tmp_path / name, ignore=shutil.ignore_patterns("metadata.json", ".claim"))
+        shutil.copytree(
+            folder, tmp_path / name, ignore=shutil.ignore_patterns("metadata.json", ".claim")
+        )
         (tmp_path / name / "metadata.json").write_text(json.dumps(meta))
         assert reg.publish(kind, name, tmp_path / name, meta) == "v0001"
     for task in ("sent", "ner"):
@@ -136,7 +146,7 @@ def test_adapter_versions_on_s3_share_one_cached_base_per_node(reg_root, s3_buck
     assert len([c for c in cached if str(c).count(".tmp-") == 0]) == 1, cached
 
 
-@pytest.mark.parametrize("task", ["sent", "sent-gpt", "ner"])
+@pytest.mark.parametrize("task", ["sent", "sent-gpt", "sent-electra", "ner"])
 def test_peft_loads_the_export_and_gives_our_outputs_and_merge_gives_a_plain_folder(
     reg_root, tmp_path, task, capsys
 ):

@@ -123,3 +123,36 @@ def merge_lora(model: nn.Module) -> int:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, getattr(parent, attr).merged())
     return len(wrapped)
+
+
+class RoutedLora(nn.Module):
+    """A frozen Linear serving the adapters of several tasks in one forward (the S-LoRA idea):
+    every row of the batch goes through the shared weight, then adds its own task's low-rank
+    update. `route` is set around a forward by whoever batched the rows: [(row indices, A, B,
+    scaling)], one entry per task in the batch that adapts this layer; empty: the base alone."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        self.route: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        for rows, a, b, scaling in self.route:
+            update = F.linear(F.linear(x.index_select(0, rows), a), b) * scaling
+            y = y.index_add(0, rows, update.to(y.dtype))
+        return y
+
+
+def routed(model: nn.Module, names: Iterable[str]) -> dict[str, RoutedLora]:
+    """Every RoutedLora of `model`, after wrapping the Linear layers `names` that are not yet
+    (a name that is not a Linear of the model is refused)."""
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = getattr(parent, attr, None)
+        if isinstance(layer, nn.Linear):
+            setattr(parent, attr, RoutedLora(layer))
+        elif not isinstance(layer, RoutedLora):
+            raise ValueError(f"{name}: not a Linear layer of {type(model).__name__}")
+    return {n: m for n, m in model.named_modules() if isinstance(m, RoutedLora)}

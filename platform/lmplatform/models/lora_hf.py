@@ -88,7 +88,9 @@ def peft_state(model: TaskModel) -> tuple[dict[str, torch.Tensor], dict, TaskMod
             transposed.add(t)
     if len(transposed) > 1:
         raise ValueError("adapted weights both transposed and not: one fan_in_fan_out cannot say")
-    head = _head_names(plain, views)
+    saved = sorted({k.split(".")[0] for k in _head_names(plain, views)})
+    # every weight of those modules (ELECTRA's classifier.dense is a base weight: frozen)
+    head = [k for k in views if k.split(".")[0] in saved]
     tensors.update({f"{_PREFIX}{k}": views[k].detach().contiguous().clone() for k in head})
     spec = next(iter(adapters.values()))
     fields = {
@@ -97,7 +99,7 @@ def peft_state(model: TaskModel) -> tuple[dict[str, torch.Tensor], dict, TaskMod
         "lora_dropout": spec.dropout,
         "target_modules": sorted(targets),
         "fan_in_fan_out": transposed == {True},
-        "modules_to_save": sorted({k.split(".")[0] for k in head}),
+        "modules_to_save": saved,
         "task_type": _TASK_TYPES.get(model.layout),
     }
     return tensors, fields, plain

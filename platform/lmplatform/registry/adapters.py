@@ -2,8 +2,8 @@
 pretrained version they sit on.
 
     <root>/tasks/<task>/<version>/
-        adapter.safetensors   the adapters (our module names) and every task-model tensor outside
-                              the encoder (head, ELMo's scalar mix)
+        adapter.safetensors   the adapters (our module names) and the head's tensors
+                              (`TaskModel.in_head`: ELMo's scalar mix, ELECTRA's pooler)
         tokenizer.json …      as any task version
         metadata.json         + "adapter": {kind, rank, alpha, dropout, targets, modules,
                                             base: "name@vNNNN", base_digest}
@@ -58,11 +58,11 @@ def spec_of(adapter: dict) -> LoraSpec:
 
 
 def adapter_tensors(model: TaskModel) -> dict[str, torch.Tensor]:
-    """What an adapter version stores: the adapters and everything outside the encoder."""
+    """What an adapter version stores: the adapters and the head (`TaskModel.in_head`)."""
     return {
         k: v.detach().contiguous().clone()
         for k, v in model.state_dict().items()
-        if not k.startswith("encoder.") or k.endswith(("lora_a", "lora_b"))
+        if model.in_head(k) or k.endswith(("lora_a", "lora_b"))
     }
 
 

@@ -24,7 +24,9 @@ from collections.abc import Awaitable, Callable
 from ray import serve
 
 from lmplatform.models.gpt.model import Sampling
+from lmplatform.registry.adapters import adapter_of
 from lmplatform.registry.store import Registry
+from lmplatform.serving.adapters import Adapter, AdapterGroup, SharedBase, load_adapter
 from lmplatform.serving.api import ApiError, Limits, make_app
 from lmplatform.serving.config import BATCH_WAIT_S, MAX_BATCH_SIZE
 from lmplatform.serving.ingress import raise_error
@@ -129,7 +131,9 @@ class TaskReplica(_ModelDeployment):
         self.compile, self.quantize = compile, quantize
         self.http = http or {}
         self.batches = self.batched_inputs = 0
-        self.predictor, self.start_error = load_serving(self.reg, task, compile, quantize)
+        self.predictor, self.start_error = load_serving(
+            self.reg, task, lambda v: load_task(self.reg, task, v, compile, quantize)
+        )
         self.metrics.serving(task, self.predictor.ref.version)
         self._swap_lock = threading.Lock()
         self.watcher = _Watcher(self.reg, [task], refresh_s, self._swap, self.metrics)
@@ -280,9 +284,9 @@ class _OneTask:
         return None
 
 
-@serve.deployment(max_ongoing_requests=256)
-class SharedEncoderDeployment(_ModelDeployment):
-    """Frozen-feature tasks from one parent: one encoder forward per batch for all of them."""
+class _GroupReplica(_ModelDeployment):
+    """Tasks answered together by one deployment (a group model: one forward per batch for
+    all of them); subclasses say how one task's version loads and how a group is made."""
 
     def __init__(
         self,
@@ -294,9 +298,10 @@ class SharedEncoderDeployment(_ModelDeployment):
     ):
         self._setup(registry, max_batch_size, batch_wait_timeout_s)
         self.tasks = list(tasks)
-        loaded = {t: load_serving(self.reg, t) for t in self.tasks}
+        loaded = {t: load_serving(self.reg, t, lambda v, t=t: self._load_one(t, v)) for t in tasks}
         self.start_errors = {t: err for t, (_, err) in loaded.items() if err}
-        self.group = SharedEncoder({t: p for t, (p, _) in loaded.items()})
+        self.group = self._group({t: m for t, (m, _) in loaded.items()})
+        self.group.smoke()
         for t, p in self.group.predictors.items():
             self.metrics.serving(t, p.ref.version)
         self._swap_lock = threading.Lock()
@@ -305,15 +310,26 @@ class SharedEncoderDeployment(_ModelDeployment):
             wanted = {t: self.reg.best(t) for t in self.tasks}
             self.watcher.failed(wanted, RuntimeError("; ".join(self.start_errors.values())))
 
-    def _load(self, versions: dict[str, str | None]) -> SharedEncoder:
-        preds = {}
+    def _load_one(self, task: str, version: str):
+        raise NotImplementedError
+
+    def _group(self, members: dict):
+        raise NotImplementedError
+
+    def _member(self, task: str):
+        """What `_load_one` gave for the task the group serves now."""
+        raise NotImplementedError
+
+    def _load(self, versions: dict[str, str | None]):
+        """A group serving `versions`: only the tasks whose version changed are loaded."""
+        have = {t: p.ref.version for t, p in self.group.predictors.items()}
+        members = {}
         for t, v in versions.items():
             if v is None:
                 raise ValueError(f"task {t!r} has no promoted best model in {self.reg.uri}")
-            preds[t] = TaskPredictor(self.reg.local_path("tasks", t, v), _task_ref(self.reg, t, v))
-        group = SharedEncoder(preds)
-        for p in group.predictors.values():
-            p.smoke()
+            members[t] = self._member(t) if have.get(t) == v else self._load_one(t, v)
+        group = self._group(members)
+        group.smoke()
         return group
 
     def _swap(self, wanted: dict[str, str | None]) -> None:
@@ -328,7 +344,7 @@ class SharedEncoderDeployment(_ModelDeployment):
             self.start_errors = {}
             for t, v in merged.items():
                 self.metrics.serving(t, v, replaced=have[t] if have[t] != v else None)
-            log.info("shared encoder group %s: now %s", self.tasks, merged)
+            log.info("%s %s: now %s", type(self).__name__, self.tasks, merged)
 
     def reconfigure(self, user_config: dict) -> None:
         if hasattr(self, "watcher"):
@@ -376,8 +392,52 @@ class SharedEncoderDeployment(_ModelDeployment):
         return out
 
     def check_health(self) -> None:
-        for p in self.group.predictors.values():
-            p.smoke()
+        self.group.smoke()
+
+
+@serve.deployment(max_ongoing_requests=256)
+class SharedEncoderDeployment(_GroupReplica):
+    """Frozen-feature tasks from one parent: one encoder forward per batch for all of them."""
+
+    def _load_one(self, task: str, version: str) -> TaskPredictor:
+        return TaskPredictor(
+            self.reg.local_path("tasks", task, version), _task_ref(self.reg, task, version)
+        )
+
+    def _group(self, members: dict[str, TaskPredictor]) -> SharedEncoder:
+        return SharedEncoder(members)
+
+    def _member(self, task: str) -> TaskPredictor:
+        return self.group.predictors[task]
+
+
+@serve.deployment(max_ongoing_requests=256)
+class AdapterGroupDeployment(_GroupReplica):
+    """Tasks whose bests are LoRA adapter versions on one base: the base once in memory, every
+    task's adapters beside it, one forward through the base per batch of any of them; a
+    promotion loads only that task's adapters (serving/adapters.py)."""
+
+    base: SharedBase | None = None
+    base_loads = 0  # the base is loaded once per replica: the hot-swap test reads it
+
+    def _load_one(self, task: str, version: str) -> Adapter:
+        if self.base is None:
+            meta = self.reg.metadata("tasks", task, version)
+            adapter = adapter_of(meta)
+            if adapter is None:
+                raise ValueError(f"{task}@{version} is a whole model, not an adapter version")
+            self.base = SharedBase(self.reg, adapter, f"tasks/{task}@{version}")
+            self.base_loads += 1
+        return load_adapter(self.reg, self.base, task, version, _task_ref(self.reg, task, version))
+
+    def _group(self, members: dict[str, Adapter]) -> AdapterGroup:
+        return AdapterGroup(self.base, members)
+
+    def _member(self, task: str) -> Adapter:
+        return self.group.adapters[task]
+
+    async def stats(self) -> dict:
+        return {**(await super().stats()), "base_loads": self.base_loads}
 
 
 @serve.deployment(max_ongoing_requests=128)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from lmplatform.registry.adapters import load_task_model
 from lmplatform.registry.store import Registry
@@ -42,34 +44,33 @@ def load_task(
 
 
 log = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 
 FALLBACKS = 3  # earlier bests a starting replica tries when the promoted one cannot load
 
 
-def load_serving(
-    reg: Registry, task: str, compile: str | None = None, quantize: str | None = None
-) -> tuple[TaskPredictor, str | None]:
-    """The task's best, or, when it cannot load (a checksum mismatch, a failed smoke test), the
-    version it replaced (and the one that replaced, up to FALLBACKS back) that can, with why
-    the best failed: a replica that starts must serve something, and the model promoted
-    before beats none. The chain of replacements, not the whole log: a version an operator
-    rolled away from is not on it."""
+def load_serving(reg: Registry, task: str, load: Callable[[str], T]) -> tuple[T, str | None]:
+    """`load(version)` of the task's best, or, when it cannot load (a checksum mismatch, a
+    failed smoke test), of the version it replaced (and the one that replaced, up to FALLBACKS
+    back) that can, with why the best failed: a replica that starts must serve something, and
+    the model promoted before beats none. The chain of replacements, not the whole log: a
+    version an operator rolled away from is not on it."""
     best = reg.best(task)
+    if best is None:
+        raise ValueError(f"task {task!r} has no promoted best model in {reg.uri}")
     try:
-        return load_task(reg, task, best, compile, quantize), None
+        return load(best), None
     except Exception as e:
-        if best is None:
-            raise
         error = f"{task}@{best} could not be loaded: {type(e).__name__}: {e}"
     for version in _replaced_chain(reg, task, best)[:FALLBACKS]:
         try:
-            p = load_task(reg, task, version, compile, quantize)
+            loaded = load(version)
         except Exception as e:
             log.warning("task %s: %s cannot be loaded either: %s", task, version, e)
             continue
         log.warning("%s; serving the previous best %s", error, version)
-        return p, error
+        return loaded, error
     raise RuntimeError(f"{error}; no earlier best loads either")
 
 

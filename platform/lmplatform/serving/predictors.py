@@ -252,6 +252,14 @@ class SharedEncoder:
         self.max_tokens = token_budget(next(self.encoder.parameters()).device)
         self._lock = threading.Lock()
 
+    def smoke(self) -> None:
+        """One tiny prediction per task, all in one forward as requests are answered."""
+        self.predict([(t, p.parse([p.task.smoke_input])) for t, p in self.predictors.items()])
+
+    def _encode(self, batch: dict[str, torch.Tensor], rows: dict[str, torch.Tensor]) -> Encoded:
+        """The encoder over a batch whose `rows` belong to each task."""
+        return self.encoder.encode(**batch)
+
     @torch.no_grad()
     def predict(self, requests: list[tuple[str, list[Item]]]) -> list[list[dict]]:
         """[(task, items)] -> predictions per request: each encoder forward (rows of similar
@@ -275,13 +283,14 @@ class SharedEncoder:
         batch = pad([e.ids for e in encs], [e.types for e in encs], self.pad_id, dev)
         self.calls += 1
         self.largest_forward = max(self.largest_forward, batch["input_ids"].numel())
-        enc = self.encoder.encode(**batch)
-        preds: list = [None] * len(chunk)
         by_task: dict[str, list[int]] = {}
         for j, row in enumerate(chunk):
             by_task.setdefault(row[2], []).append(j)
+        rows = {task: torch.tensor(js, device=dev) for task, js in by_task.items()}
+        enc = self._encode(batch, rows)
+        preds: list = [None] * len(chunk)
         for task, js in by_task.items():
-            sel = torch.tensor(js, device=dev)
+            sel = rows[task]
             sub = Encoded(
                 layers=[h[sel] for h in enc.layers],
                 pooled=None if enc.pooled is None else enc.pooled[sel],

@@ -80,14 +80,14 @@ def lora_spec(data: TaskData, hp: TrialParams):
 
 
 def add_adapters(model: nn.Module, spec) -> None:
-    """LoRA on the encoder (the whole encoder-decoder for seq2seq); of the encoder only the
-    adapters then train, the head (and scalar mix) does as before."""
+    """LoRA on the encoder (the whole encoder-decoder for seq2seq); then only the adapters
+    train, and a task model's head (`TaskModel.in_head`: with ELECTRA's pooler)."""
     from lmplatform.models.lora import add_lora
 
-    body = model.encoder if isinstance(model, TaskModel) else model
-    add_lora(body, spec)
-    for name, p in body.named_parameters():
-        p.requires_grad_(name.endswith(("lora_a", "lora_b")))
+    add_lora(model.encoder if isinstance(model, TaskModel) else model, spec)
+    for name, p in model.named_parameters():
+        head = isinstance(model, TaskModel) and model.in_head(name)
+        p.requires_grad_(head or name.endswith(("lora_a", "lora_b")))
 
 
 def _base_model(data: TaskData, hp: TrialParams) -> nn.Module:
