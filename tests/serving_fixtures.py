@@ -2,8 +2,9 @@
 
 The API contract does not depend on accuracy, so no training runs here: a classification, a
 pair-classification (on an ELECTRA discriminator), a token-classification and a semantic-role task (full fine-tuning), two
-frozen-feature tasks from the same parent (a shared-encoder group), a seq2seq task (a random
-encoder-decoder), a pretrained BERT (fill-mask) and a pretrained GPT (generate). Also: the
+frozen-feature tasks from the same parent (a shared-encoder group), three LoRA adapter versions
+on one base (an adapter group), a seq2seq task (a random encoder-decoder), a pretrained BERT
+(fill-mask) and a pretrained GPT (generate). Also: the
 HTTP API over in-process predictors (`local_server`).
 """
 
@@ -189,6 +190,12 @@ def build_registry(root: Path, sample_dir: Path) -> Path:
     publish_task(reg, root, "topic-a", enc, "classification", ["a", "b", "c"], wp, frozen=True)
     publish_task(reg, root, "topic-b", enc, "classification", ["x", "y"], wp, frozen=True, seed=1)
     publish_translator(reg, root, sample_dir)
+    # LoRA adapter versions on tiny-bert: one deployment serves them on one copy of it
+    publish_adapter_task(reg, root, "lora-a", "classification", ["a", "b", "c"])
+    publish_adapter_task(
+        reg, root, "lora-b", "classification", ["x", "y"], targets=("attention",), rank=2, seed=1
+    )
+    publish_adapter_task(reg, root, "lora-ner", "token_classification", NER_LABELS, seed=2)
     return root / "registry"
 
 

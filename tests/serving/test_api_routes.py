@@ -19,7 +19,10 @@ def test_health_tasks_and_openapi(served):
     assert (r.status_code, r.json()) == (200, {"status": "ok", "problems": []})
     tasks = requests.get(served["url"] + "/v1/tasks", timeout=10).json()["tasks"]
     by = {t["task"]: t for t in tasks}
-    assert set(by) == {"sentiment", "pairs", "ner", "srl", "topic-a", "topic-b", "translate"}
+    assert set(by) == {
+        *("sentiment", "pairs", "ner", "srl", "topic-a", "topic-b", "translate"),
+        *("lora-a", "lora-b", "lora-ner"),
+    }
     assert by["translate"]["type"] == "seq2seq"
     assert by["sentiment"]["type"] == "classification"
     assert by["pairs"]["type"] == "pair_classification"

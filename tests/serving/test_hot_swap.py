@@ -98,6 +98,7 @@ def test_replicas_scale_up_under_load_and_back_down(served):
         update={
             "tasks": ["sentiment"],
             "shared_encoder_groups": [],
+            "adapter_groups": [],
             "fill_mask_model": None,
             "generate_model": None,
             "app_name": "scale",
@@ -216,6 +217,7 @@ def test_refresh_token_swaps_without_polling(served):
         update={
             "tasks": ["pairs"],
             "shared_encoder_groups": [],
+            "adapter_groups": [],
             "fill_mask_model": None,
             "generate_model": None,
             "app_name": "refresh",

@@ -86,6 +86,11 @@ class ServeConfig(StrictModel):
     shared_encoder_groups: list[list[str]] = Field(default_factory=list)
     """Groups of frozen-feature tasks from the same pretrained model that share one encoder
     deployment (one encoder forward per batch for all of them); each task at most once."""
+    adapter_groups: list[list[str]] = Field(default_factory=list)
+    """Groups of tasks whose bests are LoRA adapter versions on the same pretrained model: one
+    deployment holds that base once and every task's adapters, answers them all in shared
+    forwards, and swaps a promoted task's adapters without reloading the base; each task at
+    most once (here or in shared_encoder_groups)."""
     replica_cpus: float = Field(1.0, ge=0)
     """CPUs per model replica."""
     replica_gpus: float = Field(0.0, ge=0)
@@ -109,9 +114,16 @@ class ServeConfig(StrictModel):
     route_prefix: str = "/"
     """Serve route prefix."""
 
+    def groups(self) -> list[list[str]]:
+        """Every group of tasks served by one deployment (shared encoders, then adapters)."""
+        return [*self.shared_encoder_groups, *self.adapter_groups]
+
+    def grouped(self) -> set[str]:
+        return {t for g in self.groups() for t in g}
+
     def quantize_of(self, task: str) -> str | None:
-        """How `task`'s model is quantized (None: as trained; a shared encoder always is)."""
-        if any(task in g for g in self.shared_encoder_groups):
+        """How `task`'s model is quantized (None: as trained; a group always is)."""
+        if task in self.grouped():
             return None
         return self.quantize.get(task, self.quantize.get("*"))
 
@@ -135,11 +147,11 @@ class ServeConfig(StrictModel):
         )
         if why:
             raise ValueError(f"quantize {self.quantize}: {why}")
-        grouped = sorted(t for g in self.shared_encoder_groups for t in g if t in self.quantize)
+        grouped = sorted(self.grouped().intersection(self.quantize))
         if grouped:
             raise ValueError(
-                f"quantize: {grouped} share an encoder (shared_encoder_groups), served as it "
-                "was trained; quantize a task served on its own"
+                f"quantize: {grouped} are served in a group (shared_encoder_groups, "
+                "adapter_groups), as trained; quantize a task served on its own"
             )
 
     @model_validator(mode="after")
@@ -151,18 +163,20 @@ class ServeConfig(StrictModel):
             raise ValueError(problem)
 
         # every name becomes a registry path: no traversal through a served name
-        for t in [*(self.tasks or []), *(t for g in self.shared_encoder_groups for t in g)]:
+        for t in [*(self.tasks or []), *self.grouped()]:
             check_name(t, "task name")
         for what in ("fill_mask_model", "generate_model"):
             if getattr(self, what) is not None:
                 check_ref(getattr(self, what), what)
         self._check_quantize()
         seen: set[str] = set()
-        for g in self.shared_encoder_groups:
+        for g in self.groups():
             if not g:
-                raise ValueError("shared_encoder_groups: a group is empty")
+                raise ValueError("shared_encoder_groups / adapter_groups: a group is empty")
             dup = seen.intersection(g) or {t for t in g if g.count(t) > 1}
             if dup:
-                raise ValueError(f"shared_encoder_groups: {sorted(dup)} in more than one place")
+                raise ValueError(
+                    f"shared_encoder_groups / adapter_groups: {sorted(dup)} in more than one place"
+                )
             seen.update(g)
         return self

@@ -12,6 +12,7 @@ from ray import serve
 from lmplatform.registry.store import Registry
 from lmplatform.serving.config import ServeConfig
 from lmplatform.serving.deployments import (
+    AdapterGroupDeployment,
     FillMaskDeployment,
     GenerateDeployment,
     SharedEncoderDeployment,
@@ -64,8 +65,8 @@ def replica_demand(cfg: ServeConfig, tasks: list[str]) -> dict[str, float]:
     """What the deployments of `tasks` reserve once every one has its `min_replicas`
     ({"CPU": …, "GPU": …}), and how: one model deployment per task outside a shared-encoder
     group, one per group, fill-mask and generate when set, and the ingress."""
-    grouped = {t for g in cfg.shared_encoder_groups for t in g}
-    models = len([t for t in tasks if t not in grouped]) + len(cfg.shared_encoder_groups)
+    grouped = cfg.grouped()
+    models = len([t for t in tasks if t not in grouped]) + len(cfg.groups())
     models += bool(cfg.fill_mask_model) + bool(cfg.generate_model)
     n = cfg.autoscaling.min_replicas
     return {
@@ -146,7 +147,7 @@ def _task_deployment(cfg: ServeConfig, task: str, http: dict | None) -> serve.Ap
 
 
 def _one_hop_tasks(cfg: ServeConfig, tasks: list[str]) -> list[str]:
-    grouped = {t for g in cfg.shared_encoder_groups for t in g}
+    grouped = cfg.grouped()
     return [t for t in tasks if t not in grouped] if cfg.one_hop else []
 
 
@@ -183,10 +184,13 @@ def build(cfg: ServeConfig) -> serve.Application:
     tasks that have no application of their own) for a validated config."""
     check_bind(cfg, serve_bind_host())
     tasks = serve_tasks(cfg)
-    grouped = {t for g in cfg.shared_encoder_groups for t in g}
+    grouped = cfg.grouped()
     unknown = grouped - set(tasks)
     if unknown:
-        raise ValueError(f"shared_encoder_groups name tasks that are not served: {sorted(unknown)}")
+        raise ValueError(
+            f"shared_encoder_groups / adapter_groups name tasks that are not served: "
+            f"{sorted(unknown)}"
+        )
     own_app = set(_one_hop_tasks(cfg, tasks))
     opts, batch = _options(cfg), _batching(cfg)
     ongoing = max(4 * cfg.max_batch_size, 32)
@@ -197,9 +201,16 @@ def build(cfg: ServeConfig) -> serve.Application:
             routes[t] = (task_app_name(cfg, t), f"task-{t}")
         elif t not in grouped:
             routes[t] = _task_deployment(cfg, t, None)
-    for i, g in enumerate(cfg.shared_encoder_groups):
-        h = SharedEncoderDeployment.options(
-            name=f"shared-encoder-{i}",
+    groups = [
+        (SharedEncoderDeployment, f"shared-encoder-{i}", g)
+        for i, g in enumerate(cfg.shared_encoder_groups)
+    ]
+    groups += [
+        (AdapterGroupDeployment, f"adapters-{i}", g) for i, g in enumerate(cfg.adapter_groups)
+    ]
+    for deployment, name, g in groups:
+        h = deployment.options(
+            name=name,
             max_ongoing_requests=ongoing,
             user_config={"refresh_token": cfg.refresh_token},
             health_check_period_s=cfg.health_check_period_s,
