@@ -91,9 +91,14 @@ async def wait_ready(url: str, seconds: float = 300) -> None:
     raise TimeoutError(f"{url} not healthy after {seconds}s")
 
 
-async def load(url: str, task: str, texts: list[str], clients: int, seconds: float, warmup: float):
-    """Closed-loop load: `clients` loops for warmup+seconds; latencies of the timed part."""
+async def load(
+    url: str, task: str | list[str], texts: list[str], clients: int, seconds: float, warmup: float
+):
+    """Closed-loop load: `clients` loops for warmup+seconds; latencies of the timed part.
+    Several tasks: client k sends to task k mod their number."""
     import aiohttp
+
+    tasks = [task] if isinstance(task, str) else task
 
     lat: list[float] = []
     errors = 0
@@ -113,7 +118,7 @@ async def load(url: str, task: str, texts: list[str], clients: int, seconds: flo
                 i += clients
                 t0 = time.perf_counter()
                 try:
-                    async with s.post(f"{url}/v1/predict/{task}", json=body) as r:
+                    async with s.post(f"{url}/v1/predict/{tasks[k % len(tasks)]}", json=body) as r:
                         await r.read()
                         ok = r.status == 200
                 except (aiohttp.ClientError, asyncio.TimeoutError):

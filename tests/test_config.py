@@ -146,13 +146,16 @@ def test_finetune_and_serve_configs_validate():
     for extra, why in [
         ({"replica_gpus": 1}, "int8 runs on CPU replicas"),
         ({"compile": "inductor"}, "drop compile"),
-        ({"shared_encoder_groups": [["ner", "pos"]]}, r"\['ner'\] share an encoder"),
+        ({"shared_encoder_groups": [["ner", "pos"]]}, r"\['ner'\] are served in a group"),
+        ({"adapter_groups": [["ner", "pos"]]}, r"\['ner'\] are served in a group"),
         ({"tasks": ["sst2"]}, r"quantize names \['ner'\], which `tasks` does not serve"),
     ]:
         with pytest.raises(ConfigError, match=why):
             validate(ServeConfig, {"quantize": {"ner": "int8"}, **extra})
     with pytest.raises(ConfigError, match="quantize"):
         validate(ServeConfig, {"quantize": {"ner": "int4"}})
+    with pytest.raises(ConfigError, match=r"\['a'\] in more than one place"):
+        validate(ServeConfig, {"shared_encoder_groups": [["a"]], "adapter_groups": [["a", "b"]]})
 
 
 def test_job_fails_before_any_work(tmp_path):

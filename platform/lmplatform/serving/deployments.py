@@ -400,9 +400,11 @@ class SharedEncoderDeployment(_GroupReplica):
     """Frozen-feature tasks from one parent: one encoder forward per batch for all of them."""
 
     def _load_one(self, task: str, version: str) -> TaskPredictor:
-        return TaskPredictor(
+        p = TaskPredictor(
             self.reg.local_path("tasks", task, version), _task_ref(self.reg, task, version)
         )
+        p.smoke()  # its own whole model, before it joins: a version that cannot answer is not
+        return p
 
     def _group(self, members: dict[str, TaskPredictor]) -> SharedEncoder:
         return SharedEncoder(members)
