@@ -4,17 +4,21 @@ Builds a temporary registry: a pretrained BERT of `--size` (random weights: memo
 not depend on their values) with its WordPiece tokenizer, and `--max-tasks` LoRA adapter
 versions on it (rank 8 on attention and feed-forward layers, random updates and heads), then
 
-1. memory: one process loads N of the tasks as N whole models (what N per-task replicas hold
-   between them, less their N-1 extra Python processes), another holds them as one adapter
-   group (the base once, N adapters); the growth of each one's resident set, N = 1, 2, 4, 8;
+1. memory: one process loads N of the tasks as N whole models, another holds them as one
+   adapter group (the base once, N adapters): the growth of each one's resident set, N = 1, 2,
+   4, 8; and what N per-task replicas take (N processes, each with its imports and one model)
+   beside one group replica (one process, the group);
 2. throughput: Ray Serve on 127.0.0.1, `--clients` closed-loop clients spread round robin over
-   `--tasks` of them: a deployment per task (today's layout, one replica each) and then one
-   adapter-group deployment (one replica), `--seconds` each after a warm-up.
+   `--tasks` of them: a deployment per task (today's layout, one replica each), then one
+   adapter-group deployment with `--group-replicas` replicas (1 and 2), `--seconds` each after
+   a warm-up. A replica without CPUs of its own runs one torch thread (Ray's default): N
+   per-task replicas use N cores where one group replica uses one.
 
     .venv/bin/python bench/adapter_serving.py [--size mini] [--tasks 4] [--clients 32]
 
-Last line: `memory_ratio_n<max>=<whole models' MiB over the group's> throughput_ratio_c<clients>=
-<group req/s over per-task req/s> errors=<failed requests, both layouts>`.
+Last line: `memory_ratio_n<max>=<N per-task replicas' MiB over the group replica's>
+throughput_ratio_c<clients>=<the best group layout's req/s over per-task req/s>
+errors=<failed requests, every layout>`.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ MEMORY = textwrap.dedent(
         g.smoke()
     else:
         ps = [load_task(reg, t, "v0001") for t in tasks]
-    print(json.dumps({{"mib": rss() - before}}))
+    print(json.dumps({{"mib": rss() - before, "process_mib": before}}))
     """
 )
 
@@ -102,14 +106,42 @@ def build(root: Path, size: str, n: int) -> Path:
     return root / "registry"
 
 
-def memory(registry: Path, tasks: list[str], group: bool) -> float:
+def memory(registry: Path, tasks: list[str], group: bool) -> tuple[float, float]:
+    """(resident set growth loading the tasks, the process's own before it), MiB."""
     script = MEMORY.format(
         platform=str(ROOT / "platform"), registry=str(registry), tasks=tasks, group=group
     )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
-    return json.loads(out.strip().splitlines()[-1])["mib"]
+    got = json.loads(out.strip().splitlines()[-1])
+    return got["mib"], got["process_mib"]
+
+
+def memory_table(registry: Path, names: list[str], args) -> float:
+    """Models' memory in one process (whole models vs the group), and what N per-task replicas
+    take between them (N processes, each its imports and one model) beside one group replica.
+    Returns the replicas' ratio at the largest N."""
+    one, process = memory(registry, names[:1], False)
+    print(
+        f"BERT {args.size}, LoRA rank 8 on attention + ffn; MiB resident (a replica process "
+        f"holds {process:.0f} MiB of imports before any model)"
+    )
+    print(
+        f"{'tasks':>5} {'N whole models':>14} {'adapter group':>13} {'ratio':>6} "
+        f"{'N replicas':>10} {'group replica':>13} {'ratio':>6}"
+    )
+    ratio = float("nan")
+    for n in sorted({1, 2, 4, args.max_tasks}):
+        whole, group = memory(registry, names[:n], False)[0], memory(registry, names[:n], True)[0]
+        replicas, grouped = n * (process + one), process + group
+        ratio = replicas / grouped
+        print(
+            f"{n:>5} {whole:>14.0f} {group:>13.0f} {whole / group:>6.2f} {replicas:>10.0f} "
+            f"{grouped:>13.0f} {ratio:>6.2f}",
+            flush=True,
+        )
+    return ratio
 
 
 def throughput(registry: Path, tasks: list[str], args) -> dict[str, dict]:
@@ -137,8 +169,15 @@ def throughput(registry: Path, tasks: list[str], args) -> dict[str, dict]:
         app_name="bench",
     )
     results = {}
-    for name, extra in (("per-task", {}), ("group", {"adapter_groups": [tasks]})):
-        cfg = ServeConfig(**common, **extra)
+    layouts = [("per-task", {})] + [
+        (
+            f"group x{n}",
+            {"adapter_groups": [tasks], "autoscaling": {"min_replicas": n, "max_replicas": n}},
+        )
+        for n in args.group_replicas
+    ]
+    for name, extra in layouts:
+        cfg = ServeConfig(**{**common, **extra})
         deploy(cfg, blocking=False)
         asyncio.run(wait_ready(url))
         results[name] = asyncio.run(load(url, tasks, texts, args.clients, args.seconds, 3.0))
@@ -157,17 +196,17 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=4, help="tasks under load")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument(
+        "--group-replicas",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 2],
+        help="replicas of the group deployment, one layout each (comma-separated)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as td:
         registry = build(Path(td), args.size, args.max_tasks)
         names = [f"t{i}" for i in range(args.max_tasks)]
-        print(f"BERT {args.size}, LoRA rank 8 on attention + ffn; resident set growth (MiB)")
-        print(f"{'tasks':>5} {'whole models':>12} {'adapter group':>13} {'ratio':>6}")
-        ratio = float("nan")
-        for n in sorted({1, 2, 4, args.max_tasks}):
-            whole, group = memory(registry, names[:n], False), memory(registry, names[:n], True)
-            ratio = whole / group
-            print(f"{n:>5} {whole:>12.0f} {group:>13.0f} {ratio:>6.2f}", flush=True)
+        ratio = memory_table(registry, names, args)
         res = throughput(registry, names[: args.tasks], args)
     print(f"{args.clients} clients over {args.tasks} tasks, {args.seconds:.0f} s")
     for name, r in res.items():
@@ -175,7 +214,7 @@ def main() -> None:
             f"  {name:>8}: {r['rps']:7.1f} req/s  p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms"
             f"  errors {r['errors']}"
         )
-    tp = res["group"]["rps"] / res["per-task"]["rps"]
+    tp = max(r["rps"] for k, r in res.items() if k != "per-task") / res["per-task"]["rps"]
     errors = sum(r["errors"] for r in res.values())
     print(
         f"memory_ratio_n{args.max_tasks}={ratio:.2f} throughput_ratio_c{args.clients}={tp:.2f} "

@@ -126,22 +126,29 @@ def merge_lora(model: nn.Module) -> int:
 
 
 class RoutedLora(nn.Module):
-    """A frozen Linear serving the adapters of several tasks in one forward (the S-LoRA idea):
-    every row of the batch goes through the shared weight, then adds its own task's low-rank
-    update. `route` is set around a forward by whoever batched the rows: [(row indices, A, B,
-    scaling)], one entry per task in the batch that adapts this layer; empty: the base alone."""
+    """A frozen Linear serving the adapters of several tasks in one forward (the S-LoRA /
+    Punica idea): every row of the batch goes through the shared weight, then adds its own
+    task's low-rank update. `route` is set around a forward by whoever batched the rows:
+    (row -> slot (B,), A of every slot (K, r, in), B of every slot with its scaling folded in
+    (K, out, r)); a slot of zeros for rows whose task does not adapt this layer, and ranks
+    padded with zeros to the largest (exact: they add nothing). None: the base alone."""
 
     def __init__(self, base: nn.Linear):
         super().__init__()
         self.base = base
-        self.route: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]] = []
+        self.route: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        for rows, a, b, scaling in self.route:
-            update = F.linear(F.linear(x.index_select(0, rows), a), b) * scaling
-            y = y.index_add(0, rows, update.to(y.dtype))
-        return y
+        if self.route is None:
+            return y
+        slots, a, b = self.route
+        if a.shape[0] == 1:  # one slot: every row's update is the same matrices
+            return y + F.linear(F.linear(x, a[0]), b[0])
+        a, b = a[slots], b[slots]  # (B, r, in), (B, out, r): each row's own
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, in)
+        update = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))
+        return y + update.reshape(y.shape).to(y.dtype)
 
 
 def routed(model: nn.Module, names: Iterable[str]) -> dict[str, RoutedLora]:

@@ -103,17 +103,40 @@ class AdapterGroup(SharedEncoder):
         self.largest_forward = 0  # padded tokens of the largest one
         self.max_tokens = token_budget(device())
         self._lock = base.lock
+        self.slot = {t: k for k, t in enumerate(adapters)}  # the last slot: no update
+        self.stacks = {name: _stack(adapters, name) for name in base.layers}
 
     def _encode(self, batch: dict[str, torch.Tensor], rows: dict[str, torch.Tensor]) -> Encoded:
         """The base over the batch, each task's rows adding that task's updates."""
+        if len(rows) == 1:  # one task: its own matrices, no gathering
+            (task,) = rows
+            k = self.slot[task]
+            route = lambda a, b: (None, a[k : k + 1], b[k : k + 1])  # noqa: E731
+        else:
+            slots = torch.full((batch["input_ids"].shape[0],), len(self.slot), device=device())
+            for task, r in rows.items():
+                slots[r] = self.slot[task]
+            route = lambda a, b: (slots, a, b)  # noqa: E731
         for name, layer in self.base.layers.items():
-            layer.route = [
-                (r, *self.adapters[t].updates[name], self.adapters[t].scaling)
-                for t, r in rows.items()
-                if name in self.adapters[t].updates
-            ]
+            layer.route = route(*self.stacks[name]) if name in self.stacks else None
         try:
             return self.encoder.encode(**batch)
         finally:
             for layer in self.base.layers.values():
-                layer.route = []
+                layer.route = None
+
+
+def _stack(adapters: dict[str, Adapter], layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every task's A and scaled B for one layer, a slot each (zeros where a task leaves the
+    layer alone, and one more for no task), ranks padded with zeros to the largest."""
+    found = [a.updates[layer] for a in adapters.values() if layer in a.updates]
+    rank = max(a.shape[0] for a, _ in found)
+    (a0, b0) = found[0]
+    a_s = a0.new_zeros(len(adapters) + 1, rank, a0.shape[1])
+    b_s = b0.new_zeros(len(adapters) + 1, b0.shape[0], rank)
+    for k, ad in enumerate(adapters.values()):
+        if layer in ad.updates:
+            a, b = ad.updates[layer]
+            a_s[k, : a.shape[0]] = a
+            b_s[k, :, : b.shape[1]] = b * ad.scaling
+    return a_s, b_s
