@@ -11,8 +11,9 @@ versions on it (rank 8 on attention and feed-forward layers, random updates and 
 2. throughput: Ray Serve on 127.0.0.1, `--clients` closed-loop clients spread round robin over
    `--tasks` of them: a deployment per task (today's layout, one replica each), then one
    adapter-group deployment with `--group-replicas` replicas (1 and 2), `--seconds` each after
-   a warm-up. A replica without CPUs of its own runs one torch thread (Ray's default): N
-   per-task replicas use N cores where one group replica uses one.
+   a warm-up; and the per-task layout again with every task behind the ingress (`one_hop:
+   false`), where the group always sits: a hop more per request, which the first layout
+   does not pay. A replica without CPUs of its own runs one torch thread (Ray's default).
 
     .venv/bin/python bench/adapter_serving.py [--size mini] [--tasks 4] [--clients 32]
 
@@ -169,7 +170,7 @@ def throughput(registry: Path, tasks: list[str], args) -> dict[str, dict]:
         app_name="bench",
     )
     results = {}
-    layouts = [("per-task", {})] + [
+    layouts = [("per-task", {}), ("per-task, 2 hops", {"one_hop": False})] + [
         (
             f"group x{n}",
             {"adapter_groups": [tasks], "autoscaling": {"min_replicas": n, "max_replicas": n}},
@@ -211,10 +212,10 @@ def main() -> None:
     print(f"{args.clients} clients over {args.tasks} tasks, {args.seconds:.0f} s")
     for name, r in res.items():
         print(
-            f"  {name:>8}: {r['rps']:7.1f} req/s  p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms"
+            f"  {name:>16}: {r['rps']:7.1f} req/s  p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms"
             f"  errors {r['errors']}"
         )
-    tp = max(r["rps"] for k, r in res.items() if k != "per-task") / res["per-task"]["rps"]
+    tp = max(r["rps"] for k, r in res.items() if k.startswith("group")) / res["per-task"]["rps"]
     errors = sum(r["errors"] for r in res.values())
     print(
         f"memory_ratio_n{args.max_tasks}={ratio:.2f} throughput_ratio_c{args.clients}={tp:.2f} "
