@@ -47,6 +47,9 @@ def reg_root(tmp_path_factory, sample_dir):
     publish_adapter_task(
         reg, root, "sent-electra", "classification", ["neg", "pos"], base="tiny-electra@v0001"
     )
+    publish_adapter_task(
+        reg, root, "sent-attn", "classification", ["a", "b", "c"], targets=("attention",), rank=2
+    )
     return root
 
 
@@ -180,3 +183,34 @@ def test_peft_loads_the_export_and_gives_our_outputs_and_merge_gives_a_plain_fol
     main([*registry, "export", f"tasks/{task}", "--hf", str(tmp_path / "merged"), "--merge"])
     merged = auto.from_pretrained(tmp_path / "merged").eval()
     torch.testing.assert_close(_logits(merged, inputs), ours, atol=1e-4, rtol=1e-4)
+
+
+def test_an_adapter_group_answers_mixed_batches_as_each_task_alone(reg_root):
+    """One forward over rows of three tasks (ranks 4 and 2, one adapting attention only, a
+    token task): every row gets its own task's updates and head, as the task's merged model
+    alone answers it; a task on another base, or ELECTRA's own pooler, cannot join."""
+    from lmplatform.registry.store import Registry
+    from lmplatform.serving.adapters import AdapterGroup, SharedBase, load_adapter
+    from lmplatform.serving.loading import _task_ref, load_task
+
+    reg = Registry(reg_root / "registry")
+    tasks = ["sent", "sent-attn", "ner"]
+    base = SharedBase(reg, reg.metadata("tasks", "sent", "v0001")["adapter"], "sent")
+    adapters = {t: load_adapter(reg, base, t, "v0001", _task_ref(reg, t, "v0001")) for t in tasks}
+    group = AdapterGroup(base, adapters)
+    requests = [(tasks[i % 3], [SENTENCES[i % 3]]) for i in range(7)]
+    got = group.predict([(t, group.predictors[t].parse(x)) for t, x in requests])
+    assert group.calls == 1  # every row in one forward
+    for (task, inputs), answer in zip(requests, got):
+        own = load_task(reg, task, "v0001")
+        want = own.predict(own.parse(inputs))
+        if "scores" in want[0]:
+            for k, v in want[0]["scores"].items():
+                assert abs(answer[0]["scores"][k] - v) < 1e-4, (task, answer, want)
+        else:
+            assert answer == want, (task, answer, want)
+    with pytest.raises(ValueError, match="the group's base is pretrained/tiny-bert@v0001"):
+        load_adapter(reg, base, "sent-gpt", "v0001", _task_ref(reg, "sent-gpt", "v0001"))
+    other = SharedBase(reg, reg.metadata("tasks", "sent-electra", "v0001")["adapter"], "x")
+    with pytest.raises(ValueError, match="trains encoder weights of its own"):
+        load_adapter(reg, other, "sent-electra", "v0001", _task_ref(reg, "sent-electra", "v0001"))
