@@ -6,8 +6,8 @@ versions on it (rank 8 on attention and feed-forward layers, random updates and 
 
 1. memory: one process loads N of the tasks as N whole models, another holds them as one
    adapter group (the base once, N adapters): the growth of each one's resident set, N = 1, 2,
-   4, 8; and what N per-task replicas take (N processes, each with its imports and one model)
-   beside one group replica (one process, the group);
+   4, 8; and, computed from those, what N per-task replicas take (N x (a process's imports +
+   one model), not measured with N processes) beside one group replica (imports + the group);
 2. throughput: Ray Serve on 127.0.0.1, `--clients` closed-loop clients spread round robin over
    `--tasks` of them: a deployment per task (today's layout, one replica each), then one
    adapter-group deployment with `--group-replicas` replicas (1 and 2), `--seconds` each after

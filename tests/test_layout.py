@@ -25,7 +25,8 @@ FLOORS = [
     {"__init__", "config", "storage", "runtime", "console", "metrics", "plots", "tracking"}
     | {"tokenization", "jobconfig", "registry", "data"},
     {"models"},
-    {"tasks", "train", "registry/hub"},  # hub turns a transformers checkpoint into our models
+    # hub turns a transformers checkpoint into our models, adapters a registry version into one
+    {"tasks", "train", "registry/hub", "registry/adapters"},
     {"pretraining", "tune", "serving"},
     {"pipeline"},
     {"cli"},
@@ -43,8 +44,8 @@ def _imported_packages(tree: ast.AST) -> list[tuple[int, str]]:
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lmplatform"):
             parts = node.module.split(".")[1:]
             found += [(node.lineno, p) for p in parts[:1] or [a.name for a in node.names]]
-            if parts[:2] == ["registry", "hub"]:
-                found[-1] = (node.lineno, "registry/hub")
+            if parts[:2] in (["registry", "hub"], ["registry", "adapters"]):
+                found[-1] = (node.lineno, "/".join(parts[:2]))
         elif isinstance(node, ast.Import):
             found += [
                 (node.lineno, a.name.split(".")[1])
@@ -61,7 +62,7 @@ def test_no_module_imports_a_floor_above_its_own():
     upward = []
     for path in sorted(package.rglob("*.py")):
         rel = path.relative_to(package).with_suffix("").as_posix()
-        mine = _floor("registry/hub" if rel == "registry/hub" else rel.split("/")[0])
+        mine = _floor(rel if rel in ("registry/hub", "registry/adapters") else rel.split("/")[0])
         for line, name in _imported_packages(ast.parse(path.read_text())):
             if name in {n for f in FLOORS for n in f} and _floor(name) > mine:
                 upward.append(f"{rel}.py:{line} imports lmplatform.{name}")

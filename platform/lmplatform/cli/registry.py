@@ -285,7 +285,7 @@ def _base_size(reg: Registry, adapter: dict) -> str:
     try:
         files = reg.metadata("pretrained", name, version).get("files") or {}
         same = base_digest(reg, name, version) == adapter.get("base_digest")
-    except (RegistryError, ValueError, FileNotFoundError) as e:
+    except (RegistryError, ValueError, FileNotFoundError, StorageError) as e:
         return f"(cannot be read: {e})"
     return f"{_mb(files)}" + (
         "" if same else "  (CHANGED since training: the version will not load)"

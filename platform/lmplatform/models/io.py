@@ -176,10 +176,11 @@ def model_config(meta: dict):
 def from_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     """Rebuild the saved model (pretraining or task) with its weights."""
     meta = read_config(path)
-    if meta.get("adapter"):
+    if isinstance(meta.get("adapter"), dict):
         raise ValueError(
-            f"{path}: an adapter version (LoRA on pretrained/{meta['adapter'].get('base')}): "
-            "it loads with its base from the registry (lmplatform.registry.adapters."
+            f"{path}: an adapter version (LoRA on pretrained/{meta['adapter'].get('base')}), "
+            "not a whole model: serve it on its own or in adapter_groups (not in a "
+            "shared-encoder group), load it with its base (lmplatform.registry.adapters."
             "load_task_model), or export it (lmplatform-registry export)"
         )
     cfg = model_config(meta)

@@ -59,6 +59,7 @@ class LoraLinear(nn.Module):
             torch.zeros(base.out_features, spec.rank, device=base.weight.device)
         )
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.alpha = spec.alpha
         self.scaling = spec.alpha / spec.rank
         self.dropout = spec.dropout
 
@@ -144,7 +145,7 @@ class RoutedLora(nn.Module):
             return y
         slots, a, b = self.route
         if a.shape[0] == 1:  # one slot: every row's update is the same matrices
-            return y + F.linear(F.linear(x, a[0]), b[0])
+            return y + F.linear(F.linear(x, a[0]), b[0]).to(y.dtype)
         a, b = a[slots], b[slots]  # (B, r, in), (B, out, r): each row's own
         flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, in)
         update = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))

@@ -95,7 +95,7 @@ def peft_state(model: TaskModel) -> tuple[dict[str, torch.Tensor], dict, TaskMod
     spec = next(iter(adapters.values()))
     fields = {
         "r": spec.lora_a.shape[0],
-        "lora_alpha": spec.scaling * spec.lora_a.shape[0],
+        "lora_alpha": spec.alpha,
         "lora_dropout": spec.dropout,
         "target_modules": sorted(targets),
         "fan_in_fan_out": transposed == {True},

@@ -104,10 +104,13 @@ class TaskModel(nn.Module):
         return self.cfg.num_layers + 1
 
     def in_head(self, name: str) -> bool:
-        """Whether weight `name` belongs to the task's head: outside the encoder, or an encoder
-        weight at the head's depth (ELECTRA's pooler: the classifier's dense layer, trained
-        from scratch). What trains beside adapters, and what an adapter version stores."""
-        return self.layer_depth(name) > self.cfg.num_layers
+        """Whether weight `name` belongs to the task's head: outside the encoder, or, under a
+        pooled head, an encoder weight at the head's depth (ELECTRA's pooler: the classifier's
+        dense layer, trained from scratch). What trains beside adapters, and what an adapter
+        version stores."""
+        if not name.startswith("encoder."):
+            return True
+        return self.layout == "pooled" and self.layer_depth(name) > self.cfg.num_layers
 
     def flops_per_token(self, seq_len: int) -> float:
         f = (

@@ -177,6 +177,7 @@ def export_adapter(reg: Registry, folder: str | os.PathLike, out: str | os.PathL
     adapter_model.safetensors, tokenizer) over a transformers folder `out/base` of the base
     with the task's head; or, `merge`, one plain transformers folder with the adapters folded
     in. Returns the folder `AutoModel…from_pretrained` takes (`out/base` or `out`)."""
+    from lmplatform.models import hf
     from lmplatform.models.io import _AtomicDir, read_config, save_pretrained
     from lmplatform.models.lora_hf import save_peft, strip_adapters
 
@@ -185,6 +186,9 @@ def export_adapter(reg: Registry, folder: str | os.PathLike, out: str | os.PathL
     tokenizer = Path(folder) / "tokenizer.json"
     model = load_adapter_model(reg, folder, merge=merge)
     if merge:
+        why = hf.not_expressible(model)
+        if why and not hf.uses_mean_pool(model):
+            raise ValueError(f"{folder}: cannot export to transformers: {why}")
         return save_pretrained(model, out, tokenizer=tokenizer, extra=extra)
     with _AtomicDir(out) as tmp:
         base = save_pretrained(

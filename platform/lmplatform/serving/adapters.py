@@ -50,42 +50,53 @@ class Adapter:
 
 
 def load_adapter(reg: Registry, base: SharedBase, task: str, version: str, info) -> Adapter:
-    """Task `task`'s adapter version `version` on `base` (refused when it sits on another)."""
+    """Task `task`'s adapter version `version` on `base` (refused when it cannot join: a whole
+    model, another base, encoder weights of its own); checked before the base is touched."""
     folder = reg.local_path("tasks", task, version)
     meta = read_config(folder)
-    a = adapter_of(meta)
-    if a is None:
-        raise ValueError(
-            f"{task}@{version} is a whole model, not an adapter version: serve it on its own "
-            "(not in adapter_groups)"
-        )
-    if (a.get("base"), a.get("base_digest")) != (base.ref, base.digest):
-        raise ValueError(
-            f"{task}@{version} has adapters on pretrained/{a.get('base')}, the group's base is "
-            f"pretrained/{base.ref}: every task of an adapter group needs the same base"
-        )
+    _check_joins(meta, base, f"{task}@{version}")
     state = load_file(str(Path(folder) / ADAPTER_FILE), device=str(device()))
+    a = adapter_of(meta)
     updates = {
         m.removeprefix("encoder."): (state.pop(f"{m}.lora_a"), state.pop(f"{m}.lora_b"))
         for m in a["modules"]
     }
-    with base.lock:
-        base.layers = routed(base.encoder, updates)
-    h = meta["head"]
-    model = TaskModel(base.encoder, h["type"], h["num_labels"], layout=h.get("layout"))
     own = sorted(k for k in state if k.startswith("encoder."))
     if own:  # the base's weights are every task's: a task's own pooler cannot be shared
         raise ValueError(
             f"{task}@{version} trains encoder weights of its own ({', '.join(own[:2])}: "
             "ELECTRA's sequence head): serve it on its own (not in adapter_groups)"
         )
+    h = meta["head"]
+    model = TaskModel(base.encoder, h["type"], h["num_labels"], layout=h.get("layout"))
     head = {k for k in model.state_dict() if not k.startswith("encoder.")}
     if set(state) != head:
         raise ValueError(
             f"{task}@{version}: {ADAPTER_FILE} holds {sorted(state)[:3]}…, not its head"
         )
     model.load_state_dict(state, strict=False)
+    with base.lock:
+        base.layers = routed(base.encoder, updates)
     return Adapter(TaskPredictor(folder, info, model), updates, a["alpha"] / a["rank"])
+
+
+def _check_joins(meta: dict, base: SharedBase, ref: str) -> None:
+    a = adapter_of(meta)
+    if a is None:
+        raise ValueError(
+            f"{ref} is a whole model, not an adapter version: serve it on its own "
+            "(not in adapter_groups)"
+        )
+    if a.get("base") != base.ref:
+        raise ValueError(
+            f"{ref} has adapters on pretrained/{a.get('base')}, the group's base is "
+            f"pretrained/{base.ref}: every task of an adapter group needs the same base"
+        )
+    if a.get("base_digest") != base.digest:
+        raise ValueError(
+            f"{ref} was trained on pretrained/{base.ref} with other files than the group's "
+            "copy of it (another base_digest): every task needs the same base content"
+        )
 
 
 class AdapterGroup(SharedEncoder):
@@ -104,7 +115,8 @@ class AdapterGroup(SharedEncoder):
         self.max_tokens = token_budget(device())
         self._lock = base.lock
         self.slot = {t: k for k, t in enumerate(adapters)}  # the last slot: no update
-        self.stacks = {name: _stack(adapters, name) for name in base.layers}
+        used = {name for a in adapters.values() for name in a.updates}
+        self.stacks = {name: _stack(adapters, name) for name in used}
 
     def _encode(self, batch: dict[str, torch.Tensor], rows: dict[str, torch.Tensor]) -> Encoded:
         """The base over the batch, each task's rows adding that task's updates."""

@@ -424,13 +424,27 @@ class AdapterGroupDeployment(_GroupReplica):
 
     def _load_one(self, task: str, version: str) -> Adapter:
         if self.base is None:
-            meta = self.reg.metadata("tasks", task, version)
-            adapter = adapter_of(meta)
-            if adapter is None:
-                raise ValueError(f"{task}@{version} is a whole model, not an adapter version")
-            self.base = SharedBase(self.reg, adapter, f"tasks/{task}@{version}")
+            self.base = self._shared_base()
             self.base_loads += 1
-        return load_adapter(self.reg, self.base, task, version, _task_ref(self.reg, task, version))
+        one = load_adapter(self.reg, self.base, task, version, _task_ref(self.reg, task, version))
+        AdapterGroup(self.base, {task: one}).smoke()  # alone, before it joins
+        return one
+
+    def _shared_base(self) -> SharedBase:
+        """The base most of the tasks' bests sit on (the others cannot join: their versions
+        fall back, or the replica says which cannot load)."""
+        bases: dict[tuple, tuple[dict, str]] = {}
+        counts: dict[tuple, int] = {}
+        for t in self.tasks:
+            v = self.reg.best(t)
+            a = adapter_of(self.reg.metadata("tasks", t, v)) if v else None
+            if a is not None:
+                key = (a.get("base"), a.get("base_digest"))
+                bases.setdefault(key, (a, f"tasks/{t}@{v}"))
+                counts[key] = counts.get(key, 0) + 1
+        if not counts:
+            raise ValueError(f"none of {self.tasks} has an adapter version as its best")
+        return SharedBase(self.reg, *bases[max(counts, key=counts.get)])
 
     def _group(self, members: dict[str, Adapter]) -> AdapterGroup:
         return AdapterGroup(self.base, members)

@@ -179,6 +179,30 @@ def check_bind(cfg: ServeConfig, host: str | None) -> None:
         raise ValueError(f"{problem} (Serve's proxies listen where http_options.host says)")
 
 
+def _group_deployments(cfg: ServeConfig) -> list[tuple[list[str], serve.Application]]:
+    """(tasks, deployment) of every group: shared encoders, then adapter groups."""
+    groups = [
+        (SharedEncoderDeployment, f"shared-encoder-{i}", g)
+        for i, g in enumerate(cfg.shared_encoder_groups)
+    ]
+    groups += [
+        (AdapterGroupDeployment, f"adapters-{i}", g) for i, g in enumerate(cfg.adapter_groups)
+    ]
+    return [
+        (
+            g,
+            deployment.options(
+                name=name,
+                max_ongoing_requests=max(4 * cfg.max_batch_size, 32),
+                user_config={"refresh_token": cfg.refresh_token},
+                health_check_period_s=cfg.health_check_period_s,
+                **_options(cfg),
+            ).bind(cfg.registry, g, refresh_s=cfg.refresh_s, **_batching(cfg)),
+        )
+        for deployment, name, g in groups
+    ]
+
+
 def build(cfg: ServeConfig) -> serve.Application:
     """The main application (the ingress: /v1/tasks, /healthz, fill-mask, generate, and the
     tasks that have no application of their own) for a validated config."""
@@ -201,21 +225,7 @@ def build(cfg: ServeConfig) -> serve.Application:
             routes[t] = (task_app_name(cfg, t), f"task-{t}")
         elif t not in grouped:
             routes[t] = _task_deployment(cfg, t, None)
-    groups = [
-        (SharedEncoderDeployment, f"shared-encoder-{i}", g)
-        for i, g in enumerate(cfg.shared_encoder_groups)
-    ]
-    groups += [
-        (AdapterGroupDeployment, f"adapters-{i}", g) for i, g in enumerate(cfg.adapter_groups)
-    ]
-    for deployment, name, g in groups:
-        h = deployment.options(
-            name=name,
-            max_ongoing_requests=ongoing,
-            user_config={"refresh_token": cfg.refresh_token},
-            health_check_period_s=cfg.health_check_period_s,
-            **opts,
-        ).bind(cfg.registry, g, refresh_s=cfg.refresh_s, **batch)
+    for g, h in _group_deployments(cfg):
         for t in g:
             routes[t] = h
             shared.append(t)
