@@ -242,11 +242,16 @@ def with_lora(job: FinetuneJobConfig, points: list[dict], lr_scale: float):
     from lmplatform.train.config import Adapters
 
     train = job.train.model_copy(update={"adapters": Adapters(), "lr": job.train.lr * lr_scale})
+    # a preset point names only the space's keys: transfer only where it is searched
     pts = [
-        {**p, **({"lr": p["lr"] * lr_scale} if "lr" in p else {}), "transfer": "full"}
+        {
+            **p,
+            **({"lr": p["lr"] * lr_scale} if "lr" in p else {}),
+            **({"transfer": "full"} if "transfer" in p else {}),
+        }
         for p in points
     ]
-    return job.model_copy(update={"train": train}), pts
+    return job.model_copy(update={"train": train, "transfer": "full"}), pts
 
 
 def print_translation_goals(translation: dict) -> None:
