@@ -75,24 +75,26 @@ def publish_task(
             "task_name": name,
         },
     )
-    metric = tt.metrics[0]
     classes = {"token_classification": entity_types, "srl": labels[1:]}.get(kind, labels)
+    return _publish_promoted(reg, name, folder, kind, labels, classes, value, parent)
+
+
+def _publish_promoted(reg, name, folder, kind, labels, classes, value, parent) -> str:
+    """Publish a task folder with made-up evidence (`value` everywhere) and promote it."""
+    from lmplatform.tasks import task_type
+
     per_class = {
         c: {"precision": value, "recall": value, "f1": value, "support": 10} for c in classes
     }
-    version = reg.publish(
-        "tasks",
-        name,
-        folder,
-        {
-            "kind": "task",
-            "metric": metric,
-            "value": value,
-            "parent": parent,
-            "labels": labels,
-            "per_class": per_class,
-        },
-    )
+    meta = {
+        "kind": "task",
+        "metric": task_type(kind).metrics[0],
+        "value": value,
+        "parent": parent,
+        "labels": labels,
+        "per_class": per_class,
+    }
+    version = reg.publish("tasks", name, folder, meta)
     reg.promote(name, version, value, force=True)
     return version
 
@@ -129,25 +131,7 @@ def publish_adapter_task(
     out = root / f"{name}-adapter-{seed}"
     extra = {"labels": labels, "max_seq_len": 32, "task_name": name}
     save_adapter(model, out, spec, (reg, base), folder / "tokenizer.json", extra)
-    metric = task_type(kind).metrics[0]
-    per_class = {
-        c: {"precision": value, "recall": value, "f1": value, "support": 10} for c in labels
-    }
-    version = reg.publish(
-        "tasks",
-        name,
-        out,
-        {
-            "kind": "task",
-            "metric": metric,
-            "value": value,
-            "parent": base,
-            "labels": labels,
-            "per_class": per_class,
-        },
-    )
-    reg.promote(name, version, value, force=True)
-    return version
+    return _publish_promoted(reg, name, out, kind, labels, labels, value, base)
 
 
 def build_registry(root: Path, sample_dir: Path) -> Path:
