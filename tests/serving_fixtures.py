@@ -260,3 +260,15 @@ def local_server(predictors: dict, **app_options) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def close(a, b, tol: float = 1e-4) -> bool:
+    """Equal structure and labels, every float within `tol` (the group adds each update beside
+    the shared weight, the task's own model has it merged: fp32 sums in another order)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= tol
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
+    return a == b

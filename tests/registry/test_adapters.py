@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmplatform.cli.registry import main
-from serving_fixtures import _tokenizers, publish_adapter_task
+from serving_fixtures import _tokenizers, close, publish_adapter_task
 
 SENTENCES = ["the film was a delight", "a dull , lifeless story", "nothing happens at all ."]
 
@@ -204,11 +204,7 @@ def test_an_adapter_group_answers_mixed_batches_as_each_task_alone(reg_root):
     for (task, inputs), answer in zip(requests, got):
         own = load_task(reg, task, "v0001")
         want = own.predict(own.parse(inputs))
-        if "scores" in want[0]:
-            for k, v in want[0]["scores"].items():
-                assert abs(answer[0]["scores"][k] - v) < 1e-4, (task, answer, want)
-        else:
-            assert answer == want, (task, answer, want)
+        assert close(answer, want), (task, answer, want)
     # a group after a swap may leave layers that earlier adapters wrapped unused (ffn here)
     alone = AdapterGroup(base, {"sent-attn": adapters["sent-attn"]})
     (answer,) = alone.predict([("sent-attn", alone.predictors["sent-attn"].parse(SENTENCES[:1]))])

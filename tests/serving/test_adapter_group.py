@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from serving_fixtures import publish_adapter_task, publish_task
+from serving_fixtures import close, publish_adapter_task, publish_task
 
 from .common import _post, _stats
 
@@ -27,18 +27,6 @@ def _own_answer(reg, task: str, text: str = TEXT) -> dict:
     return own.predict(own.parse([text]))[0]
 
 
-def _rounded(x):
-    """Scores to 3 decimals: the group adds each update beside the shared weight, the task's
-    own model has it merged into the weight (fp32 sums in another order)."""
-    if isinstance(x, float):
-        return round(x, 3)
-    if isinstance(x, dict):
-        return {k: _rounded(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_rounded(v) for v in x]
-    return x
-
-
 def _check_answers(served, reg, versions: dict[str, str]) -> None:
     for task in TASKS:
         r = _post(served, f"/v1/predict/{task}", {"inputs": [TEXT]})
@@ -46,7 +34,7 @@ def _check_answers(served, reg, versions: dict[str, str]) -> None:
         body = r.json()
         assert body["model"]["version"] == versions[task]
         got, want = body["predictions"][0], _own_answer(reg, task)
-        assert _rounded(got) == _rounded(want), (task, got, want)
+        assert close(got, want), (task, got, want)
 
 
 def _wait_version(served, task: str, version: str, timeout_s: float = 60) -> None:
