@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from lmplatform.models import hf
 from lmplatform.models.families import family
@@ -117,10 +116,11 @@ def _head_names(plain: TaskModel, views: dict[str, torch.Tensor]) -> list[str]:
     return head
 
 
-def save_peft(model: TaskModel, out: Path, base: Path) -> None:
-    """`model`'s adapters and head into `out` in the peft layout, naming `base` (a folder that
-    `save_pretrained` wrote for the stripped model) as its base model."""
-    tensors, fields, _ = peft_state(model)
+def save_peft(model: TaskModel, out: Path, base: Path) -> TaskModel:
+    """`model`'s adapters and head into `out` in the peft layout, naming `base` as its base
+    model; returns the model without its adapters, for the caller to save there
+    (`save_pretrained`)."""
+    tensors, fields, plain = peft_state(model)
     save_file(tensors, str(out / PEFT_WEIGHTS), metadata={"format": "pt"})
     config = {
         "peft_type": "LORA",
@@ -130,8 +130,4 @@ def save_peft(model: TaskModel, out: Path, base: Path) -> None:
         "base_model_name_or_path": str(base.resolve()),
     }
     (out / PEFT_CONFIG).write_text(json.dumps(config, indent=2))
-
-
-def strip_adapters(model: nn.Module) -> nn.Module:
-    """A copy of a LoRA task model without its adapters (the base's weights, the task's head)."""
-    return _stripped(model)[0]
+    return plain

@@ -179,7 +179,7 @@ def export_adapter(reg: Registry, folder: str | os.PathLike, out: str | os.PathL
     in. Returns the folder `AutoModel…from_pretrained` takes (`out/base` or `out`)."""
     from lmplatform.models import hf
     from lmplatform.models.io import _AtomicDir, read_config, save_pretrained
-    from lmplatform.models.lora_hf import save_peft, strip_adapters
+    from lmplatform.models.lora_hf import save_peft
 
     meta = read_config(folder)
     extra = {k: meta[k] for k in _KEEP if meta.get(k) is not None}
@@ -191,11 +191,9 @@ def export_adapter(reg: Registry, folder: str | os.PathLike, out: str | os.PathL
             raise ValueError(f"{folder}: cannot export to transformers: {why}")
         return save_pretrained(model, out, tokenizer=tokenizer, extra=extra)
     with _AtomicDir(out) as tmp:
-        base = save_pretrained(
-            strip_adapters(model), tmp / "base", tokenizer=tokenizer, extra=extra
-        )
+        plain = save_peft(model, tmp, Path(out) / "base")
+        base = save_pretrained(plain, tmp / "base", tokenizer=tokenizer, extra=extra)
         for f in base.iterdir():  # the tokenizer beside the adapter too (AutoTokenizer on it)
             if f.name.startswith(("tokenizer", "special_tokens")):
                 (tmp / f.name).write_bytes(f.read_bytes())
-        save_peft(model, tmp, Path(out) / "base")
     return Path(out) / "base"
