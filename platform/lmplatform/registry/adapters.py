@@ -57,12 +57,16 @@ def spec_of(adapter: dict) -> LoraSpec:
     )
 
 
-def adapter_tensors(model: TaskModel) -> dict[str, torch.Tensor]:
+def _stored(model: TaskModel, key: str) -> bool:
     """What an adapter version stores: the adapters and the head (`TaskModel.in_head`)."""
+    return model.in_head(key) or key.endswith(("lora_a", "lora_b"))
+
+
+def adapter_tensors(model: TaskModel) -> dict[str, torch.Tensor]:
     return {
         k: v.detach().contiguous().clone()
         for k, v in model.state_dict().items()
-        if model.in_head(k) or k.endswith(("lora_a", "lora_b"))
+        if _stored(model, k)
     }
 
 
@@ -149,7 +153,7 @@ def load_adapter_model(reg: Registry, folder: str | os.PathLike, merge: bool = T
 
 def load_adapter_tensors(model: nn.Module, state: dict[str, torch.Tensor], ref: str) -> None:
     """An adapter file into a model with the same adapters: exactly its adapters and head."""
-    want = set(adapter_tensors(model))
+    want = {k for k in model.state_dict() if _stored(model, k)}
     missing, extra = sorted(want - set(state)), sorted(set(state) - want)
     if missing or extra:
         raise RegistryError(
